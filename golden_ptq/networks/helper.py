@@ -1,0 +1,153 @@
+"""``NetworkHelper``: builds the network and tokenizer described by a yaml network config.
+
+A network config names where the weights come from and the run settings the samples read::
+
+    model:
+      source: gguf            # gguf | hf | random
+      path: default           # 'default' = the embedded SmolLM2 GGUF; else a file / directory
+      max_position_embeddings: 2048
+    runtime:
+      batch_size: 1
+      seq_length: 512
+      ...
+"""
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any, Dict, Optional, Tuple, Union
+
+import numpy as np
+import yaml
+
+from golden_ptq.networks.config import LlamaConfig
+from golden_ptq.networks.default_model import default_gguf_path
+from golden_ptq.networks.llama import LlamaForCausalLM
+from golden_ptq.networks.tokenizer import Tokenizer
+
+RUNTIME_DEFAULTS: Dict[str, Any] = {
+    "batch_size": 1,
+    "seq_length": 512,
+    "max_decode_length": 64,
+    "ignore_token_id": -100,
+    "pad_token_id": None,     # None: the tokenizer's
+    "top_k": 0,
+    "top_p": 1.0,
+    "do_sample": False,
+    "seed": 0,
+}
+SOURCES = ("gguf", "hf", "random")
+
+
+class NetworkHelper:
+    """Creates the float network and tokenizer, and answers ``get_spec(name)`` for run settings."""
+
+    def __init__(self, config: Union[str, Dict[str, Any]]):
+        if isinstance(config, str):
+            if not os.path.isfile(config):
+                raise FileNotFoundError(f"network config {config!r} does not exist")
+            with open(config, encoding="utf-8") as handle:
+                data = yaml.safe_load(handle) or {}
+            self.config_path: Optional[str] = config
+        else:
+            data = copy.deepcopy(config)
+            self.config_path = None
+        self._model = dict(data.get("model") or {})
+        unknown = sorted(set(data) - {"model", "runtime"})
+        if unknown:
+            raise ValueError(f"network config: unknown section(s) {unknown}; allowed: ['model', 'runtime']")
+        source = self._model.get("source", "gguf")
+        if source not in SOURCES:
+            raise ValueError(f"network config: model.source {source!r} is not one of {list(SOURCES)}")
+        runtime = dict(data.get("runtime") or {})
+        bad = sorted(set(runtime) - set(RUNTIME_DEFAULTS))
+        if bad:
+            raise ValueError(f"network config: unknown runtime key(s) {bad}; allowed: {sorted(RUNTIME_DEFAULTS)}")
+        self._runtime = {**RUNTIME_DEFAULTS, **runtime}
+        self._loaded: Optional[Tuple[LlamaForCausalLM, Tokenizer]] = None
+        self._tokenizer: Optional[Tokenizer] = None
+
+    # ----- public API ---------------------------------------------------------------------------
+    def get_spec(self, name: str) -> Any:
+        if name not in self._runtime:
+            raise KeyError(f"unknown spec {name!r}; available: {sorted(self._runtime)}")
+        value = self._runtime[name]
+        if name == "pad_token_id" and value is None:
+            value = self.create_tokenizer().pad_token_id
+        return value
+
+    def create_network(self) -> LlamaForCausalLM:
+        """A fresh float network with the configured weights (each call builds a new one)."""
+        network, tokenizer = self._build()
+        self._tokenizer = self._tokenizer or tokenizer
+        network.set_train(False)
+        return network
+
+    def create_tokenizer(self) -> Tokenizer:
+        if self._tokenizer is None:
+            self._tokenizer = self._build_tokenizer()
+        return self._tokenizer
+
+    def generate(self, network: LlamaForCausalLM, prompts, max_new_tokens: Optional[int] = None,
+                 **overrides) -> list:
+        """Decode text prompts (a string or a list) with the configured sampling settings; returns new text."""
+        tokenizer = self.create_tokenizer()
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        encoded = [tokenizer.encode(p) for p in prompts]
+        pad = self.get_spec("pad_token_id")
+        width = max(len(e) for e in encoded)
+        ids = np.full((len(encoded), width), pad, dtype=np.int64)
+        mask = np.zeros_like(ids)
+        for row, e in enumerate(encoded):
+            ids[row, width - len(e):] = e
+            mask[row, width - len(e):] = 1
+        settings = dict(do_sample=self.get_spec("do_sample"), top_k=self.get_spec("top_k"),
+                        top_p=self.get_spec("top_p"), seed=self.get_spec("seed"),
+                        max_new_tokens=max_new_tokens or self.get_spec("max_decode_length"),
+                        pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+        settings.update(overrides)
+        outputs = network.generate(ids, attention_mask=mask, **settings)
+        return [tokenizer.decode(out[width:].tolist()) for out in outputs]
+
+    # ----- internals ---------------------------------------------------------------------------
+    def _path(self) -> str:
+        path = self._model.get("path", "default")
+        if path == "default":
+            return default_gguf_path()
+        if self.config_path and not os.path.isabs(path) and not os.path.exists(path):
+            candidate = os.path.join(os.path.dirname(self.config_path), path)
+            if os.path.exists(candidate):
+                return candidate
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"network config: model.path {path!r} does not exist")
+        return path
+
+    def _build(self) -> Tuple[LlamaForCausalLM, Tokenizer]:
+        source = self._model.get("source", "gguf")
+        max_pos = self._model.get("max_position_embeddings")
+        if source == "gguf":
+            from golden_ptq.networks.loaders import load_gguf
+            return load_gguf(self._path(), max_position_embeddings=max_pos)
+        if source == "hf":
+            from golden_ptq.networks.loaders.hf_loader import hf_config, load_hf
+            path = self._path()
+            config = hf_config(path)
+            if max_pos:
+                config.max_position_embeddings = max_pos
+            return load_hf(path, config), Tokenizer.from_hf_dir(path)
+        config = LlamaConfig.from_dict(dict(self._model.get("config") or {}))
+        network = LlamaForCausalLM(config, seed=int(self._model.get("seed", 0)))
+        return network, self._build_tokenizer()
+
+    def _build_tokenizer(self) -> Tokenizer:
+        source = self._model.get("source", "gguf")
+        if source == "gguf":
+            from golden_ptq.networks.loaders.gguf_loader import GGUFFile
+            return Tokenizer.from_gguf_metadata(GGUFFile(self._path()).metadata)
+        if source == "hf":
+            return Tokenizer.from_hf_dir(self._path())
+        tokenizer_path = self._model.get("tokenizer")
+        if tokenizer_path in (None, "default"):
+            from golden_ptq.networks.loaders.gguf_loader import GGUFFile
+            return Tokenizer.from_gguf_metadata(GGUFFile(default_gguf_path()).metadata)
+        return Tokenizer.from_hf_dir(tokenizer_path)

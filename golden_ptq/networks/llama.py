@@ -1,0 +1,278 @@
+"""A Llama-family decoder (Llama, SmolLM, Qwen2 shapes) built from MindSpore ops that run on CPU.
+
+Parameter names follow MindFormers' ``LlamaForCausalLM``::
+
+    model.tok_embeddings.embedding_weight
+    model.layers.{i}.attention_norm.weight / ffn_norm.weight
+    model.layers.{i}.attention.{wq,wk,wv,wo}.weight   (+ .bias on wq/wk/wv with qkv_bias)
+    model.layers.{i}.feed_forward.{w1,w2,w3}.weight    (gate, down, up)
+    model.norm_out.weight
+    lm_head.weight                                      (shares the embedding table when tied)
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import numpy as np
+import mindspore as ms
+from mindspore import Tensor, nn, ops
+
+from golden_ptq.networks.config import LlamaConfig
+from golden_ptq.runtime import configure_cpu_runtime
+from golden_ptq.networks.layers import (CacheMode, Embedding, KVCache, Linear, RMSNorm, apply_rope,
+                                        compiled_for_large_inputs, rope_tables, rotate_half_index, swiglu)
+
+_MASK_VALUE = -1e9
+
+
+def _attention_core(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, num_kv_heads: int, head_dim: int) -> Tensor:
+    """Softmax attention for query ``[B, T, H*D]`` (rope and 1/sqrt(D) applied) over ``k``/``v`` ``[B, Hkv, S, D]``.
+
+    Query head ``h`` reads KV head ``h // group``: the group is folded into the query length, so no
+    KV copies are made. ``mask`` ``[B, Hkv, group*T, S]`` is additive and already full-shape.
+    """
+    batch, length, width = q.shape
+    group = width // (num_kv_heads * head_dim)
+    q = q.reshape(batch, length, num_kv_heads, group, head_dim).transpose(0, 2, 3, 1, 4)
+    q = q.reshape(batch, num_kv_heads, group * length, head_dim)
+    scores = ops.add(ops.BatchMatMul(transpose_b=True)(q, k), mask)
+    context = ops.BatchMatMul()(ops.softmax(scores, -1), v)
+    context = context.reshape(batch, num_kv_heads, group, length, head_dim).transpose(0, 3, 1, 2, 4)
+    return context.reshape(batch, length, width)
+
+
+# Decode steps grow the key length every call (a recompile each step if compiled) and are small:
+# they run eagerly; full forwards and prefills run compiled.
+_attention_core_auto = compiled_for_large_inputs(_attention_core)
+
+
+def _to_heads(x: Tensor, heads: int, head_dim: int) -> Tensor:
+    batch, length, _ = x.shape
+    return x.reshape(batch, length, heads, head_dim).transpose(0, 2, 1, 3)
+
+
+class Attention(nn.Cell):
+    """Grouped-query attention with rotary embedding and a KV cache."""
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.num_kv_heads = config.num_kv_heads
+        self.head_dim = config.head_dim
+        hidden, kv_dim = config.hidden_size, config.num_kv_heads * config.head_dim
+        self.wq = Linear(hidden, config.num_heads * self.head_dim, has_bias=config.qkv_bias)
+        self.wk = Linear(hidden, kv_dim, has_bias=config.qkv_bias)
+        self.wv = Linear(hidden, kv_dim, has_bias=config.qkv_bias)
+        self.wo = Linear(config.num_heads * self.head_dim, hidden)
+        self.kv_cache = KVCache(config.num_kv_heads, self.head_dim)
+
+    def construct(self, x: Tensor, inputs: "LayerInputs") -> Tensor:
+        q = apply_rope(self.wq(x), inputs.cos_q, inputs.sin_q, inputs.index_q)
+        k = apply_rope(self.wk(x), inputs.cos_k, inputs.sin_k, inputs.index_k)
+        k = _to_heads(k, self.num_kv_heads, self.head_dim)
+        v = _to_heads(self.wv(x), self.num_kv_heads, self.head_dim)
+        k, v = self.kv_cache(k, v, inputs.mode)
+        return self.wo(_attention_core_auto(q, k, v, inputs.mask, self.num_kv_heads, self.head_dim))
+
+
+class FeedForward(nn.Cell):
+    """SwiGLU MLP: ``w2(silu(w1 x) * w3 x)``."""
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.w1 = Linear(config.hidden_size, config.intermediate_size)
+        self.w3 = Linear(config.hidden_size, config.intermediate_size)
+        self.w2 = Linear(config.intermediate_size, config.hidden_size)
+
+    def construct(self, x: Tensor) -> Tensor:
+        return self.w2(swiglu(self.w1(x), self.w3(x)))
+
+
+class LlamaDecodeLayer(nn.Cell):
+    """Pre-norm transformer block."""
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.attention_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.attention = Attention(config)
+        self.ffn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.feed_forward = FeedForward(config)
+
+    def construct(self, x: Tensor, inputs: "LayerInputs") -> Tensor:
+        h = ops.add(x, self.attention(self.attention_norm(x), inputs))
+        return ops.add(h, self.feed_forward(self.ffn_norm(h)))
+
+
+class LlamaModel(nn.Cell):
+    """Embedding, decoder layers and final norm."""
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.tok_embeddings = Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.CellList([LlamaDecodeLayer(config) for _ in range(config.num_layers)])
+        self.norm_out = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class LayerInputs:
+    """Per-call tensors every decoder layer needs, built once per forward in numpy.
+
+    Rotary tables are pre-tiled to the projection widths (and the query's carry 1/sqrt(head_dim)),
+    and the additive mask is full-shape, because broadcasting ops are slow on CPU.
+    """
+
+    def __init__(self, cos_q, sin_q, cos_k, sin_k, index_q, index_k, mask, mode: int):
+        self.cos_q, self.sin_q, self.cos_k, self.sin_k = cos_q, sin_q, cos_k, sin_k
+        self.index_q, self.index_k, self.mask, self.mode = index_q, index_k, mask, mode
+
+
+class LlamaForCausalLM(nn.Cell):
+    """Causal LM with full-sequence forward, prefill/decode through the KV caches, and ``generate``.
+
+    ``network(input_ids, attention_mask)`` returns logits ``[B, T, V]``. Left padding is handled by
+    ``attention_mask`` (1 = token, 0 = pad): pads are never attended to and positions count from
+    each row's first real token.
+    """
+
+    def __init__(self, config: LlamaConfig, seed: Optional[int] = None):
+        super().__init__()
+        configure_cpu_runtime()
+        config.validate()
+        self.config = config
+        self.model = LlamaModel(config)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.tok_embeddings.embedding_weight
+        cos, sin = rope_tables(config.head_dim, config.max_position_embeddings, config.rope_theta)
+        self._cos_table, self._sin_table = cos, sin
+        index_q, self._sign_q = rotate_half_index(config.num_heads, config.head_dim)
+        index_k, self._sign_k = rotate_half_index(config.num_kv_heads, config.head_dim)
+        self._index_q, self._index_k = Tensor(index_q), Tensor(index_k)
+        self._decode_mask: Optional[np.ndarray] = None
+        if seed is not None:
+            self.init_random(seed)
+        sync_parameter_names(self)
+
+    # ----- parameters -------------------------------------------------------------------------
+    def init_random(self, seed: int, std: float = 0.02) -> None:
+        """Fill every parameter deterministically (norm weights near 1): for tests and toy runs."""
+        rng = np.random.RandomState(seed)
+        for name, param in sorted(self.parameters_and_names(), key=lambda item: item[0]):
+            shape = tuple(param.shape)
+            if name.endswith("norm.weight") or name.endswith("norm_out.weight"):
+                value = 1.0 + 0.1 * rng.randn(*shape)
+            else:
+                value = std * rng.randn(*shape)
+            param.set_data(Tensor(value.astype(np.float32)))
+
+    # ----- inputs -----------------------------------------------------------------------------
+    def layer_inputs(self, attention_mask: np.ndarray, new_tokens: int, mode: int = CacheMode.NONE) -> LayerInputs:
+        """Rotary tables and additive mask for the last ``new_tokens`` columns of ``attention_mask``.
+
+        ``attention_mask`` ``[B, S]`` covers the cached history plus the new tokens.
+        """
+        attention_mask = np.asarray(attention_mask, dtype=np.int64)
+        batch, total = attention_mask.shape
+        if total > self.config.max_position_embeddings:
+            raise ValueError(f"sequence length {total} exceeds max_position_embeddings "
+                             f"{self.config.max_position_embeddings}")
+        cfg = self.config
+        positions = np.clip(np.cumsum(attention_mask, axis=1) - 1, 0, None)[:, total - new_tokens:]
+        cos, sin = self._cos_table[positions], self._sin_table[positions]  # [B, T, D]
+        scale = np.float32(1.0 / np.sqrt(cfg.head_dim))
+        cos_q = np.tile(cos, (1, 1, cfg.num_heads)) * scale
+        sin_q = np.tile(sin, (1, 1, cfg.num_heads)) * self._sign_q * scale
+        cos_k = np.tile(cos, (1, 1, cfg.num_kv_heads))
+        sin_k = np.tile(sin, (1, 1, cfg.num_kv_heads)) * self._sign_k
+        query_index = np.arange(total - new_tokens, total)[:, None]
+        allowed = (np.arange(total)[None, :] <= query_index)[None] & (attention_mask[:, None, :] > 0)
+        group = cfg.num_heads // cfg.num_kv_heads
+        mask = np.where(allowed, np.float32(0.0), np.float32(_MASK_VALUE))[:, None, None]  # [B,1,1,T,S]
+        mask = np.broadcast_to(mask, (batch, cfg.num_kv_heads, group, new_tokens, total))
+        mask = mask.reshape(batch, cfg.num_kv_heads, group * new_tokens, total)
+        tensors = [Tensor(np.ascontiguousarray(a, dtype=np.float32)) for a in (cos_q, sin_q, cos_k, sin_k, mask)]
+        return LayerInputs(*tensors[:4], self._index_q, self._index_k, tensors[4], mode)
+
+    def embed(self, input_ids) -> Tensor:
+        return self.model.tok_embeddings(_as_int_tensor(input_ids))
+
+    def head(self, hidden: Tensor) -> Tensor:
+        return self.lm_head(self.model.norm_out(hidden))
+
+    def _run(self, input_ids, attention_mask: np.ndarray, mode: int) -> Tensor:
+        ids = _as_int_tensor(input_ids)
+        inputs = self.layer_inputs(attention_mask, ids.shape[1], mode)
+        hidden = self.embed(ids)
+        for layer in self.model.layers:
+            hidden = layer(hidden, inputs)
+        return hidden
+
+    # ----- forward ----------------------------------------------------------------------------
+    def construct(self, input_ids, attention_mask=None) -> Tensor:
+        ids = _as_numpy(input_ids)
+        mask = np.ones_like(ids) if attention_mask is None else _as_numpy(attention_mask)
+        return self.head(self._run(ids, mask, CacheMode.NONE))
+
+    def reset_cache(self) -> None:
+        for _, cell in self.cells_and_names():
+            if isinstance(cell, KVCache):
+                cell.reset()
+        self._decode_mask = None
+
+    def prefill(self, input_ids, attention_mask=None) -> Tensor:
+        """Run the prompt, keep keys/values, return last-position logits ``[B, V]``."""
+        ids = _as_numpy(input_ids)
+        mask = np.ones_like(ids) if attention_mask is None else _as_numpy(attention_mask)
+        self.reset_cache()
+        hidden = self._run(ids, mask, CacheMode.PREFILL)
+        self._decode_mask = mask.astype(np.int64)
+        return self.head(hidden[:, -1:, :])[:, 0, :]
+
+    def decode_step(self, token_ids) -> Tensor:
+        """Append one token per row, return its logits ``[B, V]``."""
+        if self._decode_mask is None:
+            raise RuntimeError("decode_step called before prefill")
+        ids = _as_numpy(token_ids).reshape(-1, 1)
+        self._decode_mask = np.concatenate([self._decode_mask, np.ones_like(ids)], axis=1)
+        hidden = self._run(ids, self._decode_mask, CacheMode.DECODE)
+        return self.head(hidden)[:, 0, :]
+
+    def generate(self, input_ids, do_sample: bool = False, max_length: Optional[int] = None, top_p: float = 1.0,
+                 top_k: int = 0, max_new_tokens: Optional[int] = None, pad_token_id: Optional[int] = None,
+                 eos_token_id: Optional[int] = None, temperature: float = 1.0, seed: Optional[int] = None,
+                 attention_mask=None) -> List[np.ndarray]:
+        """Greedy or sampled continuation; see :func:`golden_ptq.networks.generation.generate`."""
+        from golden_ptq.networks.generation import generate
+        return generate(self, input_ids, do_sample=do_sample, max_length=max_length, top_p=top_p, top_k=top_k,
+                        max_new_tokens=max_new_tokens, pad_token_id=pad_token_id, eos_token_id=eos_token_id,
+                        temperature=temperature, seed=seed, attention_mask=attention_mask)
+
+
+def _as_numpy(values) -> np.ndarray:
+    if isinstance(values, Tensor):
+        values = values.asnumpy()
+    array = np.asarray(values)
+    if array.ndim == 1:
+        array = array[None]
+    return array
+
+
+def _as_int_tensor(values) -> Tensor:
+    if isinstance(values, Tensor):
+        return values.astype(ms.int32)
+    return Tensor(np.asarray(values, dtype=np.int32))
+
+
+def sync_parameter_names(network: nn.Cell) -> None:
+    """Name every parameter by its place in the cell tree (``model.layers.0.attention.wq.weight``).
+
+    MindSpore prefixes names only with the attribute a cell is assigned to, so a cell swapped in
+    later (a quantized Linear) would otherwise be saved under a short, clashing name. A parameter
+    reachable under two paths (tied embeddings) keeps the first path.
+    """
+    seen = set()
+    for cell_name, cell in network.cells_and_names():
+        for attr, param in cell.parameters_and_names(expand=False):
+            if id(param) in seen:
+                continue
+            seen.add(id(param))
+            param.name = f"{cell_name}.{attr}" if cell_name else attr

@@ -1,0 +1,67 @@
+"""Copying a name -> array source into the network, with errors that name the offending tensor."""
+from __future__ import annotations
+
+from typing import Callable, Dict, Iterable, Optional
+
+import numpy as np
+from mindspore import Tensor, nn
+
+# Our (MindFormers) parameter name pattern -> a source name pattern, per layer ``{i}``.
+LAYER_PARAMS = (
+    "attention_norm.weight", "ffn_norm.weight",
+    "attention.wq.weight", "attention.wk.weight", "attention.wv.weight", "attention.wo.weight",
+    "attention.wq.bias", "attention.wk.bias", "attention.wv.bias",
+    "feed_forward.w1.weight", "feed_forward.w2.weight", "feed_forward.w3.weight",
+)
+
+
+class MissingTensorError(KeyError):
+    """A tensor the network needs is not in the checkpoint."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.args[0]
+
+
+def load_into_network(network: nn.Cell, fetch: Callable[[str], Optional[np.ndarray]], source: str,
+                      transform: Optional[Callable[[str, np.ndarray], np.ndarray]] = None) -> None:
+    """Fill every parameter of ``network`` from ``fetch(our_name)``.
+
+    ``fetch`` returns None when the source lacks the tensor. Shapes must match exactly; the error
+    names the tensor, its shape and the expected one. ``transform`` may reshape/slice (tensor
+    parallel) before the check.
+    """
+    params = dict(network.parameters_and_names())
+    for name, param in params.items():
+        array = fetch(name)
+        if array is None:
+            raise MissingTensorError(f"{source}: tensor for parameter '{name}' (expected shape "
+                                     f"{tuple(param.shape)}) is missing")
+        if transform is not None:
+            array = transform(name, array)
+        if tuple(array.shape) != tuple(param.shape):
+            raise ValueError(f"{source}: tensor for parameter '{name}' has shape {tuple(array.shape)}, "
+                             f"expected {tuple(param.shape)}")
+        param.set_data(Tensor(np.ascontiguousarray(array, dtype=np.float32)))
+
+
+def layer_name_map(num_layers: int, per_layer: Dict[str, str], globals_: Dict[str, str]) -> Dict[str, str]:
+    """Expand ``{i}`` patterns into an our-name -> source-name dictionary."""
+    mapping = dict(globals_)
+    for i in range(num_layers):
+        for ours, theirs in per_layer.items():
+            mapping[f"model.layers.{i}.{ours}"] = theirs.format(i=i)
+    return mapping
+
+
+def unpermute_rope_rows(weight: np.ndarray, num_heads: int) -> np.ndarray:
+    """Undo llama.cpp's q/k row permutation (interleaved rope pairs -> rotate-half halves)."""
+    out_features = weight.shape[0]
+    head_dim = out_features // num_heads
+    rest = weight.shape[1:]
+    return (weight.reshape(num_heads, head_dim // 2, 2, *rest).swapaxes(1, 2).reshape(out_features, *rest))
+
+
+def check_supported(architecture: str, supported: Iterable[str], source: str) -> None:
+    supported = tuple(supported)
+    if architecture not in supported:
+        raise ValueError(f"{source}: architecture {architecture!r} is not supported; supported: {list(supported)}")

@@ -1,0 +1,75 @@
+"""Perplexity of a float or quantized (DEPLOY-mode) network on a text file.
+
+The README figure is the last fifth of Moby-Dick::
+
+    python samples/eval_ppl.py --dataset-path ../shared/data/moby-dick.txt --start 0.8 --end 1.0
+
+    # quantized network: the PTQConfig yaml it was quantized with, and its checkpoint
+    python samples/eval_ppl.py --dataset-path ../shared/data/moby-dick.txt --start 0.8 \
+        --quant-config a8w8.yaml --quant-ckpt a8w8.ckpt
+
+The file is tokenized whole, ``[start, end)`` selects a fraction of its tokens
+and BOS is put in front. Windows of ``--seq-length`` tokens do not overlap
+unless ``--stride`` is given (see ``golden_ptq.eval.perplexity``).
+``--n-samples`` caps the number of windows. Under msrun, prefix the command line
+with ``msrun --worker_num=N --local_worker_num=N --join=True``.
+"""
+import argparse
+import json
+
+
+def build_network(network_config, quant_config=None, quant_ckpt=None):
+    """Float network and tokenizer from the yaml; with both quant args, the DEPLOY-mode
+    quantized network with the checkpoint loaded."""
+    from golden_ptq.networks.helper import NetworkHelper
+
+    helper = NetworkHelper(network_config)
+    network = helper.create_network()
+    tokenizer = helper.create_tokenizer()
+    if quant_config or quant_ckpt:
+        if not (quant_config and quant_ckpt):
+            raise SystemExit("--quant-config and --quant-ckpt go together")
+        import golden_ptq.checkpoint
+        from golden_ptq import PTQ, PTQConfig
+
+        config = PTQConfig.load(quant_config)
+        if "DEPLOY" not in str(getattr(config, "mode", "DEPLOY")).upper():
+            raise SystemExit(f"{quant_config}: mode must be DEPLOY to evaluate a quantized checkpoint")
+        ptq = PTQ(config)
+        ptq.apply(network)
+        ptq.convert(network)
+        golden_ptq.checkpoint.load_checkpoint(quant_ckpt, network)
+    return network, tokenizer
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--network-config", default="configs/smollm2_135m.yaml",
+                        help="network yaml (default: %(default)s)")
+    parser.add_argument("--dataset-path", required=True, help="a UTF-8 text file")
+    parser.add_argument("--start", type=float, default=0.0, help="first token, as a fraction")
+    parser.add_argument("--end", type=float, default=1.0, help="end token, as a fraction")
+    parser.add_argument("--n-samples", type=int, default=0, help="windows to score (0 = all)")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--seq-length", type=int, default=512, help="window in tokens")
+    parser.add_argument("--stride", type=int, default=None, help="window step (default: seq-length)")
+    parser.add_argument("--quant-config", help="PTQConfig yaml (DEPLOY mode)")
+    parser.add_argument("--quant-ckpt", help="quantized checkpoint to load")
+    parser.add_argument("--output", help="also write the metrics to this json file")
+    args = parser.parse_args(argv)
+
+    from golden_ptq.eval.precision_test import PrecisionTest
+
+    network, tokenizer = build_network(args.network_config, args.quant_config, args.quant_ckpt)
+    result = PrecisionTest(network, tokenizer, "text", args.batch_size,
+                           dataset_path=args.dataset_path, n_samples=args.n_samples or None,
+                           seq_length=args.seq_length, stride=args.stride,
+                           text_fraction=(args.start, args.end)).test()
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()

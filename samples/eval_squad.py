@@ -1,0 +1,72 @@
+"""SQuAD v1.1 exact match / F1 of a float or quantized (DEPLOY-mode) network.
+
+Bring your own copy of the official dev set (``dev-v1.1.json``)::
+
+    # float network from the default config
+    python samples/eval_squad.py --dataset-path squad/dev-v1.1.json --n-samples 200
+
+    # quantized network: the PTQConfig yaml it was quantized with, and its checkpoint
+    python samples/eval_squad.py --dataset-path squad/dev-v1.1.json --n-samples 200 \
+        --quant-config a8w8.yaml --quant-ckpt a8w8.ckpt
+
+Under msrun (tensor parallelism), prefix the same command line with
+``msrun --worker_num=N --local_worker_num=N --master_port=12345 --join=True``.
+Prompts are greedy-decoded; the answer is the text up to the first line break.
+"""
+import argparse
+import json
+
+
+def build_network(network_config, quant_config=None, quant_ckpt=None):
+    """Float network and tokenizer from the yaml; with both quant args, the DEPLOY-mode
+    quantized network with the checkpoint loaded."""
+    from golden_ptq.networks.helper import NetworkHelper
+
+    helper = NetworkHelper(network_config)
+    network = helper.create_network()
+    tokenizer = helper.create_tokenizer()
+    if quant_config or quant_ckpt:
+        if not (quant_config and quant_ckpt):
+            raise SystemExit("--quant-config and --quant-ckpt go together")
+        import golden_ptq.checkpoint
+        from golden_ptq import PTQ, PTQConfig
+
+        config = PTQConfig.load(quant_config)
+        if "DEPLOY" not in str(getattr(config, "mode", "DEPLOY")).upper():
+            raise SystemExit(f"{quant_config}: mode must be DEPLOY to evaluate a quantized checkpoint")
+        ptq = PTQ(config)
+        ptq.apply(network)
+        ptq.convert(network)
+        golden_ptq.checkpoint.load_checkpoint(quant_ckpt, network)
+    return network, tokenizer
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--network-config", default="configs/smollm2_135m.yaml",
+                        help="network yaml (default: %(default)s)")
+    parser.add_argument("--dataset-path", required=True, help="SQuAD v1.1 dev-v1.1.json")
+    parser.add_argument("--n-samples", type=int, default=200, help="questions to score (0 = all)")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--seq-length", type=int, default=512, help="prompt width in tokens")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--quant-config", help="PTQConfig yaml (DEPLOY mode)")
+    parser.add_argument("--quant-ckpt", help="quantized checkpoint to load")
+    parser.add_argument("--output", help="also write the metrics to this json file")
+    args = parser.parse_args(argv)
+
+    from golden_ptq.eval.precision_test import PrecisionTest
+
+    network, tokenizer = build_network(args.network_config, args.quant_config, args.quant_ckpt)
+    result = PrecisionTest(network, tokenizer, "squad1.1", args.batch_size,
+                           dataset_path=args.dataset_path, n_samples=args.n_samples or None,
+                           seq_length=args.seq_length, max_new_tokens=args.max_new_tokens,
+                           log_every=10).test()
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()

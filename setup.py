@@ -1,0 +1,25 @@
+"""Packaging for golden_ptq."""
+from setuptools import find_packages, setup
+
+setup(
+    name="golden_ptq",
+    version="0.1.0",
+    description="Post-training quantization (W8A8, W8A16, KV-cache int8) of Llama-family LLMs on MindSpore, CPU first.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    packages=find_packages(include=["golden_ptq", "golden_ptq.*"]),
+    install_requires=[
+        "mindspore==2.10.0",
+        "numpy<2",
+        "pyyaml",
+        "safetensors",
+        "gguf",
+        "tokenizers",
+        "tqdm",
+        "psutil",
+    ],
+    extras_require={"test": ["pytest"]},
+    entry_points={"console_scripts": ["golden-ptq=golden_ptq.cli:main"]},
+)
