@@ -1,0 +1,99 @@
+"""The Smooth module (SmoothQuant): per-input-channel scales that move activation outliers into weights.
+
+For each declared mapping ``smooth -> balance``, ``s_j = max|X_j|^alpha / max|W_:,j|^(1-alpha)``
+(X the balance layers' shared input, W all balance weights). Folds, exact in float:
+
+* RMSNorm ``smooth`` (attention_norm -> wq/wk/wv, ffn_norm -> w1/w3): norm weight / s;
+* Linear ``smooth`` (w3 -> w2; wv -> wo): rows (and bias) of the smooth layer / s. Under GQA,
+  channels of wo's input that read the same KV head share one scale (max over the group).
+
+Balance columns are multiplied by s. Observer statistics are rescaled in place, so the Quantize
+module sees the smoothed ranges without another calibration pass.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import numpy as np
+from mindspore import Tensor
+
+from golden_ptq.algorithm.modules.base import AlgoModule, LayerContext
+from golden_ptq.networks.layers import Linear, RMSNorm
+from golden_ptq.networks.structure import SmoothMapping
+from golden_ptq.quant_cells.kvcache import QuantKVCache
+from golden_ptq.quant_cells.linear import QuantLinear
+
+_MIN_SCALE = 1e-5
+
+
+class SmoothModule(AlgoModule):
+    name = "smooth"
+
+    def __init__(self, alpha: float = 0.5, mappings: Optional[Sequence[SmoothMapping]] = None):
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"SmoothModule: alpha must be in [0, 1], got {alpha}")
+        self.alpha = alpha
+        self.mappings = mappings
+        self.applied: List[str] = []
+
+    def __repr__(self) -> str:
+        return f"SmoothModule(alpha={self.alpha})"
+
+    def process(self, ctx: LayerContext) -> None:
+        if ctx.layer is None:
+            return
+        mappings = self.mappings if self.mappings is not None else ctx.structure.smooth_mappings
+        for mapping in mappings:
+            self._apply(ctx, mapping)
+
+    def _apply(self, ctx: LayerContext, mapping: SmoothMapping) -> None:
+        balance = [ctx.find(name) for name in mapping.balance]
+        quantized = [b for b in balance if isinstance(b, QuantLinear) and b.spec.act]
+        if not quantized:
+            return  # no balance layer quantizes its activations: nothing to gain
+        observer = quantized[0].input_observer
+        if not observer.calibrated:
+            raise RuntimeError(f"{ctx.name}: smoothing {mapping.smooth} -> {list(mapping.balance)} found no "
+                               f"calibration statistics for {mapping.balance[0]}; did the calibration pass run it?")
+        act = observer.absmax().astype(np.float64)
+        weight_max = np.max([np.abs(b.weight.asnumpy()).max(axis=0) for b in balance], axis=0).astype(np.float64)
+        smooth_cell = ctx.find(mapping.smooth)
+        if mapping.kv_grouped:
+            heads, kv_heads, head_dim = ctx.structure.num_heads(ctx.network)
+            group = heads // kv_heads
+            act = act.reshape(kv_heads, group, head_dim).max(axis=1).reshape(-1)
+            weight_max = weight_max.reshape(kv_heads, group, head_dim).max(axis=1).reshape(-1)
+            expand = (np.arange(heads)[:, None] // group * head_dim + np.arange(head_dim)[None]).reshape(-1)
+        else:
+            expand = np.arange(act.size)
+        valid = (act > 0) & (weight_max > 0)
+        scale = np.ones_like(act)
+        scale[valid] = act[valid] ** self.alpha / weight_max[valid] ** (1.0 - self.alpha)
+        scale = np.maximum(scale, _MIN_SCALE)
+        self._fold_into_smooth(smooth_cell, scale, ctx.name, mapping.smooth)
+        balance_scale = scale[expand]
+        for cell in balance:
+            w = cell.weight.asnumpy().astype(np.float64) * balance_scale[None, :]
+            cell.weight.set_data(Tensor(w.astype(np.float32)))
+            if isinstance(cell, QuantLinear) and cell.input_observer.calibrated:
+                cell.input_observer.scale_channels(1.0 / balance_scale)
+        if mapping.value_cache:
+            cache = ctx.find(mapping.value_cache)
+            if isinstance(cache, QuantKVCache) and cache.observers["value"].calibrated:
+                cache.observers["value"].scale_channels(1.0 / scale)
+        self.applied.append(f"{ctx.name}.{mapping.smooth}")
+
+    @staticmethod
+    def _fold_into_smooth(cell, scale: np.ndarray, layer_name: str, relative: str) -> None:
+        if isinstance(cell, RMSNorm):
+            cell.weight.set_data(Tensor((cell.weight.asnumpy() / scale).astype(np.float32)))
+            return
+        if isinstance(cell, (Linear, QuantLinear)):
+            if getattr(cell, "quantized", False):
+                raise RuntimeError(f"{layer_name}.{relative} is already quantized; Smooth must run before Quantize")
+            cell.weight.set_data(Tensor((cell.weight.asnumpy() / scale[:, None]).astype(np.float32)))
+            if cell.bias is not None:
+                cell.bias.set_data(Tensor((cell.bias.asnumpy() / scale).astype(np.float32)))
+            return
+        raise TypeError(f"{layer_name}.{relative}: cannot fold smoothing scales into {type(cell).__name__}; "
+                        f"supported: RMSNorm, Linear")

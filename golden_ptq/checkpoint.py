@@ -1,0 +1,114 @@
+"""Saving and strictly loading (quantized) networks: MindSpore ``.ckpt`` or safetensors, plus ``quant_desc.json``."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Callable, Dict, Optional
+
+import mindspore as ms
+import numpy as np
+from mindspore import Tensor, nn
+
+from golden_ptq.quant_cells.base import QuantCell
+
+FORMATS = {".ckpt": "ckpt", ".safetensors": "safetensors"}
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint does not fit the network it is loaded into."""
+
+
+def quant_desc(network: nn.Cell) -> Dict[str, str]:
+    """Every parameter name -> its quant type (W8A8, W8A8-dynamic, W8A16[-gN], C8 or FLOAT)."""
+    owned: Dict[int, str] = {}
+    for _, cell in network.cells_and_names():
+        if isinstance(cell, QuantCell):
+            for local, param in cell.parameters_and_names(expand=False):
+                owned[id(param)] = cell.param_quant_types().get(local, "FLOAT")
+    return {name: owned.get(id(param), "FLOAT") for name, param in network.parameters_and_names()}
+
+
+def _atomic_write(path: str, write: Callable[[str], None]) -> None:
+    folder = os.path.dirname(os.path.abspath(path)) or "."
+    os.makedirs(folder, exist_ok=True)
+    suffix = os.path.splitext(path)[1]
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _format(path: str) -> str:
+    ext = os.path.splitext(path)[1]
+    if ext not in FORMATS:
+        raise ValueError(f"checkpoint {path!r}: unknown extension {ext!r}; use one of {sorted(FORMATS)}")
+    return FORMATS[ext]
+
+
+def _arrays(network: nn.Cell) -> Dict[str, np.ndarray]:
+    return {name: param.asnumpy() for name, param in network.parameters_and_names()}
+
+
+def save_checkpoint(network: nn.Cell, path: str, desc_path: Optional[str] = None) -> str:
+    """Write ``path`` (``.ckpt`` or ``.safetensors``) atomically, and ``quant_desc.json`` beside it
+    (or at ``desc_path``). Returns the path of the description."""
+    fmt = _format(path)
+    if fmt == "ckpt":
+        _atomic_write(path, lambda tmp: ms.save_checkpoint(network.parameters_dict(), tmp))
+    else:
+        from safetensors.numpy import save_file
+        arrays = {k: np.ascontiguousarray(v) for k, v in _arrays(network).items()}
+        _atomic_write(path, lambda tmp: save_file(arrays, tmp))
+    desc_path = desc_path or os.path.join(os.path.dirname(os.path.abspath(path)), "quant_desc.json")
+    text = json.dumps(quant_desc(network), indent=1, sort_keys=True)
+
+    def write_desc(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    _atomic_write(desc_path, write_desc)
+    return desc_path
+
+
+def read_checkpoint(path: str) -> Dict[str, np.ndarray]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    if _format(path) == "ckpt":
+        return {name: param.asnumpy() for name, param in ms.load_checkpoint(path).items()}
+    from safetensors.numpy import load_file
+    return load_file(path)
+
+
+def load_checkpoint(path: str, network: nn.Cell) -> None:
+    """Load every parameter of ``network`` from ``path``; any mismatch is an error.
+
+    Names, shapes and dtypes must agree both ways, so a checkpoint made with other quantization
+    settings fails on the first parameter that differs instead of loading half a network.
+    """
+    arrays = read_checkpoint(path)
+    params = dict(network.parameters_and_names())
+    for name, param in params.items():
+        expected = f"{param.dtype} {tuple(param.shape)}"
+        if name not in arrays:
+            raise CheckpointMismatchError(f"{path}: no parameter '{name}' (the network expects {expected}); "
+                                          f"was it saved with other quantization settings?")
+        array = arrays[name]
+        if tuple(array.shape) != tuple(param.shape) or Tensor(array[:0]).dtype != param.dtype:
+            raise CheckpointMismatchError(f"{path}: parameter '{name}' is {Tensor(array[:0]).dtype} "
+                                          f"{tuple(array.shape)} in the checkpoint, the network expects {expected}")
+    extra = sorted(set(arrays) - set(params))
+    if extra:
+        raise CheckpointMismatchError(f"{path}: parameter '{extra[0]}' is in the checkpoint but not in the network "
+                                      f"({len(extra)} unexpected); was it saved with other quantization settings?")
+    for name, param in params.items():
+        param.set_data(Tensor(arrays[name]))
+
+
+def parameter_bytes(network: nn.Cell, dtype_bytes: Optional[Dict[str, int]] = None) -> int:
+    """Bytes of all parameters as stored (int8 = 1, float32 = 4, ...)."""
+    return int(sum(param.asnumpy().nbytes for _, param in network.parameters_and_names()))

@@ -1,0 +1,187 @@
+"""``PTQConfig``: what to quantize and how, validated on construction, with a yaml round-trip."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Dict, List, Optional
+
+import mindspore as ms
+import yaml
+
+from golden_ptq.config.enums import BackendTarget, OutliersSuppressionType, PTQMode, QuantGranularity
+
+_DTYPES = {"int8": ms.int8}
+ALGO_ARGS = {"smooth_alpha": 0.5}  # known algo_args keys and their defaults
+
+
+def _dtype_name(value) -> Optional[str]:
+    if value is None:
+        return None
+    for name, dtype in _DTYPES.items():
+        if value == dtype:
+            return name
+    return str(value)
+
+
+@dataclass
+class PTQConfig:
+    """Settings of :class:`golden_ptq.PTQ`.
+
+    ``weight_quant_dtype``/``act_quant_dtype``/``kvcache_quant_dtype``/``embedding_quant_dtype`` are
+    ``mindspore.int8`` (or ``"int8"``) or None. ``opname_blacklist`` entries are substrings of layer
+    names (``"w2"`` keeps every ``feed_forward.w2`` float). ``act_symmetric=None`` picks the
+    natural default: asymmetric for static per-tensor, symmetric for dynamic per-token.
+    """
+
+    mode: PTQMode = PTQMode.QUANTIZE
+    backend: BackendTarget = BackendTarget.CPU
+    opname_blacklist: List[str] = field(default_factory=list)
+    weight_quant_dtype: Any = ms.int8
+    act_quant_dtype: Any = None
+    kvcache_quant_dtype: Any = None
+    embedding_quant_dtype: Any = None
+    outliers_suppression: OutliersSuppressionType = OutliersSuppressionType.NONE
+    algo_args: Dict[str, Any] = field(default_factory=dict)
+    weight_quant_granularity: QuantGranularity = QuantGranularity.PER_CHANNEL
+    group_size: int = 0
+    act_quant_granularity: QuantGranularity = QuantGranularity.PER_TENSOR
+    weight_symmetric: bool = True
+    act_symmetric: Optional[bool] = None
+
+    def __post_init__(self) -> None:
+        self._coerce()
+        self.validate()
+
+    # ----- validation ---------------------------------------------------------------------------
+    def _coerce(self) -> None:
+        for name, enum in (("mode", PTQMode), ("backend", BackendTarget),
+                           ("outliers_suppression", OutliersSuppressionType),
+                           ("weight_quant_granularity", QuantGranularity),
+                           ("act_quant_granularity", QuantGranularity)):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                key = value.upper()
+                if key not in enum.__members__:
+                    raise ValueError(f"PTQConfig.{name}: {value!r} is not one of {list(enum.__members__)}")
+                setattr(self, name, enum[key])
+            elif not isinstance(value, enum):
+                raise ValueError(f"PTQConfig.{name} must be a {enum.__name__}, got {value!r}")
+        for name in ("weight_quant_dtype", "act_quant_dtype", "kvcache_quant_dtype", "embedding_quant_dtype"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                if value not in _DTYPES:
+                    raise ValueError(f"PTQConfig.{name}: {value!r} is not supported; allowed: "
+                                     f"{list(_DTYPES)} or None")
+                setattr(self, name, _DTYPES[value])
+            elif value is not None and _dtype_name(value) not in _DTYPES:
+                raise ValueError(f"PTQConfig.{name}: {value} is not supported; allowed: mindspore.int8 or None")
+        if isinstance(self.opname_blacklist, str):
+            self.opname_blacklist = [self.opname_blacklist]
+        self.opname_blacklist = list(self.opname_blacklist)
+        self.algo_args = dict(self.algo_args or {})
+
+    def validate(self) -> None:
+        if self.backend is not BackendTarget.CPU:
+            raise ValueError(f"PTQConfig.backend: {self.backend} is not available in golden_ptq; use "
+                             f"BackendTarget.CPU (the quantized network runs wherever MindSpore runs)")
+        if not all(isinstance(n, str) and n for n in self.opname_blacklist):
+            raise ValueError(f"PTQConfig.opname_blacklist must be non-empty strings, got {self.opname_blacklist!r}")
+        if self.act_quant_dtype is not None and self.weight_quant_dtype is None:
+            raise ValueError("PTQConfig: act_quant_dtype=int8 needs weight_quant_dtype=int8 (A8W16 is not a "
+                             "supported scheme); set both, or act_quant_dtype=None for weight-only")
+        if self.outliers_suppression is OutliersSuppressionType.SMOOTH and self.act_quant_dtype is None:
+            raise ValueError("PTQConfig: outliers_suppression=SMOOTH migrates activation outliers and needs "
+                             "act_quant_dtype=int8; use OutliersSuppressionType.NONE for weight-only")
+        allowed_w = (QuantGranularity.PER_CHANNEL, QuantGranularity.PER_GROUP)
+        if self.weight_quant_granularity not in allowed_w:
+            raise ValueError(f"PTQConfig.weight_quant_granularity: {self.weight_quant_granularity} not allowed; "
+                             f"allowed: {[g.name for g in allowed_w]}")
+        if self.weight_quant_granularity is QuantGranularity.PER_GROUP:
+            if not isinstance(self.group_size, int) or self.group_size <= 0:
+                raise ValueError(f"PTQConfig.group_size must be a positive integer with PER_GROUP, "
+                                 f"got {self.group_size!r}")
+            if self.act_quant_dtype is not None:
+                raise ValueError("PTQConfig: PER_GROUP weights are for weight-only quantization; "
+                                 "set act_quant_dtype=None or weight_quant_granularity=PER_CHANNEL")
+        elif self.group_size:
+            raise ValueError(f"PTQConfig.group_size={self.group_size} needs weight_quant_granularity=PER_GROUP")
+        allowed_a = (QuantGranularity.PER_TENSOR, QuantGranularity.PER_TOKEN)
+        if self.act_quant_granularity not in allowed_a:
+            raise ValueError(f"PTQConfig.act_quant_granularity: {self.act_quant_granularity} not allowed; "
+                             f"allowed: {[g.name for g in allowed_a]}")
+        if self.act_quant_granularity is QuantGranularity.PER_TOKEN and self.act_symmetric is False:
+            raise ValueError("PTQConfig: dynamic PER_TOKEN activations are symmetric; set act_symmetric=None/True")
+        if not self.weight_symmetric and self.act_quant_dtype is not None:
+            raise ValueError("PTQConfig: asymmetric weights (weight_symmetric=False) are supported for "
+                             "weight-only quantization; A8W8 uses symmetric weights")
+        unknown = sorted(set(self.algo_args) - set(ALGO_ARGS))
+        if unknown:
+            raise ValueError(f"PTQConfig.algo_args: unknown key(s) {unknown}; known: {sorted(ALGO_ARGS)}")
+        alpha = self.algo_args.get("smooth_alpha", ALGO_ARGS["smooth_alpha"])
+        if not 0.0 <= float(alpha) <= 1.0:
+            raise ValueError(f"PTQConfig.algo_args['smooth_alpha'] must be in [0, 1], got {alpha}")
+        if (self.mode is PTQMode.QUANTIZE and self.weight_quant_dtype is None and self.kvcache_quant_dtype is None
+                and self.embedding_quant_dtype is None):
+            raise ValueError("PTQConfig: nothing to quantize; set weight_quant_dtype, kvcache_quant_dtype or "
+                             "embedding_quant_dtype to int8")
+
+    # ----- derived --------------------------------------------------------------------------------
+    @property
+    def activation_symmetric(self) -> bool:
+        if self.act_symmetric is None:
+            return self.act_quant_granularity is QuantGranularity.PER_TOKEN
+        return bool(self.act_symmetric)
+
+    def arg(self, name: str) -> Any:
+        return self.algo_args.get(name, ALGO_ARGS[name])
+
+    # ----- yaml -------------------------------------------------------------------------------------
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain values (enum names, dtype names); the config itself is not changed."""
+        out: Dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Enum):
+                value = value.name
+            elif f.name.endswith("_dtype"):
+                value = _dtype_name(value)
+            elif isinstance(value, (list, dict)):
+                value = type(value)(value)
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> "PTQConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"PTQConfig: unknown field(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    def dump(self, path: str) -> None:
+        """Write yaml atomically (a reader never sees half a file)."""
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        folder = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".ptq_config.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path: str) -> "PTQConfig":
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a PTQConfig yaml must be a mapping of field: value")
+        try:
+            return cls.from_dict(data)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None

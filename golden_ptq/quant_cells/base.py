@@ -1,0 +1,40 @@
+"""Interface shared by every quantized Cell."""
+from __future__ import annotations
+
+from typing import Dict
+
+import numpy as np
+from mindspore import Parameter, Tensor, nn
+
+from golden_ptq.quant_cells.spec import LayerQuantSpec
+
+
+class QuantCell(nn.Cell):
+    """A quantized stand-in for one float layer, serving calibration and deployment.
+
+    Life cycle: built from the float cell (``QUANTIZE``) and run with ``observing = True`` while
+    calibration data passes; ``quantize()`` turns the gathered statistics and float weights into
+    integer parameters, after which the cell computes with them (the form that is saved and
+    deployed). In ``DEPLOY`` mode ``deploy_placeholders()`` creates the same parameters empty, for a
+    checkpoint to fill.
+    """
+
+    def __init__(self, spec: LayerQuantSpec):
+        super().__init__()
+        self.spec = spec
+        self.observing = False
+        self.quantized = False
+
+    def quantize(self) -> None:
+        raise NotImplementedError
+
+    def deploy_placeholders(self) -> None:
+        raise NotImplementedError
+
+    def param_quant_types(self) -> Dict[str, str]:
+        """Local parameter name -> quant type for ``quant_desc.json``."""
+        raise NotImplementedError
+
+    def _set_param(self, name: str, value: np.ndarray) -> None:
+        """(Re)define parameter ``name`` with ``value``'s dtype and shape."""
+        setattr(self, name, Parameter(Tensor(value), name=name, requires_grad=False))

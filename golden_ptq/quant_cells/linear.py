@@ -1,0 +1,101 @@
+"""``QuantLinear``: the quantized form of :class:`golden_ptq.networks.layers.Linear`.
+
+Deployed parameters (beside ``bias``, which stays float):
+
+=========== ========================= ===============================================
+W8A16       ``weight`` int8 [out,in]   ``weight_scale`` [out] (or [out, groups]) (+ ``weight_zp``)
+W8A8        ``weight`` int8 [out,in]   ``weight_scale`` [out], ``input_scale`` [1], ``input_zp`` [1],
+                                       ``quant_bias`` int32 [out] = -zp * sum_k w_q, ``deq_scale`` [out]
+W8A8-dyn    ``weight`` int8 [out,in]   ``weight_scale`` [out]; input scales per token at run time
+=========== ========================= ===============================================
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+import numpy as np
+from mindspore import Tensor, ops
+
+from golden_ptq.networks.layers import Linear
+from golden_ptq.quant_cells import linear_kernels as kernels
+from golden_ptq.quant_cells.base import QuantCell
+from golden_ptq.quant_cells.spec import LayerQuantSpec
+from golden_ptq.quant_math import MinMaxObserver, asymmetric_params, quantize_weight, symmetric_scale
+
+
+class QuantLinear(QuantCell):
+    """Replaces a ``Linear``; takes over its weight (and bias) Parameters."""
+
+    def __init__(self, linear: Linear, spec: LayerQuantSpec):
+        super().__init__(spec)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = linear.weight
+        self.bias = linear.bias
+        self.input_observer = MinMaxObserver()
+
+    # ----- calibration --------------------------------------------------------------------------
+    def construct(self, x: Tensor) -> Tensor:
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        if not self.quantized:
+            if self.observing:
+                self.input_observer.update(x2.asnumpy())
+            y = ops.MatMul(transpose_b=True)(x2, self.weight)
+        elif self.spec.act and self.spec.act_dynamic:
+            y = kernels.a8w8_dynamic(x2, self.weight, self.weight_scale)
+        elif self.spec.act:
+            y = kernels.a8w8_static(x2, self.weight, self.input_scale, self.input_zp, self.quant_bias,
+                                    self.deq_scale)
+        elif self.spec.group_size or not self.spec.weight_symmetric:
+            y = kernels.w8a16_dequant(x2, self.weight, self.weight_scale.reshape(self.out_features, -1),
+                                      self.weight_zp.reshape(self.out_features, -1))
+        else:
+            y = kernels.w8a16_channel(x2, self.weight, self.weight_scale)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(lead + (self.out_features,))
+
+    def quantize(self) -> None:
+        """Round the (possibly smoothed) float weight and fix activation ranges from the observer."""
+        spec = self.spec
+        w = self.weight.asnumpy()
+        q, w_scale, w_zp = quantize_weight(w, spec.group_size, spec.weight_symmetric)
+        self._set_param("weight", q)
+        self._set_param("weight_scale", w_scale.astype(np.float32))
+        if spec.group_size or not spec.weight_symmetric:
+            self._set_param("weight_zp", (np.zeros_like(w_scale) if w_zp is None else w_zp).astype(np.float32))
+        if spec.act and not spec.act_dynamic:
+            lo, hi = self.input_observer.tensor_range()
+            if spec.act_symmetric:
+                x_scale, x_zp = symmetric_scale(np.array([max(-lo, hi)])), np.zeros(1, np.float32)
+            else:
+                x_scale, x_zp = asymmetric_params(np.array([lo]), np.array([hi]))
+            self._set_param("input_scale", x_scale.astype(np.float32))
+            self._set_param("input_zp", x_zp.astype(np.float32))
+            quant_bias = -x_zp[0].astype(np.int64) * q.astype(np.int64).sum(axis=1)
+            self._set_param("quant_bias", quant_bias.astype(np.int32))
+            self._set_param("deq_scale", (x_scale[0].astype(np.float64) * w_scale).astype(np.float32))
+        self.quantized = True
+        self.observing = False
+
+    def deploy_placeholders(self) -> None:
+        spec = self.spec
+        groups = self.in_features // spec.group_size if spec.group_size else 0
+        scale_shape = (self.out_features, groups) if groups else (self.out_features,)
+        self._set_param("weight", np.zeros((self.out_features, self.in_features), np.int8))
+        self._set_param("weight_scale", np.ones(scale_shape, np.float32))
+        if spec.group_size or not spec.weight_symmetric:
+            self._set_param("weight_zp", np.zeros(scale_shape, np.float32))
+        if spec.act and not spec.act_dynamic:
+            self._set_param("input_scale", np.ones(1, np.float32))
+            self._set_param("input_zp", np.zeros(1, np.float32))
+            self._set_param("quant_bias", np.zeros(self.out_features, np.int32))
+            self._set_param("deq_scale", np.ones(self.out_features, np.float32))
+        self.quantized = True
+
+    def param_quant_types(self) -> Dict[str, str]:
+        label = self.spec.label
+        types = {name: label for name, _ in self.parameters_and_names(expand=False)}
+        if self.bias is not None:
+            types["bias"] = "FLOAT"
+        return types

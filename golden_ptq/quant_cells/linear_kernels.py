@@ -1,0 +1,64 @@
+"""Run-time math of the quantized Linear forms, as MindSpore functions.
+
+Integer matmul on CPU: MindSpore's int8 x int8 MatMul returns int8 (it overflows) and int32
+MatMul is 3.5-13x slower than float32. Products of int8 codes are integers of magnitude at most
+128 * 127 = 16256, so any partial sum over at most 1024 of them stays below 2**24 and is exact
+in float32, whatever order the BLAS adds in. We therefore multiply the codes as float32 in
+chunks of <= 1024 input channels, cast each chunk's exact result to int32 and add in int32:
+the result equals exact int8 x int8 -> int32 accumulation, at float32 GEMM speed.
+"""
+from __future__ import annotations
+
+import mindspore as ms
+from mindspore import Tensor, ops
+
+from golden_ptq.networks.layers import compiled_for_large_inputs
+
+EXACT_CHUNK = 1024
+
+
+def int_matmul(xq: Tensor, wq: Tensor) -> Tensor:
+    """``xq [M, K] @ wq [N, K].T`` as int32, for integer-valued float32 ``xq`` and int8 ``wq``."""
+    mm = ops.MatMul(transpose_b=True)
+    k = xq.shape[1]
+    w = wq.astype(ms.float32)
+    if k <= EXACT_CHUNK:
+        return mm(xq, w).astype(ms.int32)
+    acc = None
+    for start in range(0, k, EXACT_CHUNK):
+        stop = min(start + EXACT_CHUNK, k)
+        part = mm(xq[:, start:stop], w[:, start:stop]).astype(ms.int32)
+        acc = part if acc is None else ops.add(acc, part)
+    return acc
+
+
+def _a8w8_static(x: Tensor, wq: Tensor, input_scale: Tensor, input_zp: Tensor, quant_bias: Tensor,
+                 deq_scale: Tensor) -> Tensor:
+    xq = ops.clip_by_value(ops.add(ops.round(ops.div(x, input_scale)), input_zp), -128.0, 127.0)
+    acc = ops.add(int_matmul(xq, wq), quant_bias)
+    return ops.mul(acc.astype(ms.float32), deq_scale)
+
+
+def _a8w8_dynamic(x: Tensor, wq: Tensor, weight_scale: Tensor) -> Tensor:
+    scale = ops.maximum(ops.div(ops.max(ops.abs(x), axis=-1, keepdims=True)[0], 127.0), 1e-8)
+    xq = ops.clip_by_value(ops.round(ops.div(x, scale)), -127.0, 127.0)
+    return ops.mul(ops.mul(int_matmul(xq, wq).astype(ms.float32), scale), weight_scale)
+
+
+def _w8a16_channel(x: Tensor, wq: Tensor, weight_scale: Tensor) -> Tensor:
+    return ops.mul(ops.MatMul(transpose_b=True)(x, wq.astype(ms.float32)), weight_scale)
+
+
+def _w8a16_dequant(x: Tensor, wq: Tensor, weight_scale: Tensor, weight_zp: Tensor) -> Tensor:
+    """Group-wise or asymmetric weights: dequantize the weight, then a float matmul."""
+    out_features, in_features = wq.shape
+    groups = weight_scale.shape[1]
+    w = wq.astype(ms.float32).reshape(out_features, groups, in_features // groups)
+    w = ops.mul(ops.sub(w, weight_zp.reshape(out_features, groups, 1)), weight_scale.reshape(out_features, groups, 1))
+    return ops.MatMul(transpose_b=True)(x, w.reshape(out_features, in_features))
+
+
+a8w8_static = compiled_for_large_inputs(_a8w8_static)
+a8w8_dynamic = compiled_for_large_inputs(_a8w8_dynamic)
+w8a16_channel = compiled_for_large_inputs(_w8a16_channel)
+w8a16_dequant = compiled_for_large_inputs(_w8a16_dequant)
