@@ -101,7 +101,7 @@ def load_checkpoint(path: str, network: nn.Cell) -> None:
         if tuple(array.shape) != tuple(param.shape) or Tensor(array[:0]).dtype != param.dtype:
             raise CheckpointMismatchError(f"{path}: parameter '{name}' is {Tensor(array[:0]).dtype} "
                                           f"{tuple(array.shape)} in the checkpoint, the network expects {expected}")
-    extra = sorted(set(arrays) - set(params))
+    extra = [name for name in arrays if name not in params]  # checkpoint order: first in the network
     if extra:
         raise CheckpointMismatchError(f"{path}: parameter '{extra[0]}' is in the checkpoint but not in the network "
                                       f"({len(extra)} unexpected); was it saved with other quantization settings?")

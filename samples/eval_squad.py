@@ -17,30 +17,6 @@ import argparse
 import json
 
 
-def build_network(network_config, quant_config=None, quant_ckpt=None):
-    """Float network and tokenizer from the yaml; with both quant args, the DEPLOY-mode
-    quantized network with the checkpoint loaded."""
-    from golden_ptq.networks.helper import NetworkHelper
-
-    helper = NetworkHelper(network_config)
-    network = helper.create_network()
-    tokenizer = helper.create_tokenizer()
-    if quant_config or quant_ckpt:
-        if not (quant_config and quant_ckpt):
-            raise SystemExit("--quant-config and --quant-ckpt go together")
-        import golden_ptq.checkpoint
-        from golden_ptq import PTQ, PTQConfig
-
-        config = PTQConfig.load(quant_config)
-        if "DEPLOY" not in str(getattr(config, "mode", "DEPLOY")).upper():
-            raise SystemExit(f"{quant_config}: mode must be DEPLOY to evaluate a quantized checkpoint")
-        ptq = PTQ(config)
-        ptq.apply(network)
-        ptq.convert(network)
-        golden_ptq.checkpoint.load_checkpoint(quant_ckpt, network)
-    return network, tokenizer
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--network-config", default="configs/smollm2_135m.yaml",
@@ -50,12 +26,14 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seq-length", type=int, default=512, help="prompt width in tokens")
     parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--quant-config", help="PTQConfig yaml (DEPLOY mode)")
-    parser.add_argument("--quant-ckpt", help="quantized checkpoint to load")
+    parser.add_argument("--quant-config", help="PTQConfig yaml the checkpoint was quantized with")
+    parser.add_argument("--quant-ckpt", help="quantized checkpoint file, or a folder written by save_quantized")
     parser.add_argument("--output", help="also write the metrics to this json file")
     args = parser.parse_args(argv)
 
     from golden_ptq.eval.precision_test import PrecisionTest
+
+    from golden_ptq.deploy import build_network
 
     network, tokenizer = build_network(args.network_config, args.quant_config, args.quant_ckpt)
     result = PrecisionTest(network, tokenizer, "squad1.1", args.batch_size,

@@ -260,6 +260,7 @@ def load_sample(name):
 
 
 def fake_helper_module(network):
+    """A stand-in NetworkHelper class that hands out ``network`` and the test tokenizer."""
     class Helper:
         def __init__(self, path):
             assert path == "net.yaml"
@@ -270,13 +271,11 @@ def fake_helper_module(network):
         def create_tokenizer(self):
             return TOK
 
-    module = types.ModuleType("golden_ptq.networks.helper")
-    module.NetworkHelper = Helper
-    return module
+    return Helper
 
 
 def test_eval_boolq_sample_cli(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "golden_ptq.networks.helper", fake_helper_module(BeliefNet()))
+    monkeypatch.setattr("golden_ptq.networks.helper.NetworkHelper", fake_helper_module(BeliefNet()))
     out = tmp_path / "result.json"
     result = load_sample("eval_boolq").main([
         "--network-config", "net.yaml", "--dataset-path", write_boolq(tmp_path),
@@ -286,7 +285,7 @@ def test_eval_boolq_sample_cli(tmp_path, monkeypatch):
 
 
 def test_eval_squad_sample_cli(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "golden_ptq.networks.helper", fake_helper_module(AnswerNet()))
+    monkeypatch.setattr("golden_ptq.networks.helper.NetworkHelper", fake_helper_module(AnswerNet()))
     result = load_sample("eval_squad").main([
         "--network-config", "net.yaml", "--dataset-path", write_squad(tmp_path),
         "--n-samples", "2", "--seq-length", "128"])
@@ -294,7 +293,7 @@ def test_eval_squad_sample_cli(tmp_path, monkeypatch):
 
 
 def test_sample_quant_args_go_together(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "golden_ptq.networks.helper", fake_helper_module(BeliefNet()))
-    with pytest.raises(SystemExit, match="go together"):
+    monkeypatch.setattr("golden_ptq.networks.helper.NetworkHelper", fake_helper_module(BeliefNet()))
+    with pytest.raises(ValueError, match="quant-config"):
         load_sample("eval_ppl").main(["--network-config", "net.yaml", "--dataset-path", "x.txt",
                                       "--quant-ckpt", "a.ckpt"])

@@ -146,11 +146,15 @@ class PTQ(CompAlgo):
             raise ValueError(f"PTQConfig.opname_blacklist entry '{unmatched[0]}' matches no quantizable layer; "
                              f"names look like: {examples}")
         self.records = []
+        replaced: List[str] = []
         for name, cell, entry in targets:
+            if any(name.startswith(outer + ".") for outer in replaced):
+                continue  # inside a layer that is itself quantized as a whole (a user's registered Cell)
             spec = self.layer_spec(name, entry["kind"])
             self.records.append(LayerRecord(name, type(cell).__name__, spec))
             if not spec.skip_reason:
                 _replace_cell(network, name, entry["quant_type"](cell, spec))
+                replaced.append(name)
         if not any(not r.spec.skip_reason for r in self.records):
             reasons = sorted({r.spec.skip_reason for r in self.records})
             raise ValueError(f"PTQ.apply: the config quantizes no layer of this network ({len(self.records)} "

@@ -40,7 +40,9 @@ def perplexity(network, token_ids: np.ndarray, seq_length: int, stride: Optional
         chunk = starts[first:first + batch_size]
         windows = np.stack([tokens[s:s + seq_length] for s in chunk])
         logits = network(windows).asnumpy()
-        nll = log_softmax_nll(logits[:, :-1], windows[:, 1:])
+        # one row at a time in float64: [T, V] at a time instead of [B, T, V]
+        nll = [log_softmax_nll(logits[row, :-1], windows[row, 1:]) for row in range(len(chunk))]
+        del logits
         for row, start in enumerate(chunk):
             keep = seq_length - 1 if (start == 0 or stride == seq_length) else stride
             total_nll += float(nll[row, -keep:].sum())

@@ -1,0 +1,78 @@
+"""A quantized model on disk: checkpoint + ``quant_desc.json`` + the ``ptq_config.yaml`` that rebuilds it.
+
+``save_quantized(network, ptq, folder)`` after QUANTIZE; ``load_quantized(helper, folder)`` in any
+later process builds the float network, applies PTQ in DEPLOY mode with the saved settings and
+loads the checkpoint strictly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Optional, Tuple, Union
+
+from golden_ptq.algorithm import PTQ
+from golden_ptq.checkpoint import load_checkpoint, save_checkpoint
+from golden_ptq.config import PTQConfig, PTQMode
+from golden_ptq.networks.helper import NetworkHelper
+
+CONFIG_FILE = "ptq_config.yaml"
+
+
+def save_quantized(network, ptq: PTQ, folder: str, fmt: str = "ckpt") -> str:
+    """Write ``folder/model.<fmt>``, ``quant_desc.json`` and ``ptq_config.yaml``; returns the checkpoint path."""
+    if fmt not in ("ckpt", "safetensors"):
+        raise ValueError(f"save_quantized: fmt {fmt!r} is not one of ['ckpt', 'safetensors']")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"model.{fmt}")
+    save_checkpoint(network, path)
+    dataclasses.replace(ptq.config, mode=PTQMode.DEPLOY).dump(os.path.join(folder, CONFIG_FILE))
+    return path
+
+
+def find_checkpoint(folder: str) -> str:
+    for name in ("model.ckpt", "model.safetensors"):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError(f"{folder}: no model.ckpt or model.safetensors; was it written by save_quantized?")
+
+
+def load_quantized(helper: Union[NetworkHelper, str], folder: Optional[str] = None,
+                   quant_config: Optional[Union[PTQConfig, str]] = None,
+                   checkpoint: Optional[str] = None) -> Tuple[object, PTQ]:
+    """DEPLOY-mode network with the quantized checkpoint loaded.
+
+    Give ``folder`` (as written by :func:`save_quantized`), or ``quant_config`` (a PTQConfig or its
+    yaml; its mode is switched to DEPLOY) plus ``checkpoint``.
+    """
+    helper = NetworkHelper(helper) if isinstance(helper, str) else helper
+    if folder is not None:
+        quant_config = quant_config or os.path.join(folder, CONFIG_FILE)
+        checkpoint = checkpoint or find_checkpoint(folder)
+    if quant_config is None or checkpoint is None:
+        raise ValueError("load_quantized needs a folder, or both quant_config and checkpoint")
+    config = PTQConfig.load(quant_config) if isinstance(quant_config, str) else quant_config
+    config = dataclasses.replace(config, mode=PTQMode.DEPLOY)
+    network = helper.create_network()
+    ptq = PTQ(config)
+    ptq.apply(network)
+    ptq.convert(network)
+    load_checkpoint(checkpoint, network)
+    return network, ptq
+
+
+def build_network(network_config: str, quant_config: Optional[str] = None, quant_ckpt: Optional[str] = None):
+    """(network, tokenizer) for the samples: float, or quantized when ``quant_ckpt`` is given (a
+    checkpoint file together with ``quant_config``, or a folder written by :func:`save_quantized`)."""
+    from golden_ptq.networks import helper as helper_module  # looked up per call: tests swap it
+
+    helper = helper_module.NetworkHelper(network_config)
+    if not (quant_config or quant_ckpt):
+        return helper.create_network(), helper.create_tokenizer()
+    if quant_ckpt and os.path.isdir(quant_ckpt):
+        network, _ = load_quantized(helper, quant_ckpt, quant_config=quant_config)
+    elif quant_config and quant_ckpt:
+        network, _ = load_quantized(helper, quant_config=quant_config, checkpoint=quant_ckpt)
+    else:
+        raise ValueError("--quant-ckpt is needed: a checkpoint file with --quant-config, or a save_quantized folder")
+    return network, helper.create_tokenizer()

@@ -1,0 +1,73 @@
+"""Quantization math against hand-computed numpy references, and the exact integer matmul."""
+import mindspore as ms
+import numpy as np
+import pytest
+
+from golden_ptq.quant_cells.linear_kernels import EXACT_CHUNK, int_matmul
+from golden_ptq.quant_math import MinMaxObserver, asymmetric_params, dequantize, quantize, quantize_weight, symmetric_scale
+
+
+def test_symmetric_weight_quantization_per_channel():
+    w = np.array([[0.5, -1.0, 0.25], [2.0, 0.0, -0.02]], np.float32)
+    q, scale, zp = quantize_weight(w)
+    np.testing.assert_allclose(scale, [1.0 / 127, 2.0 / 127], rtol=1e-6)
+    assert q.dtype == np.int8 and zp is None
+    np.testing.assert_array_equal(q, [[64, -127, 32], [127, 0, -1]])  # 63.5 -> 64 (half to even), -1.27 -> -1
+    assert np.abs(dequantize(q, scale[:, None]) - w).max() <= scale.max() / 2 + 1e-7
+
+
+def test_group_quantization_has_one_scale_per_group():
+    rng = np.random.RandomState(0)
+    w = rng.randn(4, 8).astype(np.float32)
+    w[0, :4] *= 100  # an outlier group must not coarsen the other group of the row
+    q, scale, _ = quantize_weight(w, group_size=4)
+    assert scale.shape == (4, 2)
+    np.testing.assert_allclose(scale, np.abs(w.reshape(4, 2, 4)).max(-1) / 127, rtol=1e-6)
+    deq = dequantize(q.reshape(4, 2, 4), scale[..., None]).reshape(4, 8)
+    assert np.abs(deq - w)[0, 4:].max() <= scale[0, 1] / 2 + 1e-7
+
+
+def test_asymmetric_params_map_range_and_keep_zero_exact():
+    scale, zp = asymmetric_params(np.array([-1.0]), np.array([3.0]))
+    np.testing.assert_allclose(scale, [4.0 / 255], rtol=1e-6)
+    assert zp[0] == np.round(-128 + 1.0 / scale[0])
+    codes = quantize(np.array([-1.0, 0.0, 3.0]), scale, zp, symmetric=False)
+    assert codes[0] == -128 and codes[2] == 127
+    assert dequantize(codes[1:2], scale, zp)[0] == 0.0
+    scale, zp = asymmetric_params(np.array([0.5]), np.array([2.0]))  # range widened to contain 0
+    assert quantize(np.array([0.0]), scale, zp, symmetric=False)[0] == -128
+
+
+def test_asymmetric_weights():
+    w = np.array([[0.0, 1.0, 2.0, 3.0]], np.float32)
+    q, scale, zp = quantize_weight(w, symmetric=False)
+    np.testing.assert_allclose(dequantize(q, scale[:, None], zp[:, None]), w, atol=scale[0] / 2 + 1e-7)
+
+
+def test_symmetric_scale_of_zero_channel_is_positive():
+    assert symmetric_scale(np.array([0.0]))[0] > 0
+
+
+def test_observer_tracks_channels_and_rescales():
+    obs = MinMaxObserver()
+    obs.update(np.array([[1.0, -4.0], [2.0, 0.5]]))
+    obs.update(np.array([[-3.0, 1.0]]))
+    np.testing.assert_array_equal(obs.minimum, [-3.0, -4.0])
+    np.testing.assert_array_equal(obs.absmax(), [3.0, 4.0])
+    assert obs.tensor_range() == (-4.0, 2.0)
+    obs.scale_channels(np.array([0.5, 2.0]))
+    assert obs.tensor_range() == (-8.0, 2.0) and obs.rows == 3
+    with pytest.raises(RuntimeError, match="no data"):
+        MinMaxObserver().absmax()
+
+
+@pytest.mark.parametrize("k", [7, EXACT_CHUNK, 2500])
+def test_int_matmul_is_exact_int32_accumulation(k):
+    rng = np.random.RandomState(k)
+    x = rng.randint(-128, 128, size=(5, k))
+    w = rng.randint(-127, 128, size=(3, k))
+    x[0] = -128
+    w[0] = -127  # worst-case sum: k * 16256, beyond float32's exact range for k > 1032
+    got = int_matmul(ms.Tensor(x.astype(np.float32)), ms.Tensor(w.astype(np.int8))).asnumpy()
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, x.astype(np.int64) @ w.T.astype(np.int64))
