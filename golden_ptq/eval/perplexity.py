@@ -45,6 +45,6 @@ def perplexity(network, token_ids: np.ndarray, seq_length: int, stride: Optional
         del logits
         for row, start in enumerate(chunk):
             keep = seq_length - 1 if (start == 0 or stride == seq_length) else stride
-            total_nll += float(nll[row, -keep:].sum())
+            total_nll += float(nll[row][-keep:].sum())
             total_count += keep
     return float(np.exp(total_nll / total_count))
