@@ -66,13 +66,15 @@ def save_checkpoint(network: nn.Cell, path: str, desc_path: Optional[str] = None
         arrays = {k: np.ascontiguousarray(v) for k, v in _arrays(network).items()}
         _atomic_write(path, lambda tmp: save_file(arrays, tmp))
     desc_path = desc_path or os.path.join(os.path.dirname(os.path.abspath(path)), "quant_desc.json")
-    text = json.dumps(quant_desc(network), indent=1, sort_keys=True)
+    atomic_write_text(desc_path, json.dumps(quant_desc(network), indent=1, sort_keys=True))
+    return desc_path
 
-    def write_desc(tmp: str) -> None:
+
+def atomic_write_text(path: str, text: str) -> None:
+    def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as handle:
             handle.write(text)
-    _atomic_write(desc_path, write_desc)
-    return desc_path
+    _atomic_write(path, write)
 
 
 def read_checkpoint(path: str) -> Dict[str, np.ndarray]:

@@ -76,3 +76,21 @@ def build_network(network_config: str, quant_config: Optional[str] = None, quant
     else:
         raise ValueError("--quant-ckpt is needed: a checkpoint file with --quant-config, or a save_quantized folder")
     return network, helper.create_tokenizer()
+
+
+def add_network_arguments(parser) -> None:
+    """The command-line options every evaluation sample shares."""
+    parser.add_argument("--network-config", default="configs/smollm2_135m.yaml",
+                        help="network yaml (default: %(default)s)")
+    parser.add_argument("--quant-config", help="PTQConfig yaml the checkpoint was quantized with")
+    parser.add_argument("--quant-ckpt", help="quantized checkpoint file, or a folder written by save_quantized")
+    parser.add_argument("--output", help="also write the metrics to this json file")
+
+
+def write_metrics(result: dict, path: Optional[str]) -> None:
+    """Write ``result`` as json to ``path`` (atomically), when a path is given."""
+    if not path:
+        return
+    import json
+    from golden_ptq.checkpoint import atomic_write_text
+    atomic_write_text(path, json.dumps(result, indent=2))

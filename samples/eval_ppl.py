@@ -15,13 +15,13 @@ unless ``--stride`` is given (see ``golden_ptq.eval.perplexity``).
 with ``msrun --worker_num=N --local_worker_num=N --join=True``.
 """
 import argparse
-import json
+
+from golden_ptq.deploy import add_network_arguments, build_network, write_metrics
+from golden_ptq.eval.precision_test import PrecisionTest
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--network-config", default="configs/smollm2_135m.yaml",
-                        help="network yaml (default: %(default)s)")
     parser.add_argument("--dataset-path", required=True, help="a UTF-8 text file")
     parser.add_argument("--start", type=float, default=0.0, help="first token, as a fraction")
     parser.add_argument("--end", type=float, default=1.0, help="end token, as a fraction")
@@ -29,23 +29,15 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--seq-length", type=int, default=512, help="window in tokens")
     parser.add_argument("--stride", type=int, default=None, help="window step (default: seq-length)")
-    parser.add_argument("--quant-config", help="PTQConfig yaml the checkpoint was quantized with")
-    parser.add_argument("--quant-ckpt", help="quantized checkpoint file, or a folder written by save_quantized")
-    parser.add_argument("--output", help="also write the metrics to this json file")
+    add_network_arguments(parser)
     args = parser.parse_args(argv)
-
-    from golden_ptq.eval.precision_test import PrecisionTest
-
-    from golden_ptq.deploy import build_network
 
     network, tokenizer = build_network(args.network_config, args.quant_config, args.quant_ckpt)
     result = PrecisionTest(network, tokenizer, "text", args.batch_size,
                            dataset_path=args.dataset_path, n_samples=args.n_samples or None,
                            seq_length=args.seq_length, stride=args.stride,
                            text_fraction=(args.start, args.end)).test()
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
+    write_metrics(result, args.output)
     return result
 
 

@@ -14,35 +14,27 @@ Under msrun (tensor parallelism), prefix the same command line with
 Prompts are greedy-decoded; the answer is the text up to the first line break.
 """
 import argparse
-import json
+
+from golden_ptq.deploy import add_network_arguments, build_network, write_metrics
+from golden_ptq.eval.precision_test import PrecisionTest
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--network-config", default="configs/smollm2_135m.yaml",
-                        help="network yaml (default: %(default)s)")
     parser.add_argument("--dataset-path", required=True, help="SQuAD v1.1 dev-v1.1.json")
     parser.add_argument("--n-samples", type=int, default=200, help="questions to score (0 = all)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seq-length", type=int, default=512, help="prompt width in tokens")
     parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--quant-config", help="PTQConfig yaml the checkpoint was quantized with")
-    parser.add_argument("--quant-ckpt", help="quantized checkpoint file, or a folder written by save_quantized")
-    parser.add_argument("--output", help="also write the metrics to this json file")
+    add_network_arguments(parser)
     args = parser.parse_args(argv)
-
-    from golden_ptq.eval.precision_test import PrecisionTest
-
-    from golden_ptq.deploy import build_network
 
     network, tokenizer = build_network(args.network_config, args.quant_config, args.quant_ckpt)
     result = PrecisionTest(network, tokenizer, "squad1.1", args.batch_size,
                            dataset_path=args.dataset_path, n_samples=args.n_samples or None,
                            seq_length=args.seq_length, max_new_tokens=args.max_new_tokens,
                            log_every=10).test()
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
+    write_metrics(result, args.output)
     return result
 
 

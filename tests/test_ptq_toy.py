@@ -212,3 +212,24 @@ def test_smoothing_alone_keeps_the_function(tiny_config):
     assert len(smooth.applied) == 8  # 4 mappings x 2 layers
     with pytest.raises(RuntimeError, match="never calibrated"):
         ptq.convert(net)
+
+
+def test_guide_flow_with_mindspore_save_and_load(tmp_path, tiny_config):
+    """The Golden Stick guide's own calls: ms.save_checkpoint / ms.load_checkpoint on the int8 network."""
+    kwargs = dict(act_quant_dtype=I8, kvcache_quant_dtype=I8, outliers_suppression=SMOOTH,
+                  opname_blacklist=["w2", "lm_head"])
+    net = LlamaForCausalLM(tiny_config, seed=0)
+    ptq = PTQ(config=PTQConfig(mode=PTQMode.QUANTIZE, **kwargs))
+    ptq.apply(net, None, calibration(tiny_config))
+    ptq.convert(net)
+    ids = np.random.RandomState(5).randint(0, tiny_config.vocab_size, (1, 16))
+    expected = net(ids).asnumpy()
+    path = str(tmp_path / "a8w8c8.ckpt")
+    ms.save_checkpoint(net.parameters_dict(), path,
+                       choice_func=lambda x: "key_cache" not in x and "value_cache" not in x and "float_weight" not in x)
+    deployed = LlamaForCausalLM(tiny_config, seed=1)
+    ptq = PTQ(config=PTQConfig(mode=PTQMode.DEPLOY, **kwargs))
+    ptq.apply(deployed)
+    ptq.convert(deployed)
+    ms.load_checkpoint(path, deployed)
+    np.testing.assert_allclose(deployed(ids).asnumpy(), expected, atol=1e-6, rtol=0)

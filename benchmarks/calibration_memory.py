@@ -1,0 +1,71 @@
+"""Peak memory of layer-wise calibration on SmolLM2, in a fresh process.
+
+    python benchmarks/calibration_memory.py --quant-config configs/ptq/a8w8_smooth_c8.yaml
+
+Prints the resident memory after loading the float model, the peak during calibration, and the
+size of the cached per-layer activations (calibration tokens x hidden size x 4 bytes x 2: the
+inputs of the current layer and its outputs).
+"""
+import argparse
+import json
+import resource
+import threading
+import time
+
+import numpy as np
+import psutil
+
+from golden_ptq import PTQ, PTQConfig
+from golden_ptq.eval.corpus import load_splits
+from golden_ptq.networks.default_model import default_gguf_path
+from golden_ptq.networks.loaders import load_gguf
+
+
+class PeakSampler(threading.Thread):
+    """Samples this process's RSS every 50 ms (ru_maxrss cannot be reset between phases)."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.peak, self.stop = 0, False
+
+    def run(self):
+        proc = psutil.Process()
+        while not self.stop:
+            self.peak = max(self.peak, proc.memory_info().rss)
+            time.sleep(0.05)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--quant-config", default="configs/ptq/a8w8_smooth_c8.yaml")
+    parser.add_argument("--calib-samples", type=int, default=16)
+    parser.add_argument("--seq-length", type=int, default=512)
+    args = parser.parse_args(argv)
+    network, tokenizer = load_gguf(default_gguf_path(), max_position_embeddings=2048)
+    float_bytes = sum(p.asnumpy().nbytes for _, p in network.parameters_and_names())
+    calib_text, _ = load_splits()
+    seq = args.seq_length
+    tokens = np.asarray(tokenizer.encode(calib_text[: seq * 8 * args.calib_samples]))
+    calib = [tokens[i * seq:(i + 1) * seq] for i in range(args.calib_samples)]
+    rss_loaded = psutil.Process().memory_info().rss
+    sampler = PeakSampler()
+    sampler.start()
+    ptq = PTQ(PTQConfig.load(args.quant_config))
+    ptq.apply(network, None, calib)
+    ptq.convert(network)
+    sampler.stop = True
+    sampler.join()
+    hidden = network.config.hidden_size
+    print(json.dumps({
+        "quant_config": args.quant_config, "calibration_tokens": ptq.calibration_tokens,
+        "calibration_s": round(ptq.calibration_seconds, 1),
+        "float_parameters_gb": round(float_bytes / 1e9, 3),
+        "rss_after_load_gb": round(rss_loaded / 1e9, 2),
+        "peak_rss_during_calibration_gb": round(sampler.peak / 1e9, 2),
+        "calibration_over_loaded_gb": round((sampler.peak - rss_loaded) / 1e9, 2),
+        "cached_layer_activations_gb": round(2 * ptq.calibration_tokens * hidden * 4 / 1e9, 3),
+        "process_peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2)}))
+
+
+if __name__ == "__main__":
+    main()
