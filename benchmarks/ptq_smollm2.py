@@ -124,6 +124,9 @@ def main(argv=None) -> int:
                 save_checkpoint(network, path)
                 row["ckpt_bytes"] = os.path.getsize(path)
                 row["ckpt_vs_fp16"] = round(row["ckpt_bytes"] / fp16_bytes, 3)
+                half = os.path.join(folder, f"{scheme}-f16floats.ckpt")
+                save_checkpoint(network, half, desc_path=os.path.join(folder, "desc.json"), float_dtype="float16")
+                row["ckpt_f16_floats_vs_fp16"] = round(os.path.getsize(half) / fp16_bytes, 3)
                 q, f = linear_bytes(network)
                 if f:
                     row["quant_linear_vs_fp16"] = round(q / f, 4)

@@ -55,15 +55,30 @@ def _arrays(network: nn.Cell) -> Dict[str, np.ndarray]:
     return {name: param.asnumpy() for name, param in network.parameters_and_names()}
 
 
-def save_checkpoint(network: nn.Cell, path: str, desc_path: Optional[str] = None) -> str:
+def save_checkpoint(network: nn.Cell, path: str, desc_path: Optional[str] = None,
+                    float_dtype: Optional[str] = None) -> str:
     """Write ``path`` (``.ckpt`` or ``.safetensors``) atomically, and ``quant_desc.json`` beside it
-    (or at ``desc_path``). Returns the path of the description."""
+    (or at ``desc_path``). Returns the path of the description.
+
+    ``float_dtype="float16"`` stores the parameters that stay float (norms, float layers, biases,
+    scales excepted) in half precision, as an fp16 deployment would hold them; loading casts them
+    back to float32, so such a checkpoint reproduces the QUANTIZE-process logits only to fp16
+    rounding of those parameters. The default keeps them bit-exact.
+    """
     fmt = _format(path)
+    if float_dtype not in (None, "float16"):
+        raise ValueError(f"save_checkpoint: float_dtype {float_dtype!r} is not one of [None, 'float16']")
+    arrays = _arrays(network)
+    if float_dtype:
+        desc = quant_desc(network)
+        arrays = {k: (v.astype(np.float16) if desc[k] == "FLOAT" and v.dtype == np.float32 else v)
+                  for k, v in arrays.items()}
     if fmt == "ckpt":
-        _atomic_write(path, lambda tmp: ms.save_checkpoint(network.parameters_dict(), tmp))
+        entries = [{"name": k, "data": Tensor(v)} for k, v in arrays.items()]
+        _atomic_write(path, lambda tmp: ms.save_checkpoint(entries, tmp))
     else:
         from safetensors.numpy import save_file
-        arrays = {k: np.ascontiguousarray(v) for k, v in _arrays(network).items()}
+        arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
         _atomic_write(path, lambda tmp: save_file(arrays, tmp))
     desc_path = desc_path or os.path.join(os.path.dirname(os.path.abspath(path)), "quant_desc.json")
     atomic_write_text(desc_path, json.dumps(quant_desc(network), indent=1, sort_keys=True))
@@ -100,6 +115,8 @@ def load_checkpoint(path: str, network: nn.Cell) -> None:
             raise CheckpointMismatchError(f"{path}: no parameter '{name}' (the network expects {expected}); "
                                           f"was it saved with other quantization settings?")
         array = arrays[name]
+        if array.dtype == np.float16 and param.dtype == ms.float32:
+            array = arrays[name] = array.astype(np.float32)  # saved with float_dtype="float16"
         if tuple(array.shape) != tuple(param.shape) or Tensor(array[:0]).dtype != param.dtype:
             raise CheckpointMismatchError(f"{path}: parameter '{name}' is {Tensor(array[:0]).dtype} "
                                           f"{tuple(array.shape)} in the checkpoint, the network expects {expected}")

@@ -233,3 +233,25 @@ def test_guide_flow_with_mindspore_save_and_load(tmp_path, tiny_config):
     ptq.convert(deployed)
     ms.load_checkpoint(path, deployed)
     np.testing.assert_allclose(deployed(ids).asnumpy(), expected, atol=1e-6, rtol=0)
+
+
+def test_float16_storage_of_float_parameters(tmp_path, tiny_config):
+    net = LlamaForCausalLM(tiny_config, seed=0)
+    ptq = PTQ(PTQConfig(opname_blacklist=["lm_head"]))
+    ptq.apply(net, None, calibration(tiny_config))
+    ptq.convert(net)
+    save_checkpoint(net, str(tmp_path / "f32.safetensors"))
+    save_checkpoint(net, str(tmp_path / "f16.safetensors"), float_dtype="float16")
+    from golden_ptq.checkpoint import read_checkpoint
+    stored = read_checkpoint(str(tmp_path / "f16.safetensors"))
+    assert stored["lm_head.weight"].dtype == np.float16 and stored["model.norm_out.weight"].dtype == np.float16
+    assert stored["model.layers.0.attention.wq.weight_scale"].dtype == np.float32
+    assert stored["model.layers.0.attention.wq.weight"].dtype == np.int8
+    float_bytes = sum(p.asnumpy().nbytes for n, p in net.parameters_and_names() if quant_desc(net)[n] == "FLOAT")
+    saved = (tmp_path / "f32.safetensors").stat().st_size - (tmp_path / "f16.safetensors").stat().st_size
+    assert abs(saved - float_bytes / 2) < 256  # half of every float parameter, up to header padding
+    deployed = LlamaForCausalLM(tiny_config, seed=1)
+    PTQ(PTQConfig(mode=PTQMode.DEPLOY, opname_blacklist=["lm_head"])).apply(deployed)
+    load_checkpoint(str(tmp_path / "f16.safetensors"), deployed)
+    ids = np.random.RandomState(0).randint(0, tiny_config.vocab_size, (1, 8))
+    np.testing.assert_allclose(deployed(ids).asnumpy(), net(ids).asnumpy(), rtol=0, atol=2e-3)
