@@ -25,8 +25,19 @@ def save_quantized(network, ptq: PTQ, folder: str, fmt: str = "ckpt") -> str:
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, f"model.{fmt}")
     save_checkpoint(network, path)
-    dataclasses.replace(ptq.config, mode=PTQMode.DEPLOY).dump(os.path.join(folder, CONFIG_FILE))
+    deploy_config(ptq).dump(os.path.join(folder, CONFIG_FILE))
     return path
+
+
+def deploy_config(ptq: PTQ) -> PTQConfig:
+    """The DEPLOY-mode config that rebuilds ``ptq``'s quantized network.
+
+    DEPLOY cannot recompute range_parms, so layers that ``disable_level`` rolled back are written
+    into ``disable_names`` (and ``disable_level`` becomes ``'L0'``): they stay float there too.
+    """
+    rolled = [name for name in ptq.rolled_back if name not in ptq.config.disable_names]
+    return dataclasses.replace(ptq.config, mode=PTQMode.DEPLOY, disable_names=list(ptq.config.disable_names) + rolled,
+                               disable_level="L0")
 
 
 def find_checkpoint(folder: str) -> str:

@@ -1,22 +1,27 @@
 """``PTQ``: post-training quantization of a network, layer by layer, through a pipeline of modules."""
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from mindspore import nn
+from mindspore import Tensor, nn
 
 from golden_ptq.algorithm.calibration_data import length_batches, token_rows
 from golden_ptq.algorithm.comp_algo import CompAlgo
-from golden_ptq.algorithm.modules import AlgoModule, LayerContext, QuantizeModule, SmoothModule
-from golden_ptq.config import OutliersSuppressionType, PTQConfig, PTQMode, QuantGranularity
+from golden_ptq.algorithm.modules import (AlgoModule, InputRecorder, LayerContext, QuantizeModule,
+                                          build_anti_outlier_module)
+from golden_ptq.config import PTQConfig, PTQMode, QuantGranularity
 from golden_ptq.networks.llama import sync_parameter_names
 from golden_ptq.networks.structure import LlamaStructure
 from golden_ptq.quant_cells import LayerQuantSpec, QuantCell, QuantCellRegistry, default_registry
 from golden_ptq.quant_cells.embedding import QuantEmbedding
 from golden_ptq.quant_cells.linear import QuantLinear
+from golden_ptq.quant_math import make_act_observer
+
+LOGGER = logging.getLogger("golden_ptq")
 
 
 @dataclass
@@ -24,12 +29,18 @@ class LayerRecord:
     name: str
     layer_type: str
     spec: LayerQuantSpec
+    weight_bits: int = 8
+
+    @property
+    def label(self) -> str:
+        label = self.spec.label
+        return label.replace("W8", "W4", 1) if self.weight_bits == 4 and label.startswith("W8") else label
 
     @property
     def became(self) -> str:
         if self.spec.skip_reason:
             return f"FLOAT ({self.spec.skip_reason})"
-        return self.spec.label
+        return self.label
 
 
 class PTQ(CompAlgo):
@@ -43,10 +54,19 @@ class PTQ(CompAlgo):
 
     DEPLOY: ``apply(network)`` builds the same quantized structure with placeholder parameters for
     a checkpoint saved in QUANTIZE mode to fill.
+
+    Tuning (msModelSlim's recipe): ``config.anti_method`` picks the outlier-suppression module,
+    ``config.act_method`` the activation observer; after calibration ``range_parms`` holds every
+    observed Linear's range_parm and, with ``measure_sensitivity=True`` (or rollback by
+    ``output_error``), ``output_errors`` its relative output MSE, quantized vs float, on a row
+    sample of its calibration inputs. ``disable_level='Lx'`` then rolls the x most sensitive
+    Linear layers back to float (``rolled_back`` lists them); they were quantized while later
+    layers calibrated, so those saw slightly more error than the final network has.
     """
 
     def __init__(self, config: Optional[PTQConfig] = None, registry: Optional[QuantCellRegistry] = None,
-                 pipeline: Optional[Sequence[AlgoModule]] = None, structure=None, calib_batch_size: int = 8):
+                 pipeline: Optional[Sequence[AlgoModule]] = None, structure=None, calib_batch_size: int = 8,
+                 measure_sensitivity: bool = False):
         self.config = config if config is not None else PTQConfig()
         if not isinstance(self.config, PTQConfig):
             raise TypeError(f"PTQ(config=...) needs a PTQConfig, got {type(self.config).__name__}")
@@ -58,14 +78,25 @@ class PTQ(CompAlgo):
         self.records: List[LayerRecord] = []
         self.calibration_seconds: Optional[float] = None
         self.calibration_tokens = 0
+        self.measure_sensitivity = measure_sensitivity
+        self.range_parms: Dict[str, float] = {}
+        self.output_errors: Dict[str, float] = {}
+        self.rolled_back: List[str] = []
+        self._float_cells: Dict[str, nn.Cell] = {}
 
     @staticmethod
     def default_pipeline(config: PTQConfig) -> List[AlgoModule]:
         modules: List[AlgoModule] = []
-        if config.outliers_suppression is OutliersSuppressionType.SMOOTH:
-            modules.append(SmoothModule(alpha=float(config.arg("smooth_alpha"))))
+        method = config.effective_anti_method
+        if method is not None:
+            modules.append(build_anti_outlier_module(method, config))
         modules.append(QuantizeModule())
         return modules
+
+    @property
+    def _measuring(self) -> bool:
+        cfg = self.config
+        return self.measure_sensitivity or (cfg.rollback_level > 0 and cfg.rollback_signal == "output_error")
 
     # ----- per-layer decisions ------------------------------------------------------------------
     def layer_spec(self, name: str, kind: str) -> LayerQuantSpec:
@@ -73,6 +104,8 @@ class PTQ(CompAlgo):
         blocked = [entry for entry in cfg.opname_blacklist if entry in name]
         if blocked:
             return LayerQuantSpec(skip_reason=f"opname_blacklist '{blocked[0]}'")
+        if name in cfg.disable_names:
+            return LayerQuantSpec(skip_reason="disable_names")
         if kind == "kvcache":
             if cfg.kvcache_quant_dtype is None:
                 return LayerQuantSpec(skip_reason="kvcache_quant_dtype=None")
@@ -93,6 +126,7 @@ class PTQ(CompAlgo):
         structure = self.structure or getattr(network_helper, "structure", None) or LlamaStructure()
         self._swap_in_quant_cells(network)
         if self.config.mode is PTQMode.DEPLOY:
+            self._prepare_deploy(network, structure)
             for cell in self._quant_cells(network).values():
                 cell.deploy_placeholders()
         else:
@@ -103,7 +137,7 @@ class PTQ(CompAlgo):
 
     def convert(self, network: nn.Cell, *args, **kwargs) -> nn.Cell:
         cells = self._quant_cells(network)
-        if not cells:
+        if not cells and not self.rolled_back:
             raise RuntimeError("PTQ.convert: the network has no quantized cells; call apply(network, ...) first")
         missing = [name for name, cell in cells.items() if not cell.quantized]
         if missing:
@@ -113,6 +147,7 @@ class PTQ(CompAlgo):
             for attr in ("input_observer", "observers"):
                 if hasattr(cell, attr):
                     setattr(cell, attr, None)
+        self._float_cells = {}
         sync_parameter_names(network)
         return network
 
@@ -124,7 +159,7 @@ class PTQ(CompAlgo):
         lines += [f"{r.name.ljust(width)}  {r.layer_type:<10}  {r.became}" for r in self.records]
         counts: Dict[str, int] = {}
         for r in self.records:
-            key = "FLOAT" if r.spec.skip_reason else r.spec.label
+            key = "FLOAT" if r.spec.skip_reason else r.label
             counts[key] = counts.get(key, 0) + 1
         lines.append("total: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
         if self.calibration_seconds is not None:
@@ -145,21 +180,49 @@ class PTQ(CompAlgo):
             examples = ", ".join(name for name, _, _ in targets[:4])
             raise ValueError(f"PTQConfig.opname_blacklist entry '{unmatched[0]}' matches no quantizable layer; "
                              f"names look like: {examples}")
+        names = {name for name, _, _ in targets}
+        unknown = [n for n in self.config.disable_names if n not in names]
+        if unknown:
+            examples = ", ".join(name for name, _, _ in targets[:4])
+            raise ValueError(f"PTQConfig.disable_names entry '{unknown[0]}' is not the exact name of a quantizable "
+                             f"layer; names look like: {examples}")
         self.records = []
         replaced: List[str] = []
         for name, cell, entry in targets:
             if any(name.startswith(outer + ".") for outer in replaced):
                 continue  # inside a layer that is itself quantized as a whole (a user's registered Cell)
             spec = self.layer_spec(name, entry["kind"])
-            self.records.append(LayerRecord(name, type(cell).__name__, spec))
+            self.records.append(LayerRecord(name, type(cell).__name__, spec,
+                                            self.config.weight_bits if entry["kind"] == "linear" else 8))
             if not spec.skip_reason:
-                _replace_cell(network, name, entry["quant_type"](cell, spec))
+                quant_cell = entry["quant_type"](cell, spec)
+                self._configure_linear(quant_cell)
+                _replace_cell(network, name, quant_cell)
                 replaced.append(name)
+                if self.config.mode is PTQMode.QUANTIZE and (self.config.rollback_level or self._measuring):
+                    self._float_cells[name] = cell  # holds the (smoothed) float weights for rollback / errors
         if not any(not r.spec.skip_reason for r in self.records):
             reasons = sorted({r.spec.skip_reason for r in self.records})
             raise ValueError(f"PTQ.apply: the config quantizes no layer of this network ({len(self.records)} "
                              f"candidates, all kept float: {reasons})")
         sync_parameter_names(network)
+
+    def _configure_linear(self, cell: QuantCell) -> None:
+        """Weight bits and the act_method observer of a new QuantLinear."""
+        if not isinstance(cell, QuantLinear):
+            return
+        cell.weight_bits = self.config.weight_bits
+        if cell.spec.act and not cell.spec.act_dynamic:
+            cell.input_observer = make_act_observer(self.config.act_method, cell.spec.act_symmetric,
+                                                    int(self.config.arg("hist_bins")))
+
+    def _prepare_deploy(self, network: nn.Cell, structure) -> None:
+        for lname, layer in structure.decoder_layers(network):
+            cells = {rel: c for rel, c in layer.cells_and_names() if isinstance(c, QuantCell)}
+            if cells:
+                ctx = LayerContext(lname, layer, cells, structure, network, config=self.config)
+                for module in self.pipeline:
+                    module.prepare_deploy(ctx)
 
     @staticmethod
     def _quant_cells(network: nn.Cell) -> Dict[str, QuantCell]:
@@ -178,21 +241,86 @@ class PTQ(CompAlgo):
         states = [structure.layer_inputs(network, batch) for batch in batches]
         hidden = [h for h, _ in states]
         inputs = [i for _, i in states]
+        needs_inputs = any(m.needs_layer_inputs for m in self.pipeline)
+        keep_rows = int(self.config.arg("search_rows"))
+        stride = max(1, -(-self.calibration_tokens // keep_rows))  # ceil: the sample spans every batch
         for lname, layer in layers:
             cells = {rel: c for rel, c in layer.cells_and_names() if isinstance(c, QuantCell)}
+
+            def run(layer=layer):
+                return [structure.run_layer(layer, h, i) for h, i in zip(hidden, inputs)]
+
             if cells:
-                self._observe(cells, lambda: [structure.run_layer(layer, h, i) for h, i in zip(hidden, inputs)])
-                self._run_pipeline(LayerContext(lname, layer, cells, structure, network))
-            hidden = [structure.run_layer(layer, h, i) for h, i in zip(hidden, inputs)]
+                recorders = self._attach_recorders(cells, stride, keep_rows) if needs_inputs else {}
+                try:
+                    self._observe(cells, run)
+                finally:
+                    self._attach_recorders(recorders, 0, 0, detach=True)
+                self._run_pipeline(LayerContext(lname, layer, cells, structure, network, config=self.config,
+                                                inputs={rel: r.rows() for rel, r in recorders.items()},
+                                                runner=run, range_parms=self.range_parms))
+            recorders = self._attach_recorders(cells, stride, keep_rows) if cells and self._measuring else {}
+            try:
+                hidden = run()
+            finally:
+                self._attach_recorders(recorders, 0, 0, detach=True)
+            self._measure_errors({f"{lname}.{rel}": (cells[rel], r.rows()) for rel, r in recorders.items()})
         heads = {n: c for n, c in outside.items() if n not in embeddings}
         if heads:
             needs_data = [c for c in heads.values() if isinstance(c, QuantLinear) and c.spec.act
                           and not c.spec.act_dynamic]
+            head_inputs = [structure.head_input(network, h) for h in hidden] if needs_data or self._measuring else []
             if needs_data:
-                head_inputs = [structure.head_input(network, h) for h in hidden]
                 self._observe(heads, lambda: [c(x) for c in needs_data for x in head_inputs])
-            self._run_pipeline(LayerContext("head", None, heads, structure, network))
+            self._run_pipeline(LayerContext("head", None, heads, structure, network, config=self.config,
+                                            range_parms=self.range_parms))
+            if self._measuring and head_inputs:
+                sample = np.concatenate([x.asnumpy().reshape(-1, x.shape[-1]) for x in head_inputs])[::stride][:keep_rows]
+                self._measure_errors({n: (c, sample) for n, c in heads.items() if isinstance(c, QuantLinear)})
+        self._roll_back(network)
+        self._float_cells = {}
         self.calibration_seconds = time.time() - start
+
+    @staticmethod
+    def _attach_recorders(cells, stride: int, rows: int, detach: bool = False) -> Dict[str, InputRecorder]:
+        """Give each QuantLinear of ``cells`` an InputRecorder (or take them away with ``detach``)."""
+        recorders: Dict[str, InputRecorder] = {}
+        for rel, cell in cells.items():
+            if isinstance(cell, QuantLinear):
+                cell.recorder = None if detach else InputRecorder(stride, rows)
+                if not detach:
+                    recorders[rel] = cell.recorder
+        return recorders
+
+    def _measure_errors(self, samples: Dict[str, Tuple[QuantCell, np.ndarray]]) -> None:
+        """Relative output MSE of each quantized Linear against its float cell on its recorded inputs."""
+        for full, (cell, x) in samples.items():
+            float_cell = self._float_cells.get(full)
+            if float_cell is None or not cell.quantized:
+                continue
+            x_t = Tensor(np.ascontiguousarray(x, dtype=np.float32))
+            y_q = cell(x_t).asnumpy().astype(np.float64)
+            y_f = float_cell(x_t).asnumpy().astype(np.float64)
+            self.output_errors[full] = float(((y_q - y_f) ** 2).sum() / max((y_f ** 2).sum(), 1e-30))
+
+    def _roll_back(self, network: nn.Cell) -> None:
+        """``disable_level='Lx'``: put the float cells of the x most sensitive Linear layers back."""
+        cfg = self.config
+        level = cfg.rollback_level
+        if not level:
+            return
+        signal = self.range_parms if cfg.rollback_signal == "range_parm" else self.output_errors
+        ranked = sorted(signal, key=lambda n: (-signal[n], n))[:level]
+        for name in ranked:
+            _replace_cell(network, name, self._float_cells[name])
+            for index, record in enumerate(self.records):
+                if record.name == name:
+                    reason = f"disable_level {cfg.disable_level}, {cfg.rollback_signal} {signal[name]:.4g}"
+                    self.records[index] = LayerRecord(name, record.layer_type, LayerQuantSpec(skip_reason=reason))
+        self.rolled_back = ranked
+        sync_parameter_names(network)
+        LOGGER.info("disable_level=%s: rolled back %d of %d Linear layers by %s: %s", cfg.disable_level,
+                    len(ranked), len(signal), cfg.rollback_signal, ", ".join(ranked))
 
     @staticmethod
     def _observe(cells: Dict[str, QuantCell], run) -> None:
@@ -209,6 +337,8 @@ class PTQ(CompAlgo):
             return
         for module in self.pipeline:
             module.process(ctx)
+            if ctx.runner is not None:
+                ctx.refresh_observers()  # histogram observers made stale by a per-channel rescale
 
     @staticmethod
     def _share_tied_head(network: nn.Cell) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from enum import Enum
@@ -11,10 +12,22 @@ from typing import Any, Dict, List, Optional
 import mindspore as ms
 import yaml
 
+from golden_ptq.config.anti_methods import NEED_ACTIVATIONS, WEIGHT_ONLY, normalize_anti_method
 from golden_ptq.config.enums import BackendTarget, OutliersSuppressionType, PTQMode, QuantGranularity
 
 _DTYPES = {"int8": ms.int8}
-ALGO_ARGS = {"smooth_alpha": 0.5}  # known algo_args keys and their defaults
+# known algo_args keys and their defaults
+ALGO_ARGS = {
+    "smooth_alpha": 0.5,      # m1: SmoothQuant migration strength
+    "alpha_grid": 11,         # m2/m4/m6: alphas searched, evenly in [0, 1]
+    "beta_grid": 6,           # m6: weight exponents searched, evenly in [0, 1]
+    "awq_grid": 20,           # m3: scale exponents searched, evenly in [0, 1)
+    "awq_clip_grid": 10,      # m3: clip ratios searched, evenly in [0.5, 1]
+    "search_rows": 512,       # m2/m3/m4/m6 and the sensitivity report: calibration rows kept per layer input
+    "hist_bins": 2048,        # act_method 2/3: histogram bins
+}
+ROLLBACK_SIGNALS = ("range_parm", "output_error")
+_LEVEL = re.compile(r"^L(\d+)$")
 
 
 def _dtype_name(value) -> Optional[str]:
@@ -50,6 +63,12 @@ class PTQConfig:
     act_quant_granularity: QuantGranularity = QuantGranularity.PER_TENSOR
     weight_symmetric: bool = True
     act_symmetric: Optional[bool] = None
+    weight_bits: int = 8
+    anti_method: Optional[str] = None
+    act_method: int = 1
+    disable_names: List[str] = field(default_factory=list)
+    disable_level: str = "L0"
+    rollback_signal: str = "range_parm"
 
     def __post_init__(self) -> None:
         self._coerce()
@@ -82,6 +101,10 @@ class PTQConfig:
             self.opname_blacklist = [self.opname_blacklist]
         self.opname_blacklist = list(self.opname_blacklist)
         self.algo_args = dict(self.algo_args or {})
+        if isinstance(self.disable_names, str):
+            self.disable_names = [self.disable_names]
+        self.disable_names = list(self.disable_names or [])
+        self.anti_method = normalize_anti_method(self.anti_method)
 
     def validate(self) -> None:
         if self.backend is not BackendTarget.CPU:
@@ -123,10 +146,52 @@ class PTQConfig:
         alpha = self.algo_args.get("smooth_alpha", ALGO_ARGS["smooth_alpha"])
         if not 0.0 <= float(alpha) <= 1.0:
             raise ValueError(f"PTQConfig.algo_args['smooth_alpha'] must be in [0, 1], got {alpha}")
+        self._validate_tuning()
         if (self.mode is PTQMode.QUANTIZE and self.weight_quant_dtype is None and self.kvcache_quant_dtype is None
                 and self.embedding_quant_dtype is None):
             raise ValueError("PTQConfig: nothing to quantize; set weight_quant_dtype, kvcache_quant_dtype or "
                              "embedding_quant_dtype to int8")
+
+    def _validate_tuning(self) -> None:
+        """The msModelSlim-style knobs: weight_bits, anti_method, act_method, rollback."""
+        if self.weight_bits not in (4, 8):
+            raise ValueError(f"PTQConfig.weight_bits: {self.weight_bits!r} is not supported; allowed: [4, 8]")
+        if self.weight_bits == 4 and self.act_quant_dtype is not None:
+            raise ValueError("PTQConfig: weight_bits=4 is weight-only (W4A16); set act_quant_dtype=None")
+        if self.weight_bits == 4 and self.weight_quant_dtype is None:
+            raise ValueError("PTQConfig: weight_bits=4 needs weight_quant_dtype=int8 (the 4-bit codes' container)")
+        method = self.anti_method
+        if method is not None and self.outliers_suppression is OutliersSuppressionType.SMOOTH and method != "m1":
+            raise ValueError(f"PTQConfig: outliers_suppression=SMOOTH is anti_method 'm1' but anti_method="
+                             f"{method!r}; set outliers_suppression=NONE and let anti_method choose")
+        if method in NEED_ACTIVATIONS and self.act_quant_dtype is None:
+            raise ValueError(f"PTQConfig.anti_method {method!r} migrates activation outliers and needs "
+                             f"act_quant_dtype=int8; for weight-only use 'm3' (AWQ)")
+        if method in WEIGHT_ONLY and (self.act_quant_dtype is not None or self.weight_quant_dtype is None):
+            raise ValueError(f"PTQConfig.anti_method {method!r} (AWQ) is for weight-only W8A16/W4A16: needs "
+                             f"weight_quant_dtype=int8 and act_quant_dtype=None")
+        if self.act_method not in (1, 2, 3):
+            raise ValueError(f"PTQConfig.act_method: {self.act_method!r} not allowed; allowed: 1 (min-max), "
+                             f"2 (histogram), 3 (hybrid)")
+        if self.act_method != 1 and (self.act_quant_dtype is None
+                                     or self.act_quant_granularity is not QuantGranularity.PER_TENSOR):
+            raise ValueError(f"PTQConfig.act_method={self.act_method} chooses the static activation range; it "
+                             f"needs act_quant_dtype=int8 with act_quant_granularity=PER_TENSOR")
+        if not all(isinstance(n, str) and n for n in self.disable_names):
+            raise ValueError(f"PTQConfig.disable_names must be non-empty strings, got {self.disable_names!r}")
+        if not isinstance(self.disable_level, str) or not _LEVEL.match(self.disable_level):
+            raise ValueError(f"PTQConfig.disable_level: {self.disable_level!r} is not 'L<n>' ('L0': no automatic "
+                             f"rollback, 'L5': roll back the 5 most sensitive Linear layers)")
+        if self.rollback_level and self.mode is PTQMode.DEPLOY:
+            raise ValueError(f"PTQConfig.disable_level={self.disable_level!r} needs calibration data (QUANTIZE); "
+                             f"a DEPLOY config lists the rolled-back layers in disable_names")
+        if self.rollback_signal not in ROLLBACK_SIGNALS:
+            raise ValueError(f"PTQConfig.rollback_signal: {self.rollback_signal!r} not allowed; allowed: "
+                             f"{list(ROLLBACK_SIGNALS)}")
+        for key in ("alpha_grid", "beta_grid", "awq_grid", "awq_clip_grid", "search_rows", "hist_bins"):
+            value = self.algo_args.get(key, ALGO_ARGS[key])
+            if not isinstance(value, int) or isinstance(value, bool) or value < 2:
+                raise ValueError(f"PTQConfig.algo_args[{key!r}] must be an integer >= 2, got {value!r}")
 
     # ----- derived --------------------------------------------------------------------------------
     @property
@@ -134,6 +199,19 @@ class PTQConfig:
         if self.act_symmetric is None:
             return self.act_quant_granularity is QuantGranularity.PER_TOKEN
         return bool(self.act_symmetric)
+
+    @property
+    def rollback_level(self) -> int:
+        """x of ``disable_level='Lx'``."""
+        match = _LEVEL.match(self.disable_level)
+        return int(match.group(1)) if match else 0
+
+    @property
+    def effective_anti_method(self) -> Optional[str]:
+        """The outlier-suppression method in force: ``anti_method``, or 'm1' for ``outliers_suppression=SMOOTH``."""
+        if self.anti_method is not None:
+            return self.anti_method
+        return "m1" if self.outliers_suppression is OutliersSuppressionType.SMOOTH else None
 
     def arg(self, name: str) -> Any:
         return self.algo_args.get(name, ALGO_ARGS[name])

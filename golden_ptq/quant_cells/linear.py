@@ -8,6 +8,11 @@ W8A8        ``weight`` int8 [out,in]   ``weight_scale`` [out], ``input_scale`` [
                                        ``quant_bias`` int32 [out] = -zp * sum_k w_q, ``deq_scale`` [out]
 W8A8-dyn    ``weight`` int8 [out,in]   ``weight_scale`` [out]; input scales per token at run time
 =========== ========================= ===============================================
+
+W4A16 (``weight_bits=4``) keeps the W8A16 parameters; the int8 container holds codes in ``[-7, 7]``
+(``[-8, 7]`` asymmetric). With an input shift (outlier suppression m4) W8A8 cells also hold
+``input_shift`` [in] (subtracted before quantizing the input) and ``shift_bias`` [out]
+(``= dequantized weight @ input_shift``, added to the output), both float.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from golden_ptq.quant_cells import linear_kernels as kernels
 from golden_ptq.quant_cells.base import QuantCell
 from golden_ptq.quant_cells.spec import LayerQuantSpec
 from golden_ptq.quant_math import MinMaxObserver, asymmetric_params, quantize_weight, symmetric_scale
+from golden_ptq.quant_math.functions import fake_quantize_weight
 
 
 class QuantLinear(QuantCell):
@@ -32,14 +38,30 @@ class QuantLinear(QuantCell):
         self.weight = linear.weight
         self.bias = linear.bias
         self.input_observer = MinMaxObserver()
+        self.weight_bits = 8                 # 4: W4A16 codes in the int8 container
+        self.weight_clip = None              # per channel / group range ratios (AWQ's clip search)
+        self.input_shift_value = None        # per input channel shift (m4), set before quantize()
+        self.has_input_shift = False         # deployed form carries input_shift / shift_bias
+        self.recorder = None                 # callable(x2 numpy) fed every input, when set
+
+    @property
+    def label(self) -> str:
+        """The spec's label, with W4 for 4-bit weights."""
+        label = self.spec.label
+        return label.replace("W8", "W4", 1) if self.weight_bits == 4 and label.startswith("W8") else label
 
     # ----- calibration --------------------------------------------------------------------------
     def construct(self, x: Tensor) -> Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
+        if self.recorder is not None:
+            self.recorder(x2.asnumpy())
+        if self.has_input_shift and self.quantized:
+            x2 = x2 - self.input_shift
         if not self.quantized:
             if self.observing:
-                self.input_observer.update(x2.asnumpy())
+                seen = x2.asnumpy()
+                self.input_observer.update(seen if self.input_shift_value is None else seen - self.input_shift_value)
             y = ops.MatMul(transpose_b=True)(x2, self.weight)
         elif self.spec.act and self.spec.act_dynamic:
             y = kernels.a8w8_dynamic(x2, self.weight, self.weight_scale)
@@ -51,6 +73,8 @@ class QuantLinear(QuantCell):
                                       self.weight_zp.reshape(self.out_features, -1))
         else:
             y = kernels.w8a16_channel(x2, self.weight, self.weight_scale)
+        if self.has_input_shift and self.quantized:
+            y = y + self.shift_bias
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(lead + (self.out_features,))
@@ -59,7 +83,8 @@ class QuantLinear(QuantCell):
         """Round the (possibly smoothed) float weight and fix activation ranges from the observer."""
         spec = self.spec
         w = self.weight.asnumpy()
-        q, w_scale, w_zp = quantize_weight(w, spec.group_size, spec.weight_symmetric)
+        q, w_scale, w_zp = quantize_weight(w, spec.group_size, spec.weight_symmetric, self.weight_bits,
+                                           self.weight_clip)
         self._set_param("weight", q)
         self._set_param("weight_scale", w_scale.astype(np.float32))
         if spec.group_size or not spec.weight_symmetric:
@@ -75,6 +100,14 @@ class QuantLinear(QuantCell):
             quant_bias = -x_zp[0].astype(np.int64) * q.astype(np.int64).sum(axis=1)
             self._set_param("quant_bias", quant_bias.astype(np.int32))
             self._set_param("deq_scale", (x_scale[0].astype(np.float64) * w_scale).astype(np.float32))
+        if self.input_shift_value is not None:
+            if not spec.act:
+                raise RuntimeError("QuantLinear: an input shift needs quantized activations (W8A8)")
+            shift = np.asarray(self.input_shift_value, np.float64)
+            w_deq = fake_quantize_weight(w, spec.group_size, spec.weight_symmetric, self.weight_bits, self.weight_clip)
+            self._set_param("input_shift", shift.astype(np.float32))
+            self._set_param("shift_bias", (w_deq @ shift).astype(np.float32))
+            self.has_input_shift = True
         self.quantized = True
         self.observing = False
 
@@ -91,10 +124,13 @@ class QuantLinear(QuantCell):
             self._set_param("input_zp", np.zeros(1, np.float32))
             self._set_param("quant_bias", np.zeros(self.out_features, np.int32))
             self._set_param("deq_scale", np.ones(self.out_features, np.float32))
+        if self.has_input_shift:
+            self._set_param("input_shift", np.zeros(self.in_features, np.float32))
+            self._set_param("shift_bias", np.zeros(self.out_features, np.float32))
         self.quantized = True
 
     def param_quant_types(self) -> Dict[str, str]:
-        label = self.spec.label
+        label = self.label
         types = {name: label for name, _ in self.parameters_and_names(expand=False)}
         if self.bias is not None:
             types["bias"] = "FLOAT"

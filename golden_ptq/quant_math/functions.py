@@ -40,14 +40,26 @@ def dequantize(q: np.ndarray, scale: np.ndarray, zero_point: Optional[np.ndarray
     return (q * scale).astype(np.float32)
 
 
-def quantize_weight(weight: np.ndarray, group_size: int = 0,
-                    symmetric: bool = True) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+def weight_qrange(bits: int, symmetric: bool) -> Tuple[int, int]:
+    """Integer code range of ``bits``-bit weights: symmetric ``[-(2^(b-1)-1), 2^(b-1)-1]``, else ``[-2^(b-1), 2^(b-1)-1]``."""
+    if bits not in (4, 8):
+        raise ValueError(f"weight bits {bits!r} not supported; allowed: [4, 8]")
+    top = 2 ** (bits - 1) - 1
+    return (-top if symmetric else -top - 1), top
+
+
+def quantize_weight(weight: np.ndarray, group_size: int = 0, symmetric: bool = True, bits: int = 8,
+                    clip_ratio: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
     """Round-to-nearest int8 of a ``[out, in]`` weight, per output channel or per group of inputs.
 
     Returns ``(q [out, in] int8, scale, zero_point)``; ``scale`` is ``[out]`` per channel or
     ``[out, in // group_size]`` per group; ``zero_point`` (same shape, float holding integers) is
-    None when symmetric.
+    None when symmetric. ``bits=4`` stores 4-bit codes (``[-7, 7]`` symmetric, ``[-8, 7]``
+    asymmetric) in the int8 container. ``clip_ratio`` (shape of ``scale``, in ``(0, 1]``) shrinks
+    each channel's / group's range before rounding (values beyond it saturate): AWQ's clip.
     """
+    if bits != 8 or clip_ratio is not None:
+        return _quantize_weight_general(weight, group_size, symmetric, bits, clip_ratio)
     weight = np.asarray(weight, dtype=np.float32)
     out_features, in_features = weight.shape
     if group_size:
@@ -68,3 +80,69 @@ def quantize_weight(weight: np.ndarray, group_size: int = 0,
         scale = scale[:, 0]
         zero_point = None if zero_point is None else zero_point[:, 0]
     return q, scale, zero_point
+
+
+def _weight_view(weight: np.ndarray, group_size: int) -> np.ndarray:
+    out_features, in_features = weight.shape
+    if group_size:
+        if in_features % group_size:
+            raise ValueError(f"group_size {group_size} does not divide in_features {in_features}")
+        return weight.reshape(out_features, in_features // group_size, group_size)
+    return weight.reshape(out_features, 1, in_features)
+
+
+def _quantize_weight_general(weight: np.ndarray, group_size: int, symmetric: bool, bits: int,
+                             clip_ratio: Optional[np.ndarray]) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    """``quantize_weight`` for 4-bit codes and/or clipped ranges (float64 range math)."""
+    weight = np.asarray(weight, dtype=np.float32)
+    out_features, in_features = weight.shape
+    qmin, qmax = weight_qrange(bits, symmetric)
+    view = _weight_view(weight, group_size).astype(np.float64)
+    ratio = np.ones(view.shape[:2]) if clip_ratio is None else np.asarray(clip_ratio, np.float64).reshape(view.shape[:2])
+    if np.any(ratio <= 0) or np.any(ratio > 1):
+        raise ValueError("clip_ratio must lie in (0, 1]")
+    if symmetric:
+        scale = np.maximum(np.abs(view).max(axis=-1) * ratio / qmax, _TINY).astype(np.float32)
+        q = np.clip(np.round(view / scale[..., None]), qmin, qmax)
+        zero_point = None
+    else:
+        lo = np.minimum(view.min(axis=-1), 0.0) * ratio
+        hi = np.maximum(view.max(axis=-1), 0.0) * ratio
+        scale = np.maximum((hi - lo) / (qmax - qmin), _TINY).astype(np.float32)
+        zero_point = np.clip(np.round(qmin - lo / scale), qmin, qmax).astype(np.float32)
+        q = np.clip(np.round(view / scale[..., None]) + zero_point[..., None], qmin, qmax)
+    q = q.astype(np.int8).reshape(out_features, in_features)
+    if not group_size:
+        scale = scale[:, 0]
+        zero_point = None if zero_point is None else zero_point[:, 0]
+    return q, scale, zero_point
+
+
+def fake_quantize_weight(weight: np.ndarray, group_size: int = 0, symmetric: bool = True, bits: int = 8,
+                         clip_ratio: Optional[np.ndarray] = None) -> np.ndarray:
+    """``dequantize(quantize_weight(...))`` as float64 ``[out, in]``: what the quantized layer multiplies by."""
+    weight = np.asarray(weight)
+    q, scale, zp = quantize_weight(weight, group_size, symmetric, bits, clip_ratio)
+    view = _weight_view(q.astype(np.float64), group_size)
+    scale3 = scale.reshape(view.shape[0], view.shape[1], 1).astype(np.float64)
+    if zp is not None:
+        view = view - zp.reshape(scale3.shape)
+    return (view * scale3).reshape(weight.shape)
+
+
+def fake_quantize_act(x: np.ndarray, lo: float, hi: float, symmetric: bool) -> np.ndarray:
+    """Per-tensor int8 fake quantization of ``x`` with the static range ``[lo, hi]`` (float64)."""
+    x = np.asarray(x, np.float64)
+    if symmetric:
+        scale = float(symmetric_scale(np.array([max(-lo, hi)]))[0])
+        return np.clip(np.round(x / scale), -SYM_QMAX, SYM_QMAX) * scale
+    scale, zp = asymmetric_params(np.array([lo]), np.array([hi]))
+    s, z = float(scale[0]), float(zp[0])
+    return (np.clip(np.round(x / s) + z, QMIN, QMAX) - z) * s
+
+
+def fake_quantize_per_token(x: np.ndarray) -> np.ndarray:
+    """Dynamic symmetric per-row int8 fake quantization (what W8A8-dynamic does at run time)."""
+    x = np.asarray(x, np.float64)
+    scale = np.maximum(np.abs(x).max(axis=-1, keepdims=True) / SYM_QMAX, _TINY)
+    return np.clip(np.round(x / scale), -SYM_QMAX, SYM_QMAX) * scale

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Callable, Dict, List, Optional
 
+import numpy as np
 from mindspore import nn
 
 from golden_ptq.quant_cells.base import QuantCell
@@ -14,7 +15,11 @@ class LayerContext:
     """One unit of layer-wise calibration: a decoder layer (or a lone cell such as ``lm_head``).
 
     ``quant_cells`` maps names relative to ``layer`` to the quantized cells inside it, whose
-    observers hold the statistics of the calibration pass just run.
+    observers hold the statistics of the calibration pass just run. ``inputs`` holds, for modules
+    with ``needs_layer_inputs``, a row sample of each quantized Linear's input from that same pass
+    (``[rows, in_features]``, float32). ``run_layer()`` runs the unit again on its calibration
+    batches (with the current weights) and returns its outputs. ``range_parms`` is the PTQ's
+    dict of full layer name -> range_parm, filled by the Quantize module.
     """
 
     name: str
@@ -23,6 +28,40 @@ class LayerContext:
     structure: object = None
     network: object = None
     log: list = field(default_factory=list)
+    config: object = None
+    inputs: Dict[str, np.ndarray] = field(default_factory=dict)
+    runner: Optional[Callable[[], List]] = None
+    range_parms: Dict[str, float] = field(default_factory=dict)
+
+    def full_name(self, relative: str) -> str:
+        """The network-wide name of a cell of this unit (units without ``layer`` use full names)."""
+        return relative if self.layer is None else f"{self.name}.{relative}"
+
+    def run_layer(self) -> List:
+        """Run the unit on its calibration batches again; its outputs (one per batch)."""
+        if self.runner is None:
+            raise RuntimeError(f"{self.name}: this unit has no calibration batches to re-run")
+        return self.runner()
+
+    def refresh_observers(self) -> List[str]:
+        """Observe again the activation observers made stale by a per-channel rescale (histograms).
+
+        Returns the relative names re-observed; one extra pass over the calibration batches when
+        any is stale, none otherwise.
+        """
+        stale = {rel: c for rel, c in self.quant_cells.items()
+                 if not c.quantized and getattr(getattr(c, "input_observer", None), "stale", False)}
+        if not stale:
+            return []
+        for cell in stale.values():
+            cell.input_observer.reset()
+            cell.observing = True
+        try:
+            self.run_layer()
+        finally:
+            for cell in stale.values():
+                cell.observing = False
+        return sorted(stale)
 
     def find(self, relative: str) -> nn.Cell:
         """The cell at ``relative`` inside the layer (``"attention.wq"``); a clear error if absent."""
@@ -45,9 +84,36 @@ class AlgoModule:
     """
 
     name = "module"
+    needs_layer_inputs = False   # True: PTQ records the Linear inputs of the calibration pass into ctx.inputs
 
     def process(self, ctx: LayerContext) -> None:
         raise NotImplementedError
+
+    def prepare_deploy(self, ctx: LayerContext) -> None:
+        """DEPLOY mode, before placeholders are made: set any structure the module's QUANTIZE run adds."""
+
+
+class InputRecorder:
+    """Keeps every ``stride``-th row of the inputs it is fed (``QuantLinear.recorder``), up to ``max_rows``."""
+
+    def __init__(self, stride: int = 1, max_rows: Optional[int] = None):
+        self.stride, self.max_rows = max(1, int(stride)), max_rows
+        self.parts: List[np.ndarray] = []
+        self.kept = 0
+
+    def __call__(self, x2: np.ndarray) -> None:
+        if self.max_rows is not None and self.kept >= self.max_rows:
+            return
+        rows = np.asarray(x2, np.float32)[::self.stride]
+        if self.max_rows is not None:
+            rows = rows[: self.max_rows - self.kept]
+        self.parts.append(rows)
+        self.kept += rows.shape[0]
+
+    def rows(self) -> np.ndarray:
+        if not self.parts:
+            raise RuntimeError("InputRecorder: no input was recorded; did the layer run?")
+        return np.concatenate(self.parts, axis=0)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

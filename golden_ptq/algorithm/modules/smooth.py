@@ -8,10 +8,16 @@ For each declared mapping ``smooth -> balance``, ``s_j = max|X_j|^alpha / max|W_
   channels of wo's input that read the same KV head share one scale (max over the group).
 
 Balance columns are multiplied by s. Observer statistics are rescaled in place, so the Quantize
-module sees the smoothed ranges without another calibration pass.
+module sees the smoothed ranges without another calibration pass (histogram observers, which
+cannot be rescaled per channel, are observed again by PTQ after the module).
+
+The module-level helpers (``mapping_statistics``, ``smoothing_scale``, ``fold_smoothing``) are
+shared by the other outlier-suppression methods (m2, m3, m4, m6), which only choose ``s``
+differently.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 import numpy as np
@@ -24,6 +30,81 @@ from golden_ptq.quant_cells.kvcache import QuantKVCache
 from golden_ptq.quant_cells.linear import QuantLinear
 
 _MIN_SCALE = 1e-5
+
+
+@dataclass
+class MappingStats:
+    """What a mapping's scale is computed from; ``act``/``weight_max`` are per *smooth* channel
+    (KV channels under GQA); ``expand`` maps them onto the balance layers' input channels."""
+
+    balance: list
+    act: np.ndarray
+    weight_max: np.ndarray
+    expand: np.ndarray
+    smooth_cell: object
+
+
+def mapping_statistics(ctx: LayerContext, mapping: SmoothMapping, needs_act: bool = True) -> Optional[MappingStats]:
+    """Statistics of one mapping, or None when no balance layer quantizes what the method targets
+    (activations when ``needs_act``, else weights)."""
+    balance = [ctx.find(name) for name in mapping.balance]
+    targets = [b for b in balance if isinstance(b, QuantLinear) and (b.spec.act if needs_act else b.spec.weight)]
+    if not targets:
+        return None
+    observer = targets[0].input_observer
+    if not observer.calibrated:
+        raise RuntimeError(f"{ctx.name}: smoothing {mapping.smooth} -> {list(mapping.balance)} found no "
+                           f"calibration statistics for {mapping.balance[0]}; did the calibration pass run it?")
+    act = observer.absmax().astype(np.float64)
+    weight_max = np.max([np.abs(b.weight.asnumpy()).max(axis=0) for b in balance], axis=0).astype(np.float64)
+    if mapping.kv_grouped:
+        heads, kv_heads, head_dim = ctx.structure.num_heads(ctx.network)
+        group = heads // kv_heads
+        act = act.reshape(kv_heads, group, head_dim).max(axis=1).reshape(-1)
+        weight_max = weight_max.reshape(kv_heads, group, head_dim).max(axis=1).reshape(-1)
+        expand = (np.arange(heads)[:, None] // group * head_dim + np.arange(head_dim)[None]).reshape(-1)
+    else:
+        expand = np.arange(act.size)
+    return MappingStats(balance, act, weight_max, expand, ctx.find(mapping.smooth))
+
+
+def smoothing_scale(act: np.ndarray, weight_max: np.ndarray, alpha: float, beta: Optional[float] = None) -> np.ndarray:
+    """``s = act^alpha / weight_max^beta`` (``beta = 1 - alpha`` by default: SmoothQuant), floored."""
+    beta = 1.0 - alpha if beta is None else beta
+    valid = (act > 0) & (weight_max > 0)
+    scale = np.ones_like(act)
+    scale[valid] = act[valid] ** alpha / weight_max[valid] ** beta
+    return np.maximum(scale, _MIN_SCALE)
+
+
+def fold_smoothing(ctx: LayerContext, mapping: SmoothMapping, stats: MappingStats, scale: np.ndarray) -> None:
+    """Fold ``scale`` (per smooth channel): smooth cell / s, balance columns * s, observers rescaled."""
+    _fold_into_smooth(stats.smooth_cell, scale, ctx.name, mapping.smooth)
+    balance_scale = scale[stats.expand]
+    for cell in stats.balance:
+        w = cell.weight.asnumpy().astype(np.float64) * balance_scale[None, :]
+        cell.weight.set_data(Tensor(w.astype(np.float32)))
+        if isinstance(cell, QuantLinear) and cell.input_observer.calibrated:
+            cell.input_observer.scale_channels(1.0 / balance_scale)
+    if mapping.value_cache:
+        cache = ctx.find(mapping.value_cache)
+        if isinstance(cache, QuantKVCache) and cache.observers["value"].calibrated:
+            cache.observers["value"].scale_channels(1.0 / scale)
+
+
+def _fold_into_smooth(cell, scale: np.ndarray, layer_name: str, relative: str) -> None:
+    if isinstance(cell, RMSNorm):
+        cell.weight.set_data(Tensor((cell.weight.asnumpy() / scale).astype(np.float32)))
+        return
+    if isinstance(cell, (Linear, QuantLinear)):
+        if getattr(cell, "quantized", False):
+            raise RuntimeError(f"{layer_name}.{relative} is already quantized; Smooth must run before Quantize")
+        cell.weight.set_data(Tensor((cell.weight.asnumpy() / scale[:, None]).astype(np.float32)))
+        if cell.bias is not None:
+            cell.bias.set_data(Tensor((cell.bias.asnumpy() / scale).astype(np.float32)))
+        return
+    raise TypeError(f"{layer_name}.{relative}: cannot fold smoothing scales into {type(cell).__name__}; "
+                    f"supported: RMSNorm, Linear")
 
 
 class SmoothModule(AlgoModule):
@@ -47,53 +128,8 @@ class SmoothModule(AlgoModule):
             self._apply(ctx, mapping)
 
     def _apply(self, ctx: LayerContext, mapping: SmoothMapping) -> None:
-        balance = [ctx.find(name) for name in mapping.balance]
-        quantized = [b for b in balance if isinstance(b, QuantLinear) and b.spec.act]
-        if not quantized:
+        stats = mapping_statistics(ctx, mapping)
+        if stats is None:
             return  # no balance layer quantizes its activations: nothing to gain
-        observer = quantized[0].input_observer
-        if not observer.calibrated:
-            raise RuntimeError(f"{ctx.name}: smoothing {mapping.smooth} -> {list(mapping.balance)} found no "
-                               f"calibration statistics for {mapping.balance[0]}; did the calibration pass run it?")
-        act = observer.absmax().astype(np.float64)
-        weight_max = np.max([np.abs(b.weight.asnumpy()).max(axis=0) for b in balance], axis=0).astype(np.float64)
-        smooth_cell = ctx.find(mapping.smooth)
-        if mapping.kv_grouped:
-            heads, kv_heads, head_dim = ctx.structure.num_heads(ctx.network)
-            group = heads // kv_heads
-            act = act.reshape(kv_heads, group, head_dim).max(axis=1).reshape(-1)
-            weight_max = weight_max.reshape(kv_heads, group, head_dim).max(axis=1).reshape(-1)
-            expand = (np.arange(heads)[:, None] // group * head_dim + np.arange(head_dim)[None]).reshape(-1)
-        else:
-            expand = np.arange(act.size)
-        valid = (act > 0) & (weight_max > 0)
-        scale = np.ones_like(act)
-        scale[valid] = act[valid] ** self.alpha / weight_max[valid] ** (1.0 - self.alpha)
-        scale = np.maximum(scale, _MIN_SCALE)
-        self._fold_into_smooth(smooth_cell, scale, ctx.name, mapping.smooth)
-        balance_scale = scale[expand]
-        for cell in balance:
-            w = cell.weight.asnumpy().astype(np.float64) * balance_scale[None, :]
-            cell.weight.set_data(Tensor(w.astype(np.float32)))
-            if isinstance(cell, QuantLinear) and cell.input_observer.calibrated:
-                cell.input_observer.scale_channels(1.0 / balance_scale)
-        if mapping.value_cache:
-            cache = ctx.find(mapping.value_cache)
-            if isinstance(cache, QuantKVCache) and cache.observers["value"].calibrated:
-                cache.observers["value"].scale_channels(1.0 / scale)
+        fold_smoothing(ctx, mapping, stats, smoothing_scale(stats.act, stats.weight_max, self.alpha))
         self.applied.append(f"{ctx.name}.{mapping.smooth}")
-
-    @staticmethod
-    def _fold_into_smooth(cell, scale: np.ndarray, layer_name: str, relative: str) -> None:
-        if isinstance(cell, RMSNorm):
-            cell.weight.set_data(Tensor((cell.weight.asnumpy() / scale).astype(np.float32)))
-            return
-        if isinstance(cell, (Linear, QuantLinear)):
-            if getattr(cell, "quantized", False):
-                raise RuntimeError(f"{layer_name}.{relative} is already quantized; Smooth must run before Quantize")
-            cell.weight.set_data(Tensor((cell.weight.asnumpy() / scale[:, None]).astype(np.float32)))
-            if cell.bias is not None:
-                cell.bias.set_data(Tensor((cell.bias.asnumpy() / scale).astype(np.float32)))
-            return
-        raise TypeError(f"{layer_name}.{relative}: cannot fold smoothing scales into {type(cell).__name__}; "
-                        f"supported: RMSNorm, Linear")

@@ -1,0 +1,216 @@
+"""Searched smoothing: m2 (alpha search), m6 (alpha and weight-exponent search), m4 (shift + scale).
+
+All three fold exactly like SmoothQuant (``smooth.py``): per smooth channel scales ``s`` divide the
+``smooth`` cell (RMSNorm weight, or rows and bias of wv / w3) and multiply the balance layers'
+input columns. They differ in how ``s`` is chosen: every candidate is scored by the balance
+layers' relative output error on a row sample of the layer's calibration inputs,
+
+    err(s) = sum_b || X W_b^T - Qa(X / s) Qw(W_b s)^T ||^2 / sum_b || X W_b^T ||^2
+
+with the layer's own weight quantizer ``Qw`` and activation quantizer ``Qa`` (static per-tensor
+range from the observer's per-channel min/max after the rescale, or per-token). The identity
+``s = 1`` is always a candidate, so the choice is never worse than not smoothing on this measure.
+Float balance layers (blacklisted or rolled back) compute exactly whatever ``s`` is and are not
+scored.
+
+m4 (Outlier Suppression+) also shifts: ``z_j = (max_j + min_j) / 2`` per channel makes each
+channel's range symmetric before scaling (``s`` uses the half-ranges). Where the shift goes: the
+smooth cells have no bias (RMSNorm, bias-free wv/w3), so the shift is held by each balance layer
+with quantized activations: its ``input_shift`` (``z / s``, subtracted from the input before it
+is quantized) and ``shift_bias`` (``= dequantized weight @ input_shift``, added to its output).
+In float the two cancel exactly; only the quantized input changes. Those two parameters are part
+of the deployed checkpoint, and DEPLOY mode with ``anti_method='m4'`` creates them.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from golden_ptq.algorithm.modules.base import AlgoModule, LayerContext
+from golden_ptq.algorithm.modules.smooth import MappingStats, fold_smoothing, mapping_statistics, smoothing_scale
+from golden_ptq.networks.structure import SmoothMapping
+from golden_ptq.quant_cells.linear import QuantLinear
+from golden_ptq.quant_math.functions import fake_quantize_act, fake_quantize_per_token, fake_quantize_weight
+
+Candidate = Tuple[str, np.ndarray, Optional[np.ndarray]]   # (label, scale per smooth channel, shift or None)
+
+
+def mapping_input(ctx: LayerContext, mapping: SmoothMapping, stats: MappingStats) -> np.ndarray:
+    """The recorded calibration rows of the balance layers' (shared) input, float64."""
+    for rel in mapping.balance:
+        if rel in ctx.inputs:
+            return ctx.inputs[rel].astype(np.float64)
+    raise RuntimeError(f"{ctx.name}: no recorded inputs for {list(mapping.balance)}; the module needs "
+                       f"needs_layer_inputs=True and a PTQ that records them")
+
+
+def quantized_output_error(stats: MappingStats, x: np.ndarray, scale_e: np.ndarray,
+                           shift_e: Optional[np.ndarray] = None, refs: Optional[Dict[int, np.ndarray]] = None) -> float:
+    """Relative output error of the mapping's quantized balance layers after dividing their input by
+    ``scale_e`` (and subtracting ``shift_e``, compensated at the output), on rows ``x``."""
+    num = den = 0.0
+    xs = x / scale_e[None, :]
+    if shift_e is not None:
+        xs = xs - shift_e[None, :]
+    for cell in stats.balance:
+        if not isinstance(cell, QuantLinear):
+            continue
+        w = cell.weight.asnumpy().astype(np.float64)
+        ref = refs[id(cell)] if refs is not None and id(cell) in refs else x @ w.T
+        ws = w * scale_e[None, :]
+        spec = cell.spec
+        wq = fake_quantize_weight(ws, spec.group_size, spec.weight_symmetric, cell.weight_bits,
+                                  cell.weight_clip) if spec.weight else ws
+        y = _quantize_input(cell, xs, scale_e, shift_e) @ wq.T
+        if shift_e is not None:
+            y = y + wq @ shift_e
+        num += float(((y - ref) ** 2).sum())
+        den += float((ref ** 2).sum())
+    return num / max(den, 1e-30)
+
+
+def _quantize_input(cell: QuantLinear, xs: np.ndarray, scale_e: np.ndarray, shift_e: Optional[np.ndarray]) -> np.ndarray:
+    spec = cell.spec
+    if not spec.act:
+        return xs
+    if spec.act_dynamic:
+        return fake_quantize_per_token(xs)
+    obs = cell.input_observer
+    lo_c, hi_c = obs.minimum / scale_e, obs.maximum / scale_e
+    if shift_e is not None:
+        lo_c, hi_c = lo_c - shift_e, hi_c - shift_e
+    return fake_quantize_act(xs, float(lo_c.min()), float(hi_c.max()), spec.act_symmetric)
+
+
+def reference_outputs(stats: MappingStats, x: np.ndarray) -> Dict[int, np.ndarray]:
+    return {id(c): x @ c.weight.asnumpy().astype(np.float64).T for c in stats.balance if isinstance(c, QuantLinear)}
+
+
+class ScaleSearchModule(AlgoModule):
+    """Base of the searched smoothing methods: subclasses list the candidates."""
+
+    name = "scale_search"
+    needs_layer_inputs = True
+
+    def __init__(self, mappings: Optional[Sequence[SmoothMapping]] = None):
+        self.mappings = mappings
+        self.chosen: Dict[str, str] = {}          # "<layer>.<smooth>" -> label of the chosen candidate
+        self.errors: Dict[str, Tuple[float, float]] = {}   # -> (identity error, chosen error)
+
+    def candidates(self, ctx: LayerContext, mapping: SmoothMapping, stats: MappingStats) -> List[Candidate]:
+        raise NotImplementedError
+
+    def process(self, ctx: LayerContext) -> None:
+        if ctx.layer is None:
+            return
+        for mapping in (self.mappings if self.mappings is not None else ctx.structure.smooth_mappings):
+            stats = mapping_statistics(ctx, mapping)
+            if stats is None:
+                continue
+            x = mapping_input(ctx, mapping, stats)
+            refs = reference_outputs(stats, x)
+            scored = []
+            for label, scale, shift in self.candidates(ctx, mapping, stats):
+                shift_e = None if shift is None else (shift / scale)[stats.expand]
+                scored.append((quantized_output_error(stats, x, scale[stats.expand], shift_e, refs), label, scale, shift))
+            best = min(scored, key=lambda item: item[0])  # first of equals: candidates are ordered
+            identity = next(err for err, label, _, _ in scored if label.startswith("identity"))
+            key = f"{ctx.name}.{mapping.smooth}"
+            self.chosen[key], self.errors[key] = best[1], (identity, best[0])
+            self.apply(ctx, mapping, stats, best[2], best[3])
+
+    def apply(self, ctx: LayerContext, mapping: SmoothMapping, stats: MappingStats, scale: np.ndarray,
+              shift: Optional[np.ndarray]) -> None:
+        fold_smoothing(ctx, mapping, stats, scale)
+
+
+class SmoothSearchModule(ScaleSearchModule):
+    """m2: SmoothQuant with ``alpha`` searched per mapping (``alpha_grid`` values evenly in [0, 1])."""
+
+    name = "smooth_search"
+
+    def __init__(self, alpha_grid: int = 11, mappings: Optional[Sequence[SmoothMapping]] = None):
+        super().__init__(mappings)
+        self.alphas = np.linspace(0.0, 1.0, alpha_grid)
+
+    def __repr__(self) -> str:
+        return f"SmoothSearchModule(alphas={len(self.alphas)})"
+
+    def candidates(self, ctx, mapping, stats):
+        out = [("identity", np.ones_like(stats.act), None)]
+        out += [(f"alpha={a:.2f}", smoothing_scale(stats.act, stats.weight_max, float(a)), None) for a in self.alphas]
+        return out
+
+
+class FlexSmoothModule(ScaleSearchModule):
+    """m6: ``s = act^alpha / weight^beta`` with alpha and beta searched independently.
+
+    SmoothQuant ties ``beta = 1 - alpha``; freeing beta sets the balance between activation and
+    weight ranges separately from the migration strength (``alpha_grid`` x ``beta_grid`` values).
+    """
+
+    name = "flex_smooth"
+
+    def __init__(self, alpha_grid: int = 11, beta_grid: int = 6, mappings: Optional[Sequence[SmoothMapping]] = None):
+        super().__init__(mappings)
+        self.alphas = np.linspace(0.0, 1.0, alpha_grid)
+        self.betas = np.linspace(0.0, 1.0, beta_grid)
+
+    def __repr__(self) -> str:
+        return f"FlexSmoothModule(alphas={len(self.alphas)}, betas={len(self.betas)})"
+
+    def candidates(self, ctx, mapping, stats):
+        out = [("identity", np.ones_like(stats.act), None)]
+        out += [(f"alpha={a:.2f},beta={b:.2f}", smoothing_scale(stats.act, stats.weight_max, float(a), float(b)), None)
+                for a in self.alphas for b in self.betas]
+        return out
+
+
+class OutlierSuppressionPlusModule(ScaleSearchModule):
+    """m4: channel shift to symmetric ranges, then a SmoothQuant scale on the half-ranges (alpha searched)."""
+
+    name = "os_plus"
+
+    def __init__(self, alpha_grid: int = 11, mappings: Optional[Sequence[SmoothMapping]] = None):
+        super().__init__(mappings)
+        self.alphas = np.linspace(0.0, 1.0, alpha_grid)
+
+    def __repr__(self) -> str:
+        return f"OutlierSuppressionPlusModule(alphas={len(self.alphas)})"
+
+    @staticmethod
+    def channel_shift(ctx: LayerContext, mapping: SmoothMapping, stats: MappingStats) -> Tuple[np.ndarray, np.ndarray]:
+        """``(shift, half_range)`` per smooth channel from the balance input's per-channel min/max."""
+        obs = next(c for c in stats.balance if isinstance(c, QuantLinear) and c.spec.act).input_observer
+        lo, hi = obs.minimum.astype(np.float64), obs.maximum.astype(np.float64)
+        if mapping.kv_grouped:
+            heads, kv_heads, head_dim = ctx.structure.num_heads(ctx.network)
+            group = heads // kv_heads
+            lo = lo.reshape(kv_heads, group, head_dim).min(axis=1).reshape(-1)
+            hi = hi.reshape(kv_heads, group, head_dim).max(axis=1).reshape(-1)
+        return (hi + lo) / 2.0, (hi - lo) / 2.0
+
+    def candidates(self, ctx, mapping, stats):
+        shift, half = self.channel_shift(ctx, mapping, stats)
+        out = [("identity+shift", np.ones_like(stats.act), shift)]
+        out += [(f"alpha={a:.2f}+shift", smoothing_scale(half, stats.weight_max, float(a)), shift) for a in self.alphas]
+        return out
+
+    def apply(self, ctx, mapping, stats, scale, shift):
+        fold_smoothing(ctx, mapping, stats, scale)
+        shift_e = ((shift / scale)[stats.expand]).astype(np.float32)
+        for cell in stats.balance:
+            if isinstance(cell, QuantLinear) and cell.spec.act:
+                cell.input_shift_value = shift_e
+                cell.input_observer.shift_channels(shift_e)
+
+    def prepare_deploy(self, ctx: LayerContext) -> None:
+        """Every balance layer with quantized activations carries ``input_shift``/``shift_bias``."""
+        if ctx.layer is None:
+            return
+        for mapping in (self.mappings if self.mappings is not None else ctx.structure.smooth_mappings):
+            for rel in mapping.balance:
+                cell = ctx.quant_cells.get(rel)
+                if isinstance(cell, QuantLinear) and cell.spec.act:
+                    cell.has_input_shift = True
