@@ -20,6 +20,6 @@ setup(
         "tqdm",
         "psutil",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest"], "report": ["matplotlib"]},
     entry_points={"console_scripts": ["golden-ptq=golden_ptq.cli:main"]},
 )

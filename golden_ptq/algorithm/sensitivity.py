@@ -1,0 +1,96 @@
+"""Per-Linear sensitivity report: range_parm and measured output error, as csv, markdown and a PNG chart.
+
+Both signals come from a calibration run with ``PTQ(config, measure_sensitivity=True)``:
+
+* ``range_parm``: ``max(|lo|, |hi|)`` of the activation quantizer's range over the median
+  per-channel ``max|x|`` of its input (:func:`golden_ptq.quant_math.range_parm`);
+* ``output_error``: ``||y_q - y_f||^2 / ||y_f||^2``, the layer's output quantized vs float (same
+  smoothed float weights) on a row sample (``algo_args['search_rows']``) of its calibration inputs.
+
+Either can order the rollback: ``PTQConfig(disable_level='Lx', rollback_signal=...)``.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from typing import Dict, List, Optional
+
+SIGNALS = ("range_parm", "output_error")
+
+
+def sensitivity_rows(ptq, order_by: str = "range_parm") -> List[Dict[str, object]]:
+    """One row per measured Linear layer, most sensitive first by ``order_by``."""
+    if order_by not in SIGNALS:
+        raise ValueError(f"sensitivity report: order_by {order_by!r} not allowed; allowed: {list(SIGNALS)}")
+    if not ptq.range_parms:
+        raise ValueError("sensitivity report: the PTQ has no range_parms; run apply() in QUANTIZE mode first")
+    if not ptq.output_errors:
+        raise ValueError("sensitivity report: no output errors were measured; calibrate with "
+                         "PTQ(config, measure_sensitivity=True)")
+    names = sorted(set(ptq.range_parms) | set(ptq.output_errors))
+    signal = ptq.range_parms if order_by == "range_parm" else ptq.output_errors
+    names.sort(key=lambda n: (-signal.get(n, float("-inf")), n))
+    rolled = set(ptq.rolled_back)
+    disabled = set(ptq.config.disable_names)
+    rows = []
+    for rank, name in enumerate(names, 1):
+        rows.append({"rank": rank, "layer": name, "range_parm": ptq.range_parms.get(name),
+                     "output_error": ptq.output_errors.get(name),
+                     "float": "disable_level" if name in rolled else ("disable_names" if name in disabled else "")})
+    return rows
+
+
+def _fmt(value: Optional[float]) -> str:
+    return "" if value is None else f"{value:.6g}"
+
+
+def write_sensitivity_report(ptq, folder: str, order_by: str = "range_parm", png: bool = True) -> Dict[str, str]:
+    """Write ``sensitivity.csv``, ``sensitivity.md`` and (``png=True``, needs matplotlib) ``sensitivity.png``.
+
+    Returns the written paths by kind.
+    """
+    rows = sensitivity_rows(ptq, order_by)
+    os.makedirs(folder, exist_ok=True)
+    paths = {"csv": os.path.join(folder, "sensitivity.csv"), "markdown": os.path.join(folder, "sensitivity.md")}
+    with open(paths["csv"], "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _fmt(v) if isinstance(v, float) else v for k, v in row.items()})
+    lines = [f"Sensitivity of the quantized Linear layers, most sensitive first by {order_by}.", "",
+             "| rank | layer | range_parm | output error (rel. MSE) | kept float by |", "|---|---|---|---|---|"]
+    lines += [f"| {r['rank']} | `{r['layer']}` | {_fmt(r['range_parm'])} | {_fmt(r['output_error'])} | {r['float']} |"
+              for r in rows]
+    with open(paths["markdown"], "w", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+    if png:
+        paths["png"] = os.path.join(folder, "sensitivity.png")
+        _bar_chart(rows, paths["png"], order_by)
+    return paths
+
+
+def _bar_chart(rows: List[Dict[str, object]], path: str, order_by: str) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        raise ImportError("the sensitivity PNG needs matplotlib: pip install matplotlib "
+                          "(or golden_ptq[report]); use png=False for csv and markdown only") from err
+    names = [str(r["layer"]) for r in rows]
+    colors = ["tab:red" if r["float"] else "tab:blue" for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(12, max(3.0, 0.22 * len(rows) + 1.5)), sharey=True)
+    for axis, key, title in ((axes[0], "range_parm", "range_parm"),
+                             (axes[1], "output_error", "output error (relative MSE)")):
+        values = [float(r[key]) if r[key] is not None else 0.0 for r in rows]
+        axis.barh(range(len(rows)), values, color=colors)
+        axis.set_title(title)
+        axis.invert_yaxis()
+        if key == "output_error":
+            axis.set_xscale("log")
+    axes[0].set_yticks(range(len(rows)))
+    axes[0].set_yticklabels(names, fontsize=7)
+    fig.suptitle(f"Linear layer sensitivity, ordered by {order_by} (red: kept float)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
