@@ -107,7 +107,21 @@ def load_checkpoint(path: str, network: nn.Cell) -> None:
     Names, shapes and dtypes must agree both ways, so a checkpoint made with other quantization
     settings fails on the first parameter that differs instead of loading half a network.
     """
+    load_state(read_checkpoint(path), network, path)
+
+
+def load_full_checkpoint(path: str, network: nn.Cell) -> None:
+    """Strictly load a full (TP size 1) checkpoint into ``network``, each tensor-parallel rank taking its slice."""
+    from golden_ptq.parallel.sharding import split_state
     arrays = read_checkpoint(path)
+    tp, layout = getattr(network, "tp", None), getattr(network, "tp_layout", None)
+    if tp is not None and tp.parallel:
+        arrays = split_state(arrays, tp, layout.kv_split)
+    load_state(arrays, network, path)
+
+
+def load_state(arrays: Dict[str, np.ndarray], network: nn.Cell, path: str) -> None:
+    """Strict load of name -> array ``arrays`` (read from ``path``, named in errors) into ``network``."""
     params = dict(network.parameters_and_names())
     for name, param in params.items():
         expected = f"{param.dtype} {tuple(param.shape)}"

@@ -11,7 +11,7 @@ import os
 from typing import Optional, Tuple, Union
 
 from golden_ptq.algorithm import PTQ
-from golden_ptq.checkpoint import load_checkpoint, save_checkpoint
+from golden_ptq.checkpoint import load_checkpoint, load_full_checkpoint, save_checkpoint
 from golden_ptq.config import PTQConfig, PTQMode
 from golden_ptq.networks.helper import NetworkHelper
 
@@ -19,9 +19,18 @@ CONFIG_FILE = "ptq_config.yaml"
 
 
 def save_quantized(network, ptq: PTQ, folder: str, fmt: str = "ckpt") -> str:
-    """Write ``folder/model.<fmt>``, ``quant_desc.json`` and ``ptq_config.yaml``; returns the checkpoint path."""
+    """Write ``folder/model.<fmt>``, ``quant_desc.json`` and ``ptq_config.yaml``; returns the checkpoint path.
+
+    Under tensor parallelism each rank writes its shard to ``folder/rank_{i}/`` with ``tp_layout.json``.
+    """
     if fmt not in ("ckpt", "safetensors"):
         raise ValueError(f"save_quantized: fmt {fmt!r} is not one of ['ckpt', 'safetensors']")
+    tp = getattr(network, "tp", None)
+    if tp is not None and tp.parallel:
+        from golden_ptq.parallel.checkpoint_io import layout_dict, rank_folder, write_layout
+        folder = rank_folder(folder, tp.rank)
+        os.makedirs(folder, exist_ok=True)
+        write_layout(folder, layout_dict(network))
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, f"model.{fmt}")
     save_checkpoint(network, path)
@@ -54,21 +63,28 @@ def load_quantized(helper: Union[NetworkHelper, str], folder: Optional[str] = No
     """DEPLOY-mode network with the quantized checkpoint loaded.
 
     Give ``folder`` (as written by :func:`save_quantized`), or ``quant_config`` (a PTQConfig or its
-    yaml; its mode is switched to DEPLOY) plus ``checkpoint``.
+    yaml; its mode is switched to DEPLOY) plus ``checkpoint``. Under tensor parallelism a folder may
+    hold the full checkpoint (each rank loads its slice) or per-rank ones of the same TP size; a
+    ``checkpoint`` file is taken as full.
     """
+    from golden_ptq.parallel.checkpoint_io import deploy_source
     helper = NetworkHelper(helper) if isinstance(helper, str) else helper
+    if quant_config is None and checkpoint is None and folder is None:
+        raise ValueError("load_quantized needs a folder, or both quant_config and checkpoint")
+    network = helper.create_network()
+    full = True
     if folder is not None:
-        quant_config = quant_config or os.path.join(folder, CONFIG_FILE)
-        checkpoint = checkpoint or find_checkpoint(folder)
+        source, full = deploy_source(folder, network) if checkpoint is None else (folder, True)
+        quant_config = quant_config or os.path.join(source, CONFIG_FILE)
+        checkpoint = checkpoint or find_checkpoint(source)
     if quant_config is None or checkpoint is None:
         raise ValueError("load_quantized needs a folder, or both quant_config and checkpoint")
     config = PTQConfig.load(quant_config) if isinstance(quant_config, str) else quant_config
     config = dataclasses.replace(config, mode=PTQMode.DEPLOY)
-    network = helper.create_network()
     ptq = PTQ(config)
     ptq.apply(network)
     ptq.convert(network)
-    load_checkpoint(checkpoint, network)
+    (load_full_checkpoint if full else load_checkpoint)(checkpoint, network)
     return network, ptq
 
 

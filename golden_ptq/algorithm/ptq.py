@@ -16,6 +16,7 @@ from golden_ptq.algorithm.modules import (AlgoModule, InputRecorder, LayerContex
 from golden_ptq.config import PTQConfig, PTQMode, QuantGranularity
 from golden_ptq.networks.llama import sync_parameter_names
 from golden_ptq.networks.structure import LlamaStructure
+from golden_ptq.parallel.ptq_support import check_tp_supported
 from golden_ptq.quant_cells import LayerQuantSpec, QuantCell, QuantCellRegistry, default_registry
 from golden_ptq.quant_cells.embedding import QuantEmbedding
 from golden_ptq.quant_cells.linear import QuantLinear
@@ -124,6 +125,7 @@ class PTQ(CompAlgo):
     # ----- apply / convert ----------------------------------------------------------------------
     def apply(self, network: nn.Cell, network_helper=None, datasets=None) -> nn.Cell:
         structure = self.structure or getattr(network_helper, "structure", None) or LlamaStructure()
+        check_tp_supported(self, network)
         self._swap_in_quant_cells(network)
         if self.config.mode is PTQMode.DEPLOY:
             self._prepare_deploy(network, structure)

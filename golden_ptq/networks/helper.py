@@ -3,8 +3,9 @@
 A network config names where the weights come from and the run settings the samples read::
 
     model:
-      source: gguf            # gguf | hf | random
+      source: gguf            # gguf | hf | ckpt | random
       path: default           # 'default' = the embedded SmolLM2 GGUF; else a file / directory
+                              # (ckpt: a full float .ckpt/.safetensors, with 'config:' as for random)
       max_position_embeddings: 2048
     runtime:
       batch_size: 1
@@ -36,7 +37,7 @@ RUNTIME_DEFAULTS: Dict[str, Any] = {
     "do_sample": False,
     "seed": 0,
 }
-SOURCES = ("gguf", "hf", "random")
+SOURCES = ("gguf", "hf", "ckpt", "random")
 
 
 class NetworkHelper:
@@ -136,6 +137,11 @@ class NetworkHelper:
                 config.max_position_embeddings = max_pos
             return load_hf(path, config), Tokenizer.from_hf_dir(path)
         config = LlamaConfig.from_dict(dict(self._model.get("config") or {}))
+        if source == "ckpt":  # our own float checkpoint; each tensor-parallel rank loads its slice
+            from golden_ptq.checkpoint import load_full_checkpoint
+            network = LlamaForCausalLM(config)
+            load_full_checkpoint(self._path(), network)
+            return network, self._build_tokenizer()
         network = LlamaForCausalLM(config, seed=int(self._model.get("seed", 0)))
         return network, self._build_tokenizer()
 

@@ -8,21 +8,42 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
+from golden_ptq.parallel.context import TPContext, all_reduce, current_context
+
 
 class Linear(nn.Cell):
-    """``y = x @ weight.T + bias`` with MindFormers' layout: ``weight`` is ``[out_features, in_features]``."""
+    """``y = x @ weight.T + bias`` with MindFormers' layout: ``weight`` is ``[out_features, in_features]``.
 
-    def __init__(self, in_features: int, out_features: int, has_bias: bool = False):
+    Tensor parallel (``parallel``): ``"column"`` holds ``out / tp.size`` output rows (bias too);
+    ``"row"`` holds ``in / tp.size`` input columns and sums the partial outputs over the ranks
+    before adding the (replicated) bias; None is replicated. ``in_features`` / ``out_features``
+    are the local sizes. At TP size 1 all three compute the same as a plain Linear.
+    """
+
+    def __init__(self, in_features: int, out_features: int, has_bias: bool = False,
+                 parallel: Optional[str] = None, tp: Optional[TPContext] = None):
         super().__init__()
-        self.in_features = in_features
-        self.out_features = out_features
-        self.weight = Parameter(Tensor(np.zeros((out_features, in_features), np.float32)), name="weight")
-        self.bias = Parameter(Tensor(np.zeros((out_features,), np.float32)), name="bias") if has_bias else None
+        if parallel not in (None, "column", "row"):
+            raise ValueError(f"Linear: parallel {parallel!r} is not one of [None, 'column', 'row']")
+        self.parallel = parallel
+        self.tp = TPContext() if parallel is None else (tp if tp is not None else current_context())
+        split = out_features if parallel == "column" else in_features
+        if parallel and split % self.tp.size:
+            raise ValueError(f"Linear: {parallel}-parallel split of {split} features is not divisible by TP size "
+                             f"{self.tp.size}")
+        self.in_features = in_features // self.tp.size if parallel == "row" else in_features
+        self.out_features = out_features // self.tp.size if parallel == "column" else out_features
+        self.weight = Parameter(Tensor(np.zeros((self.out_features, self.in_features), np.float32)), name="weight")
+        self.bias = Parameter(Tensor(np.zeros((self.out_features,), np.float32)), name="bias") if has_bias else None
         self.matmul = ops.MatMul(transpose_b=True)
+
+    def reduce_output(self, y: Tensor) -> Tensor:
+        """Sum a row-parallel layer's partial outputs over the ranks (identity otherwise)."""
+        return all_reduce(y, self.tp) if self.parallel == "row" else y
 
     def construct(self, x: Tensor) -> Tensor:
         lead = x.shape[:-1]
-        y = self.matmul(x.reshape(-1, self.in_features), self.weight)
+        y = self.reduce_output(self.matmul(x.reshape(-1, self.in_features), self.weight))
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(lead + (self.out_features,))

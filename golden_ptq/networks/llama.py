@@ -18,6 +18,8 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from golden_ptq.networks.config import LlamaConfig
+from golden_ptq.parallel.context import TPContext, resolve
+from golden_ptq.parallel.sharding import TPLayout, full_shape, shard_array
 from golden_ptq.runtime import configure_cpu_runtime
 from golden_ptq.networks.layers import (CacheMode, Embedding, KVCache, Linear, RMSNorm, apply_rope,
                                         compiled_for_large_inputs, rope_tables, rotate_half_index, swiglu)
@@ -52,19 +54,29 @@ def _to_heads(x: Tensor, heads: int, head_dim: int) -> Tensor:
 
 
 class Attention(nn.Cell):
-    """Grouped-query attention with rotary embedding and a KV cache."""
+    """Grouped-query attention with rotary embedding and a KV cache.
 
-    def __init__(self, config: LlamaConfig):
+    Under tensor parallelism the rank computes its ``layout.local_heads`` query heads; KV heads are
+    split with them, or (``num_kv_heads % tp != 0``) all kept and the used ones gathered per query head.
+    ``num_heads`` / ``num_kv_heads`` are the rank's counts (the stored KV heads).
+    """
+
+    def __init__(self, config: LlamaConfig, layout: Optional[TPLayout] = None):
         super().__init__()
-        self.num_heads = config.num_heads
-        self.num_kv_heads = config.num_kv_heads
+        layout = layout or TPLayout.for_config(config, TPContext())
+        self.num_heads = layout.local_heads
+        self.num_kv_heads = layout.local_kv_heads
         self.head_dim = config.head_dim
         hidden, kv_dim = config.hidden_size, config.num_kv_heads * config.head_dim
-        self.wq = Linear(hidden, config.num_heads * self.head_dim, has_bias=config.qkv_bias)
-        self.wk = Linear(hidden, kv_dim, has_bias=config.qkv_bias)
-        self.wv = Linear(hidden, kv_dim, has_bias=config.qkv_bias)
-        self.wo = Linear(config.num_heads * self.head_dim, hidden)
-        self.kv_cache = KVCache(config.num_kv_heads, self.head_dim)
+        tp, kv_mode = layout.ctx, ("column" if layout.kv_split else None)
+        self.wq = Linear(hidden, config.num_heads * self.head_dim, has_bias=config.qkv_bias, parallel="column", tp=tp)
+        self.wk = Linear(hidden, kv_dim, has_bias=config.qkv_bias, parallel=kv_mode, tp=tp)
+        self.wv = Linear(hidden, kv_dim, has_bias=config.qkv_bias, parallel=kv_mode, tp=tp)
+        self.wo = Linear(config.num_heads * self.head_dim, hidden, parallel="row", tp=tp)
+        self.kv_cache = KVCache(self.num_kv_heads, self.head_dim)
+        kv_index = layout.kv_index()
+        self._kv_index = None if kv_index is None else Tensor(kv_index)
+        self._core_kv_heads = self.num_kv_heads if kv_index is None else self.num_heads
 
     def construct(self, x: Tensor, inputs: "LayerInputs") -> Tensor:
         q = apply_rope(self.wq(x), inputs.cos_q, inputs.sin_q, inputs.index_q)
@@ -72,17 +84,20 @@ class Attention(nn.Cell):
         k = _to_heads(k, self.num_kv_heads, self.head_dim)
         v = _to_heads(self.wv(x), self.num_kv_heads, self.head_dim)
         k, v = self.kv_cache(k, v, inputs.mode)
-        return self.wo(_attention_core_auto(q, k, v, inputs.mask, self.num_kv_heads, self.head_dim))
+        if self._kv_index is not None:  # replicated KV heads: the one each local query head reads
+            k, v = ops.gather(k, self._kv_index, 1), ops.gather(v, self._kv_index, 1)
+        return self.wo(_attention_core_auto(q, k, v, inputs.mask, self._core_kv_heads, self.head_dim))
 
 
 class FeedForward(nn.Cell):
     """SwiGLU MLP: ``w2(silu(w1 x) * w3 x)``."""
 
-    def __init__(self, config: LlamaConfig):
+    def __init__(self, config: LlamaConfig, tp: Optional[TPContext] = None):
         super().__init__()
-        self.w1 = Linear(config.hidden_size, config.intermediate_size)
-        self.w3 = Linear(config.hidden_size, config.intermediate_size)
-        self.w2 = Linear(config.intermediate_size, config.hidden_size)
+        tp = tp or TPContext()
+        self.w1 = Linear(config.hidden_size, config.intermediate_size, parallel="column", tp=tp)
+        self.w3 = Linear(config.hidden_size, config.intermediate_size, parallel="column", tp=tp)
+        self.w2 = Linear(config.intermediate_size, config.hidden_size, parallel="row", tp=tp)
 
     def construct(self, x: Tensor) -> Tensor:
         return self.w2(swiglu(self.w1(x), self.w3(x)))
@@ -91,12 +106,12 @@ class FeedForward(nn.Cell):
 class LlamaDecodeLayer(nn.Cell):
     """Pre-norm transformer block."""
 
-    def __init__(self, config: LlamaConfig):
+    def __init__(self, config: LlamaConfig, layout: Optional[TPLayout] = None):
         super().__init__()
         self.attention_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.attention = Attention(config)
+        self.attention = Attention(config, layout)
         self.ffn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.feed_forward = FeedForward(config)
+        self.feed_forward = FeedForward(config, layout.ctx if layout else None)
 
     def construct(self, x: Tensor, inputs: "LayerInputs") -> Tensor:
         h = ops.add(x, self.attention(self.attention_norm(x), inputs))
@@ -106,10 +121,10 @@ class LlamaDecodeLayer(nn.Cell):
 class LlamaModel(nn.Cell):
     """Embedding, decoder layers and final norm."""
 
-    def __init__(self, config: LlamaConfig):
+    def __init__(self, config: LlamaConfig, layout: Optional[TPLayout] = None):
         super().__init__()
         self.tok_embeddings = Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.CellList([LlamaDecodeLayer(config) for _ in range(config.num_layers)])
+        self.layers = nn.CellList([LlamaDecodeLayer(config, layout) for _ in range(config.num_layers)])
         self.norm_out = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
 
@@ -131,21 +146,28 @@ class LlamaForCausalLM(nn.Cell):
     ``network(input_ids, attention_mask)`` returns logits ``[B, T, V]``. Left padding is handled by
     ``attention_mask`` (1 = token, 0 = pad): pads are never attended to and positions count from
     each row's first real token.
+
+    Tensor parallel: ``tp`` (default: the communication group, size 1 without one) splits heads and
+    MLP columns over the ranks (see :mod:`golden_ptq.parallel.sharding`); embedding, norms and
+    ``lm_head`` are replicated, every rank returns the full logits.
     """
 
-    def __init__(self, config: LlamaConfig, seed: Optional[int] = None):
+    def __init__(self, config: LlamaConfig, seed: Optional[int] = None, tp: Optional[TPContext] = None):
         super().__init__()
         configure_cpu_runtime()
         config.validate()
         self.config = config
-        self.model = LlamaModel(config)
+        self.tp = resolve(tp)
+        self.tp_layout = TPLayout.for_config(config, self.tp)
+        self.model = LlamaModel(config, self.tp_layout)
         self.lm_head = Linear(config.hidden_size, config.vocab_size)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.tok_embeddings.embedding_weight
         cos, sin = rope_tables(config.head_dim, config.max_position_embeddings, config.rope_theta)
         self._cos_table, self._sin_table = cos, sin
-        index_q, self._sign_q = rotate_half_index(config.num_heads, config.head_dim)
-        index_k, self._sign_k = rotate_half_index(config.num_kv_heads, config.head_dim)
+        layout = self.tp_layout
+        index_q, self._sign_q = rotate_half_index(layout.local_heads, config.head_dim)
+        index_k, self._sign_k = rotate_half_index(layout.local_kv_heads, config.head_dim)
         self._index_q, self._index_k = Tensor(index_q), Tensor(index_k)
         self._decode_mask: Optional[np.ndarray] = None
         if seed is not None:
@@ -154,15 +176,21 @@ class LlamaForCausalLM(nn.Cell):
 
     # ----- parameters -------------------------------------------------------------------------
     def init_random(self, seed: int, std: float = 0.02) -> None:
-        """Fill every parameter deterministically (norm weights near 1): for tests and toy runs."""
+        """Fill every parameter deterministically (norm weights near 1): for tests and toy runs.
+
+        Under tensor parallelism each rank draws the full (TP=1) tensors and keeps its slice, so a
+        sharded random network is the TP=1 one.
+        """
         rng = np.random.RandomState(seed)
+        size, kv_split = self.tp.size, self.tp_layout.kv_split
         for name, param in sorted(self.parameters_and_names(), key=lambda item: item[0]):
-            shape = tuple(param.shape)
+            shape = full_shape(name, tuple(param.shape), size, kv_split)
             if name.endswith("norm.weight") or name.endswith("norm_out.weight"):
                 value = 1.0 + 0.1 * rng.randn(*shape)
             else:
                 value = std * rng.randn(*shape)
-            param.set_data(Tensor(value.astype(np.float32)))
+            value = shard_array(name, value.astype(np.float32), self.tp, kv_split)
+            param.set_data(Tensor(np.ascontiguousarray(value)))
 
     # ----- inputs -----------------------------------------------------------------------------
     def layer_inputs(self, attention_mask: np.ndarray, new_tokens: int, mode: int = CacheMode.NONE) -> LayerInputs:
@@ -179,16 +207,18 @@ class LlamaForCausalLM(nn.Cell):
         positions = np.clip(np.cumsum(attention_mask, axis=1) - 1, 0, None)[:, total - new_tokens:]
         cos, sin = self._cos_table[positions], self._sin_table[positions]  # [B, T, D]
         scale = np.float32(1.0 / np.sqrt(cfg.head_dim))
-        cos_q = np.tile(cos, (1, 1, cfg.num_heads)) * scale
-        sin_q = np.tile(sin, (1, 1, cfg.num_heads)) * self._sign_q * scale
-        cos_k = np.tile(cos, (1, 1, cfg.num_kv_heads))
-        sin_k = np.tile(sin, (1, 1, cfg.num_kv_heads)) * self._sign_k
+        heads, kv_heads = self.tp_layout.local_heads, self.tp_layout.local_kv_heads
+        cos_q = np.tile(cos, (1, 1, heads)) * scale
+        sin_q = np.tile(sin, (1, 1, heads)) * self._sign_q * scale
+        cos_k = np.tile(cos, (1, 1, kv_heads))
+        sin_k = np.tile(sin, (1, 1, kv_heads)) * self._sign_k
         query_index = np.arange(total - new_tokens, total)[:, None]
         allowed = (np.arange(total)[None, :] <= query_index)[None] & (attention_mask[:, None, :] > 0)
-        group = cfg.num_heads // cfg.num_kv_heads
+        core_kv = kv_heads if self.tp_layout.kv_split else heads  # replicated KV: gathered per query head
+        group = heads // core_kv
         mask = np.where(allowed, np.float32(0.0), np.float32(_MASK_VALUE))[:, None, None]  # [B,1,1,T,S]
-        mask = np.broadcast_to(mask, (batch, cfg.num_kv_heads, group, new_tokens, total))
-        mask = mask.reshape(batch, cfg.num_kv_heads, group * new_tokens, total)
+        mask = np.broadcast_to(mask, (batch, core_kv, group, new_tokens, total))
+        mask = mask.reshape(batch, core_kv, group * new_tokens, total)
         tensors = [Tensor(np.ascontiguousarray(a, dtype=np.float32)) for a in (cos_q, sin_q, cos_k, sin_k, mask)]
         return LayerInputs(*tensors[:4], self._index_q, self._index_k, tensors[4], mode)
 

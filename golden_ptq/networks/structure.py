@@ -55,5 +55,6 @@ class LlamaStructure:
         return network.model.norm_out(hidden)
 
     def num_heads(self, network) -> Tuple[int, int, int]:
-        cfg = network.config
-        return cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        """Query heads, stored KV heads and head dim of this rank (the whole model at TP size 1)."""
+        layout = network.tp_layout
+        return layout.local_heads, layout.local_kv_heads, network.config.head_dim

@@ -22,10 +22,12 @@ import numpy as np
 from mindspore import Tensor, ops
 
 from golden_ptq.networks.layers import Linear
+from golden_ptq.parallel.context import TPContext, all_reduce, all_reduce_max, all_reduce_min
 from golden_ptq.quant_cells import linear_kernels as kernels
 from golden_ptq.quant_cells.base import QuantCell
 from golden_ptq.quant_cells.spec import LayerQuantSpec
 from golden_ptq.quant_math import MinMaxObserver, asymmetric_params, quantize_weight, symmetric_scale
+from golden_ptq.quant_math.functions import quantize
 from golden_ptq.quant_math.functions import fake_quantize_weight
 
 
@@ -37,6 +39,8 @@ class QuantLinear(QuantCell):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight = linear.weight
         self.bias = linear.bias
+        self.parallel = getattr(linear, "parallel", None)   # tensor parallel: "column", "row" or None
+        self.tp = getattr(linear, "tp", None) or TPContext()
         self.input_observer = MinMaxObserver()
         self.weight_bits = 8                 # 4: W4A16 codes in the int8 container
         self.weight_clip = None              # per channel / group range ratios (AWQ's clip search)
@@ -75,6 +79,8 @@ class QuantLinear(QuantCell):
             y = kernels.w8a16_channel(x2, self.weight, self.weight_scale)
         if self.has_input_shift and self.quantized:
             y = y + self.shift_bias
+        if self.parallel == "row":  # partial sums over this rank's input columns
+            y = all_reduce(y, self.tp)
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(lead + (self.out_features,))
@@ -83,14 +89,20 @@ class QuantLinear(QuantCell):
         """Round the (possibly smoothed) float weight and fix activation ranges from the observer."""
         spec = self.spec
         w = self.weight.asnumpy()
-        q, w_scale, w_zp = quantize_weight(w, spec.group_size, spec.weight_symmetric, self.weight_bits,
-                                           self.weight_clip)
+        if self.parallel == "row" and self.tp.parallel and not spec.group_size:
+            q, w_scale, w_zp = self._quantize_row_shard(w)
+        else:
+            q, w_scale, w_zp = quantize_weight(w, spec.group_size, spec.weight_symmetric, self.weight_bits,
+                                               self.weight_clip)
         self._set_param("weight", q)
         self._set_param("weight_scale", w_scale.astype(np.float32))
         if spec.group_size or not spec.weight_symmetric:
             self._set_param("weight_zp", (np.zeros_like(w_scale) if w_zp is None else w_zp).astype(np.float32))
         if spec.act and not spec.act_dynamic:
             lo, hi = self.input_observer.tensor_range()
+            if self.tp.parallel:  # a row-parallel input is a shard: every rank takes the full tensor's range
+                lo = float(all_reduce_min(np.array([lo], np.float64), self.tp)[0])
+                hi = float(all_reduce_max(np.array([hi], np.float64), self.tp)[0])
             if spec.act_symmetric:
                 x_scale, x_zp = symmetric_scale(np.array([max(-lo, hi)])), np.zeros(1, np.float32)
             else:
@@ -110,6 +122,17 @@ class QuantLinear(QuantCell):
             self.has_input_shift = True
         self.quantized = True
         self.observing = False
+
+    def _quantize_row_shard(self, w: np.ndarray):
+        """Per-output-channel symmetric int8 of a row-parallel shard: the scale is the full row's absmax."""
+        spec = self.spec
+        if not spec.weight_symmetric or self.weight_bits != 8 or self.weight_clip is not None:
+            raise NotImplementedError(f"QuantLinear: row-parallel ({self.tp.size} ranks) per-channel weights are "
+                                      f"supported symmetric 8-bit without clipping; got symmetric="
+                                      f"{spec.weight_symmetric}, bits={self.weight_bits}")
+        absmax = all_reduce_max(np.abs(w).max(axis=1).astype(np.float32), self.tp)
+        scale = symmetric_scale(absmax)
+        return quantize(w, scale[:, None]), scale, None
 
     def deploy_placeholders(self) -> None:
         spec = self.spec

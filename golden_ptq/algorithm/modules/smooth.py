@@ -26,6 +26,7 @@ from mindspore import Tensor
 from golden_ptq.algorithm.modules.base import AlgoModule, LayerContext
 from golden_ptq.networks.layers import Linear, RMSNorm
 from golden_ptq.networks.structure import SmoothMapping
+from golden_ptq.parallel.context import all_reduce_max
 from golden_ptq.quant_cells.kvcache import QuantKVCache
 from golden_ptq.quant_cells.linear import QuantLinear
 
@@ -57,6 +58,7 @@ def mapping_statistics(ctx: LayerContext, mapping: SmoothMapping, needs_act: boo
                            f"calibration statistics for {mapping.balance[0]}; did the calibration pass run it?")
     act = observer.absmax().astype(np.float64)
     weight_max = np.max([np.abs(b.weight.asnumpy()).max(axis=0) for b in balance], axis=0).astype(np.float64)
+    act, weight_max = _reduce_over_ranks(ctx, mapping, balance, act, weight_max)
     if mapping.kv_grouped:
         heads, kv_heads, head_dim = ctx.structure.num_heads(ctx.network)
         group = heads // kv_heads
@@ -66,6 +68,30 @@ def mapping_statistics(ctx: LayerContext, mapping: SmoothMapping, needs_act: boo
     else:
         expand = np.arange(act.size)
     return MappingStats(balance, act, weight_max, expand, ctx.find(mapping.smooth))
+
+
+def _reduce_over_ranks(ctx: LayerContext, mapping: SmoothMapping, balance: list, act: np.ndarray,
+                       weight_max: np.ndarray):
+    """Tensor parallel: statistics every rank folds identically.
+
+    Column-parallel balance layers (wq/wk/wv, w1/w3) read the replicated norm output but hold only
+    some output rows: the weight maxima (and, for bit-identical scales, the activation maxima) are
+    maxima over the ranks. Row-parallel balance layers (wo, w2) hold whole rows of their input
+    channels, so their statistics are already exact for the shard they fold into (the rank's wv/w3
+    rows). With replicated KV heads wv's channels do not line up with wo's shard: not supported.
+    """
+    contexts = [b.tp for b in balance if getattr(b, "parallel", None) and b.tp.parallel]
+    if not contexts:
+        return act, weight_max
+    tp = contexts[0]
+    modes = {getattr(b, "parallel", None) for b in balance}
+    if "row" in modes:
+        if modes != {"row"} or getattr(ctx.find(mapping.smooth), "parallel", None) != "column":
+            raise NotImplementedError(f"{ctx.name}: smoothing {mapping.smooth} -> {list(mapping.balance)} under "
+                                      f"tensor parallel size {tp.size} needs a column-parallel '{mapping.smooth}' "
+                                      f"(num_kv_heads divisible by the TP size); got modes {sorted(map(str, modes))}")
+        return act, weight_max
+    return all_reduce_max(act, tp), all_reduce_max(weight_max, tp)
 
 
 def smoothing_scale(act: np.ndarray, weight_max: np.ndarray, alpha: float, beta: Optional[float] = None) -> np.ndarray:

@@ -44,6 +44,15 @@ def load_into_network(network: nn.Cell, fetch: Callable[[str], Optional[np.ndarr
         param.set_data(Tensor(np.ascontiguousarray(array, dtype=np.float32)))
 
 
+def tp_transform(network: nn.Cell) -> Optional[Callable[[str, np.ndarray], np.ndarray]]:
+    """The ``transform`` that keeps a tensor-parallel rank's slice of each full tensor (None at TP size 1)."""
+    from golden_ptq.parallel.sharding import shard_array
+    tp, layout = getattr(network, "tp", None), getattr(network, "tp_layout", None)
+    if tp is None or not tp.parallel:
+        return None
+    return lambda name, array: np.ascontiguousarray(shard_array(name, array, tp, layout.kv_split))
+
+
 def layer_name_map(num_layers: int, per_layer: Dict[str, str], globals_: Dict[str, str]) -> Dict[str, str]:
     """Expand ``{i}`` patterns into an our-name -> source-name dictionary."""
     mapping = dict(globals_)

@@ -7,8 +7,9 @@ import numpy as np
 
 from golden_ptq.networks.config import LlamaConfig
 from golden_ptq.networks.llama import LlamaForCausalLM
-from golden_ptq.networks.loaders.common import (check_supported, layer_name_map, load_into_network,
+from golden_ptq.networks.loaders.common import (check_supported, layer_name_map, load_into_network, tp_transform,
                                                 unpermute_rope_rows)
+from golden_ptq.parallel.context import TPContext
 from golden_ptq.networks.tokenizer import Tokenizer
 
 SUPPORTED = ("llama", "qwen2")
@@ -89,13 +90,17 @@ def gguf_config(file: GGUFFile) -> LlamaConfig:
         pad_token_id=meta.get("tokenizer.ggml.padding_token_id"))
 
 
-def load_gguf(path: str, max_position_embeddings: Optional[int] = None) -> Tuple[LlamaForCausalLM, Tokenizer]:
-    """Network with float32 weights and the tokenizer rebuilt from the file's metadata."""
+def load_gguf(path: str, max_position_embeddings: Optional[int] = None,
+              tp: Optional[TPContext] = None) -> Tuple[LlamaForCausalLM, Tokenizer]:
+    """Network with float32 weights and the tokenizer rebuilt from the file's metadata.
+
+    Under tensor parallelism (``tp``, default the communication group) each rank keeps its slice.
+    """
     file = GGUFFile(path)
     config = gguf_config(file)
     if max_position_embeddings:
         config.max_position_embeddings = max_position_embeddings
-    network = LlamaForCausalLM(config)
+    network = LlamaForCausalLM(config, tp=tp)
     mapping = layer_name_map(config.num_layers, _PER_LAYER, _GLOBAL)
     permute = file.metadata.get("general.architecture") == "llama"
 
@@ -107,5 +112,5 @@ def load_gguf(path: str, max_position_embeddings: Optional[int] = None) -> Tuple
             array = unpermute_rope_rows(array, config.num_kv_heads)
         return array
 
-    load_into_network(network, fetch, path)
+    load_into_network(network, fetch, path, tp_transform(network))
     return network, Tokenizer.from_gguf_metadata(file.metadata)

@@ -7,7 +7,8 @@ from typing import Optional
 
 from golden_ptq.networks.config import LlamaConfig
 from golden_ptq.networks.llama import LlamaForCausalLM
-from golden_ptq.networks.loaders.common import check_supported, layer_name_map, load_into_network
+from golden_ptq.networks.loaders.common import check_supported, layer_name_map, load_into_network, tp_transform
+from golden_ptq.parallel.context import TPContext
 from golden_ptq.networks.loaders.safetensors_io import SafetensorsFiles, find_safetensors
 
 SUPPORTED = ("llama", "qwen2")
@@ -56,11 +57,11 @@ def hf_config(path: str) -> LlamaConfig:
         pad_token_id=cfg.get("pad_token_id"))
 
 
-def load_hf(path: str, config: Optional[LlamaConfig] = None) -> LlamaForCausalLM:
-    """Build the network from a Hugging Face directory and load its float weights."""
+def load_hf(path: str, config: Optional[LlamaConfig] = None, tp: Optional[TPContext] = None) -> LlamaForCausalLM:
+    """Build the network from a Hugging Face directory and load its float weights (a rank's slice under TP)."""
     config = config or hf_config(path)
-    network = LlamaForCausalLM(config)
+    network = LlamaForCausalLM(config, tp=tp)
     tensors = SafetensorsFiles(find_safetensors(path))
     mapping = layer_name_map(config.num_layers, _PER_LAYER, _GLOBAL)
-    load_into_network(network, lambda name: tensors.get(mapping.get(name, name)), path)
+    load_into_network(network, lambda name: tensors.get(mapping.get(name, name)), path, tp_transform(network))
     return network

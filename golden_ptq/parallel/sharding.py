@@ -1,0 +1,213 @@
+"""Which slice of every parameter a tensor-parallel rank holds, and splitting / merging whole state dicts.
+
+Megatron-style layout of the Llama block (parameter NAMES are the same at every TP size):
+
+* column-parallel ``attention.wq``, ``feed_forward.w1``, ``feed_forward.w3``: output rows split
+  into ``size`` contiguous blocks (query heads ``[r*H/size, (r+1)*H/size)`` on rank ``r``);
+* ``attention.wk``, ``attention.wv`` and the KV cache scales: split the same way when
+  ``num_kv_heads % size == 0`` (``kv_split``); otherwise replicated on every rank (each rank keeps
+  all KV heads and reads the ones its query heads use);
+* row-parallel ``attention.wo``, ``feed_forward.w2``: input columns split; outputs are summed
+  across ranks (AllReduce);
+* everything else (embedding, norms, ``lm_head``) replicated.
+
+Quantized parameters follow their layer: per-output-channel tensors split with the rows of a
+column-parallel layer and are replicated for a row-parallel one; per-group scales of a row-parallel
+layer split with its columns. ``quant_bias`` (and ``shift_bias``) of a row-parallel layer is a
+*partial sum* over the rank's input columns: merging adds the ranks' values, splitting recomputes
+it from the rank's int8 weight.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from golden_ptq.parallel.context import TPContext
+
+COLUMN_CELLS = ("attention.wq", "feed_forward.w1", "feed_forward.w3")
+KV_CELLS = ("attention.wk", "attention.wv")
+ROW_CELLS = ("attention.wo", "feed_forward.w2")
+KV_CACHE_CELL = "attention.kv_cache"
+
+_COLUMN_SPLIT = {"weight", "bias", "weight_scale", "weight_zp", "quant_bias", "deq_scale", "shift_bias"}
+_COLUMN_REPLICATED = {"input_scale", "input_zp", "input_shift"}
+_ROW_REPLICATED = {"bias", "input_scale", "input_zp", "deq_scale"}
+_ROW_PARTIAL = {"quant_bias", "shift_bias"}
+
+Rule = Tuple[str, int]   # ("split", dim) | ("replicate", -1) | ("partial", -1)
+REPLICATE: Rule = ("replicate", -1)
+PARTIAL: Rule = ("partial", -1)
+
+
+@dataclass(frozen=True)
+class TPLayout:
+    """Head counts of one rank for a model of ``num_heads`` / ``num_kv_heads`` at ``ctx.size``."""
+
+    ctx: TPContext
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+
+    @classmethod
+    def for_config(cls, config, ctx: TPContext) -> "TPLayout":
+        """Check that ``config`` divides over ``ctx.size`` ranks; errors name the value and what would fit."""
+        size = ctx.size
+        checks = (("num_heads", config.num_heads), ("intermediate_size", config.intermediate_size))
+        for field, value in checks:
+            if value % size:
+                fits = [d for d in range(1, value + 1) if value % d == 0 and d <= 16]
+                raise ValueError(f"tensor parallel size {size}: LlamaConfig.{field} ({value}) is not divisible by "
+                                 f"it; TP sizes that fit {field}: {fits}")
+        return cls(ctx, config.num_heads, config.num_kv_heads, config.head_dim)
+
+    @property
+    def kv_split(self) -> bool:
+        return self.num_kv_heads % self.ctx.size == 0
+
+    @property
+    def local_heads(self) -> int:
+        return self.num_heads // self.ctx.size
+
+    @property
+    def local_kv_heads(self) -> int:
+        """KV heads this rank stores: its share, or all of them when replicated."""
+        return self.num_kv_heads // self.ctx.size if self.kv_split else self.num_kv_heads
+
+    def kv_index(self) -> Optional[np.ndarray]:
+        """For replicated KV heads: the KV head each local query head reads; None when KV is split."""
+        if self.kv_split:
+            return None
+        group = self.num_heads // self.num_kv_heads
+        first = self.ctx.rank * self.local_heads
+        return (np.arange(first, first + self.local_heads) // group).astype(np.int32)
+
+
+def _cell_and_local(name: str) -> Tuple[str, str]:
+    cell, _, local = name.rpartition(".")
+    return cell, local
+
+
+def _matches(cell: str, suffixes: Tuple[str, ...]) -> bool:
+    return any(cell == s or cell.endswith("." + s) for s in suffixes)
+
+
+def linear_parallel_mode(cell_name: str, kv_split: bool) -> Optional[str]:
+    """``"column"``, ``"row"`` or None (replicated) for a Linear at ``cell_name``."""
+    if _matches(cell_name, COLUMN_CELLS) or (kv_split and _matches(cell_name, KV_CELLS)):
+        return "column"
+    if _matches(cell_name, ROW_CELLS):
+        return "row"
+    return None
+
+
+def rule_for(name: str, ndim: int, kv_split: bool) -> Rule:
+    """How parameter ``name`` (``ndim`` dimensions) is distributed over the ranks."""
+    cell, local = _cell_and_local(name)
+    if _matches(cell, (KV_CACHE_CELL,)):
+        return ("split", 0) if kv_split else REPLICATE
+    mode = linear_parallel_mode(cell, kv_split)
+    if mode == "column":
+        if local in _COLUMN_SPLIT:
+            return ("split", 0)
+        if local in _COLUMN_REPLICATED:
+            return REPLICATE
+    elif mode == "row":
+        if local == "weight":
+            return ("split", 1)
+        if local in ("weight_scale", "weight_zp"):
+            return ("split", 1) if ndim == 2 else REPLICATE   # per group: columns; per channel: whole rows
+        if local == "input_shift":
+            return ("split", 0)
+        if local in _ROW_REPLICATED:
+            return REPLICATE
+        if local in _ROW_PARTIAL:
+            return PARTIAL
+    elif _matches(cell, KV_CELLS):
+        return REPLICATE
+    else:
+        return REPLICATE
+    raise KeyError(f"tensor parallel: no sharding rule for parameter '{name}' of a {mode}-parallel layer; "
+                   f"known: {sorted(_COLUMN_SPLIT | _COLUMN_REPLICATED | _ROW_REPLICATED | _ROW_PARTIAL)}")
+
+
+def _slice(array: np.ndarray, dim: int, size: int, rank: int, name: str) -> np.ndarray:
+    if array.shape[dim] % size:
+        raise ValueError(f"tensor parallel: parameter '{name}' dimension {dim} ({array.shape[dim]}) is not "
+                         f"divisible by TP size {size}")
+    step = array.shape[dim] // size
+    index = [slice(None)] * array.ndim
+    index[dim] = slice(rank * step, (rank + 1) * step)
+    return array[tuple(index)]
+
+
+def shard_array(name: str, array: np.ndarray, ctx: TPContext, kv_split: bool) -> np.ndarray:
+    """This rank's slice of the full ``array`` of ``name`` (partial sums need :func:`split_state`)."""
+    kind, dim = rule_for(name, array.ndim, kv_split)
+    if kind == "replicate" or not ctx.parallel:
+        return array
+    if kind == "split":
+        return _slice(array, dim, ctx.size, ctx.rank, name)
+    raise ValueError(f"tensor parallel: '{name}' is a per-rank partial sum; split whole checkpoints with split_state")
+
+
+def full_shape(name: str, local_shape: Tuple[int, ...], size: int, kv_split: bool) -> Tuple[int, ...]:
+    """The TP=1 shape of a parameter whose shard on one rank has ``local_shape``."""
+    kind, dim = rule_for(name, len(local_shape), kv_split)
+    shape = list(local_shape)
+    if kind == "split":
+        shape[dim] *= size
+    return tuple(shape)
+
+
+def split_state(full: Dict[str, np.ndarray], ctx: TPContext, kv_split: bool) -> Dict[str, np.ndarray]:
+    """Rank ``ctx.rank``'s state dict from a full (TP=1) one, partial sums recomputed from its shard."""
+    out: Dict[str, np.ndarray] = {}
+    for name, array in full.items():
+        kind, _ = rule_for(name, array.ndim, kv_split)
+        if kind != "partial":
+            out[name] = np.ascontiguousarray(shard_array(name, array, ctx, kv_split))
+            continue
+        cell, local = _cell_and_local(name)
+        if local != "quant_bias" or not ctx.parallel:
+            if ctx.parallel:
+                raise NotImplementedError(f"tensor parallel: splitting '{name}' (input-shift outlier suppression) "
+                                          f"is not supported; only m1 SmoothQuant checkpoints split")
+            out[name] = array
+            continue
+        weight = _slice(full[f"{cell}.weight"], 1, ctx.size, ctx.rank, name).astype(np.int64)
+        zero_point = np.asarray(full[f"{cell}.input_zp"]).astype(np.int64).reshape(-1)[0]
+        out[name] = (-zero_point * weight.sum(axis=1)).astype(array.dtype)
+    return out
+
+
+def merge_states(states: List[Dict[str, np.ndarray]], kv_split: bool) -> Dict[str, np.ndarray]:
+    """The full (TP=1) state dict from every rank's, in rank order.
+
+    Replicated parameters must be identical on every rank (else an error names the parameter and
+    rank); split ones are concatenated; partial sums are added (in int64 for integers).
+    """
+    if not states:
+        raise ValueError("merge_states: no rank states given")
+    names = list(states[0])
+    for rank, state in enumerate(states[1:], 1):
+        if set(state) != set(names):
+            diff = sorted(set(state) ^ set(names))
+            raise ValueError(f"merge_states: rank {rank} holds other parameters than rank 0 (first: '{diff[0]}')")
+    merged: Dict[str, np.ndarray] = {}
+    for name in names:
+        arrays = [np.asarray(state[name]) for state in states]
+        kind, dim = rule_for(name, arrays[0].ndim, kv_split)
+        if kind == "split":
+            merged[name] = np.concatenate(arrays, axis=dim)
+        elif kind == "partial":
+            acc = sum(a.astype(np.int64 if np.issubdtype(a.dtype, np.integer) else np.float64) for a in arrays)
+            merged[name] = acc.astype(arrays[0].dtype)
+        else:
+            for rank, array in enumerate(arrays[1:], 1):
+                if array.shape != arrays[0].shape or not np.array_equal(array, arrays[0]):
+                    raise ValueError(f"merge_states: replicated parameter '{name}' differs between rank 0 and "
+                                     f"rank {rank}; the ranks were not calibrated consistently")
+            merged[name] = arrays[0]
+    return merged
