@@ -39,6 +39,9 @@ SCHEMES = {
     "a8w8+smooth": dict(act_quant_dtype=I8, outliers_suppression=SMOOTH),
     "a8w8+smooth+blacklist": dict(act_quant_dtype=I8, outliers_suppression=SMOOTH, opname_blacklist=["w2", "lm_head"]),
     "a8w8-dynamic": dict(act_quant_dtype=I8, act_quant_granularity=QuantGranularity.PER_TOKEN),
+    # as peer tools run it: lm_head (the tied embedding here) stays float
+    "a8w8-dynamic-head-float": dict(act_quant_dtype=I8, act_quant_granularity=QuantGranularity.PER_TOKEN,
+                                    opname_blacklist=["lm_head"]),
     "a8w8c8+smooth": dict(act_quant_dtype=I8, kvcache_quant_dtype=I8, outliers_suppression=SMOOTH),
 }
 
