@@ -1,0 +1,128 @@
+"""Tensor parallel size 2 under msrun (2 CPU workers) against TP size 1 in this process, on a toy network.
+
+One msrun job (tests/tp/tp_worker.py) computes float logits, quantizes A8W8C8 with SmoothQuant,
+saves per-rank checkpoints and DEPLOYs from them and from the TP=1 full checkpoint; the tests
+compare its outputs with TP=1. The job has a bounded timeout, a free port picked at run time, and
+its msrun logs are printed when it fails.
+"""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+
+import mindspore as ms
+import numpy as np
+import pytest
+
+from golden_ptq import PTQ, OutliersSuppressionType, PTQConfig
+from golden_ptq.checkpoint import read_checkpoint
+from golden_ptq.deploy import load_quantized, save_quantized
+from golden_ptq.networks.helper import NetworkHelper
+from golden_ptq.tools import tp_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER = os.path.join(ROOT, "tests", "tp", "tp_worker.py")
+TIMEOUT_S = 240
+PTQ_KWARGS = dict(act_quant_dtype=ms.int8, kvcache_quant_dtype=ms.int8,
+                  outliers_suppression=OutliersSuppressionType.SMOOTH)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def msrun_logs(log_dir: str) -> str:
+    parts = []
+    for name in sorted(os.listdir(log_dir)) if os.path.isdir(log_dir) else []:
+        with open(os.path.join(log_dir, name), errors="replace") as handle:
+            lines = [line for line in handle if "[WARNING]" not in line and "[INFO]" not in line]
+        parts.append(f"----- {name} (last 60 lines) -----\n" + "".join(lines[-60:]))
+    return "\n".join(parts) or "(no msrun logs)"
+
+
+def run_msrun(workdir: str) -> None:
+    msrun = shutil.which("msrun")
+    if msrun is None:
+        pytest.skip("msrun (installed with mindspore) is not on PATH")
+    log_dir = os.path.join(workdir, "msrun_log")
+    cmd = [msrun, "--worker_num=2", "--local_worker_num=2", f"--master_port={free_port()}",
+           f"--log_dir={log_dir}", "--join=True", WORKER, workdir]  # msrun runs `python WORKER ...`
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env=env)
+    try:
+        out, _ = proc.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the msrun job we started, workers included
+        out, _ = proc.communicate()
+        pytest.fail(f"msrun did not finish in {TIMEOUT_S} s\n{out[-3000:]}\n{msrun_logs(log_dir)}")
+    if proc.returncode != 0:
+        pytest.fail(f"msrun exited {proc.returncode}\n{out[-3000:]}\n{msrun_logs(log_dir)}")
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    from golden_ptq.networks.config import LlamaConfig
+    workdir = str(tmp_path_factory.mktemp("tp"))
+    config = LlamaConfig(vocab_size=97, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                         intermediate_size=96, max_position_embeddings=128, rms_norm_eps=1e-5)
+    network_cfg = {"model": {"source": "random", "config": config.to_dict(), "seed": 0}}
+    rng = np.random.RandomState(0)
+    calib = rng.randint(0, config.vocab_size, (4, 24))
+    ids = rng.randint(0, config.vocab_size, (2, 20))
+    np.save(os.path.join(workdir, "calib.npy"), calib)
+    np.save(os.path.join(workdir, "ids.npy"), ids)
+    helper = NetworkHelper(network_cfg)
+    network = helper.create_network()
+    tp1 = {"fp": network(ids).asnumpy()}
+    ptq = PTQ(PTQConfig(**PTQ_KWARGS))
+    ptq.apply(network, helper, list(calib))
+    ptq.convert(network)
+    full_folder = os.path.join(workdir, "tp1")
+    save_quantized(network, ptq, full_folder)
+    tp1["deploy"] = load_quantized(helper, full_folder)[0](ids).asnumpy()
+    import json
+    with open(os.path.join(workdir, "job.json"), "w", encoding="utf-8") as handle:
+        json.dump({"network": network_cfg, "ptq": PTQConfig(**PTQ_KWARGS).to_dict(), "full_folder": full_folder},
+                  handle)
+    run_msrun(workdir)
+
+    def ranks(what):
+        return [np.load(os.path.join(workdir, f"{what}_rank{r}.npy")) for r in range(2)]
+
+    return {"dir": workdir, "tp1": tp1, "ranks": ranks}
+
+
+def test_float_logits_match_tp1(job):
+    for logits in job["ranks"]("fp"):
+        np.testing.assert_allclose(logits, job["tp1"]["fp"], atol=1e-5, rtol=0)
+
+
+def test_merged_a8w8c8_parameters_equal_tp1(job):
+    merged_dir = os.path.join(job["dir"], "merged")
+    tp_checkpoint.merge(os.path.join(job["dir"], "tp2"), merged_dir)
+    merged = read_checkpoint(os.path.join(merged_dir, "model.ckpt"))
+    full = read_checkpoint(os.path.join(job["dir"], "tp1", "model.ckpt"))
+    assert set(merged) == set(full)
+    for name, expected in full.items():
+        got = merged[name]
+        assert got.shape == expected.shape and got.dtype == expected.dtype, name
+        if np.issubdtype(expected.dtype, np.integer):
+            diff = np.abs(got.astype(np.int64) - expected.astype(np.int64))
+            # codes on a rounding boundary may flip by one where float sums differ in the last bit
+            assert diff.max() <= 1 and (diff > 0).mean() <= 1e-3, (name, diff.max(), (diff > 0).mean())
+        else:
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def test_deploy_tp2_logits_equal_tp1_deploy(job):
+    for logits in job["ranks"]("deploy_full"):  # the TP=1 checkpoint, sliced per rank
+        np.testing.assert_allclose(logits, job["tp1"]["deploy"], atol=1e-5, rtol=0)
+    quant = job["ranks"]("quant")
+    for logits, in_process in zip(job["ranks"]("deploy_ranks"), quant):  # per-rank checkpoints
+        np.testing.assert_allclose(logits, in_process, atol=1e-6, rtol=0)
+        np.testing.assert_allclose(logits, job["tp1"]["deploy"], atol=1e-5, rtol=0)

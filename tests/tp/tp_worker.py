@@ -1,0 +1,50 @@
+"""One msrun worker of test_tp_msrun.py: float logits, quantize + save per rank, DEPLOY from both forms.
+
+    msrun --worker_num=2 ... python tests/tp/tp_worker.py WORKDIR
+
+WORKDIR holds ``job.json`` (network config dict, PTQConfig kwargs, the TP=1 full quantized folder)
+and ``calib.npy`` / ``ids.npy``; this worker writes ``<what>_rank<r>.npy`` there and the per-rank
+checkpoints under ``WORKDIR/tp2``.
+"""
+import json
+import os
+import sys
+
+import numpy as np
+
+
+def main(workdir: str) -> None:
+    from golden_ptq import PTQ, PTQConfig
+    from golden_ptq.deploy import load_quantized, save_quantized
+    from golden_ptq.networks.helper import NetworkHelper
+    from golden_ptq.parallel import barrier, init_from_launcher
+
+    ctx = init_from_launcher()
+    if ctx.size != 2:
+        raise SystemExit(f"tp_worker: expected 2 ranks, got {ctx.size}")
+    with open(os.path.join(workdir, "job.json"), encoding="utf-8") as handle:
+        job = json.load(handle)
+    ids = np.load(os.path.join(workdir, "ids.npy"))
+    calib = list(np.load(os.path.join(workdir, "calib.npy")))
+
+    def save(what: str, logits) -> None:
+        np.save(os.path.join(workdir, f"{what}_rank{ctx.rank}.npy"), logits.asnumpy())
+
+    helper = NetworkHelper(job["network"])
+    network = helper.create_network()
+    save("fp", network(ids))
+    ptq = PTQ(PTQConfig.from_dict(job["ptq"]))
+    ptq.apply(network, helper, calib)
+    ptq.convert(network)
+    save("quant", network(ids))
+    save_quantized(network, ptq, os.path.join(workdir, "tp2"))
+    barrier(ctx)
+    deployed, _ = load_quantized(helper, os.path.join(workdir, "tp2"))
+    save("deploy_ranks", deployed(ids))
+    deployed, _ = load_quantized(helper, job["full_folder"])
+    save("deploy_full", deployed(ids))
+    barrier(ctx)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
