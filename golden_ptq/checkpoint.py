@@ -116,7 +116,7 @@ def load_full_checkpoint(path: str, network: nn.Cell) -> None:
     arrays = read_checkpoint(path)
     tp, layout = getattr(network, "tp", None), getattr(network, "tp_layout", None)
     if tp is not None and tp.parallel:
-        arrays = split_state(arrays, tp, layout.kv_split)
+        arrays = split_state(arrays, layout)
     load_state(arrays, network, path)
 
 

@@ -90,9 +90,14 @@ def load_quantized(helper: Union[NetworkHelper, str], folder: Optional[str] = No
 
 def build_network(network_config: str, quant_config: Optional[str] = None, quant_ckpt: Optional[str] = None):
     """(network, tokenizer) for the samples: float, or quantized when ``quant_ckpt`` is given (a
-    checkpoint file together with ``quant_config``, or a folder written by :func:`save_quantized`)."""
-    from golden_ptq.networks import helper as helper_module  # looked up per call: tests swap it
+    checkpoint file together with ``quant_config``, or a folder written by :func:`save_quantized`).
 
+    Launched by msrun, the communication group is initialised first and the network is tensor parallel.
+    """
+    from golden_ptq.networks import helper as helper_module  # looked up per call: tests swap it
+    from golden_ptq.parallel import init_from_launcher
+
+    init_from_launcher()
     helper = helper_module.NetworkHelper(network_config)
     if not (quant_config or quant_ckpt):
         return helper.create_network(), helper.create_tokenizer()
@@ -115,8 +120,9 @@ def add_network_arguments(parser) -> None:
 
 
 def write_metrics(result: dict, path: Optional[str]) -> None:
-    """Write ``result`` as json to ``path`` (atomically), when a path is given."""
-    if not path:
+    """Write ``result`` as json to ``path`` (atomically), when a path is given (rank 0 only under msrun)."""
+    from golden_ptq.parallel import current_context
+    if not path or current_context().rank != 0:
         return
     import json
     from golden_ptq.checkpoint import atomic_write_text

@@ -12,7 +12,9 @@ The file is tokenized whole, ``[start, end)`` selects a fraction of its tokens
 and BOS is put in front. Windows of ``--seq-length`` tokens do not overlap
 unless ``--stride`` is given (see ``golden_ptq.eval.perplexity``).
 ``--n-samples`` caps the number of windows. Under msrun, prefix the command line
-with ``msrun --worker_num=N --local_worker_num=N --join=True``.
+with ``msrun --worker_num=N --local_worker_num=N --join=True``: the network is then tensor
+parallel over the N workers, ``--quant-ckpt`` may be a full folder or one of per-rank folders
+written at size N, and rank 0 writes ``--output``.
 """
 import argparse
 

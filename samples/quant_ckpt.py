@@ -9,6 +9,12 @@
 
 The output folder holds ``model.ckpt`` (or ``--format safetensors``), ``quant_desc.json`` and
 ``ptq_config.yaml``; evaluate it with ``samples/eval_ppl.py --quant-ckpt runs/a8w8c8``.
+
+Tensor parallel (heads and MLP columns split over the workers; each writes ``OUTPUT/rank_<i>/``)::
+
+    msrun --worker_num=2 --local_worker_num=2 --master_port=8118 --log_dir=msrun_log --join=True \
+        samples/quant_ckpt.py --quant-config configs/ptq/a8w8_smooth_c8.yaml --output runs/a8w8c8_tp2
+    python -m golden_ptq.tools.tp_checkpoint merge runs/a8w8c8_tp2 runs/a8w8c8_merged   # optional
 """
 import argparse
 import sys
@@ -45,7 +51,9 @@ def main(argv=None):
     from golden_ptq import PTQ, PTQConfig, PTQMode
     from golden_ptq.deploy import save_quantized
     from golden_ptq.networks.helper import NetworkHelper
+    from golden_ptq.parallel import init_from_launcher
 
+    tp = init_from_launcher()  # under msrun: the communication group, tensor parallel
     config = PTQConfig.load(args.quant_config)
     if config.mode is not PTQMode.QUANTIZE:
         raise SystemExit(f"{args.quant_config}: mode must be QUANTIZE to calibrate")
@@ -57,7 +65,7 @@ def main(argv=None):
     ptq.convert(network)
     path = save_quantized(network, ptq, args.output, args.format)
     print(ptq.summary())
-    print(f"quantized checkpoint saved at {path}", flush=True)
+    print(f"quantized checkpoint saved at {path} (TP rank {tp.rank} of {tp.size})", flush=True)
     return path
 
 

@@ -85,10 +85,19 @@ def job(tmp_path_factory):
     full_folder = os.path.join(workdir, "tp1")
     save_quantized(network, ptq, full_folder)
     tp1["deploy"] = load_quantized(helper, full_folder)[0](ids).asnumpy()
+    uneven_cfg = dict(network_cfg["model"]["config"], hidden_size=48, num_heads=3, num_kv_heads=1)
+    uneven = {"network": {"model": {"source": "random", "config": uneven_cfg, "seed": 1}},
+              "ptq": PTQConfig(act_quant_dtype=ms.int8, kvcache_quant_dtype=ms.int8).to_dict()}
+    uneven_net = NetworkHelper(uneven["network"]).create_network()
+    tp1["uneven_fp"] = uneven_net(ids).asnumpy()
+    uneven_ptq = PTQ(PTQConfig.from_dict(uneven["ptq"]))
+    uneven_ptq.apply(uneven_net, None, list(calib))
+    uneven_ptq.convert(uneven_net)
+    tp1["uneven_quant"] = uneven_net(ids).asnumpy()
     import json
     with open(os.path.join(workdir, "job.json"), "w", encoding="utf-8") as handle:
-        json.dump({"network": network_cfg, "ptq": PTQConfig(**PTQ_KWARGS).to_dict(), "full_folder": full_folder},
-                  handle)
+        json.dump({"network": network_cfg, "ptq": PTQConfig(**PTQ_KWARGS).to_dict(), "full_folder": full_folder,
+                   "uneven": uneven}, handle)
     run_msrun(workdir)
 
     def ranks(what):
@@ -100,6 +109,14 @@ def job(tmp_path_factory):
 def test_float_logits_match_tp1(job):
     for logits in job["ranks"]("fp"):
         np.testing.assert_allclose(logits, job["tp1"]["fp"], atol=1e-5, rtol=0)
+
+
+def test_uneven_heads_and_replicated_kv_match_tp1(job):
+    """3 query heads on 2 ranks (2 + 1), the single KV head replicated: float and A8W8C8 logits."""
+    for logits in job["ranks"]("uneven_fp"):
+        np.testing.assert_allclose(logits, job["tp1"]["uneven_fp"], atol=1e-5, rtol=0)
+    for logits in job["ranks"]("uneven_quant"):
+        np.testing.assert_allclose(logits, job["tp1"]["uneven_quant"], atol=1e-5, rtol=0)
 
 
 def test_merged_a8w8c8_parameters_equal_tp1(job):

@@ -46,11 +46,25 @@ def test_sharded_random_init_merges_to_tp1(tiny_config, kv_heads):
         np.testing.assert_array_equal(merged[name], full[name], err_msg=name)
 
 
-def test_indivisible_heads_are_rejected_with_the_fitting_sizes(tiny_config):
-    tiny_config.intermediate_size = 96
-    with pytest.raises(ValueError, match=r"num_heads \(4\) is not divisible by it; TP sizes that fit num_heads: "
-                                         r"\[1, 2, 4\]"):
+def test_uneven_heads_are_dealt_and_merge_to_tp1(tiny_config):
+    """4 query heads on 3 ranks: 2 + 1 + 1 (SmolLM2's 9 heads on 2 ranks go 5 + 4); KV heads replicated."""
+    full = state(LlamaForCausalLM(tiny_config, seed=5))
+    ranks = rank_nets(tiny_config, 3, seed=5)
+    assert [n.tp_layout.local_heads for n in ranks] == [2, 1, 1] and not ranks[0].tp_layout.kv_split
+    assert tuple(ranks[2].model.layers[0].attention.wo.weight.shape) == (64, 16)
+    assert ranks[1].tp_layout.kv_index().tolist() == [1]
+    merged = merge_states([state(n) for n in ranks], False)
+    for name in full:
+        np.testing.assert_array_equal(merged[name], full[name], err_msg=name)
+
+
+def test_indivisible_sizes_are_rejected_with_what_fits(tiny_config):
+    tiny_config.intermediate_size = 100
+    with pytest.raises(ValueError, match=r"intermediate_size \(100\) is not divisible by it; TP sizes up to 16 that "
+                                         r"fit: \[1, 2, 4, 5, 10\]"):
         LlamaForCausalLM(tiny_config, tp=TPContext(3, 0))
+    with pytest.raises(ValueError, match="more ranks than LlamaConfig.num_heads"):
+        LlamaForCausalLM(tiny_config, tp=TPContext(5, 0))
 
 
 def test_replicated_kv_heads_read_the_right_kv_head(tiny_config):
@@ -95,7 +109,7 @@ def test_split_then_merge_reproduces_a_quantized_checkpoint(tmp_path, tiny_confi
     net, ptq = quantized_tp1(tiny_config, **kwargs)
     full = state(net)
     assert rule_for("model.layers.0.attention.wo.quant_bias", 1, True)[0] == "partial"
-    parts = [split_state(full, TPContext(2, r), True) for r in range(2)]
+    parts = [split_state(full, net.tp_layout.with_rank(TPContext(2, r))) for r in range(2)]
     wo = "model.layers.0.attention.wo"
     assert parts[0][f"{wo}.weight"].shape == (64, 32) and parts[0][f"{wo}.weight_scale"].shape == (64,)
     assert not np.array_equal(parts[0][f"{wo}.quant_bias"], full[f"{wo}.quant_bias"])  # a partial sum

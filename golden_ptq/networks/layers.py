@@ -17,22 +17,25 @@ class Linear(nn.Cell):
     Tensor parallel (``parallel``): ``"column"`` holds ``out / tp.size`` output rows (bias too);
     ``"row"`` holds ``in / tp.size`` input columns and sums the partial outputs over the ranks
     before adding the (replicated) bias; None is replicated. ``in_features`` / ``out_features``
-    are the local sizes. At TP size 1 all three compute the same as a plain Linear.
+    are the local sizes (``local_features`` sets the split one when ranks get unequal parts). At TP
+    size 1 all three compute the same as a plain Linear.
     """
 
     def __init__(self, in_features: int, out_features: int, has_bias: bool = False,
-                 parallel: Optional[str] = None, tp: Optional[TPContext] = None):
+                 parallel: Optional[str] = None, tp: Optional[TPContext] = None,
+                 local_features: Optional[int] = None):
         super().__init__()
         if parallel not in (None, "column", "row"):
             raise ValueError(f"Linear: parallel {parallel!r} is not one of [None, 'column', 'row']")
         self.parallel = parallel
         self.tp = TPContext() if parallel is None else (tp if tp is not None else current_context())
         split = out_features if parallel == "column" else in_features
-        if parallel and split % self.tp.size:
+        if parallel and local_features is None and split % self.tp.size:
             raise ValueError(f"Linear: {parallel}-parallel split of {split} features is not divisible by TP size "
-                             f"{self.tp.size}")
-        self.in_features = in_features // self.tp.size if parallel == "row" else in_features
-        self.out_features = out_features // self.tp.size if parallel == "column" else out_features
+                             f"{self.tp.size}; pass local_features for an uneven split")
+        local = (local_features or split // self.tp.size) if parallel else split
+        self.in_features = local if parallel == "row" else in_features
+        self.out_features = local if parallel == "column" else out_features
         self.weight = Parameter(Tensor(np.zeros((self.out_features, self.in_features), np.float32)), name="weight")
         self.bias = Parameter(Tensor(np.zeros((self.out_features,), np.float32)), name="bias") if has_bias else None
         self.matmul = ops.MatMul(transpose_b=True)

@@ -69,10 +69,12 @@ class Attention(nn.Cell):
         self.head_dim = config.head_dim
         hidden, kv_dim = config.hidden_size, config.num_kv_heads * config.head_dim
         tp, kv_mode = layout.ctx, ("column" if layout.kv_split else None)
-        self.wq = Linear(hidden, config.num_heads * self.head_dim, has_bias=config.qkv_bias, parallel="column", tp=tp)
+        local_width = self.num_heads * self.head_dim  # heads are dealt unevenly when tp does not divide them
+        self.wq = Linear(hidden, config.num_heads * self.head_dim, has_bias=config.qkv_bias, parallel="column", tp=tp,
+                         local_features=local_width)
         self.wk = Linear(hidden, kv_dim, has_bias=config.qkv_bias, parallel=kv_mode, tp=tp)
         self.wv = Linear(hidden, kv_dim, has_bias=config.qkv_bias, parallel=kv_mode, tp=tp)
-        self.wo = Linear(config.num_heads * self.head_dim, hidden, parallel="row", tp=tp)
+        self.wo = Linear(config.num_heads * self.head_dim, hidden, parallel="row", tp=tp, local_features=local_width)
         self.kv_cache = KVCache(self.num_kv_heads, self.head_dim)
         kv_index = layout.kv_index()
         self._kv_index = None if kv_index is None else Tensor(kv_index)
@@ -182,14 +184,13 @@ class LlamaForCausalLM(nn.Cell):
         sharded random network is the TP=1 one.
         """
         rng = np.random.RandomState(seed)
-        size, kv_split = self.tp.size, self.tp_layout.kv_split
         for name, param in sorted(self.parameters_and_names(), key=lambda item: item[0]):
-            shape = full_shape(name, tuple(param.shape), size, kv_split)
+            shape = full_shape(name, tuple(param.shape), self.tp_layout)
             if name.endswith("norm.weight") or name.endswith("norm_out.weight"):
                 value = 1.0 + 0.1 * rng.randn(*shape)
             else:
                 value = std * rng.randn(*shape)
-            value = shard_array(name, value.astype(np.float32), self.tp, kv_split)
+            value = shard_array(name, value.astype(np.float32), self.tp_layout)
             param.set_data(Tensor(np.ascontiguousarray(value)))
 
     # ----- inputs -----------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 Megatron-style layout of the Llama block (parameter NAMES are the same at every TP size):
 
 * column-parallel ``attention.wq``, ``feed_forward.w1``, ``feed_forward.w3``: output rows split
-  into ``size`` contiguous blocks (query heads ``[r*H/size, (r+1)*H/size)`` on rank ``r``);
+  into ``size`` contiguous blocks. Query heads go to ranks as ``numpy.array_split`` deals them:
+  evenly when ``size`` divides ``num_heads``, else the first ranks get one head more (SmolLM2's 9
+  heads on 2 ranks: 5 + 4), so ``wq`` rows and ``wo`` columns split at head boundaries;
 * ``attention.wk``, ``attention.wv`` and the KV cache scales: split the same way when
   ``num_kv_heads % size == 0`` (``kv_split``); otherwise replicated on every rank (each rank keeps
   all KV heads and reads the ones its query heads use);
@@ -30,6 +32,7 @@ COLUMN_CELLS = ("attention.wq", "feed_forward.w1", "feed_forward.w3")
 KV_CELLS = ("attention.wk", "attention.wv")
 ROW_CELLS = ("attention.wo", "feed_forward.w2")
 KV_CACHE_CELL = "attention.kv_cache"
+HEAD_CELLS = ("attention.wq", "attention.wo")   # split at query-head boundaries
 
 _COLUMN_SPLIT = {"weight", "bias", "weight_scale", "weight_zp", "quant_bias", "deq_scale", "shift_bias"}
 _COLUMN_REPLICATED = {"input_scale", "input_zp", "input_shift"}
@@ -52,23 +55,35 @@ class TPLayout:
 
     @classmethod
     def for_config(cls, config, ctx: TPContext) -> "TPLayout":
-        """Check that ``config`` divides over ``ctx.size`` ranks; errors name the value and what would fit."""
-        size = ctx.size
-        checks = (("num_heads", config.num_heads), ("intermediate_size", config.intermediate_size))
-        for field, value in checks:
-            if value % size:
-                fits = [d for d in range(1, value + 1) if value % d == 0 and d <= 16]
-                raise ValueError(f"tensor parallel size {size}: LlamaConfig.{field} ({value}) is not divisible by "
-                                 f"it; TP sizes that fit {field}: {fits}")
+        """Check that ``config`` splits over ``ctx.size`` ranks; errors name the value and what would fit."""
+        size, value = ctx.size, config.intermediate_size
+        if value % size:
+            fits = [d for d in range(1, 17) if value % d == 0]
+            raise ValueError(f"tensor parallel size {size}: LlamaConfig.intermediate_size ({value}) is not divisible "
+                             f"by it; TP sizes up to 16 that fit: {fits}")
+        if config.num_heads < size:
+            raise ValueError(f"tensor parallel size {size}: more ranks than LlamaConfig.num_heads "
+                             f"({config.num_heads}); use at most {config.num_heads}")
         return cls(ctx, config.num_heads, config.num_kv_heads, config.head_dim)
+
+    def with_rank(self, ctx: TPContext) -> "TPLayout":
+        return TPLayout(ctx, self.num_heads, self.num_kv_heads, self.head_dim)
 
     @property
     def kv_split(self) -> bool:
         return self.num_kv_heads % self.ctx.size == 0
 
+    def head_counts(self) -> List[int]:
+        """Query heads of every rank (``array_split`` order)."""
+        return [len(part) for part in np.array_split(np.arange(self.num_heads), self.ctx.size)]
+
+    @property
+    def first_head(self) -> int:
+        return int(sum(self.head_counts()[: self.ctx.rank]))
+
     @property
     def local_heads(self) -> int:
-        return self.num_heads // self.ctx.size
+        return self.head_counts()[self.ctx.rank]
 
     @property
     def local_kv_heads(self) -> int:
@@ -80,8 +95,18 @@ class TPLayout:
         if self.kv_split:
             return None
         group = self.num_heads // self.num_kv_heads
-        first = self.ctx.rank * self.local_heads
+        first = self.first_head
         return (np.arange(first, first + self.local_heads) // group).astype(np.int32)
+
+    def split_sizes(self, name: str, length: int) -> List[int]:
+        """Per-rank lengths of a split dimension of ``length`` of parameter ``name``."""
+        cell, _ = _cell_and_local(name)
+        if _matches(cell, HEAD_CELLS) and length == self.num_heads * self.head_dim:
+            return [count * self.head_dim for count in self.head_counts()]
+        if length % self.ctx.size:
+            raise ValueError(f"tensor parallel: parameter '{name}' dimension ({length}) is not divisible by TP size "
+                             f"{self.ctx.size}")
+        return [length // self.ctx.size] * self.ctx.size
 
 
 def _cell_and_local(name: str) -> Tuple[str, str]:
@@ -132,42 +157,43 @@ def rule_for(name: str, ndim: int, kv_split: bool) -> Rule:
                    f"known: {sorted(_COLUMN_SPLIT | _COLUMN_REPLICATED | _ROW_REPLICATED | _ROW_PARTIAL)}")
 
 
-def _slice(array: np.ndarray, dim: int, size: int, rank: int, name: str) -> np.ndarray:
-    if array.shape[dim] % size:
-        raise ValueError(f"tensor parallel: parameter '{name}' dimension {dim} ({array.shape[dim]}) is not "
-                         f"divisible by TP size {size}")
-    step = array.shape[dim] // size
+def _slice(array: np.ndarray, dim: int, layout: TPLayout, name: str) -> np.ndarray:
+    sizes = layout.split_sizes(name, array.shape[dim])
+    start = sum(sizes[: layout.ctx.rank])
     index = [slice(None)] * array.ndim
-    index[dim] = slice(rank * step, (rank + 1) * step)
+    index[dim] = slice(start, start + sizes[layout.ctx.rank])
     return array[tuple(index)]
 
 
-def shard_array(name: str, array: np.ndarray, ctx: TPContext, kv_split: bool) -> np.ndarray:
+def shard_array(name: str, array: np.ndarray, layout: TPLayout) -> np.ndarray:
     """This rank's slice of the full ``array`` of ``name`` (partial sums need :func:`split_state`)."""
-    kind, dim = rule_for(name, array.ndim, kv_split)
-    if kind == "replicate" or not ctx.parallel:
+    kind, dim = rule_for(name, array.ndim, layout.kv_split)
+    if kind == "replicate" or not layout.ctx.parallel:
         return array
     if kind == "split":
-        return _slice(array, dim, ctx.size, ctx.rank, name)
+        return _slice(array, dim, layout, name)
     raise ValueError(f"tensor parallel: '{name}' is a per-rank partial sum; split whole checkpoints with split_state")
 
 
-def full_shape(name: str, local_shape: Tuple[int, ...], size: int, kv_split: bool) -> Tuple[int, ...]:
-    """The TP=1 shape of a parameter whose shard on one rank has ``local_shape``."""
-    kind, dim = rule_for(name, len(local_shape), kv_split)
+def full_shape(name: str, local_shape: Tuple[int, ...], layout: TPLayout) -> Tuple[int, ...]:
+    """The TP=1 shape of a parameter whose shard on this rank has ``local_shape``."""
+    kind, dim = rule_for(name, len(local_shape), layout.kv_split)
     shape = list(local_shape)
     if kind == "split":
-        shape[dim] *= size
+        cell, _ = _cell_and_local(name)
+        head_based = _matches(cell, HEAD_CELLS) and shape[dim] == layout.local_heads * layout.head_dim
+        shape[dim] = layout.num_heads * layout.head_dim if head_based else shape[dim] * layout.ctx.size
     return tuple(shape)
 
 
-def split_state(full: Dict[str, np.ndarray], ctx: TPContext, kv_split: bool) -> Dict[str, np.ndarray]:
-    """Rank ``ctx.rank``'s state dict from a full (TP=1) one, partial sums recomputed from its shard."""
+def split_state(full: Dict[str, np.ndarray], layout: TPLayout) -> Dict[str, np.ndarray]:
+    """Rank ``layout.ctx.rank``'s state dict from a full (TP=1) one, partial sums recomputed from its shard."""
+    ctx, kv_split = layout.ctx, layout.kv_split
     out: Dict[str, np.ndarray] = {}
     for name, array in full.items():
         kind, _ = rule_for(name, array.ndim, kv_split)
         if kind != "partial":
-            out[name] = np.ascontiguousarray(shard_array(name, array, ctx, kv_split))
+            out[name] = np.ascontiguousarray(shard_array(name, array, layout))
             continue
         cell, local = _cell_and_local(name)
         if local != "quant_bias" or not ctx.parallel:
@@ -176,7 +202,7 @@ def split_state(full: Dict[str, np.ndarray], ctx: TPContext, kv_split: bool) -> 
                                           f"is not supported; only m1 SmoothQuant checkpoints split")
             out[name] = array
             continue
-        weight = _slice(full[f"{cell}.weight"], 1, ctx.size, ctx.rank, name).astype(np.int64)
+        weight = _slice(full[f"{cell}.weight"], 1, layout, f"{cell}.weight").astype(np.int64)
         zero_point = np.asarray(full[f"{cell}.input_zp"]).astype(np.int64).reshape(-1)[0]
         out[name] = (-zero_point * weight.sum(axis=1)).astype(array.dtype)
     return out

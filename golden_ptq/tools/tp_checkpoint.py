@@ -24,7 +24,7 @@ from golden_ptq.checkpoint import read_checkpoint
 from golden_ptq.parallel.checkpoint_io import (has_full_checkpoint, rank_folder, rank_folders, read_layout,
                                                write_layout)
 from golden_ptq.parallel.context import TPContext
-from golden_ptq.parallel.sharding import merge_states, split_state
+from golden_ptq.parallel.sharding import TPLayout, merge_states, split_state
 
 SIDE_FILES = ("quant_desc.json", "ptq_config.yaml")
 
@@ -87,14 +87,18 @@ def split(input_folder: str, output_folder: str, tp_size: int, num_heads: Option
     num_kv_heads = num_kv_heads or saved.get("num_kv_heads")
     if not num_heads or not num_kv_heads:
         raise ValueError(f"split: {input_folder} has no tp_layout.json; give --num-heads and --num-kv-heads")
-    if tp_size < 1 or num_heads % tp_size:
-        raise ValueError(f"split: --tp-size {tp_size} must divide num_heads {num_heads}")
+    if not 1 <= tp_size <= num_heads:
+        raise ValueError(f"split: --tp-size {tp_size} must be between 1 and num_heads {num_heads}")
     source = _checkpoint_file(input_folder)
     full = read_checkpoint(source)
-    kv_split = num_kv_heads % tp_size == 0
+    wq = [a for n, a in full.items() if n.endswith("attention.wq.weight")]
+    if not wq:
+        raise ValueError(f"split: {source} has no '*.attention.wq.weight' to take head_dim from")
+    geometry = TPLayout(TPContext(tp_size, 0), num_heads, num_kv_heads, wq[0].shape[0] // num_heads)
+    kv_split = geometry.kv_split
     paths = []
     for rank in range(tp_size):
-        state = split_state(full, TPContext(tp_size, rank), kv_split)
+        state = split_state(full, geometry.with_rank(TPContext(tp_size, rank)))
         layout = {"tp_size": tp_size, "rank": rank, "num_heads": num_heads, "num_kv_heads": num_kv_heads,
                   "kv_split": kv_split}
         paths.append(_write(state, rank_folder(output_folder, rank), source.rsplit(".", 1)[1], input_folder, layout))

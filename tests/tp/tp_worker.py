@@ -43,6 +43,13 @@ def main(workdir: str) -> None:
     save("deploy_ranks", deployed(ids))
     deployed, _ = load_quantized(helper, job["full_folder"])
     save("deploy_full", deployed(ids))
+    # uneven query heads (3 on 2 ranks) with replicated KV heads: float, then A8W8C8 without smoothing
+    uneven = NetworkHelper(job["uneven"]["network"]).create_network()
+    save("uneven_fp", uneven(ids))
+    ptq = PTQ(PTQConfig.from_dict(job["uneven"]["ptq"]))
+    ptq.apply(uneven, None, calib)
+    ptq.convert(uneven)
+    save("uneven_quant", uneven(ids))
     barrier(ctx)
 
 

@@ -50,7 +50,7 @@ def tp_transform(network: nn.Cell) -> Optional[Callable[[str, np.ndarray], np.nd
     tp, layout = getattr(network, "tp", None), getattr(network, "tp_layout", None)
     if tp is None or not tp.parallel:
         return None
-    return lambda name, array: np.ascontiguousarray(shard_array(name, array, tp, layout.kv_split))
+    return lambda name, array: np.ascontiguousarray(shard_array(name, array, layout))
 
 
 def layer_name_map(num_layers: int, per_layer: Dict[str, str], globals_: Dict[str, str]) -> Dict[str, str]:
