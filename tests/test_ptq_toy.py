@@ -99,8 +99,8 @@ def test_deploy_with_other_settings_names_first_mismatch(tmp_path, tiny_config):
     save_checkpoint(net, str(tmp_path / "a8w8.ckpt"))
     other = LlamaForCausalLM(tiny_config, seed=0)
     PTQ(PTQConfig(mode=PTQMode.DEPLOY)).apply(other)  # A16W8 structure
-    with pytest.raises(CheckpointMismatchError, match=r"'model\.layers\.0\.attention\.wq\.input_scale' is in the "
-                                                       r"checkpoint but not in the network"):
+    with pytest.raises(CheckpointMismatchError, match=r"no parameter 'model\.layers\.0\.attention\.wq\.weight_scale' "
+                                                       r"\(the network expects Float32 \(64,\)\)"):
         load_checkpoint(str(tmp_path / "a8w8.ckpt"), other)
     blacklisted = LlamaForCausalLM(tiny_config, seed=0)
     PTQ(PTQConfig(mode=PTQMode.DEPLOY, act_quant_dtype=I8, opname_blacklist=["wk"])).apply(blacklisted)

@@ -111,7 +111,7 @@ def test_split_then_merge_reproduces_a_quantized_checkpoint(tmp_path, tiny_confi
     assert rule_for("model.layers.0.attention.wo.quant_bias", 1, True)[0] == "partial"
     parts = [split_state(full, net.tp_layout.with_rank(TPContext(2, r))) for r in range(2)]
     wo = "model.layers.0.attention.wo"
-    assert parts[0][f"{wo}.weight"].shape == (64, 32) and parts[0][f"{wo}.weight_scale"].shape == (64,)
+    assert parts[0][f"{wo}.weight"].shape == (64, 32) and parts[0][f"{wo}.deq_scale"].shape == (64,)
     assert not np.array_equal(parts[0][f"{wo}.quant_bias"], full[f"{wo}.quant_bias"])  # a partial sum
     merged = merge_states(parts, True)
     for name in full:

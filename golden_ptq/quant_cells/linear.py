@@ -4,7 +4,7 @@ Deployed parameters (beside ``bias``, which stays float):
 
 =========== ========================= ===============================================
 W8A16       ``weight`` int8 [out,in]   ``weight_scale`` [out] (or [out, groups]) (+ ``weight_zp``)
-W8A8        ``weight`` int8 [out,in]   ``weight_scale`` [out], ``input_scale`` [1], ``input_zp`` [1],
+W8A8        ``weight`` int8 [out,in]   ``input_scale`` [1], ``input_zp`` [1],
                                        ``quant_bias`` int32 [out] = -zp * sum_k w_q, ``deq_scale`` [out]
 W8A8-dyn    ``weight`` int8 [out,in]   ``weight_scale`` [out]; input scales per token at run time
 =========== ========================= ===============================================
@@ -85,6 +85,11 @@ class QuantLinear(QuantCell):
             y = y + self.bias
         return y.reshape(lead + (self.out_features,))
 
+    @property
+    def _keeps_weight_scale(self) -> bool:
+        """Static W8A8 folds the weight scale into ``deq_scale``; storing it too would cost 4 bytes a row."""
+        return not (self.spec.act and not self.spec.act_dynamic)
+
     def quantize(self) -> None:
         """Round the (possibly smoothed) float weight and fix activation ranges from the observer."""
         spec = self.spec
@@ -95,7 +100,8 @@ class QuantLinear(QuantCell):
             q, w_scale, w_zp = quantize_weight(w, spec.group_size, spec.weight_symmetric, self.weight_bits,
                                                self.weight_clip)
         self._set_param("weight", q)
-        self._set_param("weight_scale", w_scale.astype(np.float32))
+        if self._keeps_weight_scale:
+            self._set_param("weight_scale", w_scale.astype(np.float32))
         if spec.group_size or not spec.weight_symmetric:
             self._set_param("weight_zp", (np.zeros_like(w_scale) if w_zp is None else w_zp).astype(np.float32))
         if spec.act and not spec.act_dynamic:
@@ -139,7 +145,8 @@ class QuantLinear(QuantCell):
         groups = self.in_features // spec.group_size if spec.group_size else 0
         scale_shape = (self.out_features, groups) if groups else (self.out_features,)
         self._set_param("weight", np.zeros((self.out_features, self.in_features), np.int8))
-        self._set_param("weight_scale", np.ones(scale_shape, np.float32))
+        if self._keeps_weight_scale:
+            self._set_param("weight_scale", np.ones(scale_shape, np.float32))
         if spec.group_size or not spec.weight_symmetric:
             self._set_param("weight_zp", np.zeros(scale_shape, np.float32))
         if spec.act and not spec.act_dynamic:
