@@ -75,15 +75,20 @@ COMPILE = os.environ.get("GOLDEN_PTQ_COMPILE", "0") == "1"
 COMPILE_MIN_ROWS = 32
 
 
-def compiled_for_large_inputs(fn):
-    """Run ``fn`` as a compiled graph when compilation is on and its first argument has many rows."""
+def compiled_for_large_inputs(fn, always: bool = False):
+    """Run ``fn`` as a compiled graph when compilation is on (or ``always``) and its first argument
+    has many rows."""
     compiled = ms.jit(fn)
 
     def call(x: Tensor, *args):
-        if not COMPILE:
+        if not (COMPILE or always):
             return fn(x, *args)
         rows = x.shape[0] * x.shape[1] if len(x.shape) > 2 else x.shape[0]
-        return (compiled if rows >= COMPILE_MIN_ROWS else fn)(x, *args)
+        if rows < COMPILE_MIN_ROWS:
+            return fn(x, *args)
+        # Parameters go in as plain tensors: a compiled graph specialises on each distinct
+        # Parameter object, which would compile (and keep) one graph per layer.
+        return compiled(x, *(a.value() if isinstance(a, Parameter) else a for a in args))
 
     call.__name__ = fn.__name__
     call.__doc__ = fn.__doc__
