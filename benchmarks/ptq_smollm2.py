@@ -20,10 +20,10 @@ import time
 import mindspore as ms
 import numpy as np
 
+from common import score_perplexity
 from golden_ptq import PTQ, OutliersSuppressionType, PTQConfig, QuantGranularity
 from golden_ptq.checkpoint import save_checkpoint
 from golden_ptq.eval.corpus import load_splits
-from golden_ptq.eval.perplexity import perplexity
 from golden_ptq.networks.default_model import default_gguf_path
 from golden_ptq.networks.llama import LlamaForCausalLM
 from golden_ptq.networks.loaders import load_gguf
@@ -49,13 +49,6 @@ SCHEMES = {
 def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
-
-def fresh_network(config, weights) -> LlamaForCausalLM:
-    network = LlamaForCausalLM(config)
-    for name, param in network.parameters_and_names():
-        param.set_data(ms.Tensor(weights[name]))
-    network.set_train(False)
-    return network
 
 
 def fp16_ckpt_bytes(weights, folder) -> int:
@@ -109,7 +102,7 @@ def main(argv=None) -> int:
         fp16_bytes = fp16_ckpt_bytes(weights, folder)
         fp32_ppl = None
         for scheme in args.schemes:
-            network = fresh_network(config, weights)
+            network = LlamaForCausalLM.from_arrays(config, weights)
             row = {"scheme": scheme}
             if scheme == "fp32":
                 batches = np.stack(calib).reshape(-1, 8, seq) if len(calib) % 8 == 0 else np.stack(calib)[None]
@@ -133,14 +126,10 @@ def main(argv=None) -> int:
                 q, f = linear_bytes(network)
                 if f:
                     row["quant_linear_vs_fp16"] = round(q / f, 4)
-            start = time.time()
-            ppl = perplexity(network, eval_tokens, seq, batch_size=4, max_windows=windows)
-            row["eval_s"] = round(time.time() - start, 1)
-            row["perplexity"] = round(ppl, 4)
+            ppl = score_perplexity(row, network, eval_tokens, seq, windows, fp32_ppl or None)
             if scheme == "fp32":
                 fp32_ppl = ppl
-            if fp32_ppl:
-                row["vs_fp32"] = round(ppl / fp32_ppl, 4)
+                row["vs_fp32"] = 1.0
             row["peak_rss_gb"] = round(peak_rss_gb(), 2)
             results.append(row)
             print(json.dumps(row), flush=True)

@@ -22,27 +22,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 
 import mindspore as ms
 import numpy as np
 
+from common import score_perplexity
 from golden_ptq import PTQ, PTQConfig, QuantGranularity
 from golden_ptq.eval.corpus import load_splits
-from golden_ptq.eval.perplexity import perplexity
 from golden_ptq.networks.default_model import default_gguf_path
 from golden_ptq.networks.llama import LlamaForCausalLM
 from golden_ptq.networks.loaders import load_gguf
 
 I8 = ms.int8
 
-
-def fresh_network(config, weights) -> LlamaForCausalLM:
-    network = LlamaForCausalLM(config)
-    for name, param in network.parameters_and_names():
-        param.set_data(ms.Tensor(weights[name]))
-    network.set_train(False)
-    return network
 
 
 def ladder(args, num_layers: int):
@@ -104,7 +96,7 @@ def main(argv=None) -> int:
     results, fp32_ppl = [], None
     for scheme in schemes:
         row = {"scheme": scheme}
-        network = fresh_network(config, weights)
+        network = LlamaForCausalLM.from_arrays(config, weights)
         if scheme != "fp32":
             kwargs, samples = rows[scheme]
             row["calib_samples"] = samples
@@ -125,14 +117,10 @@ def main(argv=None) -> int:
             if ptq.range_parms:
                 top = sorted(ptq.range_parms, key=lambda n: -ptq.range_parms[n])[:3]
                 row["top_range_parm"] = {n: round(ptq.range_parms[n], 2) for n in top}
-        start = time.time()
-        ppl = perplexity(network, eval_tokens, seq, batch_size=4, max_windows=windows)
-        row["eval_s"] = round(time.time() - start, 1)
-        row["perplexity"] = round(ppl, 4)
+        ppl = score_perplexity(row, network, eval_tokens, seq, windows, fp32_ppl or None)
         if scheme == "fp32":
             fp32_ppl = ppl
-        if fp32_ppl:
-            row["vs_fp32"] = round(ppl / fp32_ppl, 4)
+            row["vs_fp32"] = 1.0
         results.append(row)
         print(json.dumps(row), flush=True)
         del network

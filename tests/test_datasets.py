@@ -7,7 +7,7 @@ import pytest
 from golden_ptq.datasets import DatasetFormatError, fit_prompt, get_datasets
 
 
-from fakes import TOK, CharTokenizer  # noqa: F401
+from fakes import TOK, CharTokenizer
 
 
 def squad_file(tmp_path, data=None):

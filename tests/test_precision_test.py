@@ -13,7 +13,7 @@ from golden_ptq.eval.boolq import continuation_logprobs, evaluate_boolq
 from golden_ptq.eval.precision_test import PrecisionTest, evaluate_squad, first_line
 
 
-from fakes import TOK, CharTokenizer  # noqa: F401
+from fakes import TOK
 ANSWER = TOK.encode("Answer:")
 
 BOOLQ = [  # the fake model believes "yes" iff the prompt says "blue" or "swim"

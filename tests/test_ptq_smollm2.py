@@ -52,9 +52,7 @@ def test_quantize_save_deploy_in_new_process(smollm2_gguf, tmp_path):
     fp32 = perplexity(network, tokens, SEQ)
     in_process = {}
     for name, (kwargs, _) in SCHEMES.items():
-        net = LlamaForCausalLM(network.config)
-        for pname, param in net.parameters_and_names():
-            param.set_data(ms.Tensor(weights[pname]))
+        net = LlamaForCausalLM.from_arrays(network.config, weights)
         ptq = PTQ(PTQConfig(**kwargs))
         ptq.apply(net, None, [calib])
         ptq.convert(net)

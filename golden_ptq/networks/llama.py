@@ -11,7 +11,7 @@ Parameter names follow MindFormers' ``LlamaForCausalLM``::
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 import numpy as np
 import mindspore as ms
@@ -177,6 +177,18 @@ class LlamaForCausalLM(nn.Cell):
         sync_parameter_names(self)
 
     # ----- parameters -------------------------------------------------------------------------
+    @classmethod
+    def from_arrays(cls, config: LlamaConfig, arrays) -> "LlamaForCausalLM":
+        """A network whose parameters are copied from ``{name: numpy array}`` (e.g. a snapshot of
+        another network's ``parameters_and_names()``), set to inference mode."""
+        network = cls(config)
+        for name, param in network.parameters_and_names():
+            if name not in arrays:
+                raise KeyError(f"from_arrays: no array for parameter '{name}'")
+            param.set_data(Tensor(arrays[name]))
+        network.set_train(False)
+        return network
+
     def init_random(self, seed: int, std: float = 0.02) -> None:
         """Fill every parameter deterministically (norm weights near 1): for tests and toy runs.
 
