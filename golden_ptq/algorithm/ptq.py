@@ -16,6 +16,7 @@ from golden_ptq.algorithm.modules import (AlgoModule, InputRecorder, LayerContex
 from golden_ptq.config import PTQConfig, PTQMode, QuantGranularity
 from golden_ptq.networks.llama import sync_parameter_names
 from golden_ptq.networks.structure import LlamaStructure
+from golden_ptq.parallel.context import all_gather_numpy
 from golden_ptq.parallel.ptq_support import check_tp_supported
 from golden_ptq.quant_cells import LayerQuantSpec, QuantCell, QuantCellRegistry, default_registry
 from golden_ptq.quant_cells.embedding import QuantEmbedding
@@ -303,7 +304,10 @@ class PTQ(CompAlgo):
             x_t = Tensor(np.ascontiguousarray(x, dtype=np.float32))
             y_q = cell(x_t).asnumpy().astype(np.float64)
             y_f = float_cell(x_t).asnumpy().astype(np.float64)
-            self.output_errors[full] = float(((y_q - y_f) ** 2).sum() / max((y_f ** 2).sum(), 1e-30))
+            sums = np.array([((y_q - y_f) ** 2).sum(), (y_f ** 2).sum()])
+            if getattr(cell, "parallel", None) == "column" and cell.tp.parallel:
+                sums = all_gather_numpy(sums, cell.tp).sum(axis=0)  # each rank holds some output columns
+            self.output_errors[full] = float(sums[0] / max(sums[1], 1e-30))
 
     def _roll_back(self, network: nn.Cell) -> None:
         """``disable_level='Lx'``: put the float cells of the x most sensitive Linear layers back."""
