@@ -13,8 +13,16 @@ perplexity on the last fifth (``--eval-windows`` windows; 0 = all):
     manual                    + --method, all feed_forward.w2 rolled back (disable_names)
     auto                      + --method, disable_level L<--levels> (one row per level)
     manual+auto               both
+    search-<method>           + <method> (default row: --method), calibrated once, then
+                              search_rollback: the fewest layers (by --signal) rolled back for
+                              perplexity <= (1 + --search-tolerance) x FP32's; one perplexity
+                              evaluation per trial (--search-max-layers caps the layers)
+
+The rollback rows (manual, auto, manual+auto, search) calibrate on --tuned-calib-samples windows:
+the guide raises the calibration data to 10-50 samples before rolling back.
 
     python benchmarks/tuning_ladder.py --calib-samples 2 --eval-windows 1 --schemes fp32 w8a8   # smoke
+    python benchmarks/tuning_ladder.py --schemes fp32 search-m2 --search-tolerance 0.01        # search
     python benchmarks/tuning_ladder.py --json runs/ladder.json                                # full
 """
 from __future__ import annotations
@@ -22,19 +30,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 import mindspore as ms
 import numpy as np
 
 from common import score_perplexity
-from golden_ptq import PTQ, PTQConfig, QuantGranularity
+from golden_ptq import PTQ, PTQConfig, QuantGranularity, search_rollback
 from golden_ptq.eval.corpus import load_splits
 from golden_ptq.networks.default_model import default_gguf_path
 from golden_ptq.networks.llama import LlamaForCausalLM
 from golden_ptq.networks.loaders import load_gguf
 
 I8 = ms.int8
-
+SEARCH_METHODS = ("m1", "m2", "m4", "m6")  # the W8A8 anti_methods a search-<method> row can use
 
 
 def ladder(args, num_layers: int):
@@ -49,13 +58,32 @@ def ladder(args, num_layers: int):
     rows.update({"w8a16": (dict(), args.calib_samples), "w8a16+m3": (dict(anti_method="m3"), args.calib_samples),
                  "w4a16": (group, args.calib_samples), "w4a16+m3": (dict(group, anti_method="m3"), args.calib_samples)})
     tuned = dict(w8a8, anti_method=args.method)
-    rows["manual"] = (dict(tuned, disable_names=w2), args.calib_samples)
+    rows["manual"] = (dict(tuned, disable_names=w2), args.tuned_calib_samples)
     for level in args.levels or [num_layers]:
         rows[f"auto-L{level}"] = (dict(tuned, disable_level=f"L{level}", rollback_signal=args.signal),
-                                  args.calib_samples)
+                                  args.tuned_calib_samples)
         rows[f"manual+auto-L{level}"] = (dict(tuned, disable_names=w2, disable_level=f"L{level}",
-                                              rollback_signal=args.signal), args.calib_samples)
+                                              rollback_signal=args.signal), args.tuned_calib_samples)
+    for method in sorted({args.method} | {s[len("search-"):] for s in args.schemes or [] if s.startswith("search-")}):
+        if method in SEARCH_METHODS:
+            rows[f"search-{method}"] = (dict(w8a8, anti_method=method, rollback_signal=args.signal),
+                                        args.tuned_calib_samples)
     return rows
+
+
+def run_search(row: dict, ptq: PTQ, network, kwargs: dict, args, score, fp32_ppl: float) -> None:
+    """search_rollback on a network calibrated once: the fewest layers for ppl <= (1 + tol) x FP32."""
+    target = (1.0 + args.search_tolerance) * fp32_ppl
+    start = time.time()
+    result = search_rollback(ptq, network, score, target, signal=kwargs["rollback_signal"],
+                             max_layers=args.search_max_layers)
+    row["search"] = {"signal": result.signal, "tolerance": args.search_tolerance,
+                     "fp32_perplexity": round(fp32_ppl, 4), "target": round(target, 4), "reached": result.reached,
+                     "chosen_level": result.level, "disable_level": result.disable_level,
+                     "candidates": len(result.ranking), "search_perplexity": round(result.score, 4),
+                     "trials": [[t.level, round(t.score, 4)] for t in result.trials],
+                     "search_s": round(time.time() - start, 1)}
+    print(result.summary(), flush=True)
 
 
 def main(argv=None) -> int:
@@ -64,11 +92,16 @@ def main(argv=None) -> int:
     parser.add_argument("--seq-length", type=int, default=512)
     parser.add_argument("--calib-samples", type=int, default=2, help="calibration windows (the guide starts at 2)")
     parser.add_argument("--large-calib-samples", type=int, default=50)
+    parser.add_argument("--tuned-calib-samples", type=int, default=16,
+                        help="calibration windows of the rollback rows: manual, auto, search (default 16)")
     parser.add_argument("--eval-windows", type=int, default=16)
     parser.add_argument("--act-method", type=int, default=3, choices=[1, 2, 3])
     parser.add_argument("--method", default="m2", help="anti_method of the rollback rows (default: m2)")
     parser.add_argument("--levels", type=int, nargs="*", default=None, help="disable_level values (default: layers)")
     parser.add_argument("--signal", default="range_parm", choices=["range_parm", "output_error"])
+    parser.add_argument("--search-tolerance", type=float, default=0.01,
+                        help="search rows: target perplexity = (1 + this) x FP32's (default 0.01)")
+    parser.add_argument("--search-max-layers", type=int, default=None, help="search rows: roll back at most this many")
     parser.add_argument("--group-size", type=int, default=32)
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
@@ -101,14 +134,20 @@ def main(argv=None) -> int:
             kwargs, samples = rows[scheme]
             row["calib_samples"] = samples
             calib = [calib_tokens[i * seq:(i + 1) * seq] for i in range(samples)]
+            search = scheme.startswith("search-")
+            if search and fp32_ppl is None:  # the target needs FP32's perplexity: score the float network first
+                fp32_ppl = score_perplexity({}, network, eval_tokens, seq, windows)
             try:
-                ptq = PTQ(PTQConfig(**kwargs))
+                ptq = PTQ(PTQConfig(**kwargs), keep_float_cells=search)
             except NotImplementedError as err:
                 row["error"] = str(err)
                 results.append(row)
                 print(json.dumps(row), flush=True)
                 continue
             ptq.apply(network, None, calib)
+            if search:
+                run_search(row, ptq, network, kwargs, args,
+                           lambda net: score_perplexity({}, net, eval_tokens, seq, windows), fp32_ppl)
             ptq.convert(network)
             row["calibration_s"] = round(ptq.calibration_seconds, 1)
             floats = sorted(set(kwargs.get("disable_names", [])) | set(ptq.rolled_back))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from mindspore import Tensor, nn
@@ -64,11 +64,21 @@ class PTQ(CompAlgo):
     sample of its calibration inputs. ``disable_level='Lx'`` then rolls the x most sensitive
     Linear layers back to float (``rolled_back`` lists them); they were quantized while later
     layers calibrated, so those saw slightly more error than the final network has.
+
+    Rollback by hand: with ``keep_float_cells=True`` the float cell of every quantized layer stays
+    held after calibration, so ``roll_back(network, names)`` / ``restore(network, names)`` swap
+    layers between float and their already-deployed quantized Cells without recalibrating
+    (:func:`golden_ptq.algorithm.rollback.search_rollback` builds on them); ``convert`` drops them.
     """
 
     def __init__(self, config: Optional[PTQConfig] = None, registry: Optional[QuantCellRegistry] = None,
                  pipeline: Optional[Sequence[AlgoModule]] = None, structure=None, calib_batch_size: int = 8,
-                 measure_sensitivity: bool = False):
+                 measure_sensitivity: bool = False, keep_float_cells: bool = False):
+        """``keep_float_cells=True``: keep each quantized layer's float Cell after calibration (until
+        ``convert``) for ``roll_back``/``restore`` and the rollback search. It costs the float weights
+        of every quantized layer (4 bytes a weight, on top of their int8 copies) and implies
+        ``measure_sensitivity`` (the float cells are what output errors are measured against, and a
+        search can then rank by either signal)."""
         self.config = config if config is not None else PTQConfig()
         if not isinstance(self.config, PTQConfig):
             raise TypeError(f"PTQ(config=...) needs a PTQConfig, got {type(self.config).__name__}")
@@ -80,11 +90,14 @@ class PTQ(CompAlgo):
         self.records: List[LayerRecord] = []
         self.calibration_seconds: Optional[float] = None
         self.calibration_tokens = 0
-        self.measure_sensitivity = measure_sensitivity
+        self.keep_float_cells = keep_float_cells
+        self.measure_sensitivity = measure_sensitivity or keep_float_cells
         self.range_parms: Dict[str, float] = {}
         self.output_errors: Dict[str, float] = {}
         self.rolled_back: List[str] = []
         self._float_cells: Dict[str, nn.Cell] = {}
+        self._rolled_quant: Dict[str, Tuple[QuantCell, LayerRecord]] = {}  # rolled back: its quant cell, record
+        self._converted = False
 
     @staticmethod
     def default_pipeline(config: PTQConfig) -> List[AlgoModule]:
@@ -151,6 +164,8 @@ class PTQ(CompAlgo):
                 if hasattr(cell, attr):
                     setattr(cell, attr, None)
         self._float_cells = {}
+        self._rolled_quant = {}
+        self._converted = True
         sync_parameter_names(network)
         return network
 
@@ -281,7 +296,9 @@ class PTQ(CompAlgo):
                 sample = np.concatenate([x.asnumpy().reshape(-1, x.shape[-1]) for x in head_inputs])[::stride][:keep_rows]
                 self._measure_errors({n: (c, sample) for n, c in heads.items() if isinstance(c, QuantLinear)})
         self._roll_back(network)
-        self._float_cells = {}
+        if not self.keep_float_cells:
+            self._float_cells = {}
+            self._rolled_quant = {}
         self.calibration_seconds = time.time() - start
 
     @staticmethod
@@ -313,20 +330,111 @@ class PTQ(CompAlgo):
         """``disable_level='Lx'``: put the float cells of the x most sensitive Linear layers back."""
         cfg = self.config
         level = cfg.rollback_level
+        self.rolled_back = []
+        self._rolled_quant = {}
+        self._converted = False  # a new calibration (a reused PTQ): its float cells are at hand again
         if not level:
             return
         signal = self.range_parms if cfg.rollback_signal == "range_parm" else self.output_errors
-        ranked = sorted(signal, key=lambda n: (-signal[n], n))[:level]
-        for name in ranked:
-            _replace_cell(network, name, self._float_cells[name])
-            for index, record in enumerate(self.records):
-                if record.name == name:
-                    reason = f"disable_level {cfg.disable_level}, {cfg.rollback_signal} {signal[name]:.4g}"
-                    self.records[index] = LayerRecord(name, record.layer_type, LayerQuantSpec(skip_reason=reason))
-        self.rolled_back = ranked
-        sync_parameter_names(network)
+        ranked = self.sensitivity_ranking(cfg.rollback_signal)[:level]
+        self.roll_back(network, ranked, {name: f"disable_level {cfg.disable_level}, {cfg.rollback_signal} "
+                                               f"{signal[name]:.4g}" for name in ranked})
         LOGGER.info("disable_level=%s: rolled back %d of %d Linear layers by %s: %s", cfg.disable_level,
                     len(ranked), len(signal), cfg.rollback_signal, ", ".join(ranked))
+
+    # ----- rollback by hand ---------------------------------------------------------------------
+    def sensitivity_ranking(self, signal: str = "range_parm") -> List[str]:
+        """Measured Linear layers, most sensitive first by ``signal`` (ties by name): the order in
+        which ``disable_level`` rolls layers back."""
+        if signal not in ("range_parm", "output_error"):
+            raise ValueError(f"PTQ.sensitivity_ranking: signal {signal!r} not allowed; allowed: "
+                             f"['range_parm', 'output_error']")
+        values = self.range_parms if signal == "range_parm" else self.output_errors
+        if signal == "output_error" and not values and self.range_parms:
+            raise ValueError("PTQ.sensitivity_ranking: no output errors were measured; create "
+                             "PTQ(config, measure_sensitivity=True) (or keep_float_cells=True)")
+        return sorted(values, key=lambda n: (-values[n], n))
+
+    def roll_back(self, network: nn.Cell, names: Sequence[str],
+                  reason: Union[str, Mapping[str, str]] = "roll_back") -> List[str]:
+        """Swap the float cells of ``names`` into ``network`` (layers already float are left as they
+        are); their quantized Cells are kept so ``restore`` can undo it. ``reason`` (one text, or one
+        per name) goes into ``records``/``summary()``. Returns the names newly rolled back."""
+        names = self._check_swappable(network, names, "PTQ.roll_back")
+        done = []
+        for name in names:
+            if name in self._rolled_quant:
+                continue
+            cell = self._cell_at(network, name)
+            index = self._record_index(name)
+            self._rolled_quant[name] = (cell, self.records[index])
+            _replace_cell(network, name, self._float_cells[name])
+            text = reason if isinstance(reason, str) else reason[name]
+            self.records[index] = LayerRecord(name, self.records[index].layer_type, LayerQuantSpec(skip_reason=text))
+            self.rolled_back.append(name)
+            done.append(name)
+        if done:
+            sync_parameter_names(network)
+        return done
+
+    def restore(self, network: nn.Cell, names: Sequence[str]) -> List[str]:
+        """Undo ``roll_back`` for ``names``: their quantized Cells (as calibrated, already in deployed
+        form) go back into ``network`` (layers already quantized are left as they are). Returns the
+        names newly restored."""
+        names = self._check_swappable(network, names, "PTQ.restore")
+        done = []
+        for name in names:
+            if name not in self._rolled_quant:
+                continue
+            cell, record = self._rolled_quant.pop(name)
+            _replace_cell(network, name, cell)
+            self.records[self._record_index(name)] = record
+            self.rolled_back.remove(name)
+            done.append(name)
+        if done:
+            sync_parameter_names(network)
+        return done
+
+    def _check_swappable(self, network: nn.Cell, names: Sequence[str], what: str) -> List[str]:
+        """The names as a list, after checking that their float and quantized Cells are both at hand
+        (``what`` names the caller in the errors)."""
+        if isinstance(names, str):
+            raise TypeError(f"{what}: names must be a list of layer names, got the string {names!r}")
+        names = list(names)
+        if self._converted:
+            raise RuntimeError(f"{what}: convert() has run and dropped the float cells; roll layers back "
+                               f"(or search) between apply() and convert()")
+        if self.config.mode is PTQMode.DEPLOY:
+            raise RuntimeError(f"{what}: a DEPLOY network has no float cells; list the layers in "
+                               f"PTQConfig.disable_names instead")
+        if not self._float_cells:
+            if not self.records:
+                raise RuntimeError(f"{what}: apply(network, helper, datasets) has not run yet")
+            raise RuntimeError(f"{what}: the float cells were dropped after calibration; create "
+                               f"PTQ(config, keep_float_cells=True) to roll layers back after apply()")
+        for name in names:
+            if name not in self._float_cells:
+                record = next((r for r in self.records if r.name == name), None)
+                why = (f"it was never quantized ({record.spec.skip_reason})" if record is not None
+                       else "it is not the name of a quantized layer")
+                examples = ", ".join(list(self._float_cells)[:4])
+                raise ValueError(f"{what}: cannot swap '{name}': {why}; quantized layers look like: {examples}")
+            current = self._cell_at(network, name)
+            rolled = name in self._rolled_quant
+            if not (current is self._float_cells[name] if rolled else isinstance(current, QuantCell)):
+                raise RuntimeError(f"{what}: '{name}' in this network is not the cell this PTQ calibrated; "
+                                   f"pass the network given to apply()")
+        return names
+
+    def _record_index(self, name: str) -> int:
+        return next(i for i, r in enumerate(self.records) if r.name == name)
+
+    @staticmethod
+    def _cell_at(network: nn.Cell, name: str) -> Optional[nn.Cell]:
+        cell = network
+        for part in name.split("."):
+            cell = cell._cells.get(part) if cell is not None else None  # pylint: disable=protected-access
+        return cell
 
     @staticmethod
     def _observe(cells: Dict[str, QuantCell], run) -> None:
