@@ -231,8 +231,8 @@ class PTQ(CompAlgo):
             return
         cell.weight_bits = self.config.weight_bits
         if cell.spec.act and not cell.spec.act_dynamic:
-            cell.input_observer = make_act_observer(self.config.act_method, cell.spec.act_symmetric,
-                                                    int(self.config.arg("hist_bins")))
+            cell.use_observer(make_act_observer(self.config.act_method, cell.spec.act_symmetric,
+                                                int(self.config.arg("hist_bins"))))
 
     def _prepare_deploy(self, network: nn.Cell, structure) -> None:
         for lname, layer in structure.decoder_layers(network):

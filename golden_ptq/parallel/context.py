@@ -98,6 +98,45 @@ def all_reduce_min(x: np.ndarray, ctx: TPContext) -> np.ndarray:
     return all_gather_numpy(x, ctx).min(axis=0) if ctx.parallel else np.asarray(x)
 
 
+def all_concat_numpy(x: np.ndarray, ctx: TPContext) -> np.ndarray:
+    """Every rank's 1-D ``x`` concatenated in rank order (lengths may differ between ranks), float64."""
+    x = np.asarray(x, np.float64).reshape(-1)
+    if not ctx.parallel:
+        return x
+    sizes = all_gather_numpy(np.array([x.size], np.float32), ctx)[:, 0].astype(np.int64)
+    start = int(sizes[: ctx.rank].sum())
+    buffer = np.zeros(int(sizes.sum()), np.float64)
+    buffer[start:start + x.size] = x
+    return all_gather_numpy(buffer, ctx).sum(axis=0)   # one rank's values plus zeros: exact
+
+
+def all_reduce_sum_numpy(x: np.ndarray, ctx: TPContext) -> np.ndarray:
+    """SUM of float64 ``x`` over the group, added in rank order (the same bits on every rank)."""
+    x = np.asarray(x, np.float64)
+    return all_gather_numpy(x, ctx).sum(axis=0) if ctx.parallel else x
+
+
+class ChannelShards:
+    """Reductions for a statistic whose channels are split over the ranks of ``ctx`` (the input of
+    a row-parallel layer): what an observer needs to see the whole tensor. Every rank must call
+    the same methods in the same order (they are collectives)."""
+
+    def __init__(self, ctx: TPContext):
+        self.ctx = ctx
+
+    def min(self, x: np.ndarray) -> np.ndarray:
+        return all_reduce_min(np.asarray(x, np.float64), self.ctx)
+
+    def max(self, x: np.ndarray) -> np.ndarray:
+        return all_reduce_max(np.asarray(x, np.float64), self.ctx)
+
+    def sum(self, x: np.ndarray) -> np.ndarray:
+        return all_reduce_sum_numpy(x, self.ctx)
+
+    def concat(self, x: np.ndarray) -> np.ndarray:
+        return all_concat_numpy(x, self.ctx)
+
+
 def barrier(ctx: TPContext) -> None:
     """Wait until every rank got here."""
     if ctx.parallel:

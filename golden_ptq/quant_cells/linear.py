@@ -22,7 +22,7 @@ import numpy as np
 from mindspore import Tensor, ops
 
 from golden_ptq.networks.layers import Linear
-from golden_ptq.parallel.context import TPContext, all_reduce, all_reduce_max, all_reduce_min
+from golden_ptq.parallel.context import ChannelShards, TPContext, all_reduce, all_reduce_max
 from golden_ptq.quant_cells import linear_kernels as kernels
 from golden_ptq.quant_cells.base import QuantCell
 from golden_ptq.quant_cells.spec import LayerQuantSpec
@@ -41,12 +41,20 @@ class QuantLinear(QuantCell):
         self.bias = linear.bias
         self.parallel = getattr(linear, "parallel", None)   # tensor parallel: "column", "row" or None
         self.tp = getattr(linear, "tp", None) or TPContext()
-        self.input_observer = MinMaxObserver()
+        self.input_observer = None
+        self.use_observer(MinMaxObserver())
         self.weight_bits = 8                 # 4: W4A16 codes in the int8 container
         self.weight_clip = None              # per channel / group range ratios (AWQ's clip search)
         self.input_shift_value = None        # per input channel shift (m4), set before quantize()
         self.has_input_shift = False         # deployed form carries input_shift / shift_bias
         self.recorder = None                 # callable(x2 numpy) fed every input, when set
+
+    def use_observer(self, observer: MinMaxObserver) -> None:
+        """Observe the input with ``observer``; a row-parallel input is a shard of the whole tensor,
+        so the observer reduces its per-tensor results over the ranks."""
+        if self.parallel == "row" and self.tp.parallel:
+            observer.shards = ChannelShards(self.tp)
+        self.input_observer = observer
 
     @property
     def label(self) -> str:
@@ -67,6 +75,8 @@ class QuantLinear(QuantCell):
                 seen = x2.asnumpy()
                 self.input_observer.update(seen if self.input_shift_value is None else seen - self.input_shift_value)
             y = ops.MatMul(transpose_b=True)(x2, self.weight)
+        elif self.spec.act and self.spec.act_dynamic and self.parallel == "row" and self.tp.parallel:
+            y = kernels.a8w8_dynamic_absmax(x2, self.weight, self.weight_scale, self._whole_row_absmax(x2))
         elif self.spec.act and self.spec.act_dynamic:
             y = kernels.a8w8_dynamic(x2, self.weight, self.weight_scale)
         elif self.spec.act:
@@ -84,6 +94,15 @@ class QuantLinear(QuantCell):
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(lead + (self.out_features,))
+
+    def _whole_row_absmax(self, x2: Tensor) -> Tensor:
+        """Per-token ``max |x|`` over the whole input row, of which this rank holds some columns:
+        the same scale as at TP size 1 (a maximum over the ranks, gathered as a SUM of zero-padded
+        per-rank slots since CPU AllReduce only sums)."""
+        local = kernels.token_absmax(x2)
+        slots = [ops.zeros_like(local)] * self.tp.size
+        slots[self.tp.rank] = local
+        return all_reduce(ops.stack(slots), self.tp).max(axis=0)
 
     @property
     def _keeps_weight_scale(self) -> bool:
@@ -105,10 +124,7 @@ class QuantLinear(QuantCell):
         if spec.group_size or not spec.weight_symmetric:
             self._set_param("weight_zp", (np.zeros_like(w_scale) if w_zp is None else w_zp).astype(np.float32))
         if spec.act and not spec.act_dynamic:
-            lo, hi = self.input_observer.tensor_range()
-            if self.tp.parallel:  # a row-parallel input is a shard: every rank takes the full tensor's range
-                lo = float(all_reduce_min(np.array([lo], np.float64), self.tp)[0])
-                hi = float(all_reduce_max(np.array([hi], np.float64), self.tp)[0])
+            lo, hi = self.input_observer.tensor_range()   # the whole tensor's, under tensor parallelism
             if spec.act_symmetric:
                 x_scale, x_zp = symmetric_scale(np.array([max(-lo, hi)])), np.zeros(1, np.float32)
             else:
@@ -128,6 +144,17 @@ class QuantLinear(QuantCell):
             self.has_input_shift = True
         self.quantized = True
         self.observing = False
+
+    def fake_quantized_weight(self, w: np.ndarray) -> np.ndarray:
+        """What this layer would multiply by for the float weight ``w`` (float64, dequantized); a
+        row-parallel shard's per-channel scales come from the whole row, as in :meth:`quantize`."""
+        spec = self.spec
+        if not spec.weight:
+            return np.asarray(w, np.float64)
+        if self.parallel == "row" and self.tp.parallel and not spec.group_size:
+            q, scale, _ = self._quantize_row_shard(np.asarray(w, np.float32))
+            return q.astype(np.float64) * scale.astype(np.float64)[:, None]
+        return fake_quantize_weight(w, spec.group_size, spec.weight_symmetric, self.weight_bits, self.weight_clip)
 
     def _quantize_row_shard(self, w: np.ndarray):
         """Per-output-channel symmetric int8 of a row-parallel shard: the scale is the full row's absmax."""

@@ -141,8 +141,10 @@ def fake_quantize_act(x: np.ndarray, lo: float, hi: float, symmetric: bool) -> n
     return (np.clip(np.round(x / s) + z, QMIN, QMAX) - z) * s
 
 
-def fake_quantize_per_token(x: np.ndarray) -> np.ndarray:
-    """Dynamic symmetric per-row int8 fake quantization (what W8A8-dynamic does at run time)."""
+def fake_quantize_per_token(x: np.ndarray, row_absmax: Optional[np.ndarray] = None) -> np.ndarray:
+    """Dynamic symmetric per-row int8 fake quantization (what W8A8-dynamic does at run time);
+    ``row_absmax`` overrides each row's ``max |x|`` (a column shard's rows use the whole row's)."""
     x = np.asarray(x, np.float64)
-    scale = np.maximum(np.abs(x).max(axis=-1, keepdims=True) / SYM_QMAX, _TINY)
+    absmax = np.abs(x).max(axis=-1, keepdims=True) if row_absmax is None else np.reshape(row_absmax, (-1, 1))
+    scale = np.maximum(absmax / SYM_QMAX, _TINY)
     return np.clip(np.round(x / scale), -SYM_QMAX, SYM_QMAX) * scale

@@ -11,6 +11,11 @@ class MinMaxObserver:
 
     Per-tensor ranges derive from the per-channel ones, and a per-channel rescale (what smoothing
     does to a layer's input) can be applied to the statistics exactly, without running data again.
+
+    ``shards``: when the observed tensor's channels are split over tensor-parallel ranks (the input
+    of a row-parallel layer), an object with ``min/max/sum/concat`` collectives (e.g.
+    ``golden_ptq.parallel.ChannelShards``); per-tensor results then describe the whole tensor and
+    are the same on every rank. Per-channel statistics stay this rank's.
     """
 
     name = "minmax"
@@ -20,6 +25,7 @@ class MinMaxObserver:
         self.minimum: Optional[np.ndarray] = None
         self.maximum: Optional[np.ndarray] = None
         self.rows = 0
+        self.shards = None
 
     def reset(self) -> None:
         """Forget everything seen (before observing the same layer again)."""
@@ -45,9 +51,17 @@ class MinMaxObserver:
         self._require()
         return np.maximum(np.abs(self.minimum), np.abs(self.maximum))
 
+    def whole_absmax(self) -> np.ndarray:
+        """Per-channel ``max |x|`` of every channel of the tensor (all ranks' channels, in order)."""
+        absmax = self.absmax()
+        return absmax if self.shards is None else self.shards.concat(absmax)
+
     def tensor_range(self):
         self._require()
-        return float(self.minimum.min()), float(self.maximum.max())
+        lo, hi = float(self.minimum.min()), float(self.maximum.max())
+        if self.shards is not None:
+            lo, hi = float(self.shards.min(np.array([lo]))[0]), float(self.shards.max(np.array([hi]))[0])
+        return lo, hi
 
     def scale_channels(self, factor: np.ndarray) -> None:
         """The observed tensor is now ``x * factor`` (``factor > 0`` per channel): update the stats."""
@@ -103,6 +117,8 @@ class HistogramObserver(MinMaxObserver):
         super().update(x)
         flat = np.asarray(x, dtype=np.float32).reshape(-1)
         lo, hi = float(min(flat.min(), 0.0)), float(max(flat.max(), 0.0))
+        if self.shards is not None:  # every rank bins its channels into the whole tensor's bins
+            lo, hi = float(self.shards.min(np.array([lo]))[0]), float(self.shards.max(np.array([hi]))[0])
         if self.symmetric:
             top = max(-lo, hi)
             lo, hi = -top, top
@@ -131,6 +147,7 @@ class HistogramObserver(MinMaxObserver):
         if self.stale:
             raise RuntimeError("HistogramObserver: statistics were rescaled per channel; observe the layer again")
         lo, hi = self.edges
+        counts = self.counts if self.shards is None else self.shards.sum(self.counts)
         centres = lo + (np.arange(self.bins) + 0.5) * (hi - lo) / self.bins
         best, best_err = (lo, hi), np.inf
         for c in np.linspace(1.0 / self.candidates, 1.0, self.candidates):
@@ -138,7 +155,7 @@ class HistogramObserver(MinMaxObserver):
             step = (c_hi - c_lo) / (254.0 if self.symmetric else 255.0)
             inside = (centres >= c_lo) & (centres <= c_hi)
             clipped = np.where(centres < c_lo, c_lo - centres, np.where(centres > c_hi, centres - c_hi, 0.0))
-            err = float(self.counts[inside].sum() * step * step / 12.0 + (self.counts * clipped ** 2).sum())
+            err = float(counts[inside].sum() * step * step / 12.0 + (counts * clipped ** 2).sum())
             if err < best_err:  # ties keep the smaller range (searched first)
                 best, best_err = (float(c_lo), float(c_hi)), err
         return best
@@ -189,5 +206,5 @@ def range_parm(observer: MinMaxObserver) -> float:
     ranges the int8 grid must span: 1-3 for well-behaved inputs, tens with outlier channels.
     """
     lo, hi = observer.tensor_range()
-    typical = float(np.median(observer.absmax()))
+    typical = float(np.median(observer.whole_absmax()))
     return float(max(-lo, hi) / max(typical, 1e-12))

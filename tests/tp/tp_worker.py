@@ -4,7 +4,8 @@
 
 WORKDIR holds ``job.json`` (network config dict, PTQConfig kwargs, the TP=1 full quantized folder)
 and ``calib.npy`` / ``ids.npy``; this worker writes ``<what>_rank<r>.npy`` there and the per-rank
-checkpoints under ``WORKDIR/tp2``.
+checkpoints under ``WORKDIR/tp2``; for each of ``job["variants"]`` its float and quantized logits and
+``<name>_tuning_rank<r>.json`` (rolled-back layers, range_parms, output errors).
 """
 import json
 import os
@@ -43,13 +44,18 @@ def main(workdir: str) -> None:
     save("deploy_ranks", deployed(ids))
     deployed, _ = load_quantized(helper, job["full_folder"])
     save("deploy_full", deployed(ids))
-    # uneven query heads (3 on 2 ranks) with replicated KV heads: float, then A8W8C8 without smoothing
-    uneven = NetworkHelper(job["uneven"]["network"]).create_network()
-    save("uneven_fp", uneven(ids))
-    ptq = PTQ(PTQConfig.from_dict(job["uneven"]["ptq"]))
-    ptq.apply(uneven, None, calib)
-    ptq.convert(uneven)
-    save("uneven_quant", uneven(ids))
+    # more networks and PTQ settings (uneven query heads, replicated KV heads, searched smoothing,
+    # histogram observers, rollback, dynamic per-token activations): logits and tuning results
+    for variant in job["variants"]:
+        net = NetworkHelper(variant["network"]).create_network()
+        save(f"{variant['name']}_fp", net(ids))
+        ptq = PTQ(PTQConfig.from_dict(variant["ptq"]), measure_sensitivity=True)
+        ptq.apply(net, None, calib)
+        ptq.convert(net)
+        save(f"{variant['name']}_quant", net(ids))
+        with open(os.path.join(workdir, f"{variant['name']}_tuning_rank{ctx.rank}.json"), "w", encoding="utf-8") as f:
+            json.dump({"rolled_back": ptq.rolled_back, "range_parms": ptq.range_parms,
+                       "output_errors": ptq.output_errors}, f)
     barrier(ctx)
 
 

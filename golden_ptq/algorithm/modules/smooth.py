@@ -58,13 +58,15 @@ def mapping_statistics(ctx: LayerContext, mapping: SmoothMapping, needs_act: boo
                            f"calibration statistics for {mapping.balance[0]}; did the calibration pass run it?")
     act = observer.absmax().astype(np.float64)
     weight_max = np.max([np.abs(b.weight.asnumpy()).max(axis=0) for b in balance], axis=0).astype(np.float64)
-    act, weight_max = _reduce_over_ranks(ctx, mapping, balance, act, weight_max)
+    act, weight_max, local = _reduce_over_ranks(ctx, mapping, balance, act, weight_max)
     if mapping.kv_grouped:
-        heads, kv_heads, head_dim = ctx.structure.num_heads(ctx.network)
+        heads, kv_heads, head_dim = ctx.structure.num_heads(ctx.network) if local is None else local[1]
         group = heads // kv_heads
         act = act.reshape(kv_heads, group, head_dim).max(axis=1).reshape(-1)
         weight_max = weight_max.reshape(kv_heads, group, head_dim).max(axis=1).reshape(-1)
         expand = (np.arange(heads)[:, None] // group * head_dim + np.arange(head_dim)[None]).reshape(-1)
+        if local is not None:
+            expand = expand[local[0]]   # this rank's query-head channels of wo
     else:
         expand = np.arange(act.size)
     return MappingStats(balance, act, weight_max, expand, ctx.find(mapping.smooth))
@@ -72,26 +74,43 @@ def mapping_statistics(ctx: LayerContext, mapping: SmoothMapping, needs_act: boo
 
 def _reduce_over_ranks(ctx: LayerContext, mapping: SmoothMapping, balance: list, act: np.ndarray,
                        weight_max: np.ndarray):
-    """Tensor parallel: statistics every rank folds identically.
+    """Tensor parallel: statistics every rank folds identically; ``(act, weight_max, local)``.
 
     Column-parallel balance layers (wq/wk/wv, w1/w3) read the replicated norm output but hold only
     some output rows: the weight maxima (and, for bit-identical scales, the activation maxima) are
     maxima over the ranks. Row-parallel balance layers (wo, w2) hold whole rows of their input
-    channels, so their statistics are already exact for the shard they fold into (the rank's wv/w3
-    rows). With replicated KV heads wv's channels do not line up with wo's shard: not supported.
+    channels, so with a column-parallel smooth cell (w3, or wv with KV heads split) their
+    statistics are already exact for the shard they fold into. With replicated KV heads every rank
+    holds all of wv but only its query heads' columns of wo: the wo statistics are gathered into
+    the whole model's channels, every rank computes the TP=1 scales, and ``local`` =
+    ``(this rank's channel slice, (heads, kv_heads, head_dim) of the whole model)`` tells
+    :func:`mapping_statistics` which of them its wo columns take. ``local`` is None otherwise.
     """
     contexts = [b.tp for b in balance if getattr(b, "parallel", None) and b.tp.parallel]
     if not contexts:
-        return act, weight_max
+        return act, weight_max, None
     tp = contexts[0]
     modes = {getattr(b, "parallel", None) for b in balance}
-    if "row" in modes:
-        if modes != {"row"} or getattr(ctx.find(mapping.smooth), "parallel", None) != "column":
-            raise NotImplementedError(f"{ctx.name}: smoothing {mapping.smooth} -> {list(mapping.balance)} under "
-                                      f"tensor parallel size {tp.size} needs a column-parallel '{mapping.smooth}' "
-                                      f"(num_kv_heads divisible by the TP size); got modes {sorted(map(str, modes))}")
-        return act, weight_max
-    return all_reduce_max(act, tp), all_reduce_max(weight_max, tp)
+    if "row" not in modes:
+        return all_reduce_max(act, tp), all_reduce_max(weight_max, tp), None
+    smooth_mode = getattr(ctx.find(mapping.smooth), "parallel", None)
+    if modes == {"row"} and smooth_mode == "column":
+        return act, weight_max, None
+    layout = getattr(ctx.network, "tp_layout", None)
+    if modes == {"row"} and mapping.kv_grouped and smooth_mode is None and layout is not None:
+        head_dim = layout.head_dim
+        start = layout.first_head * head_dim
+        span = slice(start, start + layout.local_heads * head_dim)
+        full_act = np.zeros(layout.num_heads * head_dim)
+        full_weight = np.zeros(layout.num_heads * head_dim)
+        full_act[span], full_weight[span] = act, weight_max   # maxima are >= 0: zero padding is exact
+        return (all_reduce_max(full_act, tp), all_reduce_max(full_weight, tp),
+                (span, (layout.num_heads, layout.num_kv_heads, head_dim)))
+    raise NotImplementedError(f"{ctx.name}: smoothing {mapping.smooth} -> {list(mapping.balance)} under "
+                              f"tensor parallel size {tp.size} is supported for column-parallel balance layers, "
+                              f"row-parallel ones after a column-parallel '{mapping.smooth}', or wv -> wo with "
+                              f"replicated KV heads; got balance modes {sorted(map(str, modes))} and "
+                              f"'{mapping.smooth}' mode {smooth_mode}")
 
 
 def smoothing_scale(act: np.ndarray, weight_max: np.ndarray, alpha: float, beta: Optional[float] = None) -> np.ndarray:

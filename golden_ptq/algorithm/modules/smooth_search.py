@@ -30,8 +30,9 @@ import numpy as np
 from golden_ptq.algorithm.modules.base import AlgoModule, LayerContext
 from golden_ptq.algorithm.modules.smooth import MappingStats, fold_smoothing, mapping_statistics, smoothing_scale
 from golden_ptq.networks.structure import SmoothMapping
+from golden_ptq.parallel.context import all_reduce_max, all_reduce_min, all_reduce_sum_numpy
 from golden_ptq.quant_cells.linear import QuantLinear
-from golden_ptq.quant_math.functions import fake_quantize_act, fake_quantize_per_token, fake_quantize_weight
+from golden_ptq.quant_math.functions import fake_quantize_act, fake_quantize_per_token
 
 Candidate = Tuple[str, np.ndarray, Optional[np.ndarray]]   # (label, scale per smooth channel, shift or None)
 
@@ -48,7 +49,12 @@ def mapping_input(ctx: LayerContext, mapping: SmoothMapping, stats: MappingStats
 def quantized_output_error(stats: MappingStats, x: np.ndarray, scale_e: np.ndarray,
                            shift_e: Optional[np.ndarray] = None, refs: Optional[Dict[int, np.ndarray]] = None) -> float:
     """Relative output error of the mapping's quantized balance layers after dividing their input by
-    ``scale_e`` (and subtracting ``shift_e``, compensated at the output), on rows ``x``."""
+    ``scale_e`` (and subtracting ``shift_e``, compensated at the output), on rows ``x``.
+
+    Tensor parallel: a column-parallel layer's error sums are added over the ranks (each holds some
+    output columns); a row-parallel layer's partial outputs are summed over the ranks first (each
+    holds some input columns). Every rank gets the TP=1 value and so chooses the same candidate.
+    """
     num = den = 0.0
     xs = x / scale_e[None, :]
     if shift_e is not None:
@@ -57,34 +63,52 @@ def quantized_output_error(stats: MappingStats, x: np.ndarray, scale_e: np.ndarr
         if not isinstance(cell, QuantLinear):
             continue
         w = cell.weight.asnumpy().astype(np.float64)
-        ref = refs[id(cell)] if refs is not None and id(cell) in refs else x @ w.T
+        ref = refs[id(cell)] if refs is not None and id(cell) in refs else _whole_output(cell, x @ w.T)
         ws = w * scale_e[None, :]
-        spec = cell.spec
-        wq = fake_quantize_weight(ws, spec.group_size, spec.weight_symmetric, cell.weight_bits,
-                                  cell.weight_clip) if spec.weight else ws
+        wq = cell.fake_quantized_weight(ws)
         y = _quantize_input(cell, xs, scale_e, shift_e) @ wq.T
         if shift_e is not None:
             y = y + wq @ shift_e
-        num += float(((y - ref) ** 2).sum())
-        den += float((ref ** 2).sum())
+        sums = np.array([((_whole_output(cell, y) - ref) ** 2).sum(), (ref ** 2).sum()])
+        if _sharded(cell) == "column":
+            sums = all_reduce_sum_numpy(sums, cell.tp)
+        num += float(sums[0])
+        den += float(sums[1])
     return num / max(den, 1e-30)
+
+
+def _sharded(cell) -> Optional[str]:
+    """``"column"`` / ``"row"`` for a tensor-parallel layer on more than one rank, else None."""
+    mode = getattr(cell, "parallel", None)
+    return mode if mode and cell.tp.parallel else None
+
+
+def _whole_output(cell, y: np.ndarray) -> np.ndarray:
+    """A row-parallel layer's output from its partial (per-rank) output; others unchanged."""
+    return all_reduce_sum_numpy(y, cell.tp) if _sharded(cell) == "row" else y
 
 
 def _quantize_input(cell: QuantLinear, xs: np.ndarray, scale_e: np.ndarray, shift_e: Optional[np.ndarray]) -> np.ndarray:
     spec = cell.spec
     if not spec.act:
         return xs
+    row = _sharded(cell) == "row"
     if spec.act_dynamic:
-        return fake_quantize_per_token(xs)
+        return fake_quantize_per_token(xs, all_reduce_max(np.abs(xs).max(axis=1), cell.tp) if row else None)
     obs = cell.input_observer
     lo_c, hi_c = obs.minimum / scale_e, obs.maximum / scale_e
     if shift_e is not None:
         lo_c, hi_c = lo_c - shift_e, hi_c - shift_e
-    return fake_quantize_act(xs, float(lo_c.min()), float(hi_c.max()), spec.act_symmetric)
+    lo, hi = float(lo_c.min()), float(hi_c.max())
+    if row:
+        lo, hi = float(all_reduce_min(np.array([lo]), cell.tp)[0]), float(all_reduce_max(np.array([hi]), cell.tp)[0])
+    return fake_quantize_act(xs, lo, hi, spec.act_symmetric)
 
 
 def reference_outputs(stats: MappingStats, x: np.ndarray) -> Dict[int, np.ndarray]:
-    return {id(c): x @ c.weight.asnumpy().astype(np.float64).T for c in stats.balance if isinstance(c, QuantLinear)}
+    """Float outputs of the quantized balance layers on ``x`` (whole outputs of row-parallel ones)."""
+    return {id(c): _whole_output(c, x @ c.weight.asnumpy().astype(np.float64).T)
+            for c in stats.balance if isinstance(c, QuantLinear)}
 
 
 class ScaleSearchModule(AlgoModule):
