@@ -72,8 +72,12 @@ def cmd_quantize(args) -> int:
     windows = args.eval_windows or None
 
     network = helper.create_network()
+    if network.tp.parallel and not args.output:
+        raise SystemExit(f"golden-ptq quantize under msrun ({network.tp.size} ranks): pass --output FOLDER, the "
+                         f"folder every rank writes its rank_<i>/ checkpoint into")
     fp_ppl = perplexity(network, eval_tokens, seq, batch_size=args.batch_size, max_windows=windows)
     float_bytes = sum(p.asnumpy().size for _, p in network.parameters_and_names()) * 2
+    tp_size = network.tp.size
     ptq = PTQ(config)
     ptq.apply(network, helper, calib)
     ptq.convert(network)
@@ -84,7 +88,7 @@ def cmd_quantize(args) -> int:
     deployed, _ = load_quantized(helper, output)
     q_ppl = perplexity(deployed, eval_tokens, seq, batch_size=args.batch_size, max_windows=windows)
     scored = (windows or len(eval_tokens) // seq) * seq
-    result = {"quant_config": os.path.basename(args.quant_config or _default_quant_config()),
+    result = {"quant_config": os.path.basename(args.quant_config or _default_quant_config()), "tp_size": tp_size,
               "calibration_tokens": ptq.calibration_tokens, "calibration_s": round(ptq.calibration_seconds, 1),
               "eval_tokens": scored, "fp32_perplexity": round(fp_ppl, 4), "quant_perplexity": round(q_ppl, 4),
               "perplexity_ratio": round(q_ppl / fp_ppl, 4), "checkpoint": path,

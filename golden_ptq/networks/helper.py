@@ -78,7 +78,13 @@ class NetworkHelper:
         return value
 
     def create_network(self) -> LlamaForCausalLM:
-        """A fresh float network with the configured weights (each call builds a new one)."""
+        """A fresh float network with the configured weights (each call builds a new one).
+
+        Under ``msrun`` the communication group is initialised first, so the network is tensor
+        parallel over the workers (each loads only its slice); in one process it is whole.
+        """
+        from golden_ptq.parallel import init_from_launcher
+        init_from_launcher()
         network, tokenizer = self._build()
         self._tokenizer = self._tokenizer or tokenizer
         network.set_train(False)
