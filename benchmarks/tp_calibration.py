@@ -1,13 +1,15 @@
-"""Calibration wall time and peak RSS per rank for SmolLM2 at TP=1 (one process) vs TP=2 (msrun, 2 workers).
+"""Calibration wall time and peak RSS per rank for SmolLM2 at TP=1 (one process) vs TP=2 (msrun, 2 workers),
+and how far the TP=2 quantized network's logits are from TP=1's.
 
     python benchmarks/tp_calibration.py --calib-samples 4 --seq-length 256
 
 Runs this file once as a plain process (TP=1) and once under ``msrun --worker_num=2`` (TP=2); each
-rank loads its slice of the default GGUF model, calibrates with ``--quant-config`` on the first
-tokens of Moby-Dick's first half and writes ``tp{size}_rank{r}.json`` into ``--output-dir``; the
-driver prints one row per rank. SmolLM2 has 9 query heads and 3 KV heads: on 2 ranks the query
-heads go 5 + 4 and the KV heads are replicated, so SmoothQuant (which needs split KV heads under
-TP) is not available there; the default config is A16W8 + C8.
+rank loads its slice of the default GGUF model, calibrates with ``--quant-config`` (default
+A8W8 + SmoothQuant + C8) on the first tokens of Moby-Dick's first half, scores the first
+``--check-tokens`` tokens of the last fifth with the quantized network, and writes
+``tp{size}_rank{r}.json`` / ``.npy`` into ``--output-dir``; the driver prints one row per rank and
+the largest logit difference from TP=1 (and, for scale, the TP=1 quantization error). SmolLM2 has
+9 query heads and 3 KV heads: on 2 ranks the query heads go 5 + 4 and the KV heads are replicated.
 """
 import argparse
 import json
@@ -53,6 +55,7 @@ def worker(args) -> None:
     from golden_ptq.parallel import barrier, init_from_launcher
 
     ctx = init_from_launcher()
+    os.makedirs(args.output_dir, exist_ok=True)
     sampler = PeakRSS()
     sampler.start()
     start = time.time()
@@ -69,11 +72,16 @@ def worker(args) -> None:
     ptq.convert(network)
     calib_s = time.time() - start
     peak = sampler.stop()
+    _, eval_text = load_splits()
+    check = np.asarray(tokenizer.encode(eval_text[: args.check_tokens * 8]))[None, : args.check_tokens]
+    np.save(os.path.join(args.output_dir, f"tp{ctx.size}_rank{ctx.rank}_quant.npy"), network(check).asnumpy())
+    if ctx.size == 1:  # the float network's logits, for the scale of the quantization error
+        float_net, _ = load_gguf(default_gguf_path(), max_position_embeddings=2048)
+        np.save(os.path.join(args.output_dir, "tp1_float.npy"), float_net(check).asnumpy())
     result = {"tp_size": ctx.size, "rank": ctx.rank, "quant_config": args.quant_config,
               "calibration_tokens": ptq.calibration_tokens, "load_s": round(load_s, 2),
               "calibration_s": round(calib_s, 2), "peak_rss_mb": round(peak / 2**20, 1),
               "parameter_mb": round(sum(p.asnumpy().nbytes for _, p in network.parameters_and_names()) / 2**20, 1)}
-    os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, f"tp{ctx.size}_rank{ctx.rank}.json"), "w", encoding="utf-8") as handle:
         json.dump(result, handle)
 
@@ -97,6 +105,7 @@ def run(cmd, timeout: int, env=None) -> None:
 
 def driver(args) -> None:
     worker_args = ["--run-rank", "--quant-config", args.quant_config, "--calib-samples", str(args.calib_samples),
+                   "--check-tokens", str(args.check_tokens),
                    "--seq-length", str(args.seq_length), "--output-dir", args.output_dir]
     run([sys.executable, HERE, *worker_args], args.timeout)
     msrun = shutil.which("msrun")
@@ -114,12 +123,21 @@ def driver(args) -> None:
     for r in rows:
         print(f"{r['tp_size']:>3} {r['rank']:>4} {r['calibration_tokens']:>7} {r['load_s']:>7} {r['calibration_s']:>8} "
               f"{r['peak_rss_mb']:>12} {r['parameter_mb']:>10}")
+    import numpy as np
+    tp1 = np.load(os.path.join(args.output_dir, "tp1_rank0_quant.npy"))
+    quant_error = float(np.abs(tp1 - np.load(os.path.join(args.output_dir, "tp1_float.npy"))).max())
+    for rank in range(2):
+        diff = float(np.abs(np.load(os.path.join(args.output_dir, f"tp2_rank{rank}_quant.npy")) - tp1).max())
+        rows[rank + 1]["max_logit_diff_vs_tp1"] = diff
+        print(f"TP=2 rank {rank}: quantized logits max |diff| vs TP=1 {diff:.3g} "
+              f"(TP=1 quantized vs float: {quant_error:.3g}) over {args.check_tokens} tokens")
     print(json.dumps(rows))
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--quant-config", default="configs/ptq/a16w8_c8.yaml")
+    parser.add_argument("--quant-config", default="configs/ptq/a8w8_smooth_c8.yaml")
+    parser.add_argument("--check-tokens", type=int, default=128, help="evaluation tokens whose logits are compared")
     parser.add_argument("--calib-samples", type=int, default=4)
     parser.add_argument("--seq-length", type=int, default=256)
     parser.add_argument("--output-dir", default="runs/tp_calibration")
