@@ -16,8 +16,11 @@ perplexity on the last fifth (``--eval-windows`` windows; 0 = all):
     manual+auto               both
     search-<method>           + <method> (default row: --method), calibrated once, then
                               search_rollback: the fewest layers (by --signal) rolled back for
-                              perplexity <= (1 + --search-tolerance) x FP32's; one perplexity
-                              evaluation per trial (--search-max-layers caps the layers)
+                              perplexity <= (1 + --search-tolerance) x FP32's on --search-on data
+                              (default: the held-out middle of the text, between the calibration
+                              half and the evaluation fifth); one perplexity evaluation per trial
+                              (--search-max-layers caps the layers); the row then reports the
+                              evaluation windows like every other row
 
 The rollback rows (manual, auto, manual+auto, search) calibrate on --tuned-calib-samples windows:
 the guide raises the calibration data to 10-50 samples before rolling back.
@@ -38,7 +41,7 @@ import numpy as np
 
 from common import score_perplexity
 from golden_ptq import PTQ, PTQConfig, QuantGranularity, search_rollback
-from golden_ptq.eval.corpus import load_splits
+from golden_ptq.eval.corpus import load_splits, load_validation
 from golden_ptq.networks.default_model import default_gguf_path
 from golden_ptq.networks.llama import LlamaForCausalLM
 from golden_ptq.networks.loaders import load_gguf
@@ -74,13 +77,15 @@ def ladder(args, num_layers: int):
 
 
 def run_search(row: dict, ptq: PTQ, network, kwargs: dict, args, score, fp32_ppl: float) -> None:
-    """search_rollback on a network calibrated once: the fewest layers for ppl <= (1 + tol) x FP32."""
+    """search_rollback on a network calibrated once: the fewest layers for ppl <= (1 + tol) x FP32
+    (``score`` and ``fp32_ppl`` on the --search-on data)."""
     target = (1.0 + args.search_tolerance) * fp32_ppl
     start = time.time()
     result = search_rollback(ptq, network, score, target, signal=kwargs["rollback_signal"],
                              max_layers=args.search_max_layers)
     row["search"] = {"signal": result.signal, "tolerance": args.search_tolerance,
-                     "fp32_perplexity": round(fp32_ppl, 4), "target": round(target, 4), "reached": result.reached,
+                     "scored_on": args.search_on, "fp32_perplexity": round(fp32_ppl, 4), "target": round(target, 4),
+                     "reached": result.reached,
                      "chosen_level": result.level, "disable_level": result.disable_level,
                      "candidates": len(result.ranking), "search_perplexity": round(result.score, 4),
                      "trials": [[t.level, round(t.score, 4)] for t in result.trials],
@@ -103,6 +108,8 @@ def main(argv=None) -> int:
     parser.add_argument("--signal", default="range_parm", choices=["range_parm", "output_error"])
     parser.add_argument("--search-tolerance", type=float, default=0.01,
                         help="search rows: target perplexity = (1 + this) x FP32's (default 0.01)")
+    parser.add_argument("--search-on", default="validation", choices=["validation", "eval"],
+                        help="search rows score on the held-out middle of the text (default) or the evaluation windows")
     parser.add_argument("--search-max-layers", type=int, default=None, help="search rows: roll back at most this many")
     parser.add_argument("--group-size", type=int, default=32)
     parser.add_argument("--json", default=None, help="also write the results here")
@@ -128,7 +135,8 @@ def main(argv=None) -> int:
     print(f"calibration: windows of {seq} tokens from the first half; evaluation: {windows} x {seq} tokens "
           f"of the last fifth", flush=True)
 
-    results, fp32_ppl = [], None
+    search_tokens = eval_tokens if args.search_on == "eval" else np.asarray(tokenizer.encode(load_validation()))
+    results, fp32_ppl, search_fp32 = [], None, None
     for scheme in schemes:
         row = {"scheme": scheme}
         network = LlamaForCausalLM.from_arrays(config, weights)
@@ -137,8 +145,8 @@ def main(argv=None) -> int:
             row["calib_samples"] = samples
             calib = [calib_tokens[i * seq:(i + 1) * seq] for i in range(samples)]
             search = scheme.startswith("search-")
-            if search and fp32_ppl is None:  # the target needs FP32's perplexity: score the float network first
-                fp32_ppl = score_perplexity({}, network, eval_tokens, seq, windows)
+            if search and search_fp32 is None:  # the target needs FP32's perplexity: score the float network first
+                search_fp32 = score_perplexity({}, network, search_tokens, seq, windows)
             try:
                 ptq = PTQ(PTQConfig(**kwargs), keep_float_cells=search)
             except NotImplementedError as err:
@@ -149,7 +157,7 @@ def main(argv=None) -> int:
             ptq.apply(network, None, calib)
             if search:
                 run_search(row, ptq, network, kwargs, args,
-                           lambda net: score_perplexity({}, net, eval_tokens, seq, windows), fp32_ppl)
+                           lambda net: score_perplexity({}, net, search_tokens, seq, windows), search_fp32)
             ptq.convert(network)
             row["calibration_s"] = round(ptq.calibration_seconds, 1)
             floats = sorted(set(kwargs.get("disable_names", [])) | set(ptq.rolled_back))

@@ -30,6 +30,17 @@ def split_text(text: str) -> Tuple[str, str]:
     return text[: len(text) // 2], text[len(text) - len(text) // 5:]
 
 
+def validation_text(text: str) -> str:
+    """The part between the calibration half and the evaluation fifth (30% of the text): held-out
+    data to tune on (e.g. a rollback search) without touching what is reported."""
+    return text[len(text) // 2: len(text) - len(text) // 5]
+
+
+def load_validation(path: Optional[str] = None) -> str:
+    with open(path or default_text_path(), encoding="utf-8") as handle:
+        return validation_text(handle.read())
+
+
 def load_splits(path: Optional[str] = None) -> Tuple[str, str]:
     with open(path or default_text_path(), encoding="utf-8") as handle:
         return split_text(handle.read())
