@@ -6,9 +6,10 @@ and how far the TP=2 quantized network's logits are from TP=1's.
 Runs this file once as a plain process (TP=1) and once under ``msrun --worker_num=2`` (TP=2); each
 rank loads its slice of the default GGUF model, calibrates with ``--quant-config`` (default
 A8W8 + SmoothQuant + C8) on the first tokens of Moby-Dick's first half, scores the first
-``--check-tokens`` tokens of the last fifth with the quantized network, and writes
-``tp{size}_rank{r}.json`` / ``.npy`` into ``--output-dir``; the driver prints one row per rank and
-the largest logit difference from TP=1 (and, for scale, the TP=1 quantization error). SmolLM2 has
+windows of the last fifth with the quantized network, and writes
+``tp{size}_rank{r}.json`` / ``.npy`` into ``--output-dir``; the driver prints one row per rank, the
+largest logit difference from TP=1 on the first evaluation window (and, for scale, the TP=1
+quantization error) and the perplexities of both layouts on ``--check-windows`` windows. SmolLM2 has
 9 query heads and 3 KV heads: on 2 ranks the query heads go 5 + 4 and the KV heads are replicated.
 """
 import argparse
@@ -50,6 +51,7 @@ def worker(args) -> None:
     import numpy as np
     from golden_ptq import PTQ, PTQConfig
     from golden_ptq.eval.corpus import load_splits
+    from golden_ptq.eval.perplexity import perplexity
     from golden_ptq.networks.default_model import default_gguf_path
     from golden_ptq.networks.loaders import load_gguf
     from golden_ptq.parallel import barrier, init_from_launcher
@@ -73,15 +75,20 @@ def worker(args) -> None:
     calib_s = time.time() - start
     peak = sampler.stop()
     _, eval_text = load_splits()
-    check = np.asarray(tokenizer.encode(eval_text[: args.check_tokens * 8]))[None, : args.check_tokens]
+    eval_tokens = np.asarray(tokenizer.encode(eval_text[: seq * 8 * args.check_windows]))
+    check = eval_tokens[None, :seq]
     np.save(os.path.join(args.output_dir, f"tp{ctx.size}_rank{ctx.rank}_quant.npy"), network(check).asnumpy())
-    if ctx.size == 1:  # the float network's logits, for the scale of the quantization error
+    quant_ppl = perplexity(network, eval_tokens, seq, batch_size=1, max_windows=args.check_windows)
+    float_ppl = None
+    if ctx.size == 1:  # the float network's logits and perplexity, for the scale of the quantization error
         float_net, _ = load_gguf(default_gguf_path(), max_position_embeddings=2048)
         np.save(os.path.join(args.output_dir, "tp1_float.npy"), float_net(check).asnumpy())
+        float_ppl = round(perplexity(float_net, eval_tokens, seq, batch_size=1, max_windows=args.check_windows), 4)
     result = {"tp_size": ctx.size, "rank": ctx.rank, "quant_config": args.quant_config,
               "calibration_tokens": ptq.calibration_tokens, "load_s": round(load_s, 2),
               "calibration_s": round(calib_s, 2), "peak_rss_mb": round(peak / 2**20, 1),
-              "parameter_mb": round(sum(p.asnumpy().nbytes for _, p in network.parameters_and_names()) / 2**20, 1)}
+              "parameter_mb": round(sum(p.asnumpy().nbytes for _, p in network.parameters_and_names()) / 2**20, 1),
+              "quant_perplexity": round(quant_ppl, 4), "float_perplexity": float_ppl}
     with open(os.path.join(args.output_dir, f"tp{ctx.size}_rank{ctx.rank}.json"), "w", encoding="utf-8") as handle:
         json.dump(result, handle)
 
@@ -105,7 +112,7 @@ def run(cmd, timeout: int, env=None) -> None:
 
 def driver(args) -> None:
     worker_args = ["--run-rank", "--quant-config", args.quant_config, "--calib-samples", str(args.calib_samples),
-                   "--check-tokens", str(args.check_tokens),
+                   "--check-windows", str(args.check_windows),
                    "--seq-length", str(args.seq_length), "--output-dir", args.output_dir]
     run([sys.executable, HERE, *worker_args], args.timeout)
     msrun = shutil.which("msrun")
@@ -129,15 +136,18 @@ def driver(args) -> None:
     for rank in range(2):
         diff = float(np.abs(np.load(os.path.join(args.output_dir, f"tp2_rank{rank}_quant.npy")) - tp1).max())
         rows[rank + 1]["max_logit_diff_vs_tp1"] = diff
-        print(f"TP=2 rank {rank}: quantized logits max |diff| vs TP=1 {diff:.3g} "
-              f"(TP=1 quantized vs float: {quant_error:.3g}) over {args.check_tokens} tokens")
+        print(f"TP=2 rank {rank}: quantized logits max |diff| vs TP=1 {diff:.3g} (TP=1 quantized vs float: "
+              f"{quant_error:.3g}) over the first {args.seq_length} evaluation tokens; perplexity on "
+              f"{args.check_windows} x {args.seq_length} tokens: TP=2 {rows[rank + 1]['quant_perplexity']}, "
+              f"TP=1 {rows[0]['quant_perplexity']}, float {rows[0]['float_perplexity']}")
     print(json.dumps(rows))
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quant-config", default="configs/ptq/a8w8_smooth_c8.yaml")
-    parser.add_argument("--check-tokens", type=int, default=128, help="evaluation tokens whose logits are compared")
+    parser.add_argument("--check-windows", type=int, default=4,
+                        help="evaluation windows of seq-length tokens scored by both layouts (perplexity)")
     parser.add_argument("--calib-samples", type=int, default=4)
     parser.add_argument("--seq-length", type=int, default=256)
     parser.add_argument("--output-dir", default="runs/tp_calibration")
