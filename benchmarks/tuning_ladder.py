@@ -10,6 +10,7 @@ perplexity on the last fifth (``--eval-windows`` windows; 0 = all):
     w8a8+m1 ... w8a8+m6       + each W8A8 anti_method (m5 is reported as not implemented)
     w8a16, w8a16+m3           weight-only, plain and AWQ
     w4a16, w4a16+m3           4-bit weights per group of --group-size, plain and AWQ
+    w4a16-asym                the same, asymmetric (min/max per group: the grid GGUF Q4_1 stores)
     w8a8+<method>-calibN      + --method on --tuned-calib-samples windows: the rollback rows' base
     manual                    + --method, all feed_forward.w2 rolled back (disable_names)
     auto                      + --method, disable_level L<--levels> (one row per level)
@@ -60,7 +61,8 @@ def ladder(args, num_layers: int):
         rows[f"w8a8+{method}"] = (dict(w8a8, anti_method=method), args.calib_samples)
     group = dict(weight_bits=4, weight_quant_granularity=QuantGranularity.PER_GROUP, group_size=args.group_size)
     rows.update({"w8a16": (dict(), args.calib_samples), "w8a16+m3": (dict(anti_method="m3"), args.calib_samples),
-                 "w4a16": (group, args.calib_samples), "w4a16+m3": (dict(group, anti_method="m3"), args.calib_samples)})
+                 "w4a16": (group, args.calib_samples), "w4a16+m3": (dict(group, anti_method="m3"), args.calib_samples),
+                 "w4a16-asym": (dict(group, weight_symmetric=False), args.calib_samples)})
     tuned = dict(w8a8, anti_method=args.method)
     rows[f"w8a8+{args.method}-calib{args.tuned_calib_samples}"] = (tuned, args.tuned_calib_samples)  # before rollback
     rows["manual"] = (dict(tuned, disable_names=w2), args.tuned_calib_samples)
