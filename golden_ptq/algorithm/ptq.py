@@ -140,6 +140,7 @@ class PTQ(CompAlgo):
     def apply(self, network: nn.Cell, network_helper=None, datasets=None) -> nn.Cell:
         structure = self.structure or getattr(network_helper, "structure", None) or LlamaStructure()
         check_tp_supported(self, network)
+        self.range_parms, self.output_errors, self.rolled_back = {}, {}, []  # this network's only
         self._swap_in_quant_cells(network)
         if self.config.mode is PTQMode.DEPLOY:
             self._prepare_deploy(network, structure)
