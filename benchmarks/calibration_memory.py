@@ -12,11 +12,10 @@ import resource
 import threading
 import time
 
-import numpy as np
 import psutil
 
 from golden_ptq import PTQ, PTQConfig
-from golden_ptq.eval.corpus import load_splits
+from golden_ptq.eval.corpus import corpus_windows
 from golden_ptq.networks.default_model import default_gguf_path
 from golden_ptq.networks.loaders import load_gguf
 
@@ -43,10 +42,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     network, tokenizer = load_gguf(default_gguf_path(), max_position_embeddings=2048)
     float_bytes = sum(p.asnumpy().nbytes for _, p in network.parameters_and_names())
-    calib_text, _ = load_splits()
     seq = args.seq_length
-    tokens = np.asarray(tokenizer.encode(calib_text[: seq * 8 * args.calib_samples]))
-    calib = [tokens[i * seq:(i + 1) * seq] for i in range(args.calib_samples)]
+    calib = list(corpus_windows(tokenizer, "calibration", seq, args.calib_samples))
     rss_loaded = psutil.Process().memory_info().rss
     sampler = PeakSampler()
     sampler.start()

@@ -17,7 +17,7 @@ import mindspore as ms
 import numpy as np
 
 from golden_ptq import PTQ, PTQConfig
-from golden_ptq.eval.corpus import load_splits
+from golden_ptq.eval.corpus import corpus_split, corpus_windows
 from golden_ptq.eval.perplexity import perplexity
 from golden_ptq.networks.default_model import default_gguf_path
 from golden_ptq.networks.loaders import load_gguf
@@ -31,14 +31,13 @@ def main(argv=None) -> None:
     parser.add_argument("--seq-length", type=int, default=256)
     parser.add_argument("--windows", type=int, default=4, help="evaluation windows scored")
     args = parser.parse_args(argv)
-    calib_text, eval_text = load_splits()
+    eval_text = corpus_split("evaluation")
     seq, runs = args.seq_length, {}
     for eps in (0.0, args.eps):
         network, tokenizer = load_gguf(default_gguf_path(), max_position_embeddings=2048)
         weight = network.model.layers[0].attention_norm.weight
         weight.set_data(ms.Tensor((weight.asnumpy().astype(np.float64) * (1.0 + eps)).astype(np.float32)))
-        tokens = np.asarray(tokenizer.encode(calib_text[: seq * 8 * args.calib_samples]))
-        calib = [tokens[i * seq:(i + 1) * seq] for i in range(args.calib_samples)]
+        calib = list(corpus_windows(tokenizer, "calibration", seq, args.calib_samples))
         eval_tokens = np.asarray(tokenizer.encode(eval_text[: seq * 8 * args.windows]))
         float_logits = network(eval_tokens[None, :seq]).asnumpy()
         ptq = PTQ(PTQConfig.load(args.quant_config))

@@ -22,8 +22,8 @@ import numpy as np
 
 from common import score_perplexity
 from golden_ptq import PTQ, OutliersSuppressionType, PTQConfig, QuantGranularity
-from golden_ptq.checkpoint import save_checkpoint
-from golden_ptq.eval.corpus import load_splits
+from golden_ptq.io.checkpoint import save_checkpoint
+from golden_ptq.eval.corpus import corpus_split, corpus_windows
 from golden_ptq.networks.default_model import default_gguf_path
 from golden_ptq.networks.llama import LlamaForCausalLM
 from golden_ptq.networks.loaders import load_gguf
@@ -86,10 +86,9 @@ def main(argv=None) -> int:
     weights = {name: p.asnumpy() for name, p in network.parameters_and_names()}
     config = network.config
     del network
-    calib_text, eval_text = load_splits()
+    eval_text = corpus_split("evaluation")
     seq = args.seq_length
-    calib_tokens = np.asarray(tokenizer.encode(calib_text[: seq * 8 * args.calib_samples]))
-    calib = [calib_tokens[i * seq:(i + 1) * seq] for i in range(args.calib_samples)]
+    calib = list(corpus_windows(tokenizer, "calibration", seq, args.calib_samples))
     if len(calib[-1]) < seq:
         raise SystemExit("calibration text too short for the requested samples")
     eval_tokens = np.asarray(tokenizer.encode(eval_text))

@@ -50,7 +50,7 @@ class PeakRSS(threading.Thread):
 def worker(args) -> None:
     import numpy as np
     from golden_ptq import PTQ, PTQConfig
-    from golden_ptq.eval.corpus import load_splits
+    from golden_ptq.eval.corpus import corpus_split, corpus_windows
     from golden_ptq.eval.perplexity import perplexity
     from golden_ptq.networks.default_model import default_gguf_path
     from golden_ptq.networks.loaders import load_gguf
@@ -63,10 +63,8 @@ def worker(args) -> None:
     start = time.time()
     network, tokenizer = load_gguf(default_gguf_path(), max_position_embeddings=2048)
     load_s = time.time() - start
-    calib_text, _ = load_splits()
     seq = args.seq_length
-    tokens = np.asarray(tokenizer.encode(calib_text[: seq * 8 * args.calib_samples]))
-    calib = [tokens[i * seq:(i + 1) * seq] for i in range(args.calib_samples)]
+    calib = list(corpus_windows(tokenizer, "calibration", seq, args.calib_samples))
     barrier(ctx)  # both ranks start calibrating together
     start = time.time()
     ptq = PTQ(PTQConfig.load(args.quant_config))
@@ -74,7 +72,7 @@ def worker(args) -> None:
     ptq.convert(network)
     calib_s = time.time() - start
     peak = sampler.stop()
-    _, eval_text = load_splits()
+    eval_text = corpus_split("evaluation")
     eval_tokens = np.asarray(tokenizer.encode(eval_text[: seq * 8 * args.check_windows]))
     check = eval_tokens[None, :seq]
     np.save(os.path.join(args.output_dir, f"tp{ctx.size}_rank{ctx.rank}_quant.npy"), network(check).asnumpy())

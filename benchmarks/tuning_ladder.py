@@ -42,7 +42,7 @@ import numpy as np
 
 from common import score_perplexity
 from golden_ptq import PTQ, PTQConfig, QuantGranularity, search_rollback
-from golden_ptq.eval.corpus import load_splits, load_validation
+from golden_ptq.eval.corpus import corpus_split, corpus_windows
 from golden_ptq.networks.default_model import default_gguf_path
 from golden_ptq.networks.llama import LlamaForCausalLM
 from golden_ptq.networks.loaders import load_gguf
@@ -126,18 +126,16 @@ def main(argv=None) -> int:
     unknown = [s for s in schemes if s != "fp32" and s not in rows]
     if unknown:
         parser.error(f"unknown scheme(s) {unknown}; choose from {['fp32'] + list(rows)}")
-    calib_text, eval_text = load_splits()
+    eval_text = corpus_split("evaluation")
     seq = args.seq_length
     most = max([args.calib_samples] + [rows[s][1] for s in schemes if s in rows])
-    calib_tokens = np.asarray(tokenizer.encode(calib_text[: seq * 8 * most]))
-    if len(calib_tokens) < seq * most:
-        raise SystemExit(f"calibration text too short for {most} windows of {seq} tokens")
+    calib_windows = corpus_windows(tokenizer, "calibration", seq, most)
     eval_tokens = np.asarray(tokenizer.encode(eval_text))
     windows = args.eval_windows or len(eval_tokens) // seq
     print(f"calibration: windows of {seq} tokens from the first half; evaluation: {windows} x {seq} tokens "
           f"of the last fifth", flush=True)
 
-    search_tokens = eval_tokens if args.search_on == "eval" else np.asarray(tokenizer.encode(load_validation()))
+    search_tokens = eval_tokens if args.search_on == "eval" else np.asarray(tokenizer.encode(corpus_split("validation")))
     results, fp32_ppl, search_fp32 = [], None, None
     for scheme in schemes:
         row = {"scheme": scheme}
@@ -145,7 +143,7 @@ def main(argv=None) -> int:
         if scheme != "fp32":
             kwargs, samples = rows[scheme]
             row["calib_samples"] = samples
-            calib = [calib_tokens[i * seq:(i + 1) * seq] for i in range(samples)]
+            calib = list(calib_windows[:samples])
             search = scheme.startswith("search-")
             if search and search_fp32 is None:  # the target needs FP32's perplexity: score the float network first
                 search_fp32 = score_perplexity({}, network, search_tokens, seq, windows)

@@ -23,8 +23,8 @@ def _helper(path: Optional[str]):
 
 def _eval_tokens(tokenizer, text_path: Optional[str], max_tokens: Optional[int]):
     import numpy as np
-    from golden_ptq.eval.corpus import load_splits
-    _, eval_text = load_splits(text_path)
+    from golden_ptq.eval.corpus import corpus_split
+    eval_text = corpus_split("evaluation", text_path)
     tokens = np.asarray(tokenizer.encode(eval_text), dtype=np.int64)
     return tokens[:max_tokens] if max_tokens else tokens
 
@@ -58,14 +58,14 @@ def cmd_quantize(args) -> int:
     import numpy as np
     from golden_ptq import PTQ, PTQConfig
     from golden_ptq.deploy import load_quantized, save_quantized
-    from golden_ptq.eval.corpus import load_splits
+    from golden_ptq.eval.corpus import corpus_split
     from golden_ptq.eval.perplexity import perplexity
 
     helper = _helper(args.network_config)
     config = PTQConfig.load(args.quant_config or _default_quant_config())
     tokenizer = helper.create_tokenizer()
     seq = args.seq_length
-    calib_text, eval_text = load_splits(args.text)
+    calib_text, eval_text = corpus_split("calibration", args.text), corpus_split("evaluation", args.text)
     calib_tokens = np.asarray(tokenizer.encode(calib_text[: seq * 8 * args.calib_samples]))
     calib = [calib_tokens[i * seq:(i + 1) * seq] for i in range(min(args.calib_samples, len(calib_tokens) // seq))]
     eval_tokens = np.asarray(tokenizer.encode(eval_text))

@@ -11,7 +11,7 @@ import os
 from typing import Optional, Tuple, Union
 
 from golden_ptq.algorithm import PTQ
-from golden_ptq.checkpoint import load_checkpoint, load_full_checkpoint, save_checkpoint
+from golden_ptq.io.checkpoint import load_checkpoint, load_full_checkpoint, save_checkpoint
 from golden_ptq.config import PTQConfig, PTQMode
 from golden_ptq.networks.helper import NetworkHelper
 
@@ -27,7 +27,7 @@ def save_quantized(network, ptq: PTQ, folder: str, fmt: str = "ckpt") -> str:
         raise ValueError(f"save_quantized: fmt {fmt!r} is not one of ['ckpt', 'safetensors']")
     tp = getattr(network, "tp", None)
     if tp is not None and tp.parallel:
-        from golden_ptq.parallel.checkpoint_io import layout_dict, rank_folder, write_layout
+        from golden_ptq.io.tp_layout import layout_dict, rank_folder, write_layout
         folder = rank_folder(folder, tp.rank)
         os.makedirs(folder, exist_ok=True)
         write_layout(folder, layout_dict(network))
@@ -67,7 +67,7 @@ def load_quantized(helper: Union[NetworkHelper, str], folder: Optional[str] = No
     hold the full checkpoint (each rank loads its slice) or per-rank ones of the same TP size; a
     ``checkpoint`` file is taken as full.
     """
-    from golden_ptq.parallel.checkpoint_io import deploy_source
+    from golden_ptq.io.tp_layout import deploy_source
     helper = NetworkHelper(helper) if isinstance(helper, str) else helper
     if quant_config is None and checkpoint is None and folder is None:
         raise ValueError("load_quantized needs a folder, or both quant_config and checkpoint")
@@ -125,5 +125,5 @@ def write_metrics(result: dict, path: Optional[str]) -> None:
     if not path or current_context().rank != 0:
         return
     import json
-    from golden_ptq.checkpoint import atomic_write_text
+    from golden_ptq.io.atomic import atomic_write_text
     atomic_write_text(path, json.dumps(result, indent=2))

@@ -29,7 +29,7 @@ def main(argv=None) -> int:
 
     import numpy as np
     from golden_ptq.algorithm.sensitivity import write_sensitivity_report
-    from golden_ptq.eval.corpus import load_splits
+    from golden_ptq.eval.corpus import corpus_split, corpus_windows
     from golden_ptq.eval.perplexity import perplexity
     from golden_ptq.msmodelslim import AntiOutlier, AntiOutlierConfig, Calibrator, QuantConfig
     from golden_ptq.networks.helper import NetworkHelper
@@ -38,14 +38,14 @@ def main(argv=None) -> int:
     helper = NetworkHelper(args.network_config)
     model = helper.create_network()
     tokenizer = helper.create_tokenizer()
-    calib_text, eval_text = load_splits()
+    eval_text = corpus_split("evaluation")
     eval_tokens = np.asarray(tokenizer.encode(eval_text))
     seq = args.seq_length
     float_ppl = perplexity(model, eval_tokens, seq, max_windows=args.eval_windows)
     print(f"float perplexity: {float_ppl:.4f}", flush=True)
 
     # 3. calibration data, in the guide's [input_ids, attention_mask] form
-    tokens = np.asarray(tokenizer.encode(calib_text[: seq * 8 * args.calib_samples]))
+    tokens = corpus_windows(tokenizer, "calibration", seq, args.calib_samples).reshape(-1)
     dataset_calib = [[tokens[None, i * seq:(i + 1) * seq], np.ones((1, seq), np.int64)]
                      for i in range(args.calib_samples)]
 

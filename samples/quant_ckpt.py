@@ -22,15 +22,11 @@ import sys
 
 def calibration_data(args, helper, tokenizer):
     from golden_ptq.datasets import get_datasets
-    from golden_ptq.eval.corpus import default_text_path, split_text
+    from golden_ptq.eval.corpus import corpus_windows
 
     seq = helper.get_spec("seq_length") if args.seq_length is None else args.seq_length
     if args.dataset == "text" and args.dataset_path is None:  # the project corpus: its first half
-        import numpy as np
-        with open(default_text_path(), encoding="utf-8") as handle:
-            calib_text, _ = split_text(handle.read())
-        tokens = np.asarray(tokenizer.encode(calib_text[: seq * 8 * args.n_samples]))
-        return [tokens[i * seq:(i + 1) * seq] for i in range(min(args.n_samples, len(tokens) // seq))]
+        return list(corpus_windows(tokenizer, "calibration", seq, args.n_samples))
     return get_datasets(args.dataset, args.dataset_path, "train", helper.get_spec("batch_size"), seq,
                         helper.get_spec("max_decode_length"), tokenizer, helper.get_spec("ignore_token_id"), 1,
                         False, n_samples=args.n_samples)

@@ -14,7 +14,7 @@ def pytest_configure(config):
 
 @pytest.fixture
 def tiny_config():
-    from golden_ptq.networks.config import LlamaConfig
+    from golden_ptq.config.model_config import LlamaConfig
     return LlamaConfig(vocab_size=97, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
                        intermediate_size=96, max_position_embeddings=128, rope_theta=10000.0,
                        tie_word_embeddings=False, rms_norm_eps=1e-5)

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from golden_ptq.networks.config import LlamaConfig
+from golden_ptq.config.model_config import LlamaConfig
 from golden_ptq.networks.generation import _filter_top_k_top_p
 from golden_ptq.networks.layers import KVCache, Linear
 from golden_ptq.networks.llama import LlamaForCausalLM

@@ -10,7 +10,7 @@ import pytest
 
 from golden_ptq import PTQ, OutliersSuppressionType, PTQConfig
 from golden_ptq.deploy import save_quantized
-from golden_ptq.eval.corpus import load_splits
+from golden_ptq.eval.corpus import corpus_split
 from golden_ptq.eval.perplexity import perplexity
 from golden_ptq.networks.llama import LlamaForCausalLM
 
@@ -45,7 +45,7 @@ def test_quantize_save_deploy_in_new_process(smollm2_gguf, tmp_path):
     from golden_ptq.networks.loaders import load_gguf
     network, tokenizer = load_gguf(smollm2_gguf, max_position_embeddings=1024)
     weights = {name: p.asnumpy() for name, p in network.parameters_and_names()}
-    calib_text, eval_text = load_splits()
+    calib_text, eval_text = corpus_split("calibration"), corpus_split("evaluation")
     calib = np.asarray(tokenizer.encode(calib_text[:6000]))[: 2 * SEQ].reshape(2, SEQ)
     tokens = np.asarray(tokenizer.encode(eval_text[:4000]))[:SEQ]
     np.save(tmp_path / "tokens.npy", tokens)

@@ -6,7 +6,7 @@ from mindspore import nn
 
 from golden_ptq import PTQ, OutliersSuppressionType, PTQConfig, PTQMode, QuantGranularity
 from golden_ptq.algorithm.modules import AlgoModule, QuantizeModule, SmoothModule
-from golden_ptq.checkpoint import CheckpointMismatchError, load_checkpoint, quant_desc, save_checkpoint
+from golden_ptq.io.checkpoint import CheckpointMismatchError, load_checkpoint, quant_desc, save_checkpoint
 from golden_ptq.networks.layers import Linear
 from golden_ptq.networks.llama import LlamaForCausalLM
 from golden_ptq.quant_cells import LayerQuantSpec, QuantKVCache, QuantLinear
@@ -242,7 +242,7 @@ def test_float16_storage_of_float_parameters(tmp_path, tiny_config):
     ptq.convert(net)
     save_checkpoint(net, str(tmp_path / "f32.safetensors"))
     save_checkpoint(net, str(tmp_path / "f16.safetensors"), float_dtype="float16")
-    from golden_ptq.checkpoint import read_checkpoint
+    from golden_ptq.io.checkpoint import read_checkpoint
     stored = read_checkpoint(str(tmp_path / "f16.safetensors"))
     assert stored["lm_head.weight"].dtype == np.float16 and stored["model.norm_out.weight"].dtype == np.float16
     assert stored["model.layers.0.attention.wq.weight_scale"].dtype == np.float32

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import reference
-from golden_ptq.eval.corpus import load_splits
+from golden_ptq.eval.corpus import corpus_split
 from golden_ptq.eval.perplexity import log_softmax_nll, perplexity
 
 pytestmark = pytest.mark.slow
@@ -18,7 +18,7 @@ def smollm2(smollm2_gguf):
 
 def test_perplexity_matches_numpy_reference(smollm2):
     network, tokenizer = smollm2
-    _, eval_text = load_splits()
+    eval_text = corpus_split("evaluation")
     tokens = np.asarray(tokenizer.encode(eval_text[:8000]))[: SEQ * WINDOWS]
     ours = perplexity(network, tokens, SEQ)
     weights = reference.network_weights(network)

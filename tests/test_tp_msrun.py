@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from golden_ptq import PTQ, OutliersSuppressionType, PTQConfig, QuantGranularity
-from golden_ptq.checkpoint import read_checkpoint
+from golden_ptq.io.checkpoint import read_checkpoint
 from golden_ptq.deploy import load_quantized, save_quantized
 from golden_ptq.networks.helper import NetworkHelper
 from golden_ptq.tools import tp_checkpoint
@@ -82,7 +82,7 @@ def run_msrun(workdir: str) -> None:
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
-    from golden_ptq.networks.config import LlamaConfig
+    from golden_ptq.config.model_config import LlamaConfig
     workdir = str(tmp_path_factory.mktemp("tp"))
     config = LlamaConfig(vocab_size=97, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
                          intermediate_size=96, max_position_embeddings=128, rms_norm_eps=1e-5)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from golden_ptq import PTQ, OutliersSuppressionType, PTQConfig, PTQMode
-from golden_ptq.checkpoint import load_full_checkpoint, read_checkpoint, save_checkpoint
+from golden_ptq.io.checkpoint import load_full_checkpoint, read_checkpoint, save_checkpoint
 from golden_ptq.deploy import save_quantized
 from golden_ptq.networks.llama import LlamaForCausalLM
 from golden_ptq.networks.loaders import load_gguf, load_hf

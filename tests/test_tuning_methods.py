@@ -6,7 +6,7 @@ import pytest
 from golden_ptq import PTQ, PTQConfig, PTQMode, QuantGranularity
 from golden_ptq.algorithm.modules import (AWQModule, FlexSmoothModule, OutlierSuppressionPlusModule, SmoothModule,
                                           SmoothSearchModule, build_anti_outlier_module)
-from golden_ptq.checkpoint import load_checkpoint, save_checkpoint
+from golden_ptq.io.checkpoint import load_checkpoint, save_checkpoint
 from golden_ptq.networks.llama import LlamaForCausalLM
 from golden_ptq.quant_math import fake_quantize_weight, quantize_weight
 from test_ptq_toy import calibration, planted_outlier_network

@@ -17,7 +17,7 @@ from golden_ptq.config import PTQConfig, PTQMode, QuantGranularity
 from golden_ptq.networks.llama import sync_parameter_names
 from golden_ptq.networks.structure import LlamaStructure
 from golden_ptq.parallel.context import all_gather_numpy
-from golden_ptq.parallel.ptq_support import check_tp_supported
+from golden_ptq.algorithm.tp_support import check_tp_supported
 from golden_ptq.quant_cells import LayerQuantSpec, QuantCell, QuantCellRegistry, default_registry
 from golden_ptq.quant_cells.embedding import QuantEmbedding
 from golden_ptq.quant_cells.linear import QuantLinear

@@ -16,6 +16,8 @@ from typing import Iterator, List, Optional
 
 import numpy as np
 
+from golden_ptq.datasets.windows import window_starts
+
 from .base import (BatchDataset, TokenizerLike, bos_ids, left_pad, pad_id_of, read_jsonl,
                    require, select)
 
@@ -70,11 +72,8 @@ def build_text(path: str, mode: str, batch_size: int, seq_length: int, max_decod
     del mode, max_decode_length
     limit = None if shuffle or n_samples is None else n_samples * seq_length
     stream = token_stream(path, tokenizer, fmt, field, add_bos, limit)
-    n_windows = len(stream) // seq_length
-    if n_windows == 0:
-        windows = [stream]
-    else:
-        windows = [stream[i * seq_length:(i + 1) * seq_length] for i in range(n_windows)]
+    starts = window_starts(len(stream), seq_length)
+    windows = [stream[s:s + seq_length] for s in starts] if starts else [stream]
     windows = select(windows, n_samples, shuffle, seed)
     pad = pad_id_of(tokenizer)
     samples = []

@@ -5,6 +5,8 @@ from typing import Optional
 
 import numpy as np
 
+from golden_ptq.datasets.windows import window_starts
+
 
 def log_softmax_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """Negative log-likelihood of ``targets`` ``[..., T]`` under ``logits`` ``[..., T, V]`` (float64)."""
@@ -28,13 +30,9 @@ def perplexity(network, token_ids: np.ndarray, seq_length: int, stride: Optional
     """
     tokens = np.asarray(token_ids, dtype=np.int64).reshape(-1)
     stride = stride or seq_length
-    if not 0 < stride <= seq_length:
-        raise ValueError(f"stride must be in 1..seq_length ({seq_length}), got {stride}")
-    if tokens.size < seq_length:
+    starts = window_starts(tokens.size, seq_length, stride, max_windows)
+    if not starts:
         raise ValueError(f"need at least seq_length={seq_length} tokens, got {tokens.size}")
-    starts = list(range(0, tokens.size - seq_length + 1, stride))
-    if max_windows is not None:
-        starts = starts[:max_windows]
     total_nll, total_count = 0.0, 0
     for first in range(0, len(starts), batch_size):
         chunk = starts[first:first + batch_size]

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Optional
 
 from golden_ptq.algorithm.calibration_data import token_rows
+from golden_ptq.msmodelslim.calib_data import as_calibration_items
 from golden_ptq.config.anti_methods import ANTI_METHODS, normalize_anti_method
 
 DEV_TYPES = ("cpu",)
@@ -73,7 +74,6 @@ class AntiOutlier:
         self.model, self.calib_data, self.cfg = model, calib_data, cfg
 
     def process(self) -> None:
-        from golden_ptq.msmodelslim.llm_ptq_tools import as_calibration_items
         token_rows(as_calibration_items(self.calib_data))  # the data must be usable: fail here, not later
         setattr(self.model, _BOUND, self.cfg)
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from golden_ptq.algorithm import PTQ
 from golden_ptq.config import PTQConfig, QuantGranularity
+from golden_ptq.msmodelslim.calib_data import as_calibration_items
 from golden_ptq.msmodelslim.anti_outlier import A_BITS, W_BITS, bound_anti_outlier, check_choice, check_device
 
 SAVE_TYPES = ("safe_tensor", "numpy")
@@ -78,36 +79,6 @@ class QuantConfig:
         )
 
 
-def as_calibration_items(calib_data) -> List:
-    """msModelSlim calibration data (``[[input_ids, attention_mask], ...]``, torch / numpy /
-    MindSpore tensors) as items :func:`golden_ptq.algorithm.calibration_data.token_rows` reads."""
-    if calib_data is None:
-        raise ValueError("calib_data is required: a list of [input_ids, attention_mask] (or [input_ids]) items")
-    items = []
-    for index, item in enumerate(calib_data):
-        if isinstance(item, (list, tuple)):
-            if len(item) not in (1, 2):
-                raise ValueError(f"calib_data[{index}] must be [input_ids] or [input_ids, attention_mask], "
-                                 f"got {len(item)} entries")
-            entry = {"input_ids": _numpy(item[0])}
-            if len(item) == 2 and item[1] is not None:
-                entry["attention_mask"] = _numpy(item[1])
-            items.append(entry)
-        elif isinstance(item, dict):
-            items.append({k: _numpy(v) for k, v in item.items()})
-        else:
-            items.append(_numpy(item))
-    return items
-
-
-def _numpy(value) -> np.ndarray:
-    if hasattr(value, "asnumpy"):
-        return value.asnumpy()
-    if hasattr(value, "detach"):  # torch tensors, without importing torch
-        return value.detach().cpu().numpy()
-    return np.asarray(value)
-
-
 class Calibrator:
     """Calibrates ``model`` in place: ``run()`` quantizes it, ``save()`` writes the deployable form."""
 
@@ -144,7 +115,8 @@ class Calibrator:
     def save(self, output_path: str, save_type: Optional[Sequence[str]] = None) -> List[str]:
         """``safe_tensor``: ``model.safetensors``; ``numpy``: ``numpy/<parameter>.npy``. Both with
         ``quant_desc.json`` and the DEPLOY ``ptq_config.yaml``. Returns the written paths."""
-        from golden_ptq.checkpoint import atomic_write_text, quant_desc
+        from golden_ptq.io.atomic import atomic_write_text
+        from golden_ptq.io.checkpoint import quant_desc
         from golden_ptq.deploy import CONFIG_FILE, deploy_config, save_quantized
         import json
 

@@ -21,7 +21,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 import numpy as np
 import yaml
 
-from golden_ptq.networks.config import LlamaConfig
+from golden_ptq.config.model_config import LlamaConfig
 from golden_ptq.networks.default_model import default_gguf_path
 from golden_ptq.networks.llama import LlamaForCausalLM
 from golden_ptq.networks.tokenizer import Tokenizer
@@ -136,7 +136,8 @@ class NetworkHelper:
             from golden_ptq.networks.loaders import load_gguf
             return load_gguf(self._path(), max_position_embeddings=max_pos)
         if source == "hf":
-            from golden_ptq.networks.loaders.hf_loader import hf_config, load_hf
+            from golden_ptq.io.hf_config import hf_config
+            from golden_ptq.networks.loaders.hf_loader import load_hf
             path = self._path()
             config = hf_config(path)
             if max_pos:
@@ -144,7 +145,7 @@ class NetworkHelper:
             return load_hf(path, config), Tokenizer.from_hf_dir(path)
         config = LlamaConfig.from_dict(dict(self._model.get("config") or {}))
         if source == "ckpt":  # our own float checkpoint; each tensor-parallel rank loads its slice
-            from golden_ptq.checkpoint import load_full_checkpoint
+            from golden_ptq.io.checkpoint import load_full_checkpoint
             network = LlamaForCausalLM(config)
             load_full_checkpoint(self._path(), network)
             return network, self._build_tokenizer()
@@ -154,12 +155,12 @@ class NetworkHelper:
     def _build_tokenizer(self) -> Tokenizer:
         source = self._model.get("source", "gguf")
         if source == "gguf":
-            from golden_ptq.networks.loaders.gguf_loader import GGUFFile
+            from golden_ptq.io.gguf_file import GGUFFile
             return Tokenizer.from_gguf_metadata(GGUFFile(self._path()).metadata)
         if source == "hf":
             return Tokenizer.from_hf_dir(self._path())
         tokenizer_path = self._model.get("tokenizer")
         if tokenizer_path in (None, "default"):
-            from golden_ptq.networks.loaders.gguf_loader import GGUFFile
+            from golden_ptq.io.gguf_file import GGUFFile
             return Tokenizer.from_gguf_metadata(GGUFFile(default_gguf_path()).metadata)
         return Tokenizer.from_hf_dir(tokenizer_path)

@@ -23,7 +23,7 @@ from mindspore import Tensor, ops
 
 from golden_ptq.networks.layers import Linear
 from golden_ptq.parallel.context import ChannelShards, TPContext, all_reduce, all_reduce_max
-from golden_ptq.quant_cells import linear_kernels as kernels
+import golden_ptq.quant_cells.linear_kernels as kernels
 from golden_ptq.quant_cells.base import QuantCell
 from golden_ptq.quant_cells.spec import LayerQuantSpec
 from golden_ptq.quant_math import MinMaxObserver, asymmetric_params, quantize_weight, symmetric_scale

@@ -20,8 +20,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from golden_ptq.checkpoint import read_checkpoint
-from golden_ptq.parallel.checkpoint_io import (has_full_checkpoint, rank_folder, rank_folders, read_layout,
+from golden_ptq.io.checkpoint import read_checkpoint
+from golden_ptq.io.tp_layout import (has_full_checkpoint, rank_folder, rank_folders, read_layout,
                                                write_layout)
 from golden_ptq.parallel.context import TPContext
 from golden_ptq.parallel.sharding import TPLayout, merge_states, split_state
@@ -38,18 +38,18 @@ def _checkpoint_file(folder: str) -> str:
 
 
 def _write(arrays: Dict[str, np.ndarray], folder: str, fmt: str, source: str, layout: Dict[str, object]) -> str:
-    from golden_ptq.checkpoint import _atomic_write
+    from golden_ptq.io.atomic import atomic_write
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, f"model.{fmt}")
     if fmt == "ckpt":
         import mindspore as ms
         from mindspore import Tensor
         entries = [{"name": k, "data": Tensor(np.ascontiguousarray(v))} for k, v in arrays.items()]
-        _atomic_write(path, lambda tmp: ms.save_checkpoint(entries, tmp))
+        atomic_write(path, lambda tmp: ms.save_checkpoint(entries, tmp))
     else:
         from safetensors.numpy import save_file
         contiguous = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
-        _atomic_write(path, lambda tmp: save_file(contiguous, tmp))
+        atomic_write(path, lambda tmp: save_file(contiguous, tmp))
     for name in SIDE_FILES:
         if os.path.isfile(os.path.join(source, name)):
             shutil.copyfile(os.path.join(source, name), os.path.join(folder, name))

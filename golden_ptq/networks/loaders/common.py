@@ -1,7 +1,7 @@
 """Copying a name -> array source into the network, with errors that name the offending tensor."""
 from __future__ import annotations
 
-from typing import Callable, Dict, Iterable, Optional
+from typing import Callable, Dict, Optional
 
 import numpy as np
 from mindspore import Tensor, nn
@@ -68,9 +68,3 @@ def unpermute_rope_rows(weight: np.ndarray, num_heads: int) -> np.ndarray:
     head_dim = out_features // num_heads
     rest = weight.shape[1:]
     return (weight.reshape(num_heads, head_dim // 2, 2, *rest).swapaxes(1, 2).reshape(out_features, *rest))
-
-
-def check_supported(architecture: str, supported: Iterable[str], source: str) -> None:
-    supported = tuple(supported)
-    if architecture not in supported:
-        raise ValueError(f"{source}: architecture {architecture!r} is not supported; supported: {list(supported)}")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterable, Optional
 
 
 @dataclass
@@ -64,3 +64,9 @@ class LlamaConfig:
         if unknown:
             raise ValueError(f"unknown LlamaConfig field(s) {unknown}; known fields: {sorted(known)}")
         return cls(**values)
+
+
+def check_supported(architecture: str, supported: Iterable[str], source: str) -> None:
+    supported = tuple(supported)
+    if architecture not in supported:
+        raise ValueError(f"{source}: architecture {architecture!r} is not supported; supported: {list(supported)}")

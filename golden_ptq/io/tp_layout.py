@@ -27,7 +27,7 @@ def layout_dict(network) -> Dict[str, object]:
 
 
 def write_layout(folder: str, layout: Dict[str, object]) -> None:
-    from golden_ptq.checkpoint import atomic_write_text
+    from golden_ptq.io.atomic import atomic_write_text
     atomic_write_text(os.path.join(folder, LAYOUT_FILE), json.dumps(layout, indent=1, sort_keys=True))
 
 

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from typing import Callable, Dict, Optional
+from typing import Dict, Optional
 
 import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn
 
-from golden_ptq.quant_cells.base import QuantCell
+from golden_ptq.io.atomic import atomic_write, atomic_write_text
 
 FORMATS = {".ckpt": "ckpt", ".safetensors": "safetensors"}
 
@@ -23,25 +22,10 @@ def quant_desc(network: nn.Cell) -> Dict[str, str]:
     """Every parameter name -> its quant type (W8A8, W8A8-dynamic, W8A16[-gN], C8 or FLOAT)."""
     owned: Dict[int, str] = {}
     for _, cell in network.cells_and_names():
-        if isinstance(cell, QuantCell):
+        if hasattr(cell, "param_quant_types"):  # a golden_ptq QuantCell
             for local, param in cell.parameters_and_names(expand=False):
                 owned[id(param)] = cell.param_quant_types().get(local, "FLOAT")
     return {name: owned.get(id(param), "FLOAT") for name, param in network.parameters_and_names()}
-
-
-def _atomic_write(path: str, write: Callable[[str], None]) -> None:
-    folder = os.path.dirname(os.path.abspath(path)) or "."
-    os.makedirs(folder, exist_ok=True)
-    suffix = os.path.splitext(path)[1]
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _format(path: str) -> str:
@@ -75,21 +59,14 @@ def save_checkpoint(network: nn.Cell, path: str, desc_path: Optional[str] = None
                   for k, v in arrays.items()}
     if fmt == "ckpt":
         entries = [{"name": k, "data": Tensor(v)} for k, v in arrays.items()]
-        _atomic_write(path, lambda tmp: ms.save_checkpoint(entries, tmp))
+        atomic_write(path, lambda tmp: ms.save_checkpoint(entries, tmp))
     else:
         from safetensors.numpy import save_file
         arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
-        _atomic_write(path, lambda tmp: save_file(arrays, tmp))
+        atomic_write(path, lambda tmp: save_file(arrays, tmp))
     desc_path = desc_path or os.path.join(os.path.dirname(os.path.abspath(path)), "quant_desc.json")
     atomic_write_text(desc_path, json.dumps(quant_desc(network), indent=1, sort_keys=True))
     return desc_path
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-    _atomic_write(path, write)
 
 
 def read_checkpoint(path: str) -> Dict[str, np.ndarray]:
