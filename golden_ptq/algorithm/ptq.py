@@ -9,6 +9,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 from mindspore import Tensor, nn
 
+from golden_ptq.algorithm import guards
 from golden_ptq.algorithm.calibration_data import length_batches, token_rows
 from golden_ptq.algorithm.comp_algo import CompAlgo
 from golden_ptq.algorithm.modules import (AlgoModule, InputRecorder, LayerContext, QuantizeModule,
@@ -140,6 +141,13 @@ class PTQ(CompAlgo):
     def apply(self, network: nn.Cell, network_helper=None, datasets=None) -> nn.Cell:
         structure = self.structure or getattr(network_helper, "structure", None) or LlamaStructure()
         check_tp_supported(self, network)
+        guards.check_mode(self.config, datasets)
+        rows = None
+        if self.config.mode is PTQMode.QUANTIZE:  # bad calibration data fails before the network is touched
+            rows = token_rows(datasets)
+            vocab = getattr(getattr(network, "config", None), "vocab_size", None)
+            if vocab is not None:
+                guards.check_calibration_rows(rows, vocab)
         self.range_parms, self.output_errors, self.rolled_back = {}, {}, []  # this network's only
         self._swap_in_quant_cells(network)
         if self.config.mode is PTQMode.DEPLOY:
@@ -147,7 +155,12 @@ class PTQ(CompAlgo):
             for cell in self._quant_cells(network).values():
                 cell.deploy_placeholders()
         else:
-            self._calibrate(network, structure, token_rows(datasets))
+            try:
+                self._calibrate(network, structure, rows)
+            except BaseException as err:
+                guards.mark_failed(network, f"PTQ.apply failed on this network ({type(err).__name__}: {err}); "
+                                            f"it is half quantized: build a fresh float network")
+                raise
         self._share_tied_head(network)
         sync_parameter_names(network)
         return network
@@ -206,11 +219,21 @@ class PTQ(CompAlgo):
             raise ValueError(f"PTQConfig.disable_names entry '{unknown[0]}' is not the exact name of a quantizable "
                              f"layer; names look like: {examples}")
         self.records = []
+        plan: List[Tuple[str, nn.Cell, Dict, LayerQuantSpec]] = []  # every layer decided and checked first
         replaced: List[str] = []
         for name, cell, entry in targets:
             if any(name.startswith(outer + ".") for outer in replaced):
                 continue  # inside a layer that is itself quantized as a whole (a user's registered Cell)
             spec = self.layer_spec(name, entry["kind"])
+            if not spec.skip_reason:
+                replaced.append(name)
+                if self.config.mode is PTQMode.QUANTIZE:
+                    guards.check_weight(name, cell, spec.group_size if entry["kind"] == "linear" else 0)
+                elif entry["kind"] == "linear" and spec.group_size:
+                    guards.check_weight_width(name, cell, spec.group_size)
+            plan.append((name, cell, entry, spec))
+        replaced = []
+        for name, cell, entry, spec in plan:
             self.records.append(LayerRecord(name, type(cell).__name__, spec,
                                             self.config.weight_bits if entry["kind"] == "linear" else 8))
             if not spec.skip_reason:
@@ -450,10 +473,18 @@ class PTQ(CompAlgo):
     def _run_pipeline(self, ctx: LayerContext) -> None:
         if not ctx.quant_cells:
             return
-        for module in self.pipeline:
-            module.process(ctx)
-            if ctx.runner is not None:
-                ctx.refresh_observers()  # histogram observers made stale by a per-channel rescale
+        for rel, cell in ctx.quant_cells.items():
+            guards.check_observed(ctx.full_name(rel), cell)
+        try:
+            for module in self.pipeline:
+                module.process(ctx)
+                if ctx.runner is not None:
+                    ctx.refresh_observers()  # histogram observers made stale by a per-channel rescale
+        except guards.NonFiniteError as err:
+            raise guards.NonFiniteError(f"{ctx.name}: {err}") from None
+        for rel, cell in ctx.quant_cells.items():
+            if cell.quantized:
+                guards.check_scales(ctx.full_name(rel), cell)
 
     @staticmethod
     def _share_tied_head(network: nn.Cell) -> None:

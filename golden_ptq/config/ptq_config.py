@@ -14,6 +14,9 @@ import yaml
 
 from golden_ptq.config.anti_methods import NEED_ACTIVATIONS, WEIGHT_ONLY, normalize_anti_method
 from golden_ptq.config.enums import BackendTarget, OutliersSuppressionType, PTQMode, QuantGranularity
+from golden_ptq.config.validation import (ConfigError, check_bool, check_float, check_int, check_known_keys,
+                                          check_mapping, check_str, check_str_list, did_you_mean,
+                                          load_yaml_mapping)
 
 _DTYPES = {"int8": ms.int8}
 # known algo_args keys and their defaults
@@ -26,6 +29,9 @@ ALGO_ARGS = {
     "search_rows": 512,       # m2/m3/m4/m6 and the sensitivity report: calibration rows kept per layer input
     "hist_bins": 2048,        # act_method 2/3: histogram bins
 }
+# allowed [min, max] of the integer algo_args (smooth_alpha is a number in [0, 1])
+ALGO_ARG_RANGES = {"alpha_grid": (2, 1000), "beta_grid": (2, 1000), "awq_grid": (2, 1000),
+                   "awq_clip_grid": (2, 1000), "search_rows": (2, 10_000_000), "hist_bins": (16, 1 << 20)}
 ROLLBACK_SIGNALS = ("range_parm", "output_error")
 _LEVEL = re.compile(r"^L(\d+)$")
 
@@ -71,11 +77,11 @@ class PTQConfig:
     rollback_signal: str = "range_parm"
 
     def __post_init__(self) -> None:
-        self._coerce()
         self.validate()
 
     # ----- validation ---------------------------------------------------------------------------
     def _coerce(self) -> None:
+        """Typed parsing of every field: enums and dtypes from their names, no truthy strings."""
         for name, enum in (("mode", PTQMode), ("backend", BackendTarget),
                            ("outliers_suppression", OutliersSuppressionType),
                            ("weight_quant_granularity", QuantGranularity),
@@ -84,114 +90,122 @@ class PTQConfig:
             if isinstance(value, str):
                 key = value.upper()
                 if key not in enum.__members__:
-                    raise ValueError(f"PTQConfig.{name}: {value!r} is not one of {list(enum.__members__)}")
+                    raise ConfigError(f"PTQConfig.{name}: {value!r} is not one of {list(enum.__members__)}"
+                                       f"{did_you_mean(key, enum.__members__)}")
                 setattr(self, name, enum[key])
             elif not isinstance(value, enum):
-                raise ValueError(f"PTQConfig.{name} must be a {enum.__name__}, got {value!r}")
+                raise ConfigError(f"PTQConfig.{name} must be a {enum.__name__} (or one of "
+                                   f"{list(enum.__members__)}), got {value!r}")
         for name in ("weight_quant_dtype", "act_quant_dtype", "kvcache_quant_dtype", "embedding_quant_dtype"):
             value = getattr(self, name)
             if isinstance(value, str):
                 if value not in _DTYPES:
-                    raise ValueError(f"PTQConfig.{name}: {value!r} is not supported; allowed: "
-                                     f"{list(_DTYPES)} or None")
+                    raise ConfigError(f"PTQConfig.{name}: {value!r} is not supported; allowed: "
+                                       f"{list(_DTYPES)} or None")
                 setattr(self, name, _DTYPES[value])
             elif value is not None and _dtype_name(value) not in _DTYPES:
-                raise ValueError(f"PTQConfig.{name}: {value} is not supported; allowed: mindspore.int8 or None")
-        if isinstance(self.opname_blacklist, str):
-            self.opname_blacklist = [self.opname_blacklist]
-        self.opname_blacklist = list(self.opname_blacklist)
-        self.algo_args = dict(self.algo_args or {})
-        if isinstance(self.disable_names, str):
-            self.disable_names = [self.disable_names]
-        self.disable_names = list(self.disable_names or [])
+                raise ConfigError(f"PTQConfig.{name}: {value!r} is not supported; allowed: mindspore.int8, "
+                                   f"'int8' or None")
+        self.opname_blacklist = check_str_list(self.opname_blacklist, "PTQConfig.opname_blacklist")
+        self.disable_names = check_str_list(self.disable_names, "PTQConfig.disable_names")
+        self.algo_args = check_mapping(self.algo_args, "PTQConfig.algo_args")
+        check_known_keys(self.algo_args, ALGO_ARGS, "PTQConfig.algo_args")
+        for key, value in self.algo_args.items():
+            where = f"PTQConfig.algo_args[{key!r}]"
+            if key == "smooth_alpha":
+                self.algo_args[key] = check_float(value, where, 0.0, 1.0)
+            else:
+                self.algo_args[key] = check_int(value, where, *ALGO_ARG_RANGES[key])
+        self.weight_symmetric = check_bool(self.weight_symmetric, "PTQConfig.weight_symmetric")
+        self.act_symmetric = check_bool(self.act_symmetric, "PTQConfig.act_symmetric", optional=True)
+        self.group_size = check_int(self.group_size, "PTQConfig.group_size", 0)
+        self.weight_bits = check_int(self.weight_bits, "PTQConfig.weight_bits")
+        self.act_method = check_int(self.act_method, "PTQConfig.act_method")
+        self.disable_level = check_str(self.disable_level, "PTQConfig.disable_level")
+        self.rollback_signal = check_str(self.rollback_signal, "PTQConfig.rollback_signal", ROLLBACK_SIGNALS)
+        if self.anti_method is not None and not isinstance(self.anti_method, str):
+            raise ConfigError(f"PTQConfig.anti_method: {self.anti_method!r} ({type(self.anti_method).__name__}) "
+                               f"is not a method name; allowed: a code 'm1'..'m6', a method name, or null")
         self.anti_method = normalize_anti_method(self.anti_method)
 
     def validate(self) -> None:
+        """Type-check (again: fields may have been assigned since) and check the combination."""
+        self._coerce()
         if self.backend is not BackendTarget.CPU:
-            raise ValueError(f"PTQConfig.backend: {self.backend} is not available in golden_ptq; use "
-                             f"BackendTarget.CPU (the quantized network runs wherever MindSpore runs)")
+            raise ConfigError(f"PTQConfig.backend: {self.backend} is not available in golden_ptq; use "
+                              f"BackendTarget.CPU (the quantized network runs wherever MindSpore runs)")
         if not all(isinstance(n, str) and n for n in self.opname_blacklist):
-            raise ValueError(f"PTQConfig.opname_blacklist must be non-empty strings, got {self.opname_blacklist!r}")
+            raise ConfigError(f"PTQConfig.opname_blacklist must be non-empty strings, got {self.opname_blacklist!r}")
         if self.act_quant_dtype is not None and self.weight_quant_dtype is None:
-            raise ValueError("PTQConfig: act_quant_dtype=int8 needs weight_quant_dtype=int8 (A8W16 is not a "
-                             "supported scheme); set both, or act_quant_dtype=None for weight-only")
+            raise ConfigError("PTQConfig: act_quant_dtype=int8 needs weight_quant_dtype=int8 (A8W16 is not a "
+                              "supported scheme); set both, or act_quant_dtype=None for weight-only")
         if self.outliers_suppression is OutliersSuppressionType.SMOOTH and self.act_quant_dtype is None:
-            raise ValueError("PTQConfig: outliers_suppression=SMOOTH migrates activation outliers and needs "
-                             "act_quant_dtype=int8; use OutliersSuppressionType.NONE for weight-only")
+            raise ConfigError("PTQConfig: outliers_suppression=SMOOTH migrates activation outliers and needs "
+                              "act_quant_dtype=int8; use OutliersSuppressionType.NONE for weight-only")
         allowed_w = (QuantGranularity.PER_CHANNEL, QuantGranularity.PER_GROUP)
         if self.weight_quant_granularity not in allowed_w:
-            raise ValueError(f"PTQConfig.weight_quant_granularity: {self.weight_quant_granularity} not allowed; "
-                             f"allowed: {[g.name for g in allowed_w]}")
+            raise ConfigError(f"PTQConfig.weight_quant_granularity: {self.weight_quant_granularity} not allowed; "
+                              f"allowed: {[g.name for g in allowed_w]}")
         if self.weight_quant_granularity is QuantGranularity.PER_GROUP:
             if not isinstance(self.group_size, int) or self.group_size <= 0:
-                raise ValueError(f"PTQConfig.group_size must be a positive integer with PER_GROUP, "
-                                 f"got {self.group_size!r}")
+                raise ConfigError(f"PTQConfig.group_size must be a positive integer with PER_GROUP, "
+                                  f"got {self.group_size!r}")
             if self.act_quant_dtype is not None:
-                raise ValueError("PTQConfig: PER_GROUP weights are for weight-only quantization; "
-                                 "set act_quant_dtype=None or weight_quant_granularity=PER_CHANNEL")
+                raise ConfigError("PTQConfig: PER_GROUP weights are for weight-only quantization; "
+                                  "set act_quant_dtype=None or weight_quant_granularity=PER_CHANNEL")
         elif self.group_size:
-            raise ValueError(f"PTQConfig.group_size={self.group_size} needs weight_quant_granularity=PER_GROUP")
+            raise ConfigError(f"PTQConfig.group_size={self.group_size} needs weight_quant_granularity=PER_GROUP")
         allowed_a = (QuantGranularity.PER_TENSOR, QuantGranularity.PER_TOKEN)
         if self.act_quant_granularity not in allowed_a:
-            raise ValueError(f"PTQConfig.act_quant_granularity: {self.act_quant_granularity} not allowed; "
-                             f"allowed: {[g.name for g in allowed_a]}")
+            raise ConfigError(f"PTQConfig.act_quant_granularity: {self.act_quant_granularity} not allowed; "
+                              f"allowed: {[g.name for g in allowed_a]}")
         if self.act_quant_granularity is QuantGranularity.PER_TOKEN and self.act_symmetric is False:
-            raise ValueError("PTQConfig: dynamic PER_TOKEN activations are symmetric; set act_symmetric=None/True")
+            raise ConfigError("PTQConfig: dynamic PER_TOKEN activations are symmetric; set act_symmetric=None/True")
         if not self.weight_symmetric and self.act_quant_dtype is not None:
-            raise ValueError("PTQConfig: asymmetric weights (weight_symmetric=False) are supported for "
-                             "weight-only quantization; A8W8 uses symmetric weights")
-        unknown = sorted(set(self.algo_args) - set(ALGO_ARGS))
-        if unknown:
-            raise ValueError(f"PTQConfig.algo_args: unknown key(s) {unknown}; known: {sorted(ALGO_ARGS)}")
-        alpha = self.algo_args.get("smooth_alpha", ALGO_ARGS["smooth_alpha"])
-        if not 0.0 <= float(alpha) <= 1.0:
-            raise ValueError(f"PTQConfig.algo_args['smooth_alpha'] must be in [0, 1], got {alpha}")
+            raise ConfigError("PTQConfig: asymmetric weights (weight_symmetric=False) are supported for "
+                              "weight-only quantization; A8W8 uses symmetric weights")
         self._validate_tuning()
         if (self.mode is PTQMode.QUANTIZE and self.weight_quant_dtype is None and self.kvcache_quant_dtype is None
                 and self.embedding_quant_dtype is None):
-            raise ValueError("PTQConfig: nothing to quantize; set weight_quant_dtype, kvcache_quant_dtype or "
-                             "embedding_quant_dtype to int8")
+            raise ConfigError("PTQConfig: nothing to quantize; set weight_quant_dtype, kvcache_quant_dtype or "
+                              "embedding_quant_dtype to int8")
 
     def _validate_tuning(self) -> None:
         """The msModelSlim-style knobs: weight_bits, anti_method, act_method, rollback."""
         if self.weight_bits not in (4, 8):
-            raise ValueError(f"PTQConfig.weight_bits: {self.weight_bits!r} is not supported; allowed: [4, 8]")
+            raise ConfigError(f"PTQConfig.weight_bits: {self.weight_bits!r} is not supported; allowed: [4, 8]")
         if self.weight_bits == 4 and self.act_quant_dtype is not None:
-            raise ValueError("PTQConfig: weight_bits=4 is weight-only (W4A16); set act_quant_dtype=None")
+            raise ConfigError("PTQConfig: weight_bits=4 is weight-only (W4A16); set act_quant_dtype=None")
         if self.weight_bits == 4 and self.weight_quant_dtype is None:
-            raise ValueError("PTQConfig: weight_bits=4 needs weight_quant_dtype=int8 (the 4-bit codes' container)")
+            raise ConfigError("PTQConfig: weight_bits=4 needs weight_quant_dtype=int8 (the 4-bit codes' container)")
         method = self.anti_method
         if method is not None and self.outliers_suppression is OutliersSuppressionType.SMOOTH and method != "m1":
-            raise ValueError(f"PTQConfig: outliers_suppression=SMOOTH is anti_method 'm1' but anti_method="
-                             f"{method!r}; set outliers_suppression=NONE and let anti_method choose")
+            raise ConfigError(f"PTQConfig: outliers_suppression=SMOOTH is anti_method 'm1' but anti_method="
+                              f"{method!r}; set outliers_suppression=NONE and let anti_method choose")
         if method in NEED_ACTIVATIONS and self.act_quant_dtype is None:
-            raise ValueError(f"PTQConfig.anti_method {method!r} migrates activation outliers and needs "
-                             f"act_quant_dtype=int8; for weight-only use 'm3' (AWQ)")
+            raise ConfigError(f"PTQConfig.anti_method {method!r} migrates activation outliers and needs "
+                              f"act_quant_dtype=int8; for weight-only use 'm3' (AWQ)")
         if method in WEIGHT_ONLY and (self.act_quant_dtype is not None or self.weight_quant_dtype is None):
-            raise ValueError(f"PTQConfig.anti_method {method!r} (AWQ) is for weight-only W8A16/W4A16: needs "
-                             f"weight_quant_dtype=int8 and act_quant_dtype=None")
+            raise ConfigError(f"PTQConfig.anti_method {method!r} (AWQ) is for weight-only W8A16/W4A16: needs "
+                              f"weight_quant_dtype=int8 and act_quant_dtype=None")
         if self.act_method not in (1, 2, 3):
-            raise ValueError(f"PTQConfig.act_method: {self.act_method!r} not allowed; allowed: 1 (min-max), "
-                             f"2 (histogram), 3 (hybrid)")
+            raise ConfigError(f"PTQConfig.act_method: {self.act_method!r} not allowed; allowed: 1 (min-max), "
+                              f"2 (histogram), 3 (hybrid)")
         if self.act_method != 1 and (self.act_quant_dtype is None
                                      or self.act_quant_granularity is not QuantGranularity.PER_TENSOR):
-            raise ValueError(f"PTQConfig.act_method={self.act_method} chooses the static activation range; it "
-                             f"needs act_quant_dtype=int8 with act_quant_granularity=PER_TENSOR")
+            raise ConfigError(f"PTQConfig.act_method={self.act_method} chooses the static activation range; it "
+                              f"needs act_quant_dtype=int8 with act_quant_granularity=PER_TENSOR")
         if not all(isinstance(n, str) and n for n in self.disable_names):
-            raise ValueError(f"PTQConfig.disable_names must be non-empty strings, got {self.disable_names!r}")
+            raise ConfigError(f"PTQConfig.disable_names must be non-empty strings, got {self.disable_names!r}")
         if not isinstance(self.disable_level, str) or not _LEVEL.match(self.disable_level):
-            raise ValueError(f"PTQConfig.disable_level: {self.disable_level!r} is not 'L<n>' ('L0': no automatic "
-                             f"rollback, 'L5': roll back the 5 most sensitive Linear layers)")
+            raise ConfigError(f"PTQConfig.disable_level: {self.disable_level!r} is not 'L<n>' ('L0': no automatic "
+                              f"rollback, 'L5': roll back the 5 most sensitive Linear layers)")
         if self.rollback_level and self.mode is PTQMode.DEPLOY:
-            raise ValueError(f"PTQConfig.disable_level={self.disable_level!r} needs calibration data (QUANTIZE); "
-                             f"a DEPLOY config lists the rolled-back layers in disable_names")
+            raise ConfigError(f"PTQConfig.disable_level={self.disable_level!r} needs calibration data (QUANTIZE); "
+                              f"a DEPLOY config lists the rolled-back layers in disable_names")
         if self.rollback_signal not in ROLLBACK_SIGNALS:
-            raise ValueError(f"PTQConfig.rollback_signal: {self.rollback_signal!r} not allowed; allowed: "
-                             f"{list(ROLLBACK_SIGNALS)}")
-        for key in ("alpha_grid", "beta_grid", "awq_grid", "awq_clip_grid", "search_rows", "hist_bins"):
-            value = self.algo_args.get(key, ALGO_ARGS[key])
-            if not isinstance(value, int) or isinstance(value, bool) or value < 2:
-                raise ValueError(f"PTQConfig.algo_args[{key!r}] must be an integer >= 2, got {value!r}")
+            raise ConfigError(f"PTQConfig.rollback_signal: {self.rollback_signal!r} not allowed; allowed: "
+                              f"{list(ROLLBACK_SIGNALS)}")
 
     # ----- derived --------------------------------------------------------------------------------
     @property
@@ -233,10 +247,8 @@ class PTQConfig:
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> "PTQConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"PTQConfig: unknown field(s) {unknown}; known: {sorted(known)}")
+        known = [f.name for f in dataclasses.fields(cls)]
+        check_known_keys(values, known, "PTQConfig", "field")
         return cls(**values)
 
     def dump(self, path: str) -> None:
@@ -255,11 +267,9 @@ class PTQConfig:
 
     @classmethod
     def load(cls, path: str) -> "PTQConfig":
-        with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: a PTQConfig yaml must be a mapping of field: value")
+        """Read a yaml written by :meth:`dump` (or by hand); every error names ``path``."""
+        data = load_yaml_mapping(path, "a PTQConfig")
         try:
             return cls.from_dict(data)
         except ValueError as err:
-            raise ValueError(f"{path}: {err}") from None
+            raise type(err)(f"{path}: {err}") from None

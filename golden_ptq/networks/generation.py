@@ -1,9 +1,12 @@
 """Token-by-token decoding through the KV cache: greedy and top-k / top-p sampling, left-padded batches."""
 from __future__ import annotations
 
+import numbers
 from typing import List, Optional
 
 import numpy as np
+
+from golden_ptq.networks.token_ids import check_token_ids
 
 
 def _filter_top_k_top_p(logits: np.ndarray, top_k: int, top_p: float) -> np.ndarray:
@@ -34,7 +37,10 @@ def generate(network, input_ids, do_sample: bool = False, max_length: Optional[i
     ``eos_token_id`` (included). ``max_new_tokens`` wins over ``max_length`` (total length) when both
     are given. Sampling draws from ``numpy.random.default_rng(seed)``, so a seed repeats a run.
     """
-    ids = np.asarray(input_ids.asnumpy() if hasattr(input_ids, "asnumpy") else input_ids, dtype=np.int64)
+    if max_new_tokens is not None and (isinstance(max_new_tokens, bool)
+                                       or not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 0):
+        raise ValueError(f"generate: max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    ids = check_token_ids(input_ids, network.config.vocab_size).astype(np.int64)
     if ids.ndim == 1:
         ids = ids[None]
     config = network.config

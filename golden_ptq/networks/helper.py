@@ -110,7 +110,8 @@ class NetworkHelper:
             mask[row, width - len(e):] = 1
         settings = dict(do_sample=self.get_spec("do_sample"), top_k=self.get_spec("top_k"),
                         top_p=self.get_spec("top_p"), seed=self.get_spec("seed"),
-                        max_new_tokens=max_new_tokens or self.get_spec("max_decode_length"),
+                        max_new_tokens=(self.get_spec("max_decode_length") if max_new_tokens is None
+                                        else max_new_tokens),
                         pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
         settings.update(overrides)
         outputs = network.generate(ids, attention_mask=mask, **settings)

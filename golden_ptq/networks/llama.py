@@ -23,6 +23,7 @@ from golden_ptq.parallel.sharding import TPLayout, full_shape, shard_array
 from golden_ptq.runtime import configure_cpu_runtime
 from golden_ptq.networks.layers import (CacheMode, Embedding, KVCache, Linear, RMSNorm, apply_rope,
                                         compiled_for_large_inputs, rope_tables, rotate_half_index, swiglu)
+from golden_ptq.networks.token_ids import check_token_ids
 
 _MASK_VALUE = -1e9
 
@@ -236,13 +237,13 @@ class LlamaForCausalLM(nn.Cell):
         return LayerInputs(*tensors[:4], self._index_q, self._index_k, tensors[4], mode)
 
     def embed(self, input_ids) -> Tensor:
-        return self.model.tok_embeddings(_as_int_tensor(input_ids))
+        return self.model.tok_embeddings(_as_int_tensor(check_token_ids(input_ids, self.config.vocab_size)))
 
     def head(self, hidden: Tensor) -> Tensor:
         return self.lm_head(self.model.norm_out(hidden))
 
     def _run(self, input_ids, attention_mask: np.ndarray, mode: int) -> Tensor:
-        ids = _as_int_tensor(input_ids)
+        ids = _as_int_tensor(check_token_ids(input_ids, self.config.vocab_size))
         inputs = self.layer_inputs(attention_mask, ids.shape[1], mode)
         hidden = self.embed(ids)
         for layer in self.model.layers:

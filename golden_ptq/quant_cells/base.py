@@ -24,6 +24,12 @@ class QuantCell(nn.Cell):
         self.spec = spec
         self.observing = False
         self.quantized = False
+        self.failure = None   # why this cell must not run (PTQ.apply stopped half way), else None
+
+    def __call__(self, *args, **kwargs):
+        if self.failure is not None:
+            raise RuntimeError(self.failure)
+        return super().__call__(*args, **kwargs)
 
     def quantize(self) -> None:
         raise NotImplementedError

@@ -10,16 +10,41 @@ SYM_QMAX = 127          # symmetric ranges drop -128 so that +-x quantize to +-q
 _TINY = 1e-8            # floor for scales of all-zero channels (any positive value is exact for zeros)
 
 
+class NonFiniteError(ValueError):
+    """NaN or Inf where a finite value is needed (a range, a weight, a scale)."""
+
+
+def _finite_range(*arrays: np.ndarray) -> None:
+    """Scales are never computed from NaN/Inf ranges: such a scale would be NaN, Inf or 0."""
+    for array in arrays:
+        if not np.isfinite(array).all():
+            raise NonFiniteError(f"cannot compute a quantization scale: the range holds "
+                                 f"{int((~np.isfinite(array)).sum())} NaN/Inf value(s)")
+
+
+def _safe_scale(scale: np.ndarray) -> np.ndarray:
+    """float32 scales, floored at ``_TINY`` (an all-zero channel gets ``_TINY``: its codes are all 0, exact),
+    and never Inf (a range beyond float32)."""
+    scale = np.maximum(scale, _TINY).astype(np.float32)
+    if not np.isfinite(scale).all():
+        raise NonFiniteError("cannot compute a quantization scale: the range exceeds float32")
+    return scale
+
+
 def symmetric_scale(absmax: np.ndarray) -> np.ndarray:
     """Scale mapping ``[-absmax, absmax]`` onto ``[-127, 127]``."""
-    return np.maximum(np.asarray(absmax, dtype=np.float64) / SYM_QMAX, _TINY).astype(np.float32)
+    absmax = np.asarray(absmax, dtype=np.float64)
+    _finite_range(absmax)
+    return _safe_scale(absmax / SYM_QMAX)
 
 
 def asymmetric_params(minimum: np.ndarray, maximum: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """Scale and integer zero point mapping ``[min, max]`` (widened to contain 0) onto ``[-128, 127]``."""
+    _finite_range(np.asarray(minimum), np.asarray(maximum))
     lo = np.minimum(np.asarray(minimum, dtype=np.float64), 0.0)
     hi = np.maximum(np.asarray(maximum, dtype=np.float64), 0.0)
     scale = np.maximum((hi - lo) / (QMAX - QMIN), _TINY)
+    _safe_scale(scale)
     zero_point = np.clip(np.round(QMIN - lo / scale), QMIN, QMAX)
     return scale.astype(np.float32), zero_point.astype(np.float32)
 
@@ -102,13 +127,16 @@ def _quantize_weight_general(weight: np.ndarray, group_size: int, symmetric: boo
     if np.any(ratio <= 0) or np.any(ratio > 1):
         raise ValueError("clip_ratio must lie in (0, 1]")
     if symmetric:
-        scale = np.maximum(np.abs(view).max(axis=-1) * ratio / qmax, _TINY).astype(np.float32)
+        absmax = np.abs(view).max(axis=-1)
+        _finite_range(absmax)
+        scale = _safe_scale(absmax * ratio / qmax)
         q = np.clip(np.round(view / scale[..., None]), qmin, qmax)
         zero_point = None
     else:
         lo = np.minimum(view.min(axis=-1), 0.0) * ratio
         hi = np.maximum(view.max(axis=-1), 0.0) * ratio
-        scale = np.maximum((hi - lo) / (qmax - qmin), _TINY).astype(np.float32)
+        _finite_range(lo, hi)
+        scale = _safe_scale((hi - lo) / (qmax - qmin))
         zero_point = np.clip(np.round(qmin - lo / scale), qmin, qmax).astype(np.float32)
         q = np.clip(np.round(view / scale[..., None]) + zero_point[..., None], qmin, qmax)
     q = q.astype(np.int8).reshape(out_features, in_features)

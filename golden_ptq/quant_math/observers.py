@@ -117,6 +117,8 @@ class HistogramObserver(MinMaxObserver):
         super().update(x)
         flat = np.asarray(x, dtype=np.float32).reshape(-1)
         lo, hi = float(min(flat.min(), 0.0)), float(max(flat.max(), 0.0))
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            return  # NaN/Inf: the min/max statistics now hold it, and PTQ names the layer before using them
         if self.shards is not None:  # every rank bins its channels into the whole tensor's bins
             lo, hi = float(self.shards.min(np.array([lo]))[0]), float(self.shards.max(np.array([hi]))[0])
         if self.symmetric:
