@@ -10,6 +10,7 @@ import numpy as np
 from mindspore import Tensor, nn
 
 from golden_ptq.io.atomic import atomic_write, atomic_write_text
+from golden_ptq.io.safetensors_files import CorruptFileError, read_header
 
 FORMATS = {".ckpt": "ckpt", ".safetensors": "safetensors"}
 
@@ -39,6 +40,22 @@ def _arrays(network: nn.Cell) -> Dict[str, np.ndarray]:
     return {name: param.asnumpy() for name, param in network.parameters_and_names()}
 
 
+def check_fits_float16(arrays: Dict[str, np.ndarray], path: str) -> None:
+    """Refuse to narrow to float16 values beyond its range (they would become inf), naming the count and
+    the first parameter that overflows."""
+    limit = float(np.finfo(np.float16).max)
+    total, first = 0, None
+    for name, array in arrays.items():
+        count = int(np.count_nonzero(np.abs(array) > limit))
+        if count:
+            total += count
+            first = first or (name, float(np.abs(array).max()))
+    if total:
+        raise ValueError(f"{path}: float_dtype='float16' would turn {total} value(s) into inf: they exceed float16's "
+                         f"range (+-{limit:g}); first parameter '{first[0]}' (max |value| {first[1]:g}); save "
+                         f"with float_dtype=None (float32)")
+
+
 def save_checkpoint(network: nn.Cell, path: str, desc_path: Optional[str] = None,
                     float_dtype: Optional[str] = None) -> str:
     """Write ``path`` (``.ckpt`` or ``.safetensors``) atomically, and ``quant_desc.json`` beside it
@@ -55,8 +72,9 @@ def save_checkpoint(network: nn.Cell, path: str, desc_path: Optional[str] = None
     arrays = _arrays(network)
     if float_dtype:
         desc = quant_desc(network)
-        arrays = {k: (v.astype(np.float16) if desc[k] == "FLOAT" and v.dtype == np.float32 else v)
-                  for k, v in arrays.items()}
+        narrowed = [k for k, v in arrays.items() if desc[k] == "FLOAT" and v.dtype == np.float32]
+        check_fits_float16({k: arrays[k] for k in narrowed}, path)
+        arrays = {k: (v.astype(np.float16) if k in narrowed else v) for k, v in arrays.items()}
     if fmt == "ckpt":
         entries = [{"name": k, "data": Tensor(v)} for k, v in arrays.items()]
         atomic_write(path, lambda tmp: ms.save_checkpoint(entries, tmp))
@@ -70,12 +88,30 @@ def save_checkpoint(network: nn.Cell, path: str, desc_path: Optional[str] = None
 
 
 def read_checkpoint(path: str) -> Dict[str, np.ndarray]:
+    """Every array of a ``.ckpt`` / ``.safetensors`` file; an empty, truncated or corrupt file is a
+    :class:`CorruptFileError` naming the path and what is wrong."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
-    if _format(path) == "ckpt":
-        return {name: param.asnumpy() for name, param in ms.load_checkpoint(path).items()}
+    fmt = _format(path)
+    size = os.path.getsize(path)
+    if size == 0:
+        raise CorruptFileError(f"{path}: the checkpoint file is empty (0 bytes); it was never written completely")
+    if fmt == "ckpt":
+        try:
+            params = ms.load_checkpoint(path)
+        except (ValueError, RuntimeError, OSError) as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CorruptFileError(f"{path}: not a readable MindSpore checkpoint ({size} bytes; truncated or "
+                                   f"corrupt): {reason}") from None
+        if not params:
+            raise CorruptFileError(f"{path}: the checkpoint holds no parameters ({size} bytes)")
+        return {name: param.asnumpy() for name, param in params.items()}
     from safetensors.numpy import load_file
-    return load_file(path)
+    read_header(path)  # complete file, or an error that says what is missing
+    try:
+        return load_file(path)
+    except Exception as err:  # safetensors raises its own SafetensorError (not a ValueError)
+        raise CorruptFileError(f"{path}: not a readable safetensors file ({size} bytes): {err}") from None
 
 
 def load_checkpoint(path: str, network: nn.Cell) -> None:

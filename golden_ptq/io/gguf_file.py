@@ -40,6 +40,33 @@ class GGUFFile:
         return name in self._tensors
 
 
+# Tensors of the first block the network has no place for (its biases are q/k/v only).
+_UNSUPPORTED_TENSORS = ("blk.0.attn_output.bias", "blk.0.ffn_gate.bias", "blk.0.ffn_up.bias", "blk.0.ffn_down.bias",
+                        "blk.0.ffn_gate_inp.weight")
+
+
+def check_gguf_features(file: GGUFFile, arch: str) -> None:
+    """Raise naming the first metadata key or tensor that asks for something the network does not implement."""
+    meta = file.metadata
+    scaling = meta.get(f"{arch}.rope.scaling.type")
+    if scaling not in (None, "none"):
+        raise ValueError(f"{file.path}: metadata '{arch}.rope.scaling.type' = {scaling!r} is not supported; only "
+                         f"plain rotary embedding (no rope scaling) is")
+    factor = meta.get(f"{arch}.rope.scaling.factor")
+    if factor not in (None, 0, 0.0, 1, 1.0) and scaling != "none":
+        raise ValueError(f"{file.path}: metadata '{arch}.rope.scaling.factor' = {factor!r} is not supported; only "
+                         f"plain rotary embedding (no rope scaling) is")
+    for key in ("attention.sliding_window", "expert_count"):
+        value = meta.get(f"{arch}.{key}")
+        if value not in (None, 0):
+            raise ValueError(f"{file.path}: metadata '{arch}.{key}' = {value!r} is not supported (the network has "
+                             f"full attention and one dense MLP per layer)")
+    for name in _UNSUPPORTED_TENSORS:
+        if file.has(name):
+            raise ValueError(f"{file.path}: tensor '{name}' is not supported (the network has no place for it: "
+                             f"biases only on the q/k/v projections, one dense MLP)")
+
+
 def gguf_config(file: GGUFFile) -> LlamaConfig:
     meta = file.metadata
     arch = meta.get("general.architecture")
@@ -51,7 +78,18 @@ def gguf_config(file: GGUFFile) -> LlamaConfig:
             raise ValueError(f"{file.path}: metadata key '{full}' is missing")
         return meta[full]
 
+    check_gguf_features(file, arch)
     vocab = meta.get(f"{arch}.vocab_size") or len(meta.get("tokenizer.ggml.tokens", []))
+    if not vocab:
+        raise ValueError(f"{file.path}: metadata has neither '{arch}.vocab_size' nor 'tokenizer.ggml.tokens'; "
+                         f"the vocabulary size is unknown")
+    heads, hidden = int(need("attention.head_count")), int(need("embedding_length"))
+    for key in ("rope.dimension_count", "attention.key_length", "attention.value_length"):
+        value = meta.get(f"{arch}.{key}")
+        if value is not None and heads and int(value) != hidden // heads:
+            raise ValueError(f"{file.path}: metadata '{arch}.{key}' = {value} differs from embedding_length / "
+                             f"head_count ({hidden} / {heads} = {hidden // heads}); the network supports only "
+                             f"full rotary embedding over head_dim = hidden / heads")
     return LlamaConfig(
         vocab_size=int(vocab), hidden_size=int(need("embedding_length")), num_layers=int(need("block_count")),
         num_heads=int(need("attention.head_count")),

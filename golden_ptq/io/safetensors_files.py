@@ -13,6 +13,42 @@ _DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I8": np.int
            "I32": np.int32, "I64": np.int64, "BF16": np.uint16, "BOOL": np.bool_}
 
 
+class CorruptFileError(ValueError):
+    """A weight file that is empty, truncated or not in the format its name says."""
+
+
+def read_header(file: str) -> Tuple[dict, int]:
+    """The json header of a safetensors file and its length, after checking that the file is complete
+    (every tensor's bytes lie inside it); errors name the file and what is wrong."""
+    size = os.path.getsize(file)
+    if size == 0:
+        raise CorruptFileError(f"{file}: the file is empty (0 bytes); it was never written completely")
+    with open(file, "rb") as handle:
+        raw = handle.read(8)
+        if len(raw) != 8:
+            raise CorruptFileError(f"{file}: not a safetensors file ({size} bytes, shorter than its 8-byte header "
+                                   f"length)")
+        (header_len,) = struct.unpack("<Q", raw)
+        if header_len > size - 8:
+            raise CorruptFileError(f"{file}: truncated or not a safetensors file: its header claims {header_len} "
+                                   f"bytes but the file holds only {size} bytes")
+        try:
+            header = json.loads(handle.read(header_len))
+        except ValueError as err:
+            raise CorruptFileError(f"{file}: corrupt safetensors header ({err})") from None
+    if not isinstance(header, dict):
+        raise CorruptFileError(f"{file}: corrupt safetensors header (not a JSON object)")
+    try:
+        end = max((int(info["data_offsets"][1]) for name, info in header.items() if name != "__metadata__"),
+                  default=0)
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise CorruptFileError(f"{file}: corrupt safetensors header (a tensor without data_offsets)") from None
+    if 8 + header_len + end > size:
+        raise CorruptFileError(f"{file}: truncated: its tensors need {8 + header_len + end} bytes but the file "
+                               f"holds only {size}")
+    return header, header_len
+
+
 class SafetensorsFiles:
     """All tensors of one or more safetensors files, read on demand by name."""
 
@@ -20,15 +56,7 @@ class SafetensorsFiles:
         self._index: Dict[str, Tuple[str, dict, int]] = {}
         self._maps: Dict[str, mmap.mmap] = {}
         for file in files:
-            with open(file, "rb") as handle:
-                raw = handle.read(8)
-                if len(raw) != 8:
-                    raise ValueError(f"{file}: not a safetensors file (shorter than its 8-byte header length)")
-                (header_len,) = struct.unpack("<Q", raw)
-                try:
-                    header = json.loads(handle.read(header_len))
-                except ValueError as err:
-                    raise ValueError(f"{file}: corrupt safetensors header ({err})") from None
+            header, header_len = read_header(file)
             for name, info in header.items():
                 if name != "__metadata__":
                     self._index[name] = (file, info, 8 + header_len)

@@ -19,52 +19,21 @@ import os
 from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
-import yaml
 
 from golden_ptq.config.model_config import LlamaConfig
 from golden_ptq.networks.default_model import default_gguf_path
 from golden_ptq.networks.llama import LlamaForCausalLM
+from golden_ptq.networks.network_config import RUNTIME_DEFAULTS, SOURCES, read_network_config  # noqa: F401
 from golden_ptq.networks.tokenizer import Tokenizer
-
-RUNTIME_DEFAULTS: Dict[str, Any] = {
-    "batch_size": 1,
-    "seq_length": 512,
-    "max_decode_length": 64,
-    "ignore_token_id": -100,
-    "pad_token_id": None,     # None: the tokenizer's
-    "top_k": 0,
-    "top_p": 1.0,
-    "do_sample": False,
-    "seed": 0,
-}
-SOURCES = ("gguf", "hf", "ckpt", "random")
 
 
 class NetworkHelper:
     """Creates the float network and tokenizer, and answers ``get_spec(name)`` for run settings."""
 
     def __init__(self, config: Union[str, Dict[str, Any]]):
-        if isinstance(config, str):
-            if not os.path.isfile(config):
-                raise FileNotFoundError(f"network config {config!r} does not exist")
-            with open(config, encoding="utf-8") as handle:
-                data = yaml.safe_load(handle) or {}
-            self.config_path: Optional[str] = config
-        else:
-            data = copy.deepcopy(config)
-            self.config_path = None
-        self._model = dict(data.get("model") or {})
-        unknown = sorted(set(data) - {"model", "runtime"})
-        if unknown:
-            raise ValueError(f"network config: unknown section(s) {unknown}; allowed: ['model', 'runtime']")
-        source = self._model.get("source", "gguf")
-        if source not in SOURCES:
-            raise ValueError(f"network config: model.source {source!r} is not one of {list(SOURCES)}")
-        runtime = dict(data.get("runtime") or {})
-        bad = sorted(set(runtime) - set(RUNTIME_DEFAULTS))
-        if bad:
-            raise ValueError(f"network config: unknown runtime key(s) {bad}; allowed: {sorted(RUNTIME_DEFAULTS)}")
-        self._runtime = {**RUNTIME_DEFAULTS, **runtime}
+        self.config_path: Optional[str] = config if isinstance(config, str) else None
+        checked = read_network_config(copy.deepcopy(config))  # known keys, typed values: see network_config
+        self._model, self._runtime = checked["model"], checked["runtime"]
         self._loaded: Optional[Tuple[LlamaForCausalLM, Tokenizer]] = None
         self._tokenizer: Optional[Tokenizer] = None
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
+
 from golden_ptq.config.model_config import LlamaConfig
 from golden_ptq.io.hf_config import hf_config
 from golden_ptq.networks.llama import LlamaForCausalLM
@@ -36,6 +38,23 @@ def load_hf(path: str, config: Optional[LlamaConfig] = None, tp: Optional[TPCont
     config = config or hf_config(path)
     network = LlamaForCausalLM(config, tp=tp)
     tensors = SafetensorsFiles(find_safetensors(path))
+    check_tied_head(tensors, config, path)
     mapping = layer_name_map(config.num_layers, _PER_LAYER, _GLOBAL)
     load_into_network(network, lambda name: tensors.get(mapping.get(name, name)), path, tp_transform(network))
     return network
+
+
+def check_tied_head(tensors: SafetensorsFiles, config: LlamaConfig, path: str) -> None:
+    """``tie_word_embeddings`` must agree with the weights: an untied model needs ``lm_head.weight``;
+    a tied one may repeat the embedding there, but a different head would be silently dropped."""
+    head = tensors.get("lm_head.weight")
+    if not config.tie_word_embeddings:
+        if head is None:
+            raise ValueError(f"{path}: config.json says tie_word_embeddings false but the weights have no "
+                             f"lm_head.weight; set tie_word_embeddings true if the head is the embedding table")
+        return
+    if head is not None:
+        embed = tensors.get("model.embed_tokens.weight")
+        if embed is None or head.shape != embed.shape or not np.array_equal(head, embed):
+            raise ValueError(f"{path}: config.json says tie_word_embeddings true but lm_head.weight differs from "
+                             f"model.embed_tokens.weight; set tie_word_embeddings false to use the separate head")
