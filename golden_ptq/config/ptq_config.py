@@ -134,8 +134,6 @@ class PTQConfig:
         if self.backend is not BackendTarget.CPU:
             raise ConfigError(f"PTQConfig.backend: {self.backend} is not available in golden_ptq; use "
                               f"BackendTarget.CPU (the quantized network runs wherever MindSpore runs)")
-        if not all(isinstance(n, str) and n for n in self.opname_blacklist):
-            raise ConfigError(f"PTQConfig.opname_blacklist must be non-empty strings, got {self.opname_blacklist!r}")
         if self.act_quant_dtype is not None and self.weight_quant_dtype is None:
             raise ConfigError("PTQConfig: act_quant_dtype=int8 needs weight_quant_dtype=int8 (A8W16 is not a "
                               "supported scheme); set both, or act_quant_dtype=None for weight-only")
@@ -147,7 +145,7 @@ class PTQConfig:
             raise ConfigError(f"PTQConfig.weight_quant_granularity: {self.weight_quant_granularity} not allowed; "
                               f"allowed: {[g.name for g in allowed_w]}")
         if self.weight_quant_granularity is QuantGranularity.PER_GROUP:
-            if not isinstance(self.group_size, int) or self.group_size <= 0:
+            if self.group_size <= 0:
                 raise ConfigError(f"PTQConfig.group_size must be a positive integer with PER_GROUP, "
                                   f"got {self.group_size!r}")
             if self.act_quant_dtype is not None:
@@ -195,9 +193,7 @@ class PTQConfig:
                                      or self.act_quant_granularity is not QuantGranularity.PER_TENSOR):
             raise ConfigError(f"PTQConfig.act_method={self.act_method} chooses the static activation range; it "
                               f"needs act_quant_dtype=int8 with act_quant_granularity=PER_TENSOR")
-        if not all(isinstance(n, str) and n for n in self.disable_names):
-            raise ConfigError(f"PTQConfig.disable_names must be non-empty strings, got {self.disable_names!r}")
-        if not isinstance(self.disable_level, str) or not _LEVEL.match(self.disable_level):
+        if not _LEVEL.match(self.disable_level):
             raise ConfigError(f"PTQConfig.disable_level: {self.disable_level!r} is not 'L<n>' ('L0': no automatic "
                               f"rollback, 'L5': roll back the 5 most sensitive Linear layers)")
         if self.rollback_level and self.mode is PTQMode.DEPLOY:
