@@ -146,6 +146,20 @@ def test_calibration_ids_not_integers(network, tiny_config):
     assert_untouched(network, before)
 
 
+@pytest.mark.parametrize("data, error, culprit", [
+    (None, ValueError, "needs calibration data"),
+    ([], ValueError, "calibration data is empty"),
+    ([np.zeros((2, 0), np.int64)], ValueError, "calibration data is empty"),
+    ([{"ids": np.array([1, 2])}], ValueError, "calibration item 0 has no 'input_ids'"),
+    ([np.arange(200) % 97], ValueError, "calibration row 0: 200 tokens exceed the network's max_position_embeddings 128"),
+], ids=["none", "empty", "zero_length", "no_input_ids", "too_long"])
+def test_calibration_data_checked_before_the_network_is_touched(network, data, error, culprit):
+    before = snapshot(network)
+    with pytest.raises(error, match=culprit):
+        PTQ(PTQConfig()).apply(network, None, data)
+    assert_untouched(network, before)
+
+
 def test_group_size_not_dividing_a_width_fails_before_calibration(network):
     config = PTQConfig(weight_quant_granularity=QuantGranularity.PER_GROUP, group_size=64)
     before = snapshot(network)
@@ -242,6 +256,32 @@ def test_decode_step_id_outside_vocab(network):
     network.prefill(np.array([[1, 2, 3]]))
     with pytest.raises(TokenIdError, match="token id 500"):
         network.decode_step(np.array([500]))
+
+
+@pytest.mark.parametrize("kwargs, culprit", [
+    (dict(do_sample=True, top_p=0.0), r"top_p must be in \(0, 1\], got 0.0"),
+    (dict(do_sample=True, top_p=1.5), r"top_p must be in \(0, 1\], got 1.5"),
+    (dict(do_sample=True, top_k=-2), "top_k must be an integer >= 0"),
+    (dict(temperature=0.0), "temperature must be > 0"),
+    (dict(max_new_tokens=2.5), "max_new_tokens must be an integer >= 0, got 2.5"),
+])
+def test_generate_settings(network, kwargs, culprit):
+    kwargs.setdefault("max_new_tokens", 2)
+    with pytest.raises(ValueError, match=culprit):
+        network.generate(np.array([[1, 2]]), **kwargs)
+
+
+@pytest.mark.parametrize("field, value, culprit", [
+    ("rope_theta", "1e4", "LlamaConfig.rope_theta: '1e4'"),
+    ("rms_norm_eps", 0.0, "LlamaConfig.rms_norm_eps: 0 is out of range"),
+    ("tie_word_embeddings", "false", "LlamaConfig.tie_word_embeddings: 'false'"),
+    ("num_layers", True, "LlamaConfig.num_layers must be a positive integer, got True"),
+    ("max_position_embeddings", 0, "LlamaConfig.max_position_embeddings must be a positive integer"),
+])
+def test_llama_config_python_api_is_typed(field, value, culprit):
+    from golden_ptq.config.model_config import LlamaConfig
+    with pytest.raises(ValueError, match=culprit):
+        LlamaConfig(**{**TINY, field: value})
 
 
 def test_generate_zero_new_tokens(network, tiny_config):

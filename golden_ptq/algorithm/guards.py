@@ -8,7 +8,7 @@ are then marked failed so that running it raises instead of returning garbage.
 """
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 from mindspore import nn
@@ -29,10 +29,14 @@ def check_mode(config: PTQConfig, datasets) -> None:
                          "to load a saved model use load_quantized(helper, folder)")
 
 
-def check_calibration_rows(rows: List[np.ndarray], vocab_size: int) -> None:
-    """Every calibration token id must be in ``[0, vocab_size)``."""
+def check_calibration_rows(rows: List[np.ndarray], vocab_size: int, max_length: Optional[int] = None) -> None:
+    """Every calibration token id must be in ``[0, vocab_size)``, and no row longer than ``max_length``
+    (the network's max_position_embeddings)."""
     for index, row in enumerate(rows):
         check_token_ids(row, vocab_size, what=f"calibration row {index}")
+        if max_length is not None and row.size > max_length:
+            raise ValueError(f"calibration row {index}: {row.size} tokens exceed the network's "
+                             f"max_position_embeddings {max_length}; cut the calibration text into shorter rows")
 
 
 def float_weight(cell: nn.Cell):

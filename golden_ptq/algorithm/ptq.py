@@ -145,9 +145,10 @@ class PTQ(CompAlgo):
         rows = None
         if self.config.mode is PTQMode.QUANTIZE:  # bad calibration data fails before the network is touched
             rows = token_rows(datasets)
-            vocab = getattr(getattr(network, "config", None), "vocab_size", None)
-            if vocab is not None:
-                guards.check_calibration_rows(rows, vocab)
+            net_config = getattr(network, "config", None)
+            if getattr(net_config, "vocab_size", None) is not None:
+                guards.check_calibration_rows(rows, net_config.vocab_size,
+                                              getattr(net_config, "max_position_embeddings", None))
         self.range_parms, self.output_errors, self.rolled_back = {}, {}, []  # this network's only
         self._swap_in_quant_cells(network)
         if self.config.mode is PTQMode.DEPLOY:

@@ -5,6 +5,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Optional
 
+from golden_ptq.config.validation import check_bool, check_float
+
 
 @dataclass
 class LlamaConfig:
@@ -39,9 +41,10 @@ class LlamaConfig:
         return self.hidden_size // self.num_heads
 
     def validate(self) -> None:
-        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size"):
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size",
+                     "max_position_embeddings"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"LlamaConfig.{name} must be a positive integer, got {value!r}")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"LlamaConfig.hidden_size ({self.hidden_size}) must be divisible by "
@@ -51,8 +54,10 @@ class LlamaConfig:
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"LlamaConfig.num_heads ({self.num_heads}) must be a multiple of "
                              f"num_kv_heads ({self.num_kv_heads})")
-        if self.rope_theta <= 0 or self.rms_norm_eps <= 0:
-            raise ValueError("LlamaConfig.rope_theta and rms_norm_eps must be positive")
+        for name in ("rope_theta", "rms_norm_eps"):
+            check_float(getattr(self, name), f"LlamaConfig.{name}", 0.0, strict_minimum=True)
+        for name in ("tie_word_embeddings", "qkv_bias"):
+            check_bool(getattr(self, name), f"LlamaConfig.{name}")
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)

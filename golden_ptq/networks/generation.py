@@ -40,6 +40,10 @@ def generate(network, input_ids, do_sample: bool = False, max_length: Optional[i
     if max_new_tokens is not None and (isinstance(max_new_tokens, bool)
                                        or not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 0):
         raise ValueError(f"generate: max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    if do_sample and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"generate: top_p must be in (0, 1], got {top_p!r}")
+    if do_sample and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 0):
+        raise ValueError(f"generate: top_k must be an integer >= 0 (0: no top-k filter), got {top_k!r}")
     ids = check_token_ids(input_ids, network.config.vocab_size).astype(np.int64)
     if ids.ndim == 1:
         ids = ids[None]
