@@ -10,6 +10,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.9",
     packages=find_packages(include=["golden_ptq", "golden_ptq.*"]),
+    # The default configs and the calibration / evaluation text ship inside the package.
+    package_data={"golden_ptq": ["configs/*.yaml", "configs/ptq/*.yaml", "data/*.txt.gz"]},
     install_requires=[
         "mindspore==2.10.0",
         "numpy<2",
@@ -20,6 +22,6 @@ setup(
         "tqdm",
         "psutil",
     ],
-    extras_require={"test": ["pytest"], "report": ["matplotlib"]},
+    extras_require={"test": ["pytest", "matplotlib"], "report": ["matplotlib"]},
     entry_points={"console_scripts": ["golden-ptq=golden_ptq.cli:main"]},
 )

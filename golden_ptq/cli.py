@@ -1,145 +1,148 @@
-"""``golden-ptq``: the command line. ``golden-ptq --help`` lists the jobs."""
+"""golden-ptq: post-training quantization of Llama-family LLMs on MindSpore, on any CPU.
+
+  golden-ptq quantize                       the main job on the embedded SmolLM2 (a8w8_dynamic)
+  golden-ptq quantize --quant-config a8w8_smooth_c8 --output runs/a8w8c8
+  golden-ptq eval --model runs/a8w8c8       perplexity of a saved quantized model
+  golden-ptq generate --model runs/a8w8c8 "Call me"
+  golden-ptq analyze --quant-config a8w8_static     which layers are sensitive
+  golden-ptq tune --quant-config a8w8_static --target 1.01   fewest float layers for a target
+"""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from typing import List, Optional
 
-DEFAULT_NETWORK = "configs/smollm2_135m.yaml"
+from golden_ptq.commands.arguments import existing_file, existing_folder, non_negative_int, positive_float, positive_int
+
+JOBS = ("quantize", "eval", "perplexity", "generate", "analyze", "tune")
 
 
-def _helper(path: Optional[str]):
-    import os
-    from golden_ptq.networks.helper import NetworkHelper
-    if path is None:
-        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        path = os.path.join(repo, DEFAULT_NETWORK)
-        if not os.path.isfile(path):  # installed without the checkout: same settings inline
-            return NetworkHelper({"model": {"source": "gguf", "path": "default", "max_position_embeddings": 2048}})
-    return NetworkHelper(path)
+def _network_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--network-config", type=existing_file, default=None,
+                        help="network yaml (default: the embedded SmolLM2-135M-Instruct; with --model, the saved "
+                             "folder's network.yaml)")
 
 
-def _eval_tokens(tokenizer, text_path: Optional[str], max_tokens: Optional[int]):
-    import numpy as np
-    from golden_ptq.eval.corpus import corpus_split
-    eval_text = corpus_split("evaluation", text_path)
-    tokens = np.asarray(tokenizer.encode(eval_text), dtype=np.int64)
-    return tokens[:max_tokens] if max_tokens else tokens
+def _text_options(parser: argparse.ArgumentParser, windows_help: str, windows_default: int) -> None:
+    parser.add_argument("--text", type=existing_file, default=None,
+                        help="UTF-8 text to calibrate/evaluate on (default: the packaged Moby-Dick; first half "
+                             "calibrates, middle 30%% validates, last fifth evaluates)")
+    parser.add_argument("--seq-length", type=positive_int, default=512, help="tokens per window (default: %(default)s)")
+    parser.add_argument("--eval-windows", type=non_negative_int, default=windows_default,
+                        help=windows_help + " (default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=4, help="windows per forward (default: %(default)s)")
 
 
-def cmd_generate(args) -> int:
-    helper = _helper(args.network_config)
-    network = helper.create_network()
-    for prompt, text in zip(args.prompt, helper.generate(network, args.prompt, max_new_tokens=args.max_new_tokens)):
-        print(f"{prompt}{text}")
-    return 0
+def _calibration_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quant-config", default="a8w8_dynamic",
+                        help="PTQConfig yaml, or the name of a shipped config: a16w8, a16w8_c8, a8w8_dynamic, "
+                             "a8w8_smooth, a8w8_smooth_c8, c8 (default: %(default)s)")
+    _network_option(parser)
+    parser.add_argument("--calib-samples", type=positive_int, default=16,
+                        help="calibration windows of --seq-length tokens (default: %(default)s)")
 
 
-def cmd_perplexity(args) -> int:
-    from golden_ptq.eval.perplexity import perplexity
-    helper = _helper(args.network_config)
-    network = helper.create_network()
-    tokens = _eval_tokens(helper.create_tokenizer(), args.text, args.max_tokens)
-    start = time.time()
-    ppl = perplexity(network, tokens, args.seq_length, batch_size=args.batch_size)
-    result = {"perplexity": round(ppl, 4), "tokens": int(tokens.size), "seq_length": args.seq_length,
-              "seconds": round(time.time() - start, 1)}
-    print(json.dumps(result))
-    return 0
-
-
-def cmd_quantize(args) -> int:
-    """The main job: calibrate, save, reload in DEPLOY mode, and compare with the float network."""
-    import os
-    import tempfile
-
-    import numpy as np
-    from golden_ptq import PTQ, PTQConfig
-    from golden_ptq.deploy import load_quantized, save_quantized
-    from golden_ptq.eval.corpus import corpus_split
-    from golden_ptq.eval.perplexity import perplexity
-
-    helper = _helper(args.network_config)
-    config = PTQConfig.load(args.quant_config or _default_quant_config())
-    tokenizer = helper.create_tokenizer()
-    seq = args.seq_length
-    calib_text, eval_text = corpus_split("calibration", args.text), corpus_split("evaluation", args.text)
-    calib_tokens = np.asarray(tokenizer.encode(calib_text[: seq * 8 * args.calib_samples]))
-    calib = [calib_tokens[i * seq:(i + 1) * seq] for i in range(min(args.calib_samples, len(calib_tokens) // seq))]
-    eval_tokens = np.asarray(tokenizer.encode(eval_text))
-    windows = args.eval_windows or None
-
-    network = helper.create_network()
-    if network.tp.parallel and not args.output:
-        raise SystemExit(f"golden-ptq quantize under msrun ({network.tp.size} ranks): pass --output FOLDER, the "
-                         f"folder every rank writes its rank_<i>/ checkpoint into")
-    fp_ppl = perplexity(network, eval_tokens, seq, batch_size=args.batch_size, max_windows=windows)
-    float_bytes = sum(p.asnumpy().size for _, p in network.parameters_and_names()) * 2
-    tp_size = network.tp.size
-    ptq = PTQ(config)
-    ptq.apply(network, helper, calib)
-    ptq.convert(network)
-    output = args.output or tempfile.mkdtemp(prefix="golden_ptq_")
-    path = save_quantized(network, ptq, output)
-    print(ptq.summary(), flush=True)
-    del network
-    deployed, _ = load_quantized(helper, output)
-    q_ppl = perplexity(deployed, eval_tokens, seq, batch_size=args.batch_size, max_windows=windows)
-    scored = (windows or len(eval_tokens) // seq) * seq
-    result = {"quant_config": os.path.basename(args.quant_config or _default_quant_config()), "tp_size": tp_size,
-              "calibration_tokens": ptq.calibration_tokens, "calibration_s": round(ptq.calibration_seconds, 1),
-              "eval_tokens": scored, "fp32_perplexity": round(fp_ppl, 4), "quant_perplexity": round(q_ppl, 4),
-              "perplexity_ratio": round(q_ppl / fp_ppl, 4), "checkpoint": path,
-              "checkpoint_bytes": os.path.getsize(path), "fp16_parameter_bytes": int(float_bytes),
-              "checkpoint_vs_fp16": round(os.path.getsize(path) / float_bytes, 3)}
-    print(json.dumps(result, indent=1))
-    return 0
-
-
-def _default_quant_config() -> str:
-    import os
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return os.path.join(repo, "configs", "ptq", "a8w8_dynamic.yaml")
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="golden-ptq", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="golden-ptq", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{quantize,eval,generate,analyze,tune}")
 
-    gen = sub.add_parser("generate", help="greedy continuation of prompts with the float network")
+    quant = sub.add_parser("quantize", help="quantize, save, reload in DEPLOY mode, compare with float (main job)")
+    _calibration_options(quant)
+    quant.add_argument("--output", default=None,
+                       help="folder for the quantized model (default: ./golden_ptq_out/<config name>/)")
+    _text_options(quant, "evaluation windows (0 = the whole last fifth)", 16)
+    _common(quant)
+    quant.set_defaults(job="quantize")
+
+    for name in ("eval", "perplexity"):
+        ev = sub.add_parser(name, help="perplexity of the float network or a saved quantized model"
+                            + (" (alias of eval)" if name == "perplexity" else ""))
+        ev.add_argument("--model", type=existing_folder, default=None,
+                        help="a folder written by `golden-ptq quantize` (default: the float network)")
+        _network_option(ev)
+        ev.add_argument("--split", choices=("evaluation", "validation", "calibration"), default="evaluation",
+                        help="which part of the text to score (default: %(default)s)")
+        _text_options(ev, "windows to score (0 = the whole split)", 0)
+        _common(ev)
+        ev.set_defaults(job="eval")
+
+    gen = sub.add_parser("generate", help="greedy continuation of prompts")
     gen.add_argument("prompt", nargs="+")
-    gen.add_argument("--network-config", default=None, help=f"network yaml (default {DEFAULT_NETWORK})")
-    gen.add_argument("--max-new-tokens", type=int, default=24)
-    gen.set_defaults(func=cmd_generate)
+    gen.add_argument("--model", type=existing_folder, default=None,
+                     help="a folder written by `golden-ptq quantize` (default: the float network)")
+    _network_option(gen)
+    gen.add_argument("--max-new-tokens", type=positive_int, default=24, help="(default: %(default)s)")
+    _common(gen)
+    gen.set_defaults(job="generate")
 
-    ppl = sub.add_parser("perplexity", help="perplexity of the float network on the evaluation text")
-    ppl.add_argument("--network-config", default=None)
-    ppl.add_argument("--text", default=None, help="text file (default: the Moby-Dick corpus; last fifth is scored)")
-    ppl.add_argument("--seq-length", type=int, default=512)
-    ppl.add_argument("--batch-size", type=int, default=1)
-    ppl.add_argument("--max-tokens", type=int, default=None, help="score only the first N evaluation tokens")
-    ppl.set_defaults(func=cmd_perplexity)
+    ana = sub.add_parser("analyze", help="per-layer sensitivity report (csv, markdown, PNG) without saving a model")
+    _calibration_options(ana)
+    ana.add_argument("--output", default=None, help="report folder (default: ./golden_ptq_out/<config>-analysis/)")
+    ana.add_argument("--order-by", choices=("output_error", "range_parm"), default="output_error",
+                     help="ranking signal (default: %(default)s)")
+    ana.add_argument("--text", type=existing_file, default=None, help="text to calibrate on (default: Moby-Dick)")
+    ana.add_argument("--seq-length", type=positive_int, default=512, help="(default: %(default)s)")
+    _common(ana)
+    ana.set_defaults(job="analyze")
 
-    quant = sub.add_parser("quantize", help="quantize the model, save it, reload it in DEPLOY mode and compare "
-                                            "perplexity and size with the float model (the main job)")
-    quant.add_argument("--quant-config", default=None, help="PTQConfig yaml (default configs/ptq/a8w8_dynamic.yaml)")
-    quant.add_argument("--network-config", default=None)
-    quant.add_argument("--output", default=None, help="folder for the quantized model (default: a temp folder)")
-    quant.add_argument("--text", default=None, help="text corpus (default Moby-Dick: first half calibrates, "
-                                                     "last fifth evaluates)")
-    quant.add_argument("--seq-length", type=int, default=512)
-    quant.add_argument("--calib-samples", type=int, default=16, help="calibration windows of seq-length tokens")
-    quant.add_argument("--eval-windows", type=int, default=16, help="evaluation windows (0 = the whole last fifth)")
-    quant.add_argument("--batch-size", type=int, default=4)
-    quant.set_defaults(func=cmd_quantize)
+    tune = sub.add_parser("tune", help="roll back the fewest Linear layers to float so the perplexity ratio "
+                                       "on the validation split meets --target; save that model")
+    _calibration_options(tune)
+    tune.add_argument("--target", type=positive_float, default=1.01,
+                      help="perplexity ratio to FP32 to reach (default: %(default)s)")
+    tune.add_argument("--signal", choices=("output_error", "range_parm"), default="output_error",
+                      help="sensitivity ranking the search follows (default: %(default)s)")
+    tune.add_argument("--output", default=None, help="folder for the tuned model (default: ./golden_ptq_out/<config>-tuned/)")
+    _text_options(tune, "validation windows scored per trial", 8)
+    _common(tune)
+    tune.set_defaults(job="tune")
     return parser
 
 
+STAGES = {"quantize": 6, "eval": 2, "generate": 2, "analyze": 3, "tune": 4}
+
+
+def _run(args) -> List[str]:
+    from tqdm import tqdm
+    with tqdm(total=STAGES[args.job], desc="start", unit="stage", disable=args.quiet, dynamic_ncols=True,
+              bar_format="{desc:<22} {n_fmt}/{total_fmt} stages [{elapsed}]", file=sys.stderr) as stages:
+        if args.job == "quantize":
+            from golden_ptq.commands.quantize import run
+            return run(args, stages)
+        if args.job == "eval":
+            from golden_ptq.commands.evaluate import run_eval
+            return run_eval(args, stages)
+        if args.job == "generate":
+            from golden_ptq.commands.evaluate import run_generate
+            return run_generate(args, stages)
+        from golden_ptq.commands.analyze import run_analyze, run_tune
+        return run_analyze(args, stages) if args.job == "analyze" else run_tune(args, stages)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run a job; a user error prints one line (``--debug`` shows the traceback) and returns 2."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        lines = _run(args)
+    except KeyboardInterrupt:
+        print("golden-ptq: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the command line's boundary
+        if args.debug:
+            raise
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        kind = "" if isinstance(err, (ValueError, OSError, KeyError, NotImplementedError)) else f"{type(err).__name__}: "
+        print(f"golden-ptq {args.job}: error: {kind}{message} (--debug shows the traceback)", file=sys.stderr)
+        return 2
+    print("\n".join(lines))
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,12 +1,13 @@
 """Perplexity of a float or quantized (DEPLOY-mode) network on a text file.
 
-The README figure is the last fifth of Moby-Dick::
+Any UTF-8 text file, e.g. the last fifth of a book::
 
-    python samples/eval_ppl.py --dataset-path ../shared/data/moby-dick.txt --start 0.8 --end 1.0
+    python samples/eval_ppl.py --dataset-path book.txt --start 0.8 --end 1.0
 
-    # quantized network: the PTQConfig yaml it was quantized with, and its checkpoint
-    python samples/eval_ppl.py --dataset-path ../shared/data/moby-dick.txt --start 0.8 \
-        --quant-config a8w8.yaml --quant-ckpt a8w8.ckpt
+    # quantized network: a folder written by `golden-ptq quantize` / save_quantized
+    python samples/eval_ppl.py --dataset-path book.txt --start 0.8 --quant-ckpt runs/a8w8c8
+
+(``golden-ptq eval`` scores the packaged Moby-Dick text without a file.)
 
 The file is tokenized whole, ``[start, end)`` selects a fraction of its tokens
 and BOS is put in front. Windows of ``--seq-length`` tokens do not overlap

@@ -8,8 +8,24 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))  # tests/reference.py
 
 
+#: What a skip reason must say to be accepted when GOLDEN_PTQ_STRICT_SKIPS=1 (set by .ci/run).
+OPTIONAL_DEPENDENCY = "optional dependency"
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: uses the real SmolLM2 weights (runs in CI; minutes)")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """In CI a skip must name a deliberately optional dependency; any other skip fails the run."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and os.environ.get("GOLDEN_PTQ_STRICT_SKIPS") == "1" and not hasattr(report, "wasxfail"):
+        reason = str(report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr)
+        if OPTIONAL_DEPENDENCY not in reason:
+            report.outcome = "failed"
+            report.longrepr = f"unexpected skip in CI (reason does not name an {OPTIONAL_DEPENDENCY}): {reason}"
 
 
 @pytest.fixture

@@ -1,10 +1,14 @@
-"""The command line's main job on a tiny random network (real tokenizer, real text)."""
-import json
+"""The command line on a tiny random network (real tokenizer, real text): jobs, saved folder, errors."""
+import os
+import subprocess
+import sys
 
 import pytest
 import yaml
 
 from golden_ptq.cli import main
+
+SMALL = ["--seq-length", "32", "--batch-size", "2", "--quiet"]
 
 
 @pytest.fixture
@@ -17,20 +21,88 @@ def tiny_network_yaml(tmp_path, smollm2_gguf):
     return str(path)
 
 
-def test_quantize_reports_fp_and_quant_perplexity(tmp_path, tiny_network_yaml, capsys):
+@pytest.fixture
+def quantized(tmp_path, tiny_network_yaml, capsys):
     out = tmp_path / "run"
-    assert main(["quantize", "--network-config", tiny_network_yaml, "--quant-config", "configs/ptq/a8w8_smooth_c8.yaml",
-                 "--output", str(out), "--seq-length", "32", "--calib-samples", "2", "--eval-windows", "2",
-                 "--batch-size", "2"]) == 0
+    assert main(["quantize", "--network-config", tiny_network_yaml, "--quant-config", "a8w8_smooth_c8",
+                 "--output", str(out), "--calib-samples", "2", "--eval-windows", "2", *SMALL]) == 0
+    return out, capsys.readouterr().out
+
+
+def test_quantize_writes_one_self_contained_folder(quantized):
+    out, printed = quantized
+    lines = printed.strip().splitlines()
+    assert len(lines) <= 25
+    assert lines[0].startswith("quantized a8w8_smooth_c8: W8A8 ") and "FLOAT 4" in lines[0] and "C8 2" in lines[0]
+    assert "perplexity on 64 held-out tokens: FP32 " in printed and "(ratio " in printed
+    assert f"output: {out}" in printed
+    names = set(os.listdir(out))
+    assert {"model.safetensors", "quant_desc.json", "ptq_config.yaml", "network.yaml", "tokenizer.json",
+            "tokenizer_config.json", "report.md", "manifest.json"} <= names
+    assert "FLOAT (opname_blacklist 'w2')" in (out / "report.md").read_text()
+    assert oct(os.stat(out / "model.safetensors").st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def test_eval_and_generate_use_the_folder_alone(quantized, capsys):
+    out, _ = quantized
+    assert main(["eval", "--model", str(out), "--eval-windows", "2", *SMALL]) == 0
     printed = capsys.readouterr().out
-    result = json.loads(printed[printed.index("{\n"):])
-    assert result["eval_tokens"] == 64 and result["calibration_tokens"] == 64
-    assert result["fp32_perplexity"] > 1 and result["quant_perplexity"] > 1
-    assert result["fp32_perplexity"] != result["quant_perplexity"]
-    assert (out / "model.ckpt").exists() and (out / "quant_desc.json").exists() and (out / "ptq_config.yaml").exists()
-    assert "FLOAT (opname_blacklist 'w2')" in printed
-
-
-def test_generate_prints_continuation(tiny_network_yaml, capsys):
-    assert main(["generate", "Call me", "--network-config", tiny_network_yaml, "--max-new-tokens", "3"]) == 0
+    assert printed.startswith(f"quantized model {out}") and "perplexity " in printed and "on 64 tokens" in printed
+    assert main(["generate", "Call me", "--model", str(out), "--max-new-tokens", "3", "--quiet"]) == 0
     assert capsys.readouterr().out.startswith("Call me")
+
+
+def test_float_generate(tiny_network_yaml, capsys):
+    assert main(["generate", "Call me", "--network-config", tiny_network_yaml, "--max-new-tokens", "3", "--quiet"]) == 0
+    assert capsys.readouterr().out.startswith("Call me")
+
+
+def test_analyze_and_tune(tmp_path, tiny_network_yaml, capsys):
+    report = tmp_path / "analysis"
+    assert main(["analyze", "--network-config", tiny_network_yaml, "--quant-config", "a8w8_smooth",
+                 "--calib-samples", "2", "--output", str(report), "--seq-length", "32", "--quiet"]) == 0
+    assert "most sensitive by output error" in capsys.readouterr().out
+    assert (report / "sensitivity.csv").exists() and (report / "sensitivity.png").exists()
+    tuned = tmp_path / "tuned"
+    assert main(["tune", "--network-config", tiny_network_yaml, "--quant-config", "a8w8_smooth", "--target", "1.0",
+                 "--calib-samples", "2", "--eval-windows", "2", "--output", str(tuned), *SMALL]) == 0
+    printed = capsys.readouterr().out
+    assert "target ratio 1.0 " in printed and (tuned / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["quantize", "--seq-length", "0"], "argument --seq-length: '0' must be a whole number >= 1"),
+    (["quantize", "--calib-samples", "0"], "argument --calib-samples: '0' must be a whole number >= 1"),
+    (["quantize", "--eval-windows", "-1"], "argument --eval-windows: '-1' must be a whole number >= 0"),
+    (["quantize", "--batch-size", "two"], "argument --batch-size: 'two' is not a whole number"),
+    (["quantize", "--network-config", "missing.yaml"], "argument --network-config: file 'missing.yaml' does not exist"),
+    (["eval", "--model", "no/such/folder"], "argument --model: folder 'no/such/folder' does not exist"),
+    (["generate", "hi", "--max-new-tokens", "0"], "argument --max-new-tokens: '0' must be a whole number >= 1"),
+    (["tune", "--target", "0"], "argument --target: '0' must be a finite number > 0"),
+])
+def test_bad_arguments_are_one_line_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_user_errors_print_no_traceback(tmp_path, quantized):
+    out, _ = quantized
+    saved_config = out / "ptq_config.yaml"  # mode: DEPLOY — must not quantize into a zero model
+    env = dict(os.environ)
+    result = subprocess.run([sys.executable, "-m", "golden_ptq.cli", "quantize", "--quant-config", str(saved_config),
+                             "--quiet"], capture_output=True, text=True, env=env, cwd=str(tmp_path))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"{saved_config}: mode is DEPLOY" in result.stderr
+    result = subprocess.run([sys.executable, "-m", "golden_ptq.cli", "quantize", "--quant-config", "a9w9", "--quiet"],
+                            capture_output=True, text=True, cwd=str(tmp_path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "quant config 'a9w9' is neither a file nor a shipped config; shipped: ['a16w8'" in result.stderr
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

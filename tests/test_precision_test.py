@@ -204,7 +204,7 @@ def test_precision_test_rejects_unknown_task_and_missing_path(tmp_path):
 # ----- the tiny random Llama -----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_net():
-    llama = pytest.importorskip("golden_ptq.networks.llama")
+    from golden_ptq.networks import llama
     config = llama.LlamaConfig(vocab_size=TOK.vocab_size, hidden_size=64, num_layers=2,
                                num_heads=4, num_kv_heads=2, intermediate_size=128)
     net = llama.LlamaForCausalLM(config, seed=0)

@@ -35,7 +35,7 @@ helper = NetworkHelper({"model": {"source": "gguf", "path": "default", "max_posi
 tokens = np.load(sys.argv[1])
 out = {}
 for folder in sys.argv[2:]:
-    network, _ = load_quantized(helper, folder)
+    network, _ = load_quantized(folder, helper)
     out[folder] = perplexity(network, tokens, %d)
 print("RESULT " + json.dumps(out))
 """ % SEQ

@@ -137,7 +137,7 @@ def test_result_equals_fresh_disable_level_run(tmp_path, tiny_config, signal, di
 
     ptq.convert(net)  # the searched set deploys: save_quantized lists it in disable_names
     save_quantized(net, ptq, str(tmp_path / "q"))
-    deployed, _ = load_quantized(ToyHelper(tiny_config), str(tmp_path / "q"))
+    deployed, _ = load_quantized(str(tmp_path / "q"), ToyHelper(tiny_config))
     np.testing.assert_allclose(deployed(IDS).asnumpy(), searched, atol=1e-6, rtol=0)
 
 

@@ -101,7 +101,7 @@ def job(tmp_path_factory):
     ptq.convert(network)
     full_folder = os.path.join(workdir, "tp1")
     save_quantized(network, ptq, full_folder)
-    tp1["deploy"] = load_quantized(helper, full_folder)[0](ids).asnumpy()
+    tp1["deploy"] = load_quantized(full_folder, helper)[0](ids).asnumpy()
     tp1["variants"] = {}
     for variant in VARIANTS:
         net_cfg = {"model": {"source": "random", "config": dict(config.to_dict(), **variant["config"]), "seed": 1}}

@@ -121,7 +121,7 @@ def test_split_then_merge_reproduces_a_quantized_checkpoint(tmp_path, tiny_confi
     assert tp_checkpoint.main(["split", str(tmp_path / "full"), str(tmp_path / "tp2"), "--tp-size", "2",
                                "--num-heads", "4", "--num-kv-heads", "2"]) == 0
     assert tp_checkpoint.main(["merge", str(tmp_path / "tp2"), str(tmp_path / "merged")]) == 0
-    again = read_checkpoint(str(tmp_path / "merged" / "model.ckpt"))
+    again = read_checkpoint(str(tmp_path / "merged" / "model.safetensors"))
     for name in full:
         np.testing.assert_array_equal(again[name], full[name], err_msg=name)
     assert (tmp_path / "merged" / "ptq_config.yaml").exists() and (tmp_path / "tp2" / "rank_1" / "tp_layout.json").exists()
@@ -130,7 +130,7 @@ def test_split_then_merge_reproduces_a_quantized_checkpoint(tmp_path, tiny_confi
     dptq = PTQ(PTQConfig(mode=PTQMode.DEPLOY, **kwargs))
     dptq.apply(deployed)
     dptq.convert(deployed)
-    load_full_checkpoint(str(tmp_path / "full" / "model.ckpt"), deployed)
+    load_full_checkpoint(str(tmp_path / "full" / "model.safetensors"), deployed)
     np.testing.assert_array_equal(deployed.model.layers[0].attention.wo.weight.asnumpy(), full[f"{wo}.weight"][:, 32:])
 
 

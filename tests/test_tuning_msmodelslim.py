@@ -43,7 +43,7 @@ def test_guide_flow_w8a8_m2_kv_quant_rollback_and_save(tmp_path, caplog, tiny_co
     assert {"model.safetensors", "quant_desc.json", "ptq_config.yaml", "numpy"} <= files
     w = np.load(tmp_path / "out" / "numpy" / "model.layers.1.feed_forward.w1.weight.npy")
     assert w.dtype == np.int8 or "model.layers.1.feed_forward.w1" in calibrator.rolled_back
-    deployed, ptq = load_quantized(ToyHelper(tiny_config), str(tmp_path / "out"))
+    deployed, ptq = load_quantized(str(tmp_path / "out"), ToyHelper(tiny_config))
     assert set(ptq.config.disable_names) == set(disable_names) | set(calibrator.rolled_back)
     np.testing.assert_allclose(deployed(ids).asnumpy(), expected, atol=1e-6, rtol=0)
 

@@ -45,15 +45,22 @@ def test_csv_and_markdown(tmp_path, measured):
     assert "`lm_head`" in text and "png" not in paths
 
 
-def test_report_needs_measurement(tiny_config):
+def test_report_needs_measurement():
+    with pytest.raises(ValueError, match="measure_sensitivity=True"):
+        sensitivity_rows(PTQ(PTQConfig()))  # never applied: nothing measured
+
+
+def test_report_without_output_errors(tiny_config):
     net = planted_outlier_network(tiny_config)
     ptq = PTQ(PTQConfig(act_quant_dtype=ms.int8))
     ptq.apply(net, None, calibration(tiny_config))
-    with pytest.raises(ValueError, match="measure_sensitivity=True"):
-        sensitivity_rows(ptq)
+    rows = sensitivity_rows(ptq, "output_error")  # not measured: ranked by range_parm instead
+    assert [r["output_error"] for r in rows] == [None] * 15
+    values = [r["range_parm"] for r in rows]
+    assert values == sorted(values, reverse=True)
 
 
-@pytest.mark.skipif(not HAS_MPL, reason="matplotlib is not installed (pip install matplotlib, extra 'report')")
+@pytest.mark.skipif(not HAS_MPL, reason="optional dependency matplotlib is not installed (extra 'report')")
 def test_png_bar_chart(tmp_path, measured):
     paths = write_sensitivity_report(measured, str(tmp_path))
     with open(paths["png"], "rb") as handle:

@@ -62,7 +62,7 @@ def test_disable_level_rolls_back_largest_range_parm_and_deploys(tmp_path, caplo
     save_quantized(net, ptq, str(tmp_path / "q"))
     saved = Config.load(str(tmp_path / "q" / "ptq_config.yaml"))
     assert saved.mode is PTQMode.DEPLOY and saved.disable_level == "L0" and saved.disable_names == ranked[:3]
-    deployed, _ = load_quantized(ToyHelper(tiny_config), str(tmp_path / "q"))
+    deployed, _ = load_quantized(str(tmp_path / "q"), ToyHelper(tiny_config))
     np.testing.assert_allclose(deployed(IDS).asnumpy(), expected, atol=1e-6, rtol=0)
 
 

@@ -8,6 +8,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from mindspore import Tensor, nn
+from tqdm import tqdm
 
 from golden_ptq.algorithm import guards
 from golden_ptq.algorithm.calibration_data import length_batches, token_rows
@@ -74,7 +75,7 @@ class PTQ(CompAlgo):
 
     def __init__(self, config: Optional[PTQConfig] = None, registry: Optional[QuantCellRegistry] = None,
                  pipeline: Optional[Sequence[AlgoModule]] = None, structure=None, calib_batch_size: int = 8,
-                 measure_sensitivity: bool = False, keep_float_cells: bool = False):
+                 measure_sensitivity: bool = False, keep_float_cells: bool = False, progress: bool = False):
         """``keep_float_cells=True``: keep each quantized layer's float Cell after calibration (until
         ``convert``) for ``roll_back``/``restore`` and the rollback search. It costs the float weights
         of every quantized layer (4 bytes a weight, on top of their int8 copies) and implies
@@ -88,6 +89,7 @@ class PTQ(CompAlgo):
         self.pipeline: List[AlgoModule] = list(pipeline) if pipeline is not None else self.default_pipeline(self.config)
         self.structure = structure
         self.calib_batch_size = calib_batch_size
+        self.progress = progress  # a tqdm bar over the decoder layers while calibrating
         self.records: List[LayerRecord] = []
         self.calibration_seconds: Optional[float] = None
         self.calibration_tokens = 0
@@ -184,17 +186,21 @@ class PTQ(CompAlgo):
         sync_parameter_names(network)
         return network
 
+    def scheme_counts(self) -> Dict[str, int]:
+        """How many layers became each scheme (``W8A8``, ``C8``, ``FLOAT``, ...)."""
+        counts: Dict[str, int] = {}
+        for r in self.records:
+            key = "FLOAT" if r.spec.skip_reason else r.label
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
     def summary(self) -> str:
         if not self.records:
             return "PTQ.summary: apply() has not run yet"
         width = max(len(r.name) for r in self.records)
         lines = [f"{'layer'.ljust(width)}  {'type':<10}  became", "-" * (width + 40)]
         lines += [f"{r.name.ljust(width)}  {r.layer_type:<10}  {r.became}" for r in self.records]
-        counts: Dict[str, int] = {}
-        for r in self.records:
-            key = "FLOAT" if r.spec.skip_reason else r.label
-            counts[key] = counts.get(key, 0) + 1
-        lines.append("total: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+        lines.append("total: " + ", ".join(f"{k} {v}" for k, v in sorted(self.scheme_counts().items())))
         if self.calibration_seconds is not None:
             lines.append(f"calibration: {self.calibration_tokens} tokens in {self.calibration_seconds:.1f} s")
         return "\n".join(lines)
@@ -287,7 +293,8 @@ class PTQ(CompAlgo):
         needs_inputs = any(m.needs_layer_inputs for m in self.pipeline)
         keep_rows = int(self.config.arg("search_rows"))
         stride = max(1, -(-self.calibration_tokens // keep_rows))  # ceil: the sample spans every batch
-        for lname, layer in layers:
+        for lname, layer in tqdm(layers, desc="calibrate", unit="layer", disable=not self.progress,
+                                 leave=False, dynamic_ncols=True):
             cells = {rel: c for rel, c in layer.cells_and_names() if isinstance(c, QuantCell)}
 
             def run(layer=layer):

@@ -22,13 +22,13 @@ def sensitivity_rows(ptq, order_by: str = "range_parm") -> List[Dict[str, object
     """One row per measured Linear layer, most sensitive first by ``order_by``."""
     if order_by not in SIGNALS:
         raise ValueError(f"sensitivity report: order_by {order_by!r} not allowed; allowed: {list(SIGNALS)}")
-    if not ptq.range_parms:
-        raise ValueError("sensitivity report: the PTQ has no range_parms; run apply() in QUANTIZE mode first")
-    if not ptq.output_errors:
-        raise ValueError("sensitivity report: no output errors were measured; calibrate with "
+    if not ptq.range_parms and not ptq.output_errors:
+        raise ValueError("sensitivity report: nothing was measured; calibrate in QUANTIZE mode with "
                          "PTQ(config, measure_sensitivity=True)")
-    names = sorted(set(ptq.range_parms) | set(ptq.output_errors))
     signal = ptq.range_parms if order_by == "range_parm" else ptq.output_errors
+    if not signal:  # e.g. dynamic activations have no static range: order by what was measured
+        signal = ptq.output_errors or ptq.range_parms
+    names = sorted(set(ptq.range_parms) | set(ptq.output_errors))
     names.sort(key=lambda n: (-signal.get(n, float("-inf")), n))
     rolled = set(ptq.rolled_back)
     disabled = set(ptq.config.disable_names)
@@ -65,11 +65,11 @@ def write_sensitivity_report(ptq, folder: str, order_by: str = "range_parm", png
         handle.write("\n".join(lines) + "\n")
     if png:
         paths["png"] = os.path.join(folder, "sensitivity.png")
-        _bar_chart(rows, paths["png"], order_by)
+        bar_chart(rows, paths["png"], order_by)
     return paths
 
 
-def _bar_chart(rows: List[Dict[str, object]], path: str, order_by: str) -> None:
+def bar_chart(rows: List[Dict[str, object]], path: str, order_by: str) -> None:
     try:
         import matplotlib
         matplotlib.use("Agg")

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
+from tqdm import tqdm
 
 from golden_ptq.datasets.windows import window_starts
 
@@ -18,7 +19,8 @@ def log_softmax_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 
 def perplexity(network, token_ids: np.ndarray, seq_length: int, stride: Optional[int] = None,
-               batch_size: int = 1, max_windows: Optional[int] = None) -> float:
+               batch_size: int = 1, max_windows: Optional[int] = None, progress: bool = False,
+               desc: str = "perplexity") -> float:
     """exp(mean NLL) of ``token_ids`` under ``network``.
 
     Non-overlapping windows (``stride=None`` or ``stride == seq_length``): each window of
@@ -34,7 +36,8 @@ def perplexity(network, token_ids: np.ndarray, seq_length: int, stride: Optional
     if not starts:
         raise ValueError(f"need at least seq_length={seq_length} tokens, got {tokens.size}")
     total_nll, total_count = 0.0, 0
-    for first in range(0, len(starts), batch_size):
+    for first in tqdm(range(0, len(starts), batch_size), desc=desc, unit="batch", disable=not progress,
+                      leave=False, dynamic_ncols=True):
         chunk = starts[first:first + batch_size]
         windows = np.stack([tokens[s:s + seq_length] for s in chunk])
         logits = network(windows).asnumpy()

@@ -53,11 +53,11 @@ def has_full_checkpoint(folder: str) -> bool:
     return any(os.path.isfile(os.path.join(folder, f"model.{ext}")) for ext in ("ckpt", "safetensors"))
 
 
-def deploy_source(folder: str, network) -> Tuple[str, bool]:
-    """The folder to DEPLOY ``network``'s rank from, and whether it holds the full (unsplit) checkpoint.
+def deploy_source(folder: str, ctx) -> Tuple[str, bool]:
+    """The folder to DEPLOY this rank (``ctx``: the TPContext) from, and whether it holds the full (unsplit) checkpoint.
 
     A full checkpoint in ``folder`` serves every TP size (each rank slices it); else ``folder`` must
-    hold per-rank folders written at ``network``'s TP size.
+    hold per-rank folders written at this TP size.
     """
     if has_full_checkpoint(folder):
         return folder, True
@@ -65,7 +65,7 @@ def deploy_source(folder: str, network) -> Tuple[str, bool]:
     if not ranks:
         raise FileNotFoundError(f"{folder}: no model.ckpt / model.safetensors and no {RANK_PREFIX}<i> folders; was "
                                 f"it written by save_quantized?")
-    size, rank = network.tp.size, network.tp.rank
+    size, rank = ctx.size, ctx.rank
     saved = read_layout(next(iter(ranks.values()))) or {}
     if len(ranks) != size or saved.get("tp_size") != size:
         raise ValueError(f"{folder}: holds per-rank checkpoints for TP size {saved.get('tp_size', len(ranks))}, "

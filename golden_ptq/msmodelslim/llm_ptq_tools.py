@@ -115,10 +115,7 @@ class Calibrator:
     def save(self, output_path: str, save_type: Optional[Sequence[str]] = None) -> List[str]:
         """``safe_tensor``: ``model.safetensors``; ``numpy``: ``numpy/<parameter>.npy``. Both with
         ``quant_desc.json`` and the DEPLOY ``ptq_config.yaml``. Returns the written paths."""
-        from golden_ptq.io.atomic import atomic_write_text
-        from golden_ptq.io.checkpoint import quant_desc
-        from golden_ptq.deploy import CONFIG_FILE, deploy_config, save_quantized
-        import json
+        from golden_ptq.deploy import save_quantized
 
         if not self._ran:
             raise RuntimeError("Calibrator.save: call run() first")
@@ -127,19 +124,22 @@ class Calibrator:
             check_choice("Calibrator.save", "save_type entry", kind, SAVE_TYPES)
         if not save_type:
             raise ValueError(f"Calibrator.save: save_type is empty; allowed entries: {list(SAVE_TYPES)}")
-        os.makedirs(output_path, exist_ok=True)
-        written = []
-        if "safe_tensor" in save_type:
-            written.append(save_quantized(self.model, self.ptq, output_path, fmt="safetensors"))
-        else:
-            deploy_config(self.ptq).dump(os.path.join(output_path, CONFIG_FILE))
-            atomic_write_text(os.path.join(output_path, "quant_desc.json"),
-                              json.dumps(quant_desc(self.model), indent=1, sort_keys=True))
+        extra, numpy_names = {}, []
         if "numpy" in save_type:
-            folder = os.path.join(output_path, "numpy")
-            os.makedirs(folder, exist_ok=True)
             for name, param in self.model.parameters_and_names():
-                path = os.path.join(folder, f"{name}.npy")
-                np.save(path, param.asnumpy())
-                written.append(path)
+                relative = os.path.join("numpy", f"{name}.npy")
+                extra[relative] = _npy_writer(param.asnumpy())
+                numpy_names.append(relative)
+        checkpoint = save_quantized(self.model, self.ptq, output_path, fmt="safetensors", extra_files=extra,
+                                    weights="safe_tensor" in save_type)
+        folder = os.path.dirname(checkpoint)
+        written = [checkpoint] if "safe_tensor" in save_type else []
+        written += [os.path.join(folder, name) for name in numpy_names]
         return written
+
+
+def _npy_writer(array: np.ndarray):
+    def write(path: str) -> None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        np.save(path, array)
+    return write

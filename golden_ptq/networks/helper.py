@@ -3,9 +3,10 @@
 A network config names where the weights come from and the run settings the samples read::
 
     model:
-      source: gguf            # gguf | hf | ckpt | random
+      source: gguf            # gguf | hf | ckpt | random | saved
       path: default           # 'default' = the embedded SmolLM2 GGUF; else a file / directory
-                              # (ckpt: a full float .ckpt/.safetensors, with 'config:' as for random)
+                              # (ckpt: a full float .ckpt/.safetensors, with 'config:' as for random;
+                              # saved: a quantized folder's structure, weights loaded afterwards)
       max_position_embeddings: 2048
     runtime:
       batch_size: 1
@@ -99,6 +100,14 @@ class NetworkHelper:
             raise FileNotFoundError(f"network config: model.path {path!r} does not exist")
         return path
 
+    def _relative(self, path: str) -> str:
+        """``path`` as written, or relative to the yaml's folder when that is where it exists."""
+        if self.config_path and not os.path.isabs(path):
+            candidate = os.path.join(os.path.dirname(os.path.abspath(self.config_path)), path)
+            if os.path.exists(candidate):
+                return candidate
+        return path
+
     def _build(self) -> Tuple[LlamaForCausalLM, Tokenizer]:
         source = self._model.get("source", "gguf")
         max_pos = self._model.get("max_position_embeddings")
@@ -119,6 +128,8 @@ class NetworkHelper:
             network = LlamaForCausalLM(config)
             load_full_checkpoint(self._path(), network)
             return network, self._build_tokenizer()
+        if source == "saved":  # placeholders: the quantized checkpoint fills them after PTQ's DEPLOY
+            return LlamaForCausalLM(config), None
         network = LlamaForCausalLM(config, seed=int(self._model.get("seed", 0)))
         return network, self._build_tokenizer()
 
@@ -130,6 +141,11 @@ class NetworkHelper:
         if source == "hf":
             return Tokenizer.from_hf_dir(self._path())
         tokenizer_path = self._model.get("tokenizer")
+        if tokenizer_path is not None and tokenizer_path != "default":
+            tokenizer_path = self._relative(tokenizer_path)
+        if source == "saved" and tokenizer_path is None:
+            raise ValueError(f"{self.config_path or 'network config'}: this saved model has no tokenizer "
+                             f"(it was saved without one); pass a network config that names one")
         if tokenizer_path in (None, "default"):
             from golden_ptq.io.gguf_file import GGUFFile
             return Tokenizer.from_gguf_metadata(GGUFFile(default_gguf_path()).metadata)

@@ -1,7 +1,7 @@
 """Validation of a network yaml (the ``model:`` and ``runtime:`` sections :class:`NetworkHelper` reads).
 
 Known keys only (with a "did you mean"), typed values, and the keys each ``source`` needs:
-``random`` and ``ckpt`` must describe the network in ``config:`` (there is no default size: a
+``random``, ``ckpt`` and ``saved`` must describe the network in ``config:`` (there is no default size: a
 missing config once built a 7B network that took the whole machine), and a described network
 must fit in this machine's memory.
 """
@@ -20,6 +20,7 @@ SOURCE_KEYS = {
     "hf": ({"path", "max_position_embeddings"}, {"path"}),
     "ckpt": ({"path", "config", "tokenizer"}, {"path", "config"}),
     "random": ({"config", "seed", "tokenizer"}, {"config"}),
+    "saved": ({"config", "tokenizer"}, {"config"}),   # a quantized folder's network.yaml (deploy.py)
 }
 SOURCES = tuple(SOURCE_KEYS)
 SECTIONS = ("model", "runtime")

@@ -41,6 +41,17 @@ class Tokenizer:
     def __call__(self, text: str) -> List[int]:
         return self.encode(text)
 
+    def save(self, folder: str) -> None:
+        """Write ``tokenizer.json`` and ``tokenizer_config.json`` (what :meth:`from_hf_dir` reads back)."""
+        self.backend.save(os.path.join(folder, "tokenizer.json"))
+        names = {}
+        for key in ("bos", "eos", "pad"):
+            token_id = getattr(self, f"{key}_token_id")
+            if token_id is not None:
+                names[f"{key}_token"] = self.backend.id_to_token(int(token_id))
+        with open(os.path.join(folder, "tokenizer_config.json"), "w", encoding="utf-8") as handle:
+            json.dump({**names, "add_bos_token": self.add_bos_token}, handle, indent=1, sort_keys=True)
+
     # ----- constructors -----------------------------------------------------------------------
     @classmethod
     def from_hf_dir(cls, path: str) -> "Tokenizer":

@@ -26,35 +26,35 @@ from golden_ptq.io.tp_layout import (has_full_checkpoint, rank_folder, rank_fold
 from golden_ptq.parallel.context import TPContext
 from golden_ptq.parallel.sharding import TPLayout, merge_states, split_state
 
-SIDE_FILES = ("quant_desc.json", "ptq_config.yaml")
+#: The files of a saved folder that are the same on every rank and in the full form.
+SIDE_FILES = ("quant_desc.json", "ptq_config.yaml", "network.yaml", "tokenizer.json", "tokenizer_config.json")
 
 
 def _checkpoint_file(folder: str) -> str:
-    for ext in ("ckpt", "safetensors"):
-        path = os.path.join(folder, f"model.{ext}")
-        if os.path.isfile(path):
-            return path
-    raise FileNotFoundError(f"{folder}: no model.ckpt or model.safetensors")
+    from golden_ptq.deploy import find_checkpoint
+    return find_checkpoint(folder)
 
 
 def _write(arrays: Dict[str, np.ndarray], folder: str, fmt: str, source: str, layout: Dict[str, object]) -> str:
-    from golden_ptq.io.atomic import atomic_write
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, f"model.{fmt}")
-    if fmt == "ckpt":
-        import mindspore as ms
-        from mindspore import Tensor
-        entries = [{"name": k, "data": Tensor(np.ascontiguousarray(v))} for k, v in arrays.items()]
-        atomic_write(path, lambda tmp: ms.save_checkpoint(entries, tmp))
-    else:
-        from safetensors.numpy import save_file
-        contiguous = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
-        atomic_write(path, lambda tmp: save_file(contiguous, tmp))
-    for name in SIDE_FILES:
-        if os.path.isfile(os.path.join(source, name)):
-            shutil.copyfile(os.path.join(source, name), os.path.join(folder, name))
-    write_layout(folder, layout)
-    return path
+    """Write one folder set: the checkpoint, the side files of ``source``, and ``tp_layout.json``."""
+    from golden_ptq.io.folder_set import write_folder_set
+
+    def fill(tmp: str) -> None:
+        path = os.path.join(tmp, f"model.{fmt}")
+        if fmt == "ckpt":
+            import mindspore as ms
+            from mindspore import Tensor
+            ms.save_checkpoint([{"name": k, "data": Tensor(np.ascontiguousarray(v))} for k, v in arrays.items()], path)
+        else:
+            from safetensors.numpy import save_file
+            save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, path)
+        for name in SIDE_FILES:
+            if os.path.isfile(os.path.join(source, name)):
+                shutil.copyfile(os.path.join(source, name), os.path.join(tmp, name))
+        write_layout(tmp, layout)
+
+    write_folder_set(folder, fill)
+    return os.path.join(folder, f"model.{fmt}")
 
 
 def merge(input_folder: str, output_folder: str) -> str:

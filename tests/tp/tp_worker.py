@@ -40,9 +40,9 @@ def main(workdir: str) -> None:
     save("quant", network(ids))
     save_quantized(network, ptq, os.path.join(workdir, "tp2"))
     barrier(ctx)
-    deployed, _ = load_quantized(helper, os.path.join(workdir, "tp2"))
+    deployed, _ = load_quantized(os.path.join(workdir, "tp2"), helper)
     save("deploy_ranks", deployed(ids))
-    deployed, _ = load_quantized(helper, job["full_folder"])
+    deployed, _ = load_quantized(job["full_folder"], helper)
     save("deploy_full", deployed(ids))
     # more networks and PTQ settings (uneven query heads, replicated KV heads, searched smoothing,
     # histogram observers, rollback, dynamic per-token activations): logits and tuning results
