@@ -10,7 +10,7 @@ import numpy as np
 from mindspore import Tensor, nn
 from tqdm import tqdm
 
-from golden_ptq.algorithm import guards
+import golden_ptq.algorithm.guards as guards
 from golden_ptq.algorithm.calibration_data import length_batches, token_rows
 from golden_ptq.algorithm.comp_algo import CompAlgo
 from golden_ptq.algorithm.modules import (AlgoModule, InputRecorder, LayerContext, QuantizeModule,
