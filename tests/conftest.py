@@ -1,11 +1,9 @@
 """Shared fixtures: a tiny random Llama config, and markers for the slow real-model tests."""
 import os
-import sys
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))  # tests/reference.py
 
 
 #: What a skip reason must say to be accepted when GOLDEN_PTQ_STRICT_SKIPS=1 (set by .ci/run).
