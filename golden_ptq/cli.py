@@ -126,9 +126,19 @@ def _run(args) -> List[str]:
         return run_analyze(args, stages) if args.job == "analyze" else run_tune(args, stages)
 
 
+def _with_job_args(argv: List[str]) -> List[str]:
+    """Append ``$GOLDEN_PTQ_<JOB>_ARGS`` (e.g. ``GOLDEN_PTQ_QUANTIZE_ARGS="--calib-samples 2"``): settings a
+    script or CI gives every call of one job without editing the command lines it runs."""
+    import os
+    import shlex
+    job = next((a for a in argv if a in JOBS), None)
+    extra = os.environ.get(f"GOLDEN_PTQ_{job.upper()}_ARGS", "") if job else ""
+    return argv + shlex.split(extra)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Run a job; a user error prints one line (``--debug`` shows the traceback) and returns 2."""
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_with_job_args(sys.argv[1:]) if argv is None else list(argv))
     try:
         lines = _run(args)
     except KeyboardInterrupt:

@@ -1,6 +1,7 @@
 """The package stands on its own: no import cycles, its data installed with it, nothing read from outside."""
 import ast
 import os
+import shutil
 import subprocess
 import sys
 
@@ -103,9 +104,11 @@ def test_nothing_reads_outside_the_repository():
 
 def test_installed_package_finds_its_data(tmp_path):
     """A plain (non-editable) install carries the configs and the text: run from outside the checkout."""
-    target = tmp_path / "site"
+    source, target = tmp_path / "src", tmp_path / "site"
+    shutil.copytree(REPO, source, symlinks=True,  # a copy: building leaves build/ behind
+                    ignore=shutil.ignore_patterns(".git", "build", "*.egg-info", "__pycache__", "golden_ptq_out", "runs"))
     install = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                              "--target", str(target), REPO], capture_output=True, text=True)
+                              "--target", str(target), str(source)], capture_output=True, text=True)
     if install.returncode != 0 and "No module named" in install.stderr and "wheel" in install.stderr:
         pytest.skip("optional dependency 'wheel' (needed to build without isolation) is not installed")
     assert install.returncode == 0, install.stderr[-2000:]

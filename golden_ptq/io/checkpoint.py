@@ -153,8 +153,3 @@ def load_state(arrays: Dict[str, np.ndarray], network: nn.Cell, path: str) -> No
                                       f"({len(extra)} unexpected); was it saved with other quantization settings?")
     for name, param in params.items():
         param.set_data(Tensor(arrays[name]))
-
-
-def parameter_bytes(network: nn.Cell, dtype_bytes: Optional[Dict[str, int]] = None) -> int:
-    """Bytes of all parameters as stored (int8 = 1, float32 = 4, ...)."""
-    return int(sum(param.asnumpy().nbytes for _, param in network.parameters_and_names()))
