@@ -26,7 +26,7 @@ def check_mode(config: PTQConfig, datasets) -> None:
         raise ValueError("PTQ.apply: this PTQConfig has mode DEPLOY (the config save_quantized writes next to a "
                          "quantized checkpoint, for load_quantized) but calibration data was given; to quantize, "
                          "set 'mode: QUANTIZE' in the yaml (or dataclasses.replace(config, mode=PTQMode.QUANTIZE)); "
-                         "to load a saved model use load_quantized(helper, folder)")
+                         "to load a saved model use load_quantized(folder)")
 
 
 def check_calibration_rows(rows: List[np.ndarray], vocab_size: int, max_length: Optional[int] = None) -> None:

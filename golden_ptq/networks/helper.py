@@ -24,7 +24,7 @@ import numpy as np
 from golden_ptq.config.model_config import LlamaConfig
 from golden_ptq.networks.default_model import default_gguf_path
 from golden_ptq.networks.llama import LlamaForCausalLM
-from golden_ptq.networks.network_config import RUNTIME_DEFAULTS, SOURCES, read_network_config  # noqa: F401
+from golden_ptq.networks.network_config import read_network_config
 from golden_ptq.networks.tokenizer import Tokenizer
 
 
