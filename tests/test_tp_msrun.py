@@ -161,8 +161,8 @@ def test_variant_logits_and_tuning_match_tp1(job, name):
 def test_merged_a8w8c8_parameters_equal_tp1(job):
     merged_dir = os.path.join(job["dir"], "merged")
     tp_checkpoint.merge(os.path.join(job["dir"], "tp2"), merged_dir)
-    merged = read_checkpoint(os.path.join(merged_dir, "model.ckpt"))
-    full = read_checkpoint(os.path.join(job["dir"], "tp1", "model.ckpt"))
+    merged = read_checkpoint(os.path.join(merged_dir, "model.safetensors"))
+    full = read_checkpoint(os.path.join(job["dir"], "tp1", "model.safetensors"))
     assert set(merged) == set(full)
     for name, expected in full.items():
         got = merged[name]
