@@ -119,7 +119,13 @@ def test_installed_package_finds_its_data(tmp_path):
             "assert os.path.isfile(packaged_quant_config('a8w8_dynamic'))\n"
             "assert os.path.isfile(default_network_config())\n"
             "assert corpus_split('evaluation').strip()\n"
+            "import golden_ptq.cli\n"
+            "golden_ptq.cli.build_parser()\n"
             "print('ok')\n")
     env = dict(os.environ, PYTHONPATH=str(target), TARGET=str(target))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(tmp_path), env=env)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+    installed = {os.path.relpath(os.path.join(root, name), target) for root, _, names in os.walk(target / "golden_ptq")
+                 for name in names if name.endswith(".py")}
+    in_repo = {os.path.relpath(path, REPO) for path in _modules().values()}
+    assert in_repo <= installed, f"not installed: {sorted(in_repo - installed)[:5]}"

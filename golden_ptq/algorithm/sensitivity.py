@@ -85,9 +85,9 @@ def bar_chart(rows: List[Dict[str, object]], path: str, order_by: str) -> None:
         values = [float(r[key]) if r[key] is not None else 0.0 for r in rows]
         axis.barh(range(len(rows)), values, color=colors)
         axis.set_title(title)
-        axis.invert_yaxis()
         if key == "output_error":
             axis.set_xscale("log")
+    axes[0].invert_yaxis()  # once: the axes share y, a second inversion would undo it
     axes[0].set_yticks(range(len(rows)))
     axes[0].set_yticklabels(names, fontsize=7)
     fig.suptitle(f"Linear layer sensitivity, ordered by {order_by} (red: kept float)")
