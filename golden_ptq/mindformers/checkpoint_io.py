@@ -192,17 +192,19 @@ def _read_ckpt(path: str) -> Dict[str, np.ndarray]:
 
 def load_mf_checkpoint(path: str, network, qkv_concat: bool = False) -> None:
     """Strictly load a MindFormers checkpoint into golden_ptq's (float or DEPLOY-mode quantized)
-    ``network``: every parameter must be there with its shape and dtype, and no network tensor may be
-    left over (a tied ``lm_head.weight`` equal to the embedding excepted)."""
+    ``network``, or into MindFormers' own (names kept as they are): every parameter must be there
+    with its shape and dtype, and no network tensor may be left over (a tied ``lm_head.weight``
+    equal to the embedding excepted)."""
     from golden_ptq.checkpoint import load_state
     config = network.config
     arrays = read_mf_checkpoint(path)
-    if qkv_concat:
+    names = {name for name, _ in network.parameters_and_names()}
+    network_concat = any(f".{QKV}." in n or f".{GATE_UP}." in n for n in names)  # MindFormers' own network
+    if qkv_concat and not network_concat:
         arrays = split_concat(arrays, config, path)
-    elif any(f".{QKV}." in n or f".{GATE_UP}." in n for n in arrays):
+    elif not qkv_concat and any(f".{QKV}." in n or f".{GATE_UP}." in n for n in arrays):
         raise ValueError(f"{path}: holds concatenated '{QKV}' / '{GATE_UP}' tensors but the run yaml has "
                          f"qkv_concat false; set model.model_config.qkv_concat: true")
-    names = {name for name, _ in network.parameters_and_names()}
     head, embedding = "lm_head.weight", "model.tok_embeddings.embedding_weight"
     if head in arrays and head not in names and config.tie_word_embeddings:
         if embedding in arrays and not np.array_equal(arrays[head], arrays[embedding]):
