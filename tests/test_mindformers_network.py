@@ -1,0 +1,158 @@
+"""MindFormers' own LlamaForCausalLM on CPU, quantized in place by PTQ (needs the optional dependency mindformers).
+
+One PTQ, two network families: the same weights quantized as MindFormers' network and as
+golden_ptq's give the same logits; the MindFormers checkpoint reloads in DEPLOY in a new process.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import mindspore as ms
+import numpy as np
+import pytest
+
+from golden_ptq import PTQ, OutliersSuppressionType, PTQConfig, QuantGranularity
+from golden_ptq.networks.llama import LlamaForCausalLM
+from golden_ptq.networks.structure import LLAMA_SMOOTH_MAPPINGS, LlamaStructure
+
+try:
+    from golden_ptq.mindformers.shims import import_mindformers
+    import_mindformers()
+except ImportError as err:  # the optional extra is not installed here
+    pytest.skip(f"optional dependency mindformers is not installed ({err}); install it with "
+                f".ci/install_mindformers.sh", allow_module_level=True)
+
+from golden_ptq.deploy import save_quantized  # noqa: E402
+from golden_ptq.mindformers import export_mindformers  # noqa: E402
+from golden_ptq.mindformers.helper import MFLlamaHelper  # noqa: E402
+from golden_ptq.mindformers.quant_cells import MFQuantLinear, register_mindformers  # noqa: E402
+
+I8 = ms.int8
+SCHEMES = {
+    "a16w8": dict(),
+    "a8w8_smooth": dict(act_quant_dtype=I8, outliers_suppression=OutliersSuppressionType.SMOOTH),
+    "a8w8_dynamic": dict(act_quant_dtype=I8, act_quant_granularity=QuantGranularity.PER_TOKEN),
+    "c8": dict(weight_quant_dtype=None, kvcache_quant_dtype=I8),
+}
+CASES = [(scheme, False) for scheme in SCHEMES] + [("a8w8_smooth", True), ("a16w8", True)]
+NEW_TOKENS = 16
+
+
+class _NormOnlyStructure(LlamaStructure):
+    """golden_ptq's network smoothed only at the norms: what MindFormers' qkv_concat layers allow."""
+    smooth_mappings = LLAMA_SMOOTH_MAPPINGS[:2]
+
+
+def _rel(a, b):
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+@pytest.fixture(scope="module")
+def quantized_pairs(tmp_path_factory, request):
+    """Per case: golden_ptq's quantized logits / tokens, MindFormers' in-process ones, the saved folder."""
+    from golden_ptq.networks.config import LlamaConfig
+    config = LlamaConfig(vocab_size=97, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                         intermediate_size=96, max_position_embeddings=128, pad_token_id=None, eos_token_id=None)
+    root = tmp_path_factory.mktemp("mindformers")
+    source = LlamaForCausalLM(config, seed=0)
+    arrays = {n: p.asnumpy() for n, p in source.parameters_and_names()}
+    rng = np.random.RandomState(0)
+    calibration = [rng.randint(0, config.vocab_size, (2, 24)) for _ in range(3)]
+    ids = np.random.RandomState(9).randint(0, config.vocab_size, (2, 20))
+    results = {}
+    for concat in (False, True):
+        export_mindformers(source, str(root / f"model_concat{concat}"), qkv_concat=concat)
+    for scheme, concat in CASES:
+        kwargs = SCHEMES[scheme]
+        golden = LlamaForCausalLM.from_arrays(config, arrays)
+        ptq = PTQ(PTQConfig(**kwargs), structure=_NormOnlyStructure() if concat else None)
+        ptq.apply(golden, None, calibration)
+        ptq.convert(golden)
+        helper = MFLlamaHelper(str(root / f"model_concat{concat}" / "run_llama.yaml"))
+        network = helper.create_network()
+        mf_ptq = PTQ(PTQConfig(**kwargs))
+        register_mindformers(mf_ptq.registry)
+        mf_ptq.apply(network, helper, calibration)
+        mf_ptq.convert(network)
+        folder = str(root / f"q_{scheme}_{concat}")
+        save_quantized(network, mf_ptq, folder)
+        results[(scheme, concat)] = dict(
+            golden=golden(ids).asnumpy(), mf=helper.logits(network, ids), folder=folder, ptq=mf_ptq, network=network,
+            golden_tokens=golden.generate(ids[:1], max_new_tokens=NEW_TOKENS)[0],
+            yaml=str(root / f"model_concat{concat}" / "run_llama.yaml"))
+    return ids, results, root
+
+
+@pytest.mark.parametrize("scheme, concat", CASES)
+def test_mindformers_network_quantized_in_place_matches_golden_ptq(quantized_pairs, scheme, concat):
+    _, results, _ = quantized_pairs
+    case = results[(scheme, concat)]
+    assert _rel(case["mf"], case["golden"]) < 1e-4
+    quantized = [r for r in case["ptq"].records if not r.spec.skip_reason]
+    if scheme == "c8":
+        assert [r.layer_type for r in quantized] == ["KVCache"] * 2
+    else:
+        linears = 1 + 2 * (4 if concat else 7)   # lm_head + per layer wq/wk/wv/wo/w1/w2/w3 (or w_qkv/wo/w_gate_hidden/w2)
+        assert sum(r.layer_type == "Linear" for r in quantized) == linears
+        assert isinstance(case["network"].model.layers[0].feed_forward.w2, MFQuantLinear)
+        dtype = case["network"].model.layers[0].attention.wo.weight.dtype
+        assert dtype == ms.int8
+
+
+def test_deploy_in_a_new_process_reproduces_logits_and_greedy_tokens(quantized_pairs):
+    ids, results, root = quantized_pairs
+    script = root / "deploy.py"
+    script.write_text(
+        "import json, sys\n"
+        "import numpy as np\n"
+        "from golden_ptq.mindformers.helper import MFLlamaHelper\n"
+        "jobs, ids = json.loads(sys.argv[1]), np.asarray(json.loads(sys.argv[2]))\n"
+        "out = {}\n"
+        "for key, (yaml_path, folder) in jobs.items():\n"
+        "    helper = MFLlamaHelper(yaml_path)\n"
+        "    network, _ = helper.load_quantized(folder)\n"
+        f"    tokens = helper.generate_ids(network, ids[:1], {NEW_TOKENS})[0]\n"
+        "    np.save(folder + '/logits.npy', helper.logits(network, ids))\n"
+        "    out[key] = tokens.tolist()\n"
+        "print('TOKENS' + json.dumps(out))\n")
+    jobs = {f"{s}|{c}": (case["yaml"], case["folder"]) for (s, c), case in results.items()}
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd()] + sys.path))
+    done = subprocess.run([sys.executable, str(script), json.dumps(jobs), json.dumps(ids.tolist())], env=env,
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = next(line for line in done.stdout.splitlines() if line.startswith("TOKENS"))
+    tokens = json.loads(line[len("TOKENS"):])
+    for (scheme, concat), case in results.items():
+        deployed = np.load(os.path.join(case["folder"], "logits.npy"))
+        assert _rel(deployed, case["golden"]) < 1e-4, (scheme, concat)
+        np.testing.assert_array_equal(deployed, case["mf"])
+        assert tokens[f"{scheme}|{concat}"] == case["golden_tokens"].tolist(), (scheme, concat)
+        assert len(tokens[f"{scheme}|{concat}"]) == ids.shape[1] + NEW_TOKENS
+
+
+def test_float_mindformers_network_equals_golden_ptq_network(quantized_pairs):
+    ids, results, root = quantized_pairs
+    from golden_ptq.mindformers import load_mindformers
+    for concat in (False, True):
+        yaml_path = str(root / f"model_concat{concat}" / "run_llama.yaml")
+        helper = MFLlamaHelper(yaml_path)
+        network = helper.create_network()
+        golden = load_mindformers(yaml_path)
+        np.testing.assert_allclose(helper.logits(network, ids), golden(ids).asnumpy(), atol=1e-5, rtol=0)
+        assert helper.generate_ids(network, ids[:1], 4)[0].tolist() == golden.generate(ids[:1], max_new_tokens=4)[0].tolist()
+
+
+def test_helper_refuses_what_it_cannot_do(quantized_pairs, tmp_path):
+    ids, results, root = quantized_pairs
+    helper = MFLlamaHelper(str(root / "model_concatFalse" / "run_llama.yaml"))
+    with pytest.raises(KeyError, match="unknown spec 'nope'"):
+        helper.get_spec("nope")
+    assert helper.get_spec("vocab_size") == 97
+    with pytest.raises(ValueError, match="processor.tokenizer needs tokenizer_file"):
+        helper.create_tokenizer()
+    network = helper.create_network()
+    padded = np.ones((1, 5), np.int64)
+    with pytest.raises(ValueError, match="rows must be unpadded"):
+        from golden_ptq.mindformers.helper import _RecomputeDecoder
+        _RecomputeDecoder(helper, network).prefill(padded, np.array([[0, 1, 1, 1, 1]]))
