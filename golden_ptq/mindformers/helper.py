@@ -23,7 +23,7 @@ import numpy as np
 
 from golden_ptq.mindformers.checkpoint_io import load_mf_checkpoint
 from golden_ptq.mindformers.run_config import MFRunConfig, read_run_config
-from golden_ptq.mindformers.shims import CPU_MODEL_CONFIG, attach_kv_caches, import_mindformers
+from golden_ptq.mindformers.shims import CPU_MODEL_CONFIG, attach_kv_caches, import_mindformers, use_cpu_argmax
 from golden_ptq.mindformers.structure import MFLlamaStructure
 
 
@@ -48,15 +48,16 @@ class MFLlamaHelper:
         return specs[name]
 
     def create_network(self, load_weights: bool = True):
-        """MindFormers' ``LlamaForCausalLM`` with the CPU settings of ``shims.CPU_MODEL_CONFIG`` and a
-        KV cache stand-in per attention; the checkpoint loaded strictly unless ``load_weights=False``
-        (DEPLOY: the quantized checkpoint fills it later)."""
+        """MindFormers' ``LlamaForCausalLM`` with the CPU settings of ``shims.CPU_MODEL_CONFIG``, a KV
+        cache stand-in per attention and a CPU argmax for its own ``generate``; the checkpoint loaded
+        strictly unless ``load_weights=False`` (DEPLOY: the quantized checkpoint fills it later)."""
         mindformers = import_mindformers()
         values = {k: v for k, v in self.run.model_config.items() if k != "type"}
         values.update(CPU_MODEL_CONFIG)
         values["max_position_embedding"] = self.run.llama.max_position_embeddings
         network = mindformers.LlamaForCausalLM(mindformers.LlamaConfig(**values))
         attach_kv_caches(network)
+        use_cpu_argmax(network)
         network.set_train(False)
         if load_weights:
             if not self.checkpoint:

@@ -50,8 +50,8 @@ def import_mindformers():
         import mindformers
     except ImportError as err:
         raise ImportError(f"golden_ptq.mindformers needs the optional dependency mindformers "
-                          f"({' or '.join(SUPPORTED_VERSIONS)}); install it with .ci/install_mindformers.sh "
-                          f"(pip install golden_ptq[mindformers] alone cannot: it pins mindspore~=2.9) ({err})") from None
+                          f"{' or '.join(SUPPORTED_VERSIONS)} ({err}); install it with "
+                          f"'bash .ci/install_mindformers.sh PYTHON'") from None
     version = getattr(mindformers, "__version__", "unknown")
     if version not in SUPPORTED_VERSIONS:
         raise ImportError(f"mindformers {version} is installed; golden_ptq.mindformers supports "
@@ -82,3 +82,18 @@ def attach_kv_caches(network) -> None:
             return attention.kv_cache(key, value)
 
         object.__setattr__(attention, "_cat_prefix", cat_prefix)
+
+
+def use_cpu_argmax(network) -> None:
+    """Let MindFormers' own ``network.generate`` pick greedy tokens on CPU.
+
+    Its generation mixin keeps ``mint.argmax`` on each instance, whose ArgMaxExt kernel is not
+    registered on CPU ("The kernel ArgMaxExt unregistered"); this instance gets a numpy argmax.
+    """
+    import numpy as np
+    from mindspore import Tensor
+
+    def argmax(logits, dim=-1):
+        return Tensor(np.argmax(logits.asnumpy(), axis=dim).astype(np.int32))
+
+    object.__setattr__(network, "argmax", argmax)
