@@ -100,7 +100,8 @@ def test_mindformers_network_quantized_in_place_matches_golden_ptq(quantized_pai
     if scheme == "c8":
         assert [r.layer_type for r in quantized] == ["KVCache"] * 2
     else:
-        linears = 1 + 2 * (4 if concat else 7)   # lm_head + per layer wq/wk/wv/wo/w1/w2/w3 (or w_qkv/wo/w_gate_hidden/w2)
+        # lm_head + per layer wq/wk/wv/wo/w1/w2/w3 (or w_qkv/wo/w_gate_hidden/w2)
+        linears = 1 + 2 * (4 if concat else 7)
         assert sum(r.layer_type == "Linear" for r in quantized) == linears
         assert isinstance(case["network"].model.layers[0].feed_forward.w2, MFQuantLinear)
         dtype = case["network"].model.layers[0].attention.wo.weight.dtype

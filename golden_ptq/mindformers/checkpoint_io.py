@@ -1,4 +1,4 @@
-"""MindFormers checkpoints (``.ckpt``, safetensors files or folders; fp16/bf16/fp32) read and written without mindformers.
+"""MindFormers checkpoints (``.ckpt``, safetensors files or folders; fp16/bf16/fp32), without mindformers.
 
 MindFormers' legacy ``LlamaForCausalLM`` names its parameters as golden_ptq's network does, except
 with ``qkv_concat``: then ``attention.w_qkv`` holds wq/wk/wv and ``feed_forward.w_gate_hidden``

@@ -107,7 +107,8 @@ class MFLlamaHelper:
         logits = out[0] if isinstance(out, tuple) else out
         return logits.asnumpy().reshape(ids.shape[0], ids.shape[1], -1)
 
-    def generate_ids(self, network, input_ids, max_new_tokens: int, eos_token_id: Optional[int] = None) -> List[np.ndarray]:
+    def generate_ids(self, network, input_ids, max_new_tokens: int,
+                     eos_token_id: Optional[int] = None) -> List[np.ndarray]:
         """Greedy decoding with golden_ptq's generation loop; every step recomputes the whole sequence
         (MindFormers' incremental path needs Ascend kernels). Rows must be unpadded."""
         from golden_ptq.networks.generation import generate
