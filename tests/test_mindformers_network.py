@@ -60,7 +60,7 @@ def quantized_pairs(tmp_path_factory, request):
     arrays = {n: p.asnumpy() for n, p in source.parameters_and_names()}
     rng = np.random.RandomState(0)
     calibration = [rng.randint(0, config.vocab_size, (2, 24)) for _ in range(3)]
-    ids = np.random.RandomState(9).randint(0, config.vocab_size, (2, 20))
+    ids = np.random.RandomState(9).randint(0, config.vocab_size, (2, 12))  # < 32 rows: kernels stay eager
     results = {}
     for concat in (False, True):
         export_mindformers(source, str(root / f"model_concat{concat}"), qkv_concat=concat)
@@ -190,3 +190,30 @@ def test_helper_refuses_what_it_cannot_do(quantized_pairs, tmp_path):
     with pytest.raises(ValueError, match="rows must be unpadded"):
         from golden_ptq.mindformers.helper import _RecomputeDecoder
         _RecomputeDecoder(helper, network).prefill(padded, np.array([[0, 1, 1, 1, 1]]))
+
+
+def test_sentencepiece_tokenizer_named_by_the_run_yaml(quantized_pairs, tmp_path):
+    import io
+    import sentencepiece
+    import yaml
+    from golden_ptq.eval.corpus import default_text_path
+    _, _, root = quantized_pairs
+    with open(default_text_path(), encoding="utf-8") as handle:
+        lines = handle.read()[:100000].splitlines()
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=model, vocab_size=300,
+                                             model_type="bpe", unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+                                             minloglevel=2)
+    (tmp_path / "tokenizer.model").write_bytes(model.getvalue())
+    with open(root / "model_concatFalse" / "run_llama.yaml", encoding="utf-8") as handle:
+        data = yaml.safe_load(handle)
+    data["load_checkpoint"] = str(root / "model_concatFalse" / "model.ckpt")
+    data["processor"] = {"tokenizer": {"type": "LlamaTokenizer", "vocab_file": "tokenizer.model"}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(data))
+    tokenizer = MFLlamaHelper(str(tmp_path / "run.yaml")).create_tokenizer()
+    text = "Call me Ishmael. Some years ago"
+    ids = tokenizer.encode(text)
+    assert 1 < len(ids) < len(text) and max(ids) < 300
+    assert tokenizer.decode(ids) == text
+    assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.add_bos_token) == (1, 2, True)
+    assert tokenizer.decode([1] + ids + [2]) == text

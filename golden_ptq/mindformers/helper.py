@@ -67,22 +67,12 @@ class MFLlamaHelper:
         return network
 
     def create_tokenizer(self):
-        """golden_ptq's tokenizer for ``processor.tokenizer``: ``tokenizer_file`` / ``vocab_file`` naming
-        a Hugging Face ``tokenizer.json`` (its folder is read), or ``type: golden_ptq_default`` for the
-        embedded SmolLM2 tokenizer. SentencePiece ``tokenizer.model`` files are not read."""
+        """The tokenizer of ``processor.tokenizer``: ``tokenizer_file`` / ``vocab_file`` naming a Hugging
+        Face ``tokenizer.json`` or a SentencePiece ``tokenizer.model``, or ``type: golden_ptq_default``
+        for the embedded SmolLM2 tokenizer (see :func:`~golden_ptq.mindformers.tokenizer.tokenizer_from_run_yaml`)."""
         if self._tokenizer is None:
-            from golden_ptq.networks.tokenizer import Tokenizer
-            spec = self.run.tokenizer
-            if spec.get("type") == "golden_ptq_default":
-                from golden_ptq.networks.default_model import default_gguf_path
-                from golden_ptq.networks.loaders.gguf_loader import GGUFFile
-                self._tokenizer = Tokenizer.from_gguf_metadata(GGUFFile(default_gguf_path()).metadata)
-            else:
-                file = self.run.resolve(spec.get("tokenizer_file") or spec.get("vocab_file"))
-                if not file or not file.endswith("tokenizer.json"):
-                    raise ValueError(f"{self.run.path}: processor.tokenizer needs tokenizer_file (or vocab_file) "
-                                     f"naming a tokenizer.json, or type: golden_ptq_default; got {spec!r}")
-                self._tokenizer = Tokenizer.from_hf_dir(os.path.dirname(os.path.abspath(file)))
+            from golden_ptq.mindformers.tokenizer import tokenizer_from_run_yaml
+            self._tokenizer = tokenizer_from_run_yaml(self.run.tokenizer, self.run.resolve, str(self.run.path))
         return self._tokenizer
 
     def generate(self, network, prompts: Union[str, Sequence[str]], max_new_tokens: Optional[int] = None) -> List[str]:
