@@ -217,3 +217,34 @@ def test_sentencepiece_tokenizer_named_by_the_run_yaml(quantized_pairs, tmp_path
     assert tokenizer.decode(ids) == text
     assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.add_bos_token) == (1, 2, True)
     assert tokenizer.decode([1] + ids + [2]) == text
+
+
+TUNING = {
+    "m2_search": dict(act_quant_dtype=I8, anti_method="m2"),
+    "m3_awq_w4_g32": dict(anti_method="m3", weight_bits=4, group_size=32,
+                          weight_quant_granularity=QuantGranularity.PER_GROUP),
+    "rollback_L2": dict(act_quant_dtype=I8, disable_level="L2"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TUNING))
+def test_msmodelslim_tuning_on_the_mindformers_network(quantized_pairs, name):
+    """The msModelSlim methods run through the same registry and structure: same result as golden_ptq's."""
+    ids, results, root = quantized_pairs
+    config = results[("a16w8", False)]["config"]
+    yaml_path = str(root / "model_concatFalse" / "run_llama.yaml")
+    from golden_ptq.mindformers import load_mindformers
+    rng = np.random.RandomState(0)
+    calibration = [rng.randint(0, config.vocab_size, (2, 24)) for _ in range(3)]
+    golden = load_mindformers(yaml_path)
+    ptq = PTQ(PTQConfig(**TUNING[name]))
+    ptq.apply(golden, None, calibration)
+    ptq.convert(golden)
+    helper = MFLlamaHelper(yaml_path)
+    network = helper.create_network()
+    mf_ptq = PTQ(PTQConfig(**TUNING[name]))
+    register_mindformers(mf_ptq.registry)
+    mf_ptq.apply(network, helper, calibration)
+    mf_ptq.convert(network)
+    assert mf_ptq.rolled_back == ptq.rolled_back and len(ptq.rolled_back) == (2 if name == "rollback_L2" else 0)
+    assert _rel(helper.logits(network, ids), golden(ids).asnumpy()) < 1e-4
