@@ -188,8 +188,8 @@ def test_helper_refuses_what_it_cannot_do(quantized_pairs, tmp_path):
     network = helper.create_network()
     padded = np.ones((1, 5), np.int64)
     with pytest.raises(ValueError, match="rows must be unpadded"):
-        from golden_ptq.mindformers.helper import _RecomputeDecoder
-        _RecomputeDecoder(helper, network).prefill(padded, np.array([[0, 1, 1, 1, 1]]))
+        from golden_ptq.mindformers.helper import _CachedDecoder
+        _CachedDecoder(helper, network).prefill(padded, np.array([[0, 1, 1, 1, 1]]))
 
 
 def test_sentencepiece_tokenizer_named_by_the_run_yaml(quantized_pairs, tmp_path):
@@ -248,3 +248,26 @@ def test_msmodelslim_tuning_on_the_mindformers_network(quantized_pairs, name):
     mf_ptq.convert(network)
     assert mf_ptq.rolled_back == ptq.rolled_back and len(ptq.rolled_back) == (2 if name == "rollback_L2" else 0)
     assert _rel(helper.logits(network, ids), golden(ids).asnumpy()) < 1e-4
+
+
+@pytest.mark.parametrize("scheme", ["float", "c8", "a8w8_smooth"])
+def test_incremental_decoding_equals_the_full_forward(quantized_pairs, scheme):
+    """golden_ptq's KV cache stand-in gives MindFormers' network incremental decoding on CPU; with C8 it stores int8."""
+    from golden_ptq.mindformers.helper import _CachedDecoder
+    ids, results, root = quantized_pairs
+    if scheme == "float":
+        helper = MFLlamaHelper(str(root / "model_concatFalse" / "run_llama.yaml"))
+        network = helper.create_network()
+    else:
+        helper, network = MFLlamaHelper(results[(scheme, False)]["yaml"]), results[(scheme, False)]["network"]
+    full = helper.logits(network, ids)
+    decoder = _CachedDecoder(helper, network)
+    steps = [decoder.prefill(ids[:, :6]).asnumpy()]
+    cache = network.model.layers[1].attention.kv_cache
+    assert cache.cached_length() == 6
+    assert cache._history["key"].dtype == (ms.int8 if scheme == "c8" else ms.float32)  # pylint: disable=protected-access
+    steps += [decoder.decode_step(ids[:, t]).asnumpy() for t in range(6, ids.shape[1])]
+    np.testing.assert_allclose(np.stack(steps, axis=1), full[:, 5:], rtol=0, atol=1e-5 * np.abs(full).max())
+    decoder.reset_cache()
+    assert cache.cached_length() == 0
+    np.testing.assert_array_equal(helper.logits(network, ids), full)   # the full forward is untouched

@@ -23,7 +23,9 @@ import numpy as np
 
 from golden_ptq.mindformers.checkpoint_io import load_mf_checkpoint
 from golden_ptq.mindformers.run_config import MFRunConfig, read_run_config
-from golden_ptq.mindformers.shims import CPU_MODEL_CONFIG, attach_kv_caches, import_mindformers, use_cpu_argmax
+from golden_ptq.mindformers.shims import (CACHE_MODE_ATTR, CPU_MODEL_CONFIG, attach_kv_caches, import_mindformers,
+                                          use_cpu_argmax)
+from golden_ptq.networks.layers import CacheMode
 from golden_ptq.mindformers.structure import MFLlamaStructure
 
 
@@ -99,10 +101,10 @@ class MFLlamaHelper:
 
     def generate_ids(self, network, input_ids, max_new_tokens: int,
                      eos_token_id: Optional[int] = None) -> List[np.ndarray]:
-        """Greedy decoding with golden_ptq's generation loop; every step recomputes the whole sequence
-        (MindFormers' incremental path needs Ascend kernels). Rows must be unpadded."""
+        """Greedy decoding with golden_ptq's generation loop and KV cache (MindFormers' own incremental
+        path needs Ascend kernels): the prompt once, then one token per step. Rows must be unpadded."""
         from golden_ptq.networks.generation import generate
-        view = _RecomputeDecoder(self, network)
+        view = _CachedDecoder(self, network)
         eos = self.run.llama.eos_token_id if eos_token_id is None else eos_token_id
         return generate(view, input_ids, max_new_tokens=max_new_tokens, eos_token_id=eos,
                         attention_mask=np.ones_like(np.asarray(input_ids)))
@@ -125,29 +127,71 @@ class MFLlamaHelper:
         return network, ptq
 
 
-class _RecomputeDecoder:
-    """``prefill`` / ``decode_step`` / ``reset_cache`` over MindFormers' full forward, for golden_ptq's ``generate``."""
+class _CachedDecoder:
+    """``prefill`` / ``decode_step`` / ``reset_cache`` over MindFormers' layers with the KV cache stand-ins,
+    for golden_ptq's ``generate``: the prompt runs once, then each step runs one token per row."""
 
     def __init__(self, helper: MFLlamaHelper, network):
         self.helper, self.network = helper, network
         self.config = helper.run.llama
-        self._ids: Optional[np.ndarray] = None
+        self._length: Optional[int] = None
+
+    def _set_mode(self, mode: int) -> None:
+        for layer in self.network.model.layers:
+            layer.attention.__dict__[CACHE_MODE_ATTR] = mode
+
+    def _head(self, hidden):
+        from mindspore import ops
+        logits = self.network.lm_head(self.network.model.norm_out(hidden[:, -1:]))
+        return ops.cast(logits, ms_float32())[:, 0]
 
     def prefill(self, input_ids, attention_mask=None):
-        from mindspore import Tensor
         ids = np.asarray(input_ids, dtype=np.int64)
         if attention_mask is not None and not np.all(np.asarray(attention_mask) == 1):
-            raise ValueError("MFLlamaHelper.generate_ids: rows must be unpadded (MindFormers' full forward "
-                             "counts positions from the first column)")
-        self._ids = ids
-        return Tensor(self.helper.logits(self.network, ids)[:, -1])
+            raise ValueError("MFLlamaHelper.generate_ids: rows must be unpadded (MindFormers' forward counts "
+                             "positions from the first column)")
+        self.reset_cache()
+        structure = self.helper.structure
+        hidden, inputs = structure.layer_inputs(self.network, ids)
+        self._set_mode(CacheMode.PREFILL)
+        try:
+            for _, layer in structure.decoder_layers(self.network):
+                hidden = structure.run_layer(layer, hidden, inputs)
+        finally:
+            self._set_mode(CacheMode.NONE)
+        self._length = ids.shape[1]
+        return self._head(hidden)
 
     def decode_step(self, token_ids):
-        if self._ids is None:
-            raise RuntimeError("decode_step called before prefill")
-        self._ids = np.concatenate([self._ids, np.asarray(token_ids, dtype=np.int64).reshape(-1, 1)], axis=1)
         from mindspore import Tensor
-        return Tensor(self.helper.logits(self.network, self._ids)[:, -1])
+        if self._length is None:
+            raise RuntimeError("decode_step called before prefill")
+        tokens = Tensor(np.asarray(token_ids, dtype=np.int32).reshape(-1, 1))
+        model, position = self.network.model, self._length
+        freqs = model.freqs_mgr
+        if position >= freqs.freqs_cos.shape[0]:
+            raise ValueError(f"sequence length {position + 1} exceeds the rotary table "
+                             f"({freqs.freqs_cos.shape[0]} positions: seq_length / max_position_embedding)")
+        width = freqs.freqs_cos.shape[1]
+        freqs_cis = (freqs.freqs_cos[position:position + 1].reshape(1, 1, 1, width),
+                     freqs.freqs_sin[position:position + 1].reshape(1, 1, 1, width), freqs.swap_mask)
+        mask = Tensor(np.zeros((tokens.shape[0], 1, 1, position + 1), np.float32))  # the new token sees all
+        hidden = model.tok_embeddings(tokens).astype(ms_float32())
+        self._set_mode(CacheMode.DECODE)
+        try:
+            for layer in model.layers:
+                hidden = layer(hidden, freqs_cis, mask)
+        finally:
+            self._set_mode(CacheMode.NONE)
+        self._length = position + 1
+        return self._head(hidden)
 
     def reset_cache(self) -> None:
-        self._ids = None
+        for layer in self.network.model.layers:
+            layer.attention.kv_cache.reset()
+        self._length = None
+
+
+def ms_float32():
+    import mindspore as ms
+    return ms.float32

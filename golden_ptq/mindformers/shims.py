@@ -18,8 +18,9 @@ CPU_MODEL_CONFIG: Dict[str, Any] = {
     "use_rope_slice": True,         # the default rope path calls a fused kernel with no CPU implementation
     "fused_rms_norm": False,        # "The kernel RmsNorm unregistered" on CPU: use MindFormers' own op-by-op norm
     "use_flash_attention": False,   # FlashAttentionScore is Ascend-only
-    "use_past": False,              # incremental decoding calls ApplyRotaryPosEmb, ReshapeAndCache and
-                                    # PagedAttention (Ascend-only): every forward recomputes the whole sequence
+    "use_past": False,              # MindFormers' incremental decoding calls ApplyRotaryPosEmb, ReshapeAndCache
+                                    # and PagedAttention (Ascend-only); golden_ptq decodes through the
+                                    # full-sequence path with its own KV cache (attach_kv_caches)
     "compute_dtype": "float32",     # CPU computes in float32 (fp16/bf16 matmuls are slow or missing there)
     "layernorm_compute_type": "float32",
     "softmax_compute_type": "float32",
@@ -59,6 +60,10 @@ def import_mindformers():
     return mindformers
 
 
+#: Attribute of each attention instance telling its KV cache stand-in the cache mode of the call.
+CACHE_MODE_ATTR = "_golden_ptq_cache_mode"
+
+
 def attach_kv_caches(network) -> None:
     """Give every attention of a MindFormers Llama a golden_ptq :class:`~golden_ptq.networks.layers.KVCache`
     at ``attention.kv_cache`` (golden_ptq's name), and pass its keys (after rotary embedding) and
@@ -68,8 +73,11 @@ def attach_kv_caches(network) -> None:
     full-sequence path has none. The hook is the attention's ``_cat_prefix`` (which concatenates
     prefix keys/values, none here), replaced on each instance by a call that runs the cache cell
     looked up at call time, so PTQ can swap in ``QuantKVCache`` (C8) like in golden_ptq's network.
+    The cache mode comes from the instance attribute :data:`CACHE_MODE_ATTR` (full recomputation
+    unless golden_ptq's incremental decoder in :mod:`golden_ptq.mindformers.helper` sets it), so
+    the history is kept, and with C8 stored as int8, as in golden_ptq's network.
     """
-    from golden_ptq.networks.layers import KVCache
+    from golden_ptq.networks.layers import CacheMode, KVCache
     for layer in network.model.layers:
         attention = layer.attention
         if "kv_cache" in attention._cells:  # pylint: disable=protected-access
@@ -79,7 +87,7 @@ def attach_kv_caches(network) -> None:
 
         def cat_prefix(key, value, prefix_keys_values, attention=attention, original=original):
             key, value = original(key, value, prefix_keys_values)
-            return attention.kv_cache(key, value)
+            return attention.kv_cache(key, value, attention.__dict__.get(CACHE_MODE_ATTR, CacheMode.NONE))
 
         object.__setattr__(attention, "_cat_prefix", cat_prefix)
 
