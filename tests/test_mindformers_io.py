@@ -9,7 +9,7 @@ import yaml
 from golden_ptq import PTQ, PTQConfig, PTQMode
 from golden_ptq.mindformers import (export_mindformers, ffn_width, load_mf_checkpoint, load_mindformers,
                                     parse_run_config, read_mf_checkpoint, save_mf_checkpoint)
-from golden_ptq.mindformers.checkpoint_io import join_gate_up, join_qkv, split_concat, split_gate_up, split_qkv
+from golden_ptq.mindformers.concat import join_gate_up, join_qkv, split_concat, split_gate_up, split_qkv
 from golden_ptq.mindformers.run_config import run_yaml_dict
 from golden_ptq.networks.llama import LlamaForCausalLM
 

@@ -18,7 +18,9 @@ class SentencePieceTokenizer:
         self.bos_token_id = _id_or_none(self.backend.bos_id())
         self.eos_token_id = _id_or_none(self.backend.eos_id())
         pad = _id_or_none(self.backend.pad_id())
-        self.pad_token_id = pad_token_id if pad_token_id is not None else (pad if pad is not None else self.eos_token_id)
+        if pad_token_id is None:
+            pad_token_id = pad if pad is not None else self.eos_token_id
+        self.pad_token_id = pad_token_id
         self.add_bos_token = bool(add_bos_token and self.bos_token_id is not None)
         self.special_ids = frozenset(i for i in (self.bos_token_id, self.eos_token_id, pad) if i is not None)
         self.vocab_size = self.backend.GetPieceSize()
