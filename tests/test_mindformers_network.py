@@ -271,3 +271,32 @@ def test_incremental_decoding_equals_the_full_forward(quantized_pairs, scheme):
     decoder.reset_cache()
     assert cache.cached_length() == 0
     np.testing.assert_array_equal(helper.logits(network, ids), full)   # the full forward is untouched
+
+
+@pytest.mark.parametrize("concat", [False, True])
+def test_qkv_bias_and_tied_embeddings(tmp_path, concat):
+    """Qwen2-shaped attention (q/k/v biases, split from w_qkv's bias with qkv_concat) and a tied lm_head."""
+    from golden_ptq.mindformers import load_mindformers
+    from golden_ptq.networks.config import LlamaConfig
+    config = LlamaConfig(vocab_size=97, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                         intermediate_size=96, max_position_embeddings=128, qkv_bias=True, tie_word_embeddings=True)
+    source = LlamaForCausalLM(config, seed=0)
+    export_mindformers(source, str(tmp_path), qkv_concat=concat)
+    yaml_path = str(tmp_path / "run_llama.yaml")
+    helper = MFLlamaHelper(yaml_path)
+    network = helper.create_network()
+    ids = np.random.RandomState(9).randint(0, config.vocab_size, (2, 12))
+    np.testing.assert_allclose(helper.logits(network, ids), source(ids).asnumpy(), atol=1e-5, rtol=0)
+    kwargs = dict(act_quant_dtype=I8, kvcache_quant_dtype=I8, outliers_suppression=OutliersSuppressionType.SMOOTH)
+    rng = np.random.RandomState(0)
+    calibration = [rng.randint(0, config.vocab_size, (2, 24)) for _ in range(3)]
+    golden = load_mindformers(yaml_path)
+    ptq = PTQ(PTQConfig(**kwargs), structure=_NormOnlyStructure() if concat else None)
+    ptq.apply(golden, None, calibration)
+    ptq.convert(golden)
+    mf_ptq = PTQ(PTQConfig(**kwargs))
+    register_mindformers(mf_ptq.registry)
+    mf_ptq.apply(network, helper, calibration)
+    mf_ptq.convert(network)
+    assert network.model.layers[0].attention.wo.weight.dtype == ms.int8
+    assert _rel(helper.logits(network, ids), golden(ids).asnumpy()) < 1e-4
