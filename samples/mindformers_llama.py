@@ -14,8 +14,9 @@
 ``quantize`` takes the float weights from the run yaml's ``load_checkpoint`` (or ``--load-checkpoint``).
 Tensor parallelism (``msrun``) is refused: MindFormers' legacy Llama splits its layers through
 semi-auto-parallel shard strategies that only a compiled graph applies, while golden_ptq runs it
-eagerly on CPU, so every worker would hold and quantize the whole model. For TP=2, load the
-MindFormers model into golden_ptq's own network (``golden_ptq.mindformers.load_mindformers``).
+eagerly on CPU. Tried with 2 CPU workers, ``semi_auto_parallel`` and ``model_parallel: 2``: each
+worker built ``wq`` whole and ran the whole model. For TP=2, load the MindFormers model into
+golden_ptq's own network (``golden_ptq.mindformers.load_mindformers``), which splits under msrun.
 """
 import argparse
 import os
