@@ -207,3 +207,54 @@ def test_smollm2_as_mindformers_model_round_trips(tmp_path, smollm2_gguf):
                        tokenizer={"type": "golden_ptq_default"})
     loaded = load_mindformers(str(tmp_path / "run_llama.yaml"))
     np.testing.assert_allclose(loaded(ids).asnumpy(), reference, atol=1e-5, rtol=0)
+
+
+_TP_WORKER = """
+import sys
+import numpy as np
+from golden_ptq.parallel import init_from_launcher
+tp = init_from_launcher()
+from golden_ptq.mindformers import load_mindformers
+network = load_mindformers(sys.argv[1])
+ids = np.random.RandomState(9).randint(0, network.config.vocab_size, (2, 12))
+np.save(sys.argv[2] + f"/logits_{tp.rank}_of_{tp.size}.npy", network(ids).asnumpy())
+np.save(sys.argv[2] + f"/wq_{tp.rank}.npy", network.model.layers[0].attention.wq.weight.asnumpy())
+"""
+
+
+def test_mindformers_checkpoint_loads_tensor_parallel_under_msrun(tmp_path, tiny_config):
+    """Each of 2 msrun workers takes its slice of a qkv_concat MindFormers checkpoint; logits equal TP=1's."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    from test_tp_msrun import free_port, msrun_logs
+    msrun = shutil.which("msrun")
+    if msrun is None:
+        pytest.skip("msrun (installed with mindspore) is not on PATH")
+    network = LlamaForCausalLM(tiny_config, seed=0)
+    export_mindformers(network, str(tmp_path), qkv_concat=True)
+    worker = tmp_path / "worker.py"
+    worker.write_text(_TP_WORKER)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    paths = [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+               PYTHONPATH=os.pathsep.join(paths))
+    log_dir = str(tmp_path / "msrun_log")
+    cmd = [msrun, "--worker_num=2", "--local_worker_num=2", f"--master_port={free_port()}", f"--log_dir={log_dir}",
+           "--join=True", str(worker), str(tmp_path / "run_llama.yaml"), str(tmp_path)]
+    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env=env)
+    try:
+        out, _ = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the msrun job started here, workers included
+        out, _ = proc.communicate()
+        pytest.fail(f"msrun did not finish in 240 s\n{out[-3000:]}\n{msrun_logs(log_dir)}")
+    assert proc.returncode == 0, f"{out[-3000:]}\n{msrun_logs(log_dir)}"
+    reference = network(_ids(tiny_config, (2, 12))).asnumpy()
+    wq = network.model.layers[0].attention.wq.weight.asnumpy()
+    for rank in (0, 1):
+        np.testing.assert_allclose(np.load(tmp_path / f"logits_{rank}_of_2.npy"), reference, atol=1e-5, rtol=0)
+        half = wq.shape[0] // 2
+        np.testing.assert_array_equal(np.load(tmp_path / f"wq_{rank}.npy"), wq[rank * half:(rank + 1) * half])

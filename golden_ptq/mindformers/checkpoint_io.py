@@ -71,9 +71,9 @@ def _read_ckpt(path: str) -> Dict[str, np.ndarray]:
 
 def load_mf_checkpoint(path: str, network, qkv_concat: bool = False) -> None:
     """Strictly load a MindFormers checkpoint into golden_ptq's (float or DEPLOY-mode quantized)
-    ``network``, or into MindFormers' own (names kept as they are): every parameter must be there
-    with its shape and dtype, and no network tensor may be left over (a tied ``lm_head.weight``
-    equal to the embedding excepted)."""
+    ``network`` (a tensor-parallel rank's slice under msrun), or into MindFormers' own (names kept as
+    they are): every parameter must be there with its shape and dtype, and no network tensor may be
+    left over (a tied ``lm_head.weight`` equal to the embedding excepted)."""
     from golden_ptq.checkpoint import load_state
     config = network.config
     arrays = read_mf_checkpoint(path)
@@ -89,6 +89,10 @@ def load_mf_checkpoint(path: str, network, qkv_concat: bool = False) -> None:
         if embedding in arrays and not np.array_equal(arrays[head], arrays[embedding]):
             raise ValueError(f"{path}: tie_word_embeddings is true but '{head}' differs from '{embedding}'")
         del arrays[head]
+    tp, layout = getattr(network, "tp", None), getattr(network, "tp_layout", None)
+    if tp is not None and tp.parallel:  # golden_ptq's network under msrun: each rank takes its slice
+        from golden_ptq.parallel.sharding import split_state
+        arrays = split_state(arrays, layout)
     load_state(arrays, network, path)
 
 
