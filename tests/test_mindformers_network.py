@@ -265,7 +265,8 @@ def test_incremental_decoding_equals_the_full_forward(quantized_pairs, scheme):
     steps = [decoder.prefill(ids[:, :6]).asnumpy()]
     cache = network.model.layers[1].attention.kv_cache
     assert cache.cached_length() == 6
-    assert cache._history["key"].dtype == (ms.int8 if scheme == "c8" else ms.float32)  # pylint: disable=protected-access
+    stored = cache._history["key"].dtype  # pylint: disable=protected-access
+    assert stored == (ms.int8 if scheme == "c8" else ms.float32)
     steps += [decoder.decode_step(ids[:, t]).asnumpy() for t in range(6, ids.shape[1])]
     np.testing.assert_allclose(np.stack(steps, axis=1), full[:, 5:], rtol=0, atol=1e-5 * np.abs(full).max())
     decoder.reset_cache()
