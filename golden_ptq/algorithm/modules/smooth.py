@@ -124,7 +124,7 @@ def smoothing_scale(act: np.ndarray, weight_max: np.ndarray, alpha: float, beta:
 
 def fold_smoothing(ctx: LayerContext, mapping: SmoothMapping, stats: MappingStats, scale: np.ndarray) -> None:
     """Fold ``scale`` (per smooth channel): smooth cell / s, balance columns * s, observers rescaled."""
-    _fold_into_smooth(stats.smooth_cell, scale, ctx.name, mapping.smooth)
+    _fold_into_smooth(stats.smooth_cell, scale, ctx.name, mapping.smooth, getattr(ctx.structure, "norm_types", ()))
     balance_scale = scale[stats.expand]
     for cell in stats.balance:
         w = cell.weight.asnumpy().astype(np.float64) * balance_scale[None, :]
@@ -137,8 +137,10 @@ def fold_smoothing(ctx: LayerContext, mapping: SmoothMapping, stats: MappingStat
             cache.observers["value"].scale_channels(1.0 / scale)
 
 
-def _fold_into_smooth(cell, scale: np.ndarray, layer_name: str, relative: str) -> None:
-    if isinstance(cell, RMSNorm):
+def _fold_into_smooth(cell, scale: np.ndarray, layer_name: str, relative: str, norm_types=()) -> None:
+    """``norm_types``: further RMSNorm classes (with a ``weight`` per channel) the structure declares,
+    e.g. MindFormers' ``LlamaRMSNorm``."""
+    if isinstance(cell, (RMSNorm,) + tuple(norm_types)):
         cell.weight.set_data(Tensor((cell.weight.asnumpy() / scale).astype(np.float32)))
         return
     if isinstance(cell, (Linear, QuantLinear)):
