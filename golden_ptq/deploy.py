@@ -7,6 +7,7 @@ set (see :mod:`golden_ptq.io.folder_set`)::
     quant_desc.json     every parameter's quant type (W8A8, W8A16, C8, FLOAT, ...)
     ptq_config.yaml     the DEPLOY config that rebuilds the quantized structure
     network.yaml        the network's shape (and run settings): no float weights needed to deploy
+                        (golden_ptq's own network; another family, e.g. MindFormers', loads through its helper)
     tokenizer.json, tokenizer_config.json   when a tokenizer is given
     manifest.json       size and SHA-256 of every file, checked on load
 
@@ -23,6 +24,7 @@ import yaml
 
 from golden_ptq.algorithm import PTQ
 from golden_ptq.config import PTQConfig, PTQMode
+from golden_ptq.config.model_config import LlamaConfig
 from golden_ptq.io.checkpoint import load_checkpoint, load_full_checkpoint, save_checkpoint
 from golden_ptq.io.folder_set import FolderSetError, recover, verify_folder_set, write_folder_set
 from golden_ptq.networks.helper import NetworkHelper
@@ -61,7 +63,8 @@ def save_quantized(network, ptq: PTQ, folder: str, fmt: str = "safetensors", tok
             import json
             atomic_write_text(os.path.join(tmp, DESC_FILE), json.dumps(quant_desc(network), indent=1, sort_keys=True))
         deploy_config(ptq).dump(os.path.join(tmp, CONFIG_FILE))
-        write_network_yaml(os.path.join(tmp, NETWORK_FILE), network, runtime, tokenizer is not None)
+        if isinstance(getattr(network, "config", None), LlamaConfig):  # golden_ptq's own network
+            write_network_yaml(os.path.join(tmp, NETWORK_FILE), network, runtime, tokenizer is not None)
         if tokenizer is not None:
             tokenizer.save(tmp)
         if parallel:
@@ -76,10 +79,7 @@ def save_quantized(network, ptq: PTQ, folder: str, fmt: str = "safetensors", tok
 
 def write_network_yaml(path: str, network, runtime: Optional[Dict[str, object]], has_tokenizer: bool) -> None:
     """The NetworkHelper config that rebuilds ``network``'s structure (``source: saved``)."""
-    config = getattr(network, "config", None)
-    if config is None or not hasattr(config, "to_dict"):
-        raise TypeError(f"save_quantized: the network ({type(network).__name__}) has no LlamaConfig `config`; "
-                        f"golden_ptq cannot describe its structure in {NETWORK_FILE}")
+    config = network.config
     model = {"source": "saved", "config": config.to_dict()}
     if has_tokenizer:
         model["tokenizer"] = "."

@@ -52,7 +52,7 @@ def _rel(a, b):
 @pytest.fixture(scope="module")
 def quantized_pairs(tmp_path_factory, request):
     """Per case: golden_ptq's quantized logits / tokens, MindFormers' in-process ones, the saved folder."""
-    from golden_ptq.networks.config import LlamaConfig
+    from golden_ptq.config.model_config import LlamaConfig
     config = LlamaConfig(vocab_size=97, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
                          intermediate_size=96, max_position_embeddings=128, pad_token_id=None, eos_token_id=None)
     root = tmp_path_factory.mktemp("mindformers")
@@ -196,10 +196,9 @@ def test_sentencepiece_tokenizer_named_by_the_run_yaml(quantized_pairs, tmp_path
     import io
     import sentencepiece
     import yaml
-    from golden_ptq.eval.corpus import default_text_path
+    from golden_ptq.eval.corpus import corpus_text
     _, _, root = quantized_pairs
-    with open(default_text_path(), encoding="utf-8") as handle:
-        lines = handle.read()[:100000].splitlines()
+    lines = corpus_text()[:100000].splitlines()
     model = io.BytesIO()
     sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=model, vocab_size=300,
                                              model_type="bpe", unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
@@ -278,7 +277,7 @@ def test_incremental_decoding_equals_the_full_forward(quantized_pairs, scheme):
 def test_qkv_bias_and_tied_embeddings(tmp_path, concat):
     """Qwen2-shaped attention (q/k/v biases, split from w_qkv's bias with qkv_concat) and a tied lm_head."""
     from golden_ptq.mindformers import load_mindformers
-    from golden_ptq.networks.config import LlamaConfig
+    from golden_ptq.config.model_config import LlamaConfig
     config = LlamaConfig(vocab_size=97, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
                          intermediate_size=96, max_position_embeddings=128, qkv_bias=True, tie_word_embeddings=True)
     source = LlamaForCausalLM(config, seed=0)

@@ -25,7 +25,7 @@ def read_mf_checkpoint(path: str) -> Dict[str, np.ndarray]:
     """All network tensors of a MindFormers checkpoint: a ``.ckpt`` or ``.safetensors`` file, or a
     folder of safetensors files (MindFormers' unified checkpoint). fp16/bf16 floats become float32;
     integer tensors keep their dtype; training state is left out."""
-    from golden_ptq.networks.loaders.safetensors_io import SafetensorsFiles, find_safetensors
+    from golden_ptq.io.safetensors_files import SafetensorsFiles, find_safetensors
     if os.path.isdir(path):
         files = find_safetensors(path)
         arrays = _read_safetensors(SafetensorsFiles(files))
@@ -74,7 +74,7 @@ def load_mf_checkpoint(path: str, network, qkv_concat: bool = False) -> None:
     ``network`` (a tensor-parallel rank's slice under msrun), or into MindFormers' own (names kept as
     they are): every parameter must be there with its shape and dtype, and no network tensor may be
     left over (a tied ``lm_head.weight`` equal to the embedding excepted)."""
-    from golden_ptq.checkpoint import load_state
+    from golden_ptq.io.checkpoint import load_state
     config = network.config
     arrays = read_mf_checkpoint(path)
     names = {name for name, _ in network.parameters_and_names()}
@@ -131,7 +131,8 @@ def save_mf_checkpoint(network, path: str, qkv_concat: bool = False, param_dtype
     see :func:`mf_state` for names and dtypes (``param_dtype`` applies to the parameters that stay
     float). With a quantized network, ``quant_desc.json`` (under the same names) is written beside
     it. Returns ``path``."""
-    from golden_ptq.checkpoint import _atomic_write, atomic_write_text, quant_desc
+    from golden_ptq.io.atomic import atomic_write, atomic_write_text
+    from golden_ptq.io.checkpoint import quant_desc
     from golden_ptq.quant_cells.base import QuantCell
     if not path.endswith((".ckpt", ".safetensors")):
         raise ValueError(f"save_mf_checkpoint: {path!r} must end with .ckpt or .safetensors")
@@ -144,7 +145,7 @@ def save_mf_checkpoint(network, path: str, qkv_concat: bool = False, param_dtype
     arrays = mf_state(network, qkv_concat, param_dtype, float_names)
     bf16_names = {n for n, a in arrays.items() if a.dtype == np.uint16} if param_dtype == "bfloat16" else set()
     writer = _write_ckpt if path.endswith(".ckpt") else write_safetensors
-    _atomic_write(path, lambda tmp: writer(arrays, bf16_names, tmp))
+    atomic_write(path, lambda tmp: writer(arrays, bf16_names, tmp))
     if desc is not None:
         desc = join_desc(desc) if qkv_concat else desc
         folder = os.path.dirname(os.path.abspath(path))

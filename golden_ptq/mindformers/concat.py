@@ -16,7 +16,7 @@ from typing import Dict, Tuple
 
 import numpy as np
 
-from golden_ptq.networks.config import LlamaConfig
+from golden_ptq.config.model_config import LlamaConfig
 
 #: Parameters of a quantized Linear with one entry per output row (split/joined with the rows).
 ROW_PARAMS = ("weight", "bias", "weight_scale", "weight_zp", "quant_bias", "deq_scale", "shift_bias")

@@ -113,10 +113,12 @@ class MFLlamaHelper:
         """(network, ptq): MindFormers' network in DEPLOY mode with the quantized checkpoint written by
         :func:`golden_ptq.deploy.save_quantized` loaded strictly."""
         from golden_ptq.algorithm import PTQ
-        from golden_ptq.checkpoint import load_checkpoint
+        from golden_ptq.io.checkpoint import load_checkpoint
         from golden_ptq.config import PTQConfig, PTQMode
         from golden_ptq.deploy import CONFIG_FILE, find_checkpoint
+        from golden_ptq.io.folder_set import verify_folder_set
         from golden_ptq.mindformers.quant_cells import register_mindformers
+        verify_folder_set(folder)  # every file as saved, before anything is built
         config = dataclasses.replace(PTQConfig.load(os.path.join(folder, CONFIG_FILE)), mode=PTQMode.DEPLOY)
         network = self.create_network(load_weights=False)
         ptq = PTQ(config)

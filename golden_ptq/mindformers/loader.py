@@ -29,7 +29,7 @@ def export_mindformers(network: LlamaForCausalLM, folder: str, qkv_concat: bool 
                        tokenizer: Optional[Dict[str, Any]] = None) -> MFRunConfig:
     """Write ``folder/run_llama.yaml`` and ``folder/model.<fmt>`` so MindFormers (or
     :func:`load_mindformers`) builds this network; returns the run config as read back."""
-    from golden_ptq.checkpoint import atomic_write_text
+    from golden_ptq.io.atomic import atomic_write_text
     if fmt not in ("ckpt", "safetensors"):
         raise ValueError(f"export_mindformers: fmt {fmt!r} is not one of ['ckpt', 'safetensors']")
     os.makedirs(folder, exist_ok=True)

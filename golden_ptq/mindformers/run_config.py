@@ -1,6 +1,6 @@
 """A MindFormers run yaml (``model.model_config`` of a ``LlamaForCausalLM``) read without mindformers.
 
-The fields that shape the network map onto :class:`~golden_ptq.networks.config.LlamaConfig`; the
+The fields that shape the network map onto :class:`~golden_ptq.config.model_config.LlamaConfig`; the
 FFN width follows MindFormers' rule (:func:`ffn_width`). Fields that only steer MindFormers'
 kernels, precision or serving are accepted and kept in :attr:`MFRunConfig.model_config` (golden_ptq
 computes in float32 on CPU); fields that would change the function the network computes and that
@@ -14,7 +14,7 @@ from typing import Any, Dict, Optional
 
 import yaml
 
-from golden_ptq.networks.config import LlamaConfig
+from golden_ptq.config.model_config import LlamaConfig
 
 #: MindFormers dtype names for parameters and compute (``param_init_type``, ``compute_dtype``, ...).
 DTYPES = ("float16", "bfloat16", "float32")
