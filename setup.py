@@ -10,6 +10,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.9",
     packages=find_packages(include=["golden_ptq", "golden_ptq.*"]),
+    package_data={"golden_ptq.kernels": ["*.cc"]},   # compiled at first use (golden_ptq.kernels.native)
     install_requires=[
         "mindspore==2.10.0",
         "numpy<2",
@@ -20,6 +21,8 @@ setup(
         "tqdm",
         "psutil",
     ],
-    extras_require={"test": ["pytest"], "report": ["matplotlib"]},
+    extras_require={"test": ["pytest"], "report": ["matplotlib"],
+                    # benchmarks/speed.py's side-by-side column: SmolLM2 in transformers on CPU
+                    "bench": ["transformers", "torch"]},
     entry_points={"console_scripts": ["golden-ptq=golden_ptq.cli:main"]},
 )
