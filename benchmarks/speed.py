@@ -1,0 +1,216 @@
+"""Inference speed of SmolLM2-135M: FP32 and every shipped deploy form, side by side in one process.
+
+Prefill tokens/s at 1 x 512 and 4 x 512, decode tokens/s at batch 1 and 8 (after a short
+prompt), for golden_ptq FP32 and each ``configs/ptq/*.yaml`` (quantized in this process on a few
+calibration windows, which only fixes scales: speed does not depend on them). With the optional
+``bench`` extra (transformers + torch CPU) the same GGUF is loaded by transformers and measured
+too, and a ratio column compares. Repeats are interleaved (every form once per round), so machine
+noise shows as the spread between min and median.
+
+    python benchmarks/speed.py
+    python benchmarks/speed.py --forms fp32 a8w8_dynamic --repeats 5 --no-transformers
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List
+
+import numpy as np
+import psutil
+
+from golden_ptq import PTQ, PTQConfig
+from golden_ptq.eval.corpus import load_splits
+from golden_ptq.kernels import kernel_info, set_native_kernels
+from golden_ptq.networks.default_model import default_gguf_path
+from golden_ptq.networks.llama import LlamaForCausalLM
+from golden_ptq.networks.loaders import load_gguf
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "configs", "ptq")
+PREFILL_SHAPES = [(1, 512), (4, 512)]
+DECODE_BATCHES = [1, 8]
+PROMPT = 16
+
+
+def rss_gb() -> float:
+    return psutil.Process().memory_info().rss / 1e9
+
+
+def cpu_flags() -> str:
+    with open("/proc/cpuinfo") as handle:
+        flags = next((line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), [])
+    wanted = ["avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_tile"]
+    return " ".join(f for f in wanted if f in flags)
+
+
+class GoldenRunner:
+    """Prefill / decode timings of a golden_ptq network."""
+
+    def __init__(self, network):
+        self.network = network
+
+    def prefill(self, ids: np.ndarray) -> None:
+        self.network.prefill(ids).asnumpy()
+
+    def decode(self, ids: np.ndarray, steps: int) -> float:
+        """Seconds for ``steps`` decode steps after prefilling ``ids``."""
+        logits = self.network.prefill(ids).asnumpy()
+        token = logits.argmax(-1)
+        start = time.perf_counter()
+        for _ in range(steps):
+            token = self.network.decode_step(token).asnumpy().argmax(-1)
+        seconds = time.perf_counter() - start
+        self.network.reset_cache()
+        return seconds
+
+
+class TransformersRunner:
+    """The same measurements on a transformers model (torch, CPU, eval, no grad)."""
+
+    def __init__(self, model, torch):
+        self.model, self.torch = model, torch
+
+    def prefill(self, ids: np.ndarray) -> None:
+        with self.torch.no_grad():
+            self.model(self.torch.from_numpy(ids.astype(np.int64)), use_cache=True)
+
+    def decode(self, ids: np.ndarray, steps: int) -> float:
+        torch = self.torch
+        with torch.no_grad():
+            out = self.model(torch.from_numpy(ids.astype(np.int64)), use_cache=True)
+            past, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+            start = time.perf_counter()
+            for _ in range(steps):
+                out = self.model(token, past_key_values=past, use_cache=True)
+                past, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+            return time.perf_counter() - start
+
+
+def load_transformers(threads: int):
+    """SmolLM2 from the same GGUF through transformers' GGUF loader, or None without the bench extra."""
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM
+    except ImportError:
+        return None
+    torch.set_num_threads(threads)
+    path = default_gguf_path()
+    model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
+                                                 torch_dtype=torch.float32)
+    model.eval()
+    return TransformersRunner(model, torch)
+
+
+def build_forms(names: List[str], calib: List[np.ndarray]) -> Dict[str, object]:
+    network, _ = load_gguf(default_gguf_path(), max_position_embeddings=2048)
+    weights = {name: p.asnumpy() for name, p in network.parameters_and_names()}
+    config = network.config
+    forms, memory = {}, {}
+    for name in names:
+        before = rss_gb()
+        net = network if name == "fp32" else LlamaForCausalLM.from_arrays(config, weights)
+        if name != "fp32":
+            ptq = PTQ(PTQConfig.load(os.path.join(CONFIG_DIR, f"{name}.yaml")))
+            ptq.apply(net, None, calib)
+            ptq.convert(net)
+        forms[name] = GoldenRunner(net)
+        memory[name] = rss_gb() - before if name != "fp32" else before
+        print(f"built {name}", flush=True)
+    return forms, memory
+
+
+def measure(runner, rng: np.random.RandomState, vocab: int, decode_steps: int) -> Dict[str, float]:
+    """Tokens/s of one round: prefill shapes and decode batches."""
+    row = {}
+    for batch, length in PREFILL_SHAPES:
+        ids = rng.randint(0, vocab, (batch, length))
+        start = time.perf_counter()
+        runner.prefill(ids)
+        row[f"prefill {batch}x{length}"] = batch * length / (time.perf_counter() - start)
+    for batch in DECODE_BATCHES:
+        ids = rng.randint(0, vocab, (batch, PROMPT))
+        row[f"decode b{batch}"] = batch * decode_steps / runner.decode(ids, decode_steps)
+    return row
+
+
+def main(argv=None) -> int:
+    shipped = sorted(os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(CONFIG_DIR, "*.yaml")))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--forms", nargs="*", default=["fp32"] + shipped, help=f"fp32 and/or {shipped}")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--decode-steps", type=int, default=16)
+    parser.add_argument("--calib-windows", type=int, default=2)
+    parser.add_argument("--no-transformers", action="store_true")
+    parser.add_argument("--no-native", action="store_true", help="quantized forms on MindSpore ops only")
+    parser.add_argument("--json", default=None, help="also write the raw figures here")
+    args = parser.parse_args(argv)
+    unknown = [f for f in args.forms if f != "fp32" and f not in shipped]
+    if unknown:
+        parser.error(f"unknown form(s) {unknown}; choose from {['fp32'] + shipped}")
+    if args.no_native:
+        set_native_kernels(False)
+    if "fp32" not in args.forms:
+        args.forms.insert(0, "fp32")
+
+    _, tokenizer = load_gguf(default_gguf_path(), max_position_embeddings=2048)
+    calib_tokens = np.asarray(tokenizer.encode(load_splits()[0][:20000]))
+    calib = [calib_tokens[i * 256:(i + 1) * 256] for i in range(args.calib_windows)]
+    runners, memory = build_forms(args.forms, calib)
+    vocab = runners["fp32"].network.config.vocab_size
+    if not args.no_transformers:
+        before = rss_gb()
+        hf = load_transformers(threads=psutil.cpu_count(logical=True) or 1)
+        if hf is not None:
+            runners["transformers"] = hf
+            memory["transformers"] = rss_gb() - before
+        else:
+            print("transformers/torch not installed (pip install .[bench]): no transformers column", flush=True)
+    for runner in runners.values():  # warm-up: first-call setup and compilation out of the timings
+        measure(runner, np.random.RandomState(0), vocab, 2)
+    samples: Dict[str, List[Dict[str, float]]] = {name: [] for name in runners}
+    for round_index in range(args.repeats):
+        for name, runner in runners.items():
+            samples[name].append(measure(runner, np.random.RandomState(round_index), vocab, args.decode_steps))
+        print(f"round {round_index + 1}/{args.repeats} done", flush=True)
+    print_table(samples, memory)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump({"cpu_flags": cpu_flags(), "kernels": kernel_info().__dict__, "samples": samples,
+                       "rss_gb": memory}, handle, indent=1)
+    return 0
+
+
+def print_table(samples: Dict[str, List[Dict[str, float]]], memory: Dict[str, float]) -> None:
+    info = kernel_info()
+    print(f"\n{time.strftime('%Y-%m-%d')}  CPU flags: {cpu_flags()}  cores: {psutil.cpu_count()}  "
+          f"native kernels: {info.isa if info.available and info.enabled else 'off (' + info.reason + ')'}")
+    columns = list(next(iter(samples.values()))[0])
+    best = {name: {c: max(r[c] for r in rows) for c in columns} for name, rows in samples.items()}
+    median = {name: {c: statistics.median(r[c] for r in rows) for c in columns} for name, rows in samples.items()}
+    header = f"| form | {' | '.join(columns)} | MB |"
+    print("tokens/s, best (median) of the interleaved rounds; ×fp32 = best / best of golden_ptq FP32"
+          + ("; ×tf = best / best of transformers FP32" if "transformers" in samples else ""))
+    print(header)
+    print("|" + "---|" * (len(columns) + 2))
+    for name in samples:
+        cells = []
+        for c in columns:
+            cell = f"{best[name][c]:.1f} ({median[name][c]:.1f})"
+            if name != "fp32" and name != "transformers":
+                cell += f" {best[name][c] / best['fp32'][c]:.2f}×fp32"
+            if name == "fp32" and "transformers" in samples:
+                cell += f" {best[name][c] / best['transformers'][c]:.2f}×tf"
+            cells.append(cell)
+        print(f"| {name} | {' | '.join(cells)} | {memory.get(name, 0) * 1000:.0f} |")
+    print(f"peak RSS of the process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB; "
+          "MB = resident growth when the form was built (fp32: the process after loading)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
