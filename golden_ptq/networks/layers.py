@@ -153,6 +153,32 @@ class CacheMode:
     DECODE = 2    # append this call's keys/values to the history
 
 
+class StaticKVBuffers(nn.Cell):
+    """Preallocated key/value buffers ``[B, num_kv_heads, capacity, head_dim]`` (the stored dtype),
+    written in place one slot range per call; for compiled decoding."""
+
+    def __init__(self, shape: Tuple[int, ...], dtype, name: str):
+        super().__init__()
+        zeros = np.zeros(shape, dtype)
+        self.key = Parameter(Tensor(zeros), name=f"{name}.key", requires_grad=False)   # graph names must be unique
+        self.value = Parameter(Tensor(zeros), name=f"{name}.value", requires_grad=False)
+        self.length = 0               # filled slots (host side)
+        self.scatter = ops.ScatterNdUpdate()
+
+    def write(self, key: Tensor, value: Tensor, slots: Tensor) -> Tuple[Tensor, Tensor]:
+        """Store ``key``/``value`` ``[B, Hkv, T, D]`` at ``slots`` ``[B, Hkv, T, 3]`` (b, head, position
+        triples); returns the whole buffers."""
+        self.scatter(self.key, slots, key)
+        self.scatter(self.value, slots, value)
+        return self.key, self.value
+
+
+def cache_slots(batch: int, heads: int, start: int, count: int) -> np.ndarray:
+    """``[B, heads, count, 3]`` int32 (b, head, position) triples for positions ``start ..``."""
+    grid = np.meshgrid(np.arange(batch), np.arange(heads), np.arange(start, start + count), indexing="ij")
+    return np.stack(grid, -1).astype(np.int32)
+
+
 class KVCache(nn.Cell):
     """One attention layer's key/value history, ``[B, num_kv_heads, S, head_dim]``.
 
@@ -160,6 +186,12 @@ class KVCache(nn.Cell):
     (the int8 cache stores integers and decodes them on read); keys and values always pass
     through encode/decode, with or without caching, so a full forward sees exactly what
     incremental decoding sees.
+
+    Compiled decoding moves the history into preallocated :class:`StaticKVBuffers`
+    (:meth:`to_static`) and appends with :meth:`write_static`. Buffers are kept per (batch,
+    capacity) and reused by later prompts, because a compiled graph holds the very Parameter objects
+    it was compiled with; they sit in plain containers, so they are not parameters of the network
+    (never saved, never loaded). :meth:`release_static` frees them.
     """
 
     def __init__(self, num_kv_heads: int, head_dim: int):
@@ -167,9 +199,52 @@ class KVCache(nn.Cell):
         self.num_kv_heads = num_kv_heads
         self.head_dim = head_dim
         self._history = {}
+        self._static = []
+        self._static_pool = {}
 
     def reset(self) -> None:
         self._history = {}
+        self._static = []
+
+    def release_static(self) -> None:
+        self.reset()
+        self._static_pool = {}
+
+    # ----- static buffers (compiled decoding) ---------------------------------------------------
+    def to_static(self, capacity: int) -> None:
+        """Move the history (from prefill, or smaller buffers) into buffers of ``capacity`` positions."""
+        if self._static:
+            old = self._static[0]
+            key, value, length = old.key.asnumpy(), old.value.asnumpy(), old.length
+            key, value = key[:, :, :length], value[:, :, :length]
+        elif self._history:
+            key, value = self._history["key"].asnumpy(), self._history["value"].asnumpy()
+            length = key.shape[2]
+        else:
+            raise RuntimeError("KVCache: decode step before prefill; call prefill first")
+        if capacity < length:
+            raise ValueError(f"KVCache.to_static: capacity {capacity} < {length} cached positions")
+        shape = (key.shape[0], key.shape[1], capacity, key.shape[3])
+        pool_key = (shape, key.dtype.str)
+        if pool_key not in self._static_pool:
+            name = f"static_kv_{id(self)}_{shape[0]}x{capacity}_{key.dtype.name}"
+            self._static_pool[pool_key] = StaticKVBuffers(shape, key.dtype, name)
+        buffers = self._static_pool[pool_key]
+        # In place (the graphs read these Parameters); slots past ``length`` keep stale values that
+        # the attention mask hides until decoding overwrites them.
+        buffers.write(Tensor(key), Tensor(value), Tensor(cache_slots(shape[0], shape[1], 0, length)))
+        buffers.length = length
+        self._static = [buffers]
+        self._history = {}
+
+    @property
+    def static_buffers(self) -> Optional[StaticKVBuffers]:
+        return self._static[0] if self._static else None
+
+    def write_static(self, key: Tensor, value: Tensor, slots: Tensor) -> Tuple[Tensor, Tensor]:
+        """Encode and store this step's keys/values in place; returns the decoded whole buffers."""
+        k_all, v_all = self._static[0].write(self.encode(key, "key"), self.encode(value, "value"), slots)
+        return self.decode(k_all, "key"), self.decode(v_all, "value")
 
     def encode(self, x: Tensor, kind: str) -> Tensor:
         return x
@@ -190,8 +265,15 @@ class KVCache(nn.Cell):
         return self.decode(k_stored, "key"), self.decode(v_stored, "value")
 
     def cached_length(self) -> int:
+        if self._static:
+            return self._static[0].length
         return 0 if not self._history else int(self._history["key"].shape[2])
 
     def history_bytes(self) -> int:
-        """Bytes the stored history occupies (what KV-cache quantization shrinks)."""
+        """Bytes the stored history occupies (what KV-cache quantization shrinks); of static
+        buffers, the filled positions."""
+        if self._static:
+            buffers = self._static[0]
+            key = buffers.key
+            return 2 * int(key.nbytes) * buffers.length // int(key.shape[2])
         return sum(int(t.nbytes) for t in self._history.values())

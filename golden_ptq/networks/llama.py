@@ -17,14 +17,16 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
+from golden_ptq.networks.compiled import CompiledDecodeStep
 from golden_ptq.networks.config import LlamaConfig
 from golden_ptq.parallel.context import TPContext, resolve
 from golden_ptq.parallel.sharding import TPLayout, full_shape, shard_array
 from golden_ptq.runtime import configure_cpu_runtime
-from golden_ptq.networks.layers import (CacheMode, Embedding, KVCache, Linear, RMSNorm, apply_rope,
+from golden_ptq.networks.layers import (CacheMode, Embedding, KVCache, Linear, RMSNorm, apply_rope, cache_slots,
                                         compiled_for_large_inputs, rope_tables, rotate_half_index, swiglu)
 
 _MASK_VALUE = -1e9
+STATIC_CACHE_BLOCK = 256   # static KV caches grow in steps of this many positions (one graph per size)
 
 
 def _attention_core(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, num_kv_heads: int, head_dim: int) -> Tensor:
@@ -81,14 +83,29 @@ class Attention(nn.Cell):
         self._core_kv_heads = self.num_kv_heads if kv_index is None else self.num_heads
 
     def construct(self, x: Tensor, inputs: "LayerInputs") -> Tensor:
-        q = apply_rope(self.wq(x), inputs.cos_q, inputs.sin_q, inputs.index_q)
-        k = apply_rope(self.wk(x), inputs.cos_k, inputs.sin_k, inputs.index_k)
-        k = _to_heads(k, self.num_kv_heads, self.head_dim)
-        v = _to_heads(self.wv(x), self.num_kv_heads, self.head_dim)
+        q, k, v = self._project(x, inputs.cos_q, inputs.sin_q, inputs.cos_k, inputs.sin_k, inputs.index_q,
+                                inputs.index_k)
         k, v = self.kv_cache(k, v, inputs.mode)
+        return self._attend(q, k, v, inputs.mask)
+
+    def decode_static(self, x: Tensor, cos_q: Tensor, sin_q: Tensor, cos_k: Tensor, sin_k: Tensor, index_q: Tensor,
+                      index_k: Tensor, mask: Tensor, slots: Tensor) -> Tensor:
+        """One compiled decode step: keys/values go into the static cache at ``slots``; attention
+        reads the whole buffers (``mask`` hides the unfilled positions)."""
+        q, k, v = self._project(x, cos_q, sin_q, cos_k, sin_k, index_q, index_k)
+        k, v = self.kv_cache.write_static(k, v, slots)
+        return self._attend(q, k, v, mask)
+
+    def _project(self, x, cos_q, sin_q, cos_k, sin_k, index_q, index_k):
+        q = apply_rope(self.wq(x), cos_q, sin_q, index_q)
+        k = _to_heads(apply_rope(self.wk(x), cos_k, sin_k, index_k), self.num_kv_heads, self.head_dim)
+        v = _to_heads(self.wv(x), self.num_kv_heads, self.head_dim)
+        return q, k, v
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
         if self._kv_index is not None:  # replicated KV heads: the one each local query head reads
             k, v = ops.gather(k, self._kv_index, 1), ops.gather(v, self._kv_index, 1)
-        return self.wo(_attention_core_auto(q, k, v, inputs.mask, self._core_kv_heads, self.head_dim))
+        return self.wo(_attention_core_auto(q, k, v, mask, self._core_kv_heads, self.head_dim))
 
 
 class FeedForward(nn.Cell):
@@ -117,6 +134,13 @@ class LlamaDecodeLayer(nn.Cell):
 
     def construct(self, x: Tensor, inputs: "LayerInputs") -> Tensor:
         h = ops.add(x, self.attention(self.attention_norm(x), inputs))
+        return ops.add(h, self.feed_forward(self.ffn_norm(h)))
+
+    def decode_static(self, x: Tensor, cos_q: Tensor, sin_q: Tensor, cos_k: Tensor, sin_k: Tensor, index_q: Tensor,
+                      index_k: Tensor, mask: Tensor, slots: Tensor) -> Tensor:
+        """:meth:`construct` for a compiled decode step (see :meth:`Attention.decode_static`)."""
+        h = ops.add(x, self.attention.decode_static(self.attention_norm(x), cos_q, sin_q, cos_k, sin_k, index_q,
+                                                    index_k, mask, slots))
         return ops.add(h, self.feed_forward(self.ffn_norm(h)))
 
 
@@ -170,8 +194,11 @@ class LlamaForCausalLM(nn.Cell):
         layout = self.tp_layout
         index_q, self._sign_q = rotate_half_index(layout.local_heads, config.head_dim)
         index_k, self._sign_k = rotate_half_index(layout.local_kv_heads, config.head_dim)
-        self._index_q, self._index_k = Tensor(index_q), Tensor(index_k)
+        self.index_q, self.index_k = Tensor(index_q), Tensor(index_k)
         self._decode_mask: Optional[np.ndarray] = None
+        self.compiled_decode = True    # decode through CompiledDecodeStep when possible (set_compiled)
+        self._decode_steps: list = []  # [(structure signature, CompiledDecodeStep)], not a child cell
+        self._compiled_session = False
         if seed is not None:
             self.init_random(seed)
         sync_parameter_names(self)
@@ -211,6 +238,12 @@ class LlamaForCausalLM(nn.Cell):
 
         ``attention_mask`` ``[B, S]`` covers the cached history plus the new tokens.
         """
+        arrays = self._layer_arrays(attention_mask, new_tokens)
+        tensors = [Tensor(a) for a in arrays]
+        return LayerInputs(*tensors[:4], self.index_q, self.index_k, tensors[4], mode)
+
+    def _layer_arrays(self, attention_mask: np.ndarray, new_tokens: int):
+        """``(cos_q, sin_q, cos_k, sin_k, mask)`` as contiguous float32 arrays (see :meth:`layer_inputs`)."""
         attention_mask = np.asarray(attention_mask, dtype=np.int64)
         batch, total = attention_mask.shape
         if total > self.config.max_position_embeddings:
@@ -232,8 +265,7 @@ class LlamaForCausalLM(nn.Cell):
         mask = np.where(allowed, np.float32(0.0), np.float32(_MASK_VALUE))[:, None, None]  # [B,1,1,T,S]
         mask = np.broadcast_to(mask, (batch, core_kv, group, new_tokens, total))
         mask = mask.reshape(batch, core_kv, group * new_tokens, total)
-        tensors = [Tensor(np.ascontiguousarray(a, dtype=np.float32)) for a in (cos_q, sin_q, cos_k, sin_k, mask)]
-        return LayerInputs(*tensors[:4], self._index_q, self._index_k, tensors[4], mode)
+        return [np.ascontiguousarray(a, dtype=np.float32) for a in (cos_q, sin_q, cos_k, sin_k, mask)]
 
     def embed(self, input_ids) -> Tensor:
         return self.model.tok_embeddings(_as_int_tensor(input_ids))
@@ -256,10 +288,20 @@ class LlamaForCausalLM(nn.Cell):
         return self.head(self._run(ids, mask, CacheMode.NONE))
 
     def reset_cache(self) -> None:
-        for _, cell in self.cells_and_names():
-            if isinstance(cell, KVCache):
-                cell.reset()
+        for cache in self._kv_caches():
+            cache.reset()
         self._decode_mask = None
+        self._compiled_session = False
+
+    def set_compiled(self, enabled: bool) -> None:
+        """Decode through one compiled graph per step (True, the default) or op by op in PyNative
+        (False, for debugging). Takes effect at the next :meth:`prefill`: the cache is reset, and the
+        compiled graphs and their static cache buffers are released."""
+        self.compiled_decode = bool(enabled)
+        self._decode_steps = []
+        for cache in self._kv_caches():
+            cache.release_static()
+        self.reset_cache()
 
     def prefill(self, input_ids, attention_mask=None) -> Tensor:
         """Run the prompt, keep keys/values, return last-position logits ``[B, V]``."""
@@ -268,6 +310,9 @@ class LlamaForCausalLM(nn.Cell):
         self.reset_cache()
         hidden = self._run(ids, mask, CacheMode.PREFILL)
         self._decode_mask = mask.astype(np.int64)
+        self._compiled_session = self.compiled_decode and self._compilable()
+        if self._compiled_session:
+            self._prepare_decode_graph()
         return self.head(hidden[:, -1:, :])[:, 0, :]
 
     def decode_step(self, token_ids) -> Tensor:
@@ -276,8 +321,55 @@ class LlamaForCausalLM(nn.Cell):
             raise RuntimeError("decode_step called before prefill")
         ids = _as_numpy(token_ids).reshape(-1, 1)
         self._decode_mask = np.concatenate([self._decode_mask, np.ones_like(ids)], axis=1)
+        if self._compiled_session:
+            return self._decode_compiled(ids)
         hidden = self._run(ids, self._decode_mask, CacheMode.DECODE)
         return self.head(hidden)[:, 0, :]
+
+    # ----- compiled decoding ------------------------------------------------------------------
+    def _kv_caches(self) -> List[KVCache]:
+        return [layer.attention.kv_cache for layer in self.model.layers]
+
+    def _compilable(self) -> bool:
+        """Nothing in the network needs Python during a forward (observers, input recorders), and
+        no tensor parallelism (its collectives run eagerly)."""
+        if self.tp.parallel:
+            return False
+        return not any(getattr(cell, "observing", False) or getattr(cell, "recorder", None) is not None
+                       for _, cell in self.cells_and_names())
+
+    def _prepare_decode_graph(self) -> None:
+        """Keep the compiled step while cells, parameters and their storage are the same; rebuild it
+        (and fix each quantized layer's kernel) when any was replaced (quantization, ``set_data``,
+        loading a checkpoint). A graph packs its matmul weights when it first runs, so it would not
+        see new values written into the old storage (``ops.assign``): call :meth:`set_compiled`
+        after such an edit."""
+        signature = (tuple(id(cell) for _, cell in self.cells_and_names()),
+                     tuple((id(param), param.data_ptr()) for param in self.get_parameters()))
+        if self._decode_steps and self._decode_steps[0][0] == signature:
+            return
+        for _, cell in self.cells_and_names():
+            if hasattr(cell, "bind_kernel"):
+                cell.bind_kernel()
+        self._decode_steps = [(signature, CompiledDecodeStep(self))]
+
+    def _decode_compiled(self, ids: np.ndarray) -> Tensor:
+        caches = self._kv_caches()
+        length = caches[0].cached_length()
+        buffers = caches[0].static_buffers
+        if buffers is None or int(buffers.key.shape[2]) <= length:
+            capacity = min(self.config.max_position_embeddings, -(-(length + 1) // STATIC_CACHE_BLOCK) * STATIC_CACHE_BLOCK)
+            for cache in caches:
+                cache.to_static(capacity)
+        capacity = int(caches[0].static_buffers.key.shape[2])
+        cos_q, sin_q, cos_k, sin_k, mask = self._layer_arrays(self._decode_mask, 1)
+        mask = np.pad(mask, ((0, 0), (0, 0), (0, 0), (0, capacity - mask.shape[3])), constant_values=_MASK_VALUE)
+        slots = cache_slots(ids.shape[0], caches[0].num_kv_heads, length, 1)
+        logits = self._decode_steps[0][1].run(_as_int_tensor(ids), Tensor(cos_q), Tensor(sin_q), Tensor(cos_k),
+                                           Tensor(sin_k), Tensor(mask), Tensor(slots))
+        for cache in caches:
+            cache.static_buffers.length = length + 1
+        return logits
 
     def generate(self, input_ids, do_sample: bool = False, max_length: Optional[int] = None, top_p: float = 1.0,
                  top_k: int = 0, max_new_tokens: Optional[int] = None, pad_token_id: Optional[int] = None,

@@ -36,6 +36,8 @@ class QuantKVCache(KVCache, QuantCell):
         QuantCell.__init__(self, spec)
         self.num_kv_heads, self.head_dim = cache.num_kv_heads, cache.head_dim
         self._history = {}
+        self._static = []
+        self._static_pool = {}
         self.observers = {"key": MinMaxObserver(), "value": MinMaxObserver()}
 
     def _scale4d(self, kind: str) -> Tensor:

@@ -48,6 +48,7 @@ class QuantLinear(QuantCell):
         self.input_shift_value = None        # per input channel shift (m4), set before quantize()
         self.has_input_shift = False         # deployed form carries input_shift / shift_bias
         self.recorder = None                 # callable(x2 numpy) fed every input, when set
+        self.bound_kernel = None             # set by bind_kernel() for compiled graphs
 
     def use_observer(self, observer: MinMaxObserver) -> None:
         """Observe the input with ``observer``; a row-parallel input is a shard of the whole tensor,
@@ -70,7 +71,9 @@ class QuantLinear(QuantCell):
             self.recorder(x2.asnumpy())
         if self.has_input_shift and self.quantized:
             x2 = x2 - self.input_shift
-        if not self.quantized:
+        if self.bound_kernel is not None:  # compiled graphs: the route chosen before compiling
+            y = self.bound_kernel(x2, *self._kernel_args(x2))
+        elif not self.quantized:
             if self.observing:
                 seen = x2.asnumpy()
                 self.input_observer.update(seen if self.input_shift_value is None else seen - self.input_shift_value)
@@ -94,6 +97,40 @@ class QuantLinear(QuantCell):
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(lead + (self.out_features,))
+
+    def bind_kernel(self) -> None:
+        """Fix this layer's product (native operator or MindSpore-op route, :mod:`linear_kernels`)
+        as an attribute, for a graph to compile: graphs cannot run the Python that picks it per call.
+        Only quantized layers of the forms the native kernels cover are bound."""
+        self.bound_kernel = None
+        if not self.quantized or self.observing or self.recorder is not None:
+            return
+        form = self._kernel_form()
+        if form is not None:
+            self.bound_kernel = kernels.resolve(form)
+
+    def unbind_kernel(self) -> None:
+        self.bound_kernel = None
+
+    def _kernel_form(self):
+        spec = self.spec
+        if spec.act and spec.act_dynamic:
+            return "a8w8_dynamic_absmax" if self.parallel == "row" and self.tp.parallel else "a8w8_dynamic"
+        if spec.act:
+            return "a8w8_static"
+        if spec.group_size or not spec.weight_symmetric:
+            return None
+        return "w8a16_channel"
+
+    def _kernel_args(self, x2: Tensor):
+        """The operands after ``x`` of the bound kernel."""
+        if self.spec.act and self.spec.act_dynamic:
+            if self.parallel == "row" and self.tp.parallel:
+                return self.weight, self.weight_scale, self._whole_row_absmax(x2)
+            return self.weight, self.weight_scale
+        if self.spec.act:
+            return self.weight, self.input_scale, self.input_zp, self.quant_bias, self.deq_scale
+        return self.weight, self.weight_scale
 
     def _whole_row_absmax(self, x2: Tensor) -> Tensor:
         """Per-token ``max |x|`` over the whole input row, of which this rank holds some columns:

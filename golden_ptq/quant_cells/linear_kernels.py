@@ -116,3 +116,16 @@ def w8a16_channel(x: Tensor, wq: Tensor, weight_scale: Tensor) -> Tensor:
     if native is not None:
         return native["w8_gemm"](x, wq, weight_scale)
     return _w8a16_channel_ops(x, wq, weight_scale)
+
+
+_GRAPH_ROUTES = {"a8w8_static": _a8w8_static, "a8w8_dynamic": _a8w8_dynamic,
+                 "a8w8_dynamic_absmax": _a8w8_dynamic_absmax, "w8a16_channel": _w8a16_channel}
+_NATIVE_NAMES = {"a8w8_static": "a8w8_static", "a8w8_dynamic": "a8w8_dynamic",
+                 "a8w8_dynamic_absmax": "a8w8_dynamic_absmax", "w8a16_channel": "w8_gemm"}
+
+
+def resolve(form: str):
+    """The product for ``form`` (a key of ``_GRAPH_ROUTES``) as one callable a graph can hold: the
+    native operator where available, else the plain MindSpore-op function (the graph compiles it)."""
+    native = native_ops()
+    return native[_NATIVE_NAMES[form]] if native is not None else _GRAPH_ROUTES[form]
