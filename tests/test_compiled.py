@@ -34,10 +34,10 @@ def _network(config, scheme, seed=1):
     return network
 
 
-def _decode(network, ids, prompt, compiled):
+def _decode(network, ids, prompt, compiled, forward=False):
     """Logits of the prompt's last token and of every later token fed one by one, ``[T, B, V]``."""
-    if network.compiled_decode != compiled:
-        network.set_compiled(compiled)
+    if (network.compiled_decode, network.compiled_forward) != (compiled, forward):
+        network.set_compiled(decode=compiled, forward=forward)
     out = [network.prefill(ids[:, :prompt]).asnumpy()]
     for t in range(prompt, ids.shape[1]):
         out.append(network.decode_step(ids[:, t]).asnumpy())
@@ -53,18 +53,20 @@ def _assert_close(got, want, what):
 @pytest.fixture
 def config(tiny_config):
     tiny_config.tie_word_embeddings = True
+    tiny_config.num_layers = 1          # graphs compile in proportion to their size
     return tiny_config
 
 
 @pytest.mark.parametrize("scheme", list(SCHEMES))
-def test_compiled_decode_equals_eager_and_full_recompute(config, scheme):
+def test_compiled_equals_eager_and_full_recompute(config, scheme):
     network = _network(config, scheme)
     ids = np.random.RandomState(7).randint(0, config.vocab_size, (2, 11))
-    compiled = _decode(network, ids, 5, compiled=True)
     eager = _decode(network, ids, 5, compiled=False)
-    full = network(ids).asnumpy()[:, 4:].transpose(1, 0, 2)
+    full = network(ids).asnumpy()
+    compiled = _decode(network, ids, 5, compiled=True, forward=True)   # compiled prefill, then decode
     _assert_close(compiled, eager, f"{scheme} compiled vs eager")
-    _assert_close(compiled, full, f"{scheme} compiled decode vs full recompute")
+    _assert_close(compiled, full[:, 4:].transpose(1, 0, 2), f"{scheme} compiled decode vs full recompute")
+    _assert_close(network(ids).asnumpy(), full, f"{scheme} compiled full forward vs eager")
 
 
 def test_static_cache_is_written_in_place_and_reused(config):
@@ -72,7 +74,7 @@ def test_static_cache_is_written_in_place_and_reused(config):
     ids = np.random.RandomState(8).randint(0, config.vocab_size, (1, 9))
     network.prefill(ids[:, :4])
     network.decode_step(ids[:, 4])
-    step = network._decode_steps[0][1]
+    step = network._graphs[0][1]
     cache = network._kv_caches()[0]
     buffers = cache.static_buffers
     key_param = buffers.key
@@ -80,7 +82,7 @@ def test_static_cache_is_written_in_place_and_reused(config):
     assert key_param.shape[2] == min(STATIC_CACHE_BLOCK, config.max_position_embeddings)
     for t in range(5, 9):
         network.decode_step(ids[:, t])
-    assert network._decode_steps[0][1] is step            # one graph for every token
+    assert network._graphs[0][1] is step            # one graph for every token
     assert cache.static_buffers is buffers and buffers.key is key_param
     assert cache.cached_length() == 9
     stored = key_param.asnumpy()
@@ -132,7 +134,14 @@ def test_compiled_decode_sees_new_weights(config):
 def test_prompts_one_after_another_reuse_the_graph(config):
     network = _network(config, "a16w8-c8")
     rng = np.random.RandomState(12)
-    for batch, length in [(2, 9), (2, 7), (1, 8), (2, 9)]:
+    for batch, length in [(2, 9), (1, 8), (2, 7)]:
         ids = rng.randint(0, config.vocab_size, (batch, length))
         compiled = _decode(network, ids, 4, compiled=True)
         _assert_close(compiled, network(ids).asnumpy()[:, 3:].transpose(1, 0, 2), f"prompt {batch}x{length}")
+
+
+def test_compiled_prefill_then_eager_decode(config):
+    network = _network(config, "c8")
+    ids = np.random.RandomState(13).randint(0, config.vocab_size, (2, 9))
+    mixed = _decode(network, ids, 4, compiled=False, forward=True)
+    _assert_close(mixed, network(ids).asnumpy()[:, 3:].transpose(1, 0, 2), "compiled prefill, eager decode")

@@ -54,3 +54,24 @@ class CompiledDecodeStep(nn.Cell):
         for layer in net.model.layers:
             hidden = layer.decode_static(hidden, cos_q, sin_q, cos_k, sin_k, net.index_q, net.index_k, mask, slots)
         return net.lm_head(net.model.norm_out(hidden))[:, 0, :]
+
+
+class CompiledForward(nn.Cell):
+    """``forward(ids [B, T], cos_q, sin_q, cos_k, sin_k, mask, slots) -> hidden [B, T, D]`` as one
+    graph: a prefill that writes every layer's keys/values into its static cache at ``slots``."""
+
+    def __init__(self, network: nn.Cell):
+        super().__init__()
+        self.network = network
+
+    def run(self, *inputs: Tensor) -> Tensor:
+        with graph_mode():
+            return self(*inputs)
+
+    def construct(self, ids: Tensor, cos_q: Tensor, sin_q: Tensor, cos_k: Tensor, sin_k: Tensor, mask: Tensor,
+                  slots: Tensor) -> Tensor:
+        net = self.network
+        hidden = net.model.tok_embeddings(ids)
+        for layer in net.model.layers:
+            hidden = layer.forward_static(hidden, cos_q, sin_q, cos_k, sin_k, net.index_q, net.index_k, mask, slots)
+        return hidden

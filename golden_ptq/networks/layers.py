@@ -211,6 +211,24 @@ class KVCache(nn.Cell):
         self._static_pool = {}
 
     # ----- static buffers (compiled decoding) ---------------------------------------------------
+    def stored_dtype(self) -> np.dtype:
+        """dtype of the stored history (the int8 cache overrides)."""
+        return np.dtype(np.float32)
+
+    def _pooled_buffers(self, shape: Tuple[int, ...], dtype: np.dtype) -> StaticKVBuffers:
+        pool_key = (shape, dtype.str)
+        if pool_key not in self._static_pool:
+            name = f"static_kv_{id(self)}_{shape[0]}x{shape[2]}_{dtype.name}"
+            self._static_pool[pool_key] = StaticKVBuffers(shape, dtype, name)
+        return self._static_pool[pool_key]
+
+    def start_static(self, batch: int, capacity: int) -> None:
+        """Begin a history in static buffers (a compiled prefill writes it); the old one is dropped."""
+        buffers = self._pooled_buffers((batch, self.num_kv_heads, capacity, self.head_dim), self.stored_dtype())
+        buffers.length = 0
+        self._static = [buffers]
+        self._history = {}
+
     def to_static(self, capacity: int) -> None:
         """Move the history (from prefill, or smaller buffers) into buffers of ``capacity`` positions."""
         if self._static:
@@ -225,11 +243,7 @@ class KVCache(nn.Cell):
         if capacity < length:
             raise ValueError(f"KVCache.to_static: capacity {capacity} < {length} cached positions")
         shape = (key.shape[0], key.shape[1], capacity, key.shape[3])
-        pool_key = (shape, key.dtype.str)
-        if pool_key not in self._static_pool:
-            name = f"static_kv_{id(self)}_{shape[0]}x{capacity}_{key.dtype.name}"
-            self._static_pool[pool_key] = StaticKVBuffers(shape, key.dtype, name)
-        buffers = self._static_pool[pool_key]
+        buffers = self._pooled_buffers(shape, key.dtype)
         # In place (the graphs read these Parameters); slots past ``length`` keep stale values that
         # the attention mask hides until decoding overwrites them.
         buffers.write(Tensor(key), Tensor(value), Tensor(cache_slots(shape[0], shape[1], 0, length)))
@@ -237,9 +251,23 @@ class KVCache(nn.Cell):
         self._static = [buffers]
         self._history = {}
 
+    def from_static(self) -> None:
+        """Back from static buffers to an eager history (eager decoding after a compiled prefill)."""
+        if self._static:
+            buffers = self._static[0]
+            self._history = {"key": buffers.key[:, :, :buffers.length].copy(),
+                             "value": buffers.value[:, :, :buffers.length].copy()}
+            self._static = []
+
     @property
     def static_buffers(self) -> Optional[StaticKVBuffers]:
         return self._static[0] if self._static else None
+
+    def prefill_static(self, key: Tensor, value: Tensor, slots: Tensor) -> Tuple[Tensor, Tensor]:
+        """Encode and store a prompt's keys/values in place; returns them decoded (this call's only)."""
+        k_stored, v_stored = self.encode(key, "key"), self.encode(value, "value")
+        self._static[0].write(k_stored, v_stored, slots)
+        return self.decode(k_stored, "key"), self.decode(v_stored, "value")
 
     def write_static(self, key: Tensor, value: Tensor, slots: Tensor) -> Tuple[Tensor, Tensor]:
         """Encode and store this step's keys/values in place; returns the decoded whole buffers."""

@@ -11,13 +11,13 @@ Parameter names follow MindFormers' ``LlamaForCausalLM``::
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from golden_ptq.networks.compiled import CompiledDecodeStep
+from golden_ptq.networks.compiled import CompiledDecodeStep, CompiledForward
 from golden_ptq.networks.config import LlamaConfig
 from golden_ptq.parallel.context import TPContext, resolve
 from golden_ptq.parallel.sharding import TPLayout, full_shape, shard_array
@@ -27,6 +27,7 @@ from golden_ptq.networks.layers import (CacheMode, Embedding, KVCache, Linear, R
 
 _MASK_VALUE = -1e9
 STATIC_CACHE_BLOCK = 256   # static KV caches grow in steps of this many positions (one graph per size)
+FORWARD_LENGTH_STEP = 64   # compiled forwards pad prompts to a multiple of this length (one graph per size)
 
 
 def _attention_core(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, num_kv_heads: int, head_dim: int) -> Tensor:
@@ -96,6 +97,14 @@ class Attention(nn.Cell):
         k, v = self.kv_cache.write_static(k, v, slots)
         return self._attend(q, k, v, mask)
 
+    def forward_static(self, x: Tensor, cos_q: Tensor, sin_q: Tensor, cos_k: Tensor, sin_k: Tensor, index_q: Tensor,
+                       index_k: Tensor, mask: Tensor, slots: Tensor) -> Tensor:
+        """A compiled prefill: attention over this call's keys/values (through the cache's
+        encode/decode), which are also written into the static cache at ``slots``."""
+        q, k, v = self._project(x, cos_q, sin_q, cos_k, sin_k, index_q, index_k)
+        k, v = self.kv_cache.prefill_static(k, v, slots)
+        return self._attend(q, k, v, mask)
+
     def _project(self, x, cos_q, sin_q, cos_k, sin_k, index_q, index_k):
         q = apply_rope(self.wq(x), cos_q, sin_q, index_q)
         k = _to_heads(apply_rope(self.wk(x), cos_k, sin_k, index_k), self.num_kv_heads, self.head_dim)
@@ -141,6 +150,13 @@ class LlamaDecodeLayer(nn.Cell):
         """:meth:`construct` for a compiled decode step (see :meth:`Attention.decode_static`)."""
         h = ops.add(x, self.attention.decode_static(self.attention_norm(x), cos_q, sin_q, cos_k, sin_k, index_q,
                                                     index_k, mask, slots))
+        return ops.add(h, self.feed_forward(self.ffn_norm(h)))
+
+    def forward_static(self, x: Tensor, cos_q: Tensor, sin_q: Tensor, cos_k: Tensor, sin_k: Tensor, index_q: Tensor,
+                       index_k: Tensor, mask: Tensor, slots: Tensor) -> Tensor:
+        """:meth:`construct` for a compiled prefill (see :meth:`Attention.forward_static`)."""
+        h = ops.add(x, self.attention.forward_static(self.attention_norm(x), cos_q, sin_q, cos_k, sin_k, index_q,
+                                                     index_k, mask, slots))
         return ops.add(h, self.feed_forward(self.ffn_norm(h)))
 
 
@@ -196,8 +212,10 @@ class LlamaForCausalLM(nn.Cell):
         index_k, self._sign_k = rotate_half_index(layout.local_kv_heads, config.head_dim)
         self.index_q, self.index_k = Tensor(index_q), Tensor(index_k)
         self._decode_mask: Optional[np.ndarray] = None
-        self.compiled_decode = True    # decode through CompiledDecodeStep when possible (set_compiled)
-        self._decode_steps: list = []  # [(structure signature, CompiledDecodeStep)], not a child cell
+        # Compiled inference (set_compiled): decode steps by default; full forwards and prefills on request.
+        self.compiled_decode = True
+        self.compiled_forward = False
+        self._graphs: list = []        # [(structure signature, CompiledDecodeStep, CompiledForward)], not child cells
         self._compiled_session = False
         if seed is not None:
             self.init_random(seed)
@@ -285,6 +303,10 @@ class LlamaForCausalLM(nn.Cell):
     def construct(self, input_ids, attention_mask=None) -> Tensor:
         ids = _as_numpy(input_ids)
         mask = np.ones_like(ids) if attention_mask is None else _as_numpy(attention_mask)
+        if self.compiled_forward and self._compilable():
+            hidden, _ = self._forward_compiled(ids, mask)   # the prefill graph; its cache writes are dropped
+            self.reset_cache()
+            return self.head(hidden[:, hidden.shape[1] - ids.shape[1]:])
         return self.head(self._run(ids, mask, CacheMode.NONE))
 
     def reset_cache(self) -> None:
@@ -293,12 +315,19 @@ class LlamaForCausalLM(nn.Cell):
         self._decode_mask = None
         self._compiled_session = False
 
-    def set_compiled(self, enabled: bool) -> None:
-        """Decode through one compiled graph per step (True, the default) or op by op in PyNative
-        (False, for debugging). Takes effect at the next :meth:`prefill`: the cache is reset, and the
-        compiled graphs and their static cache buffers are released."""
-        self.compiled_decode = bool(enabled)
-        self._decode_steps = []
+    def set_compiled(self, decode: bool = True, forward: bool = False) -> None:
+        """Run decode steps / full forwards and prefills as compiled graphs (GRAPH_MODE, one per input
+        shape) or op by op in PyNative (False: for debugging, and where compiling would not pay).
+
+        Decode (default on): one graph per batch size and cache capacity, reused by every token.
+        Forward (default off): prompt lengths are left-padded up to a multiple of
+        ``FORWARD_LENGTH_STEP`` so few shapes compile, but each costs seconds to compile and keeps
+        graph memory (SmolLM2 1 x 512: ~1.4 GB) -- it pays for repeated same-shape work such as
+        evaluation or serving. Takes effect at the next call; the cache is reset and compiled graphs
+        and their static cache buffers are released (also the way to make a graph see weights
+        changed in place, see :meth:`_prepare_graphs`)."""
+        self.compiled_decode, self.compiled_forward = bool(decode), bool(forward)
+        self._graphs = []
         for cache in self._kv_caches():
             cache.release_static()
         self.reset_cache()
@@ -308,11 +337,18 @@ class LlamaForCausalLM(nn.Cell):
         ids = _as_numpy(input_ids)
         mask = np.ones_like(ids) if attention_mask is None else _as_numpy(attention_mask)
         self.reset_cache()
-        hidden = self._run(ids, mask, CacheMode.PREFILL)
+        compilable = self._compilable()
+        if self.compiled_forward and compilable:
+            hidden, mask = self._forward_compiled(ids, mask)
+        else:
+            hidden = self._run(ids, mask, CacheMode.PREFILL)
         self._decode_mask = mask.astype(np.int64)
-        self._compiled_session = self.compiled_decode and self._compilable()
+        self._compiled_session = self.compiled_decode and compilable
         if self._compiled_session:
-            self._prepare_decode_graph()
+            self._prepare_graphs()
+        else:
+            for cache in self._kv_caches():
+                cache.from_static()
         return self.head(hidden[:, -1:, :])[:, 0, :]
 
     def decode_step(self, token_ids) -> Tensor:
@@ -338,34 +374,58 @@ class LlamaForCausalLM(nn.Cell):
         return not any(getattr(cell, "observing", False) or getattr(cell, "recorder", None) is not None
                        for _, cell in self.cells_and_names())
 
-    def _prepare_decode_graph(self) -> None:
-        """Keep the compiled step while cells, parameters and their storage are the same; rebuild it
-        (and fix each quantized layer's kernel) when any was replaced (quantization, ``set_data``,
-        loading a checkpoint). A graph packs its matmul weights when it first runs, so it would not
-        see new values written into the old storage (``ops.assign``): call :meth:`set_compiled`
-        after such an edit."""
+    def _prepare_graphs(self) -> None:
+        """Keep the compiled graphs while cells, parameters and their storage are the same; rebuild
+        them (and fix each quantized layer's kernel) when any was replaced (quantization,
+        ``set_data``, loading a checkpoint). A graph packs its matmul weights when it first runs, so
+        it would not see new values written into the old storage (``ops.assign``): call
+        :meth:`set_compiled` after such an edit."""
         signature = (tuple(id(cell) for _, cell in self.cells_and_names()),
                      tuple((id(param), param.data_ptr()) for param in self.get_parameters()))
-        if self._decode_steps and self._decode_steps[0][0] == signature:
+        if self._graphs and self._graphs[0][0] == signature:
             return
         for _, cell in self.cells_and_names():
             if hasattr(cell, "bind_kernel"):
                 cell.bind_kernel()
-        self._decode_steps = [(signature, CompiledDecodeStep(self))]
+        self._graphs = [(signature, CompiledDecodeStep(self), CompiledForward(self))]
+
+    def _static_capacity(self, positions: int) -> int:
+        return min(self.config.max_position_embeddings, -(-positions // STATIC_CACHE_BLOCK) * STATIC_CACHE_BLOCK)
+
+    def _forward_compiled(self, ids: np.ndarray, mask: np.ndarray) -> Tuple[Tensor, np.ndarray]:
+        """A compiled prefill: fills the static caches and returns the hidden states of the prompt
+        left-padded to a multiple of ``FORWARD_LENGTH_STEP`` ``[B, T', D]`` and the padded mask."""
+        batch, length = ids.shape
+        if length > self.config.max_position_embeddings:
+            raise ValueError(f"sequence length {length} exceeds max_position_embeddings "
+                             f"{self.config.max_position_embeddings}")
+        padded = min(self.config.max_position_embeddings, -(-length // FORWARD_LENGTH_STEP) * FORWARD_LENGTH_STEP)
+        pad = ((0, 0), (padded - length, 0))   # left padding: positions count from each row's first token
+        ids_p, mask_p = np.pad(ids, pad), np.pad(mask, pad)
+        self._prepare_graphs()
+        caches = self._kv_caches()
+        for cache in caches:
+            cache.start_static(batch, self._static_capacity(padded + 1))
+        arrays = [Tensor(a) for a in self._layer_arrays(mask_p, padded)]
+        slots = Tensor(cache_slots(batch, caches[0].num_kv_heads, 0, padded))
+        hidden = self._graphs[0][2].run(_as_int_tensor(ids_p), *arrays, slots)
+        for cache in caches:
+            cache.static_buffers.length = padded
+        return hidden, mask_p
 
     def _decode_compiled(self, ids: np.ndarray) -> Tensor:
         caches = self._kv_caches()
         length = caches[0].cached_length()
         buffers = caches[0].static_buffers
         if buffers is None or int(buffers.key.shape[2]) <= length:
-            capacity = min(self.config.max_position_embeddings, -(-(length + 1) // STATIC_CACHE_BLOCK) * STATIC_CACHE_BLOCK)
+            capacity = self._static_capacity(length + 1)
             for cache in caches:
                 cache.to_static(capacity)
         capacity = int(caches[0].static_buffers.key.shape[2])
         cos_q, sin_q, cos_k, sin_k, mask = self._layer_arrays(self._decode_mask, 1)
         mask = np.pad(mask, ((0, 0), (0, 0), (0, 0), (0, capacity - mask.shape[3])), constant_values=_MASK_VALUE)
         slots = cache_slots(ids.shape[0], caches[0].num_kv_heads, length, 1)
-        logits = self._decode_steps[0][1].run(_as_int_tensor(ids), Tensor(cos_q), Tensor(sin_q), Tensor(cos_k),
+        logits = self._graphs[0][1].run(_as_int_tensor(ids), Tensor(cos_q), Tensor(sin_q), Tensor(cos_k),
                                            Tensor(sin_k), Tensor(mask), Tensor(slots))
         for cache in caches:
             cache.static_buffers.length = length + 1

@@ -52,6 +52,9 @@ class QuantKVCache(KVCache, QuantCell):
             return x
         return _encode_auto(x, self._scale4d(kind))
 
+    def stored_dtype(self) -> np.dtype:
+        return np.dtype(np.int8 if self.quantized else np.float32)
+
     def decode(self, stored: Tensor, kind: str) -> Tensor:
         if not self.quantized:
             return stored
