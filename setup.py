@@ -23,6 +23,6 @@ setup(
     ],
     extras_require={"test": ["pytest"], "report": ["matplotlib"],
                     # benchmarks/speed.py's side-by-side column: SmolLM2 in transformers on CPU
-                    "bench": ["transformers", "torch"]},
+                    "bench": ["transformers", "torch", "accelerate"]},
     entry_points={"console_scripts": ["golden-ptq=golden_ptq.cli:main"]},
 )

@@ -50,16 +50,20 @@ def cpu_flags() -> str:
 
 
 class GoldenRunner:
-    """Prefill / decode timings of a golden_ptq network."""
+    """Prefill / decode timings of a golden_ptq network: compiled prefills and decode steps (or all
+    eager). The short decode prompts are prefilled eagerly (untimed) so they add no graphs."""
 
-    def __init__(self, network):
-        self.network = network
+    def __init__(self, network, compiled: bool):
+        self.network, self.compiled = network, compiled
+        network.set_compiled(decode=compiled, forward=compiled)
 
     def prefill(self, ids: np.ndarray) -> None:
+        self.network.compiled_forward = self.compiled
         self.network.prefill(ids).asnumpy()
 
     def decode(self, ids: np.ndarray, steps: int) -> float:
         """Seconds for ``steps`` decode steps after prefilling ``ids``."""
+        self.network.compiled_forward = False
         logits = self.network.prefill(ids).asnumpy()
         token = logits.argmax(-1)
         start = time.perf_counter()
@@ -107,7 +111,7 @@ def load_transformers(threads: int):
     return TransformersRunner(model, torch)
 
 
-def build_forms(names: List[str], calib: List[np.ndarray]) -> Dict[str, object]:
+def build_forms(names: List[str], calib: List[np.ndarray], compiled: bool) -> Dict[str, object]:
     network, _ = load_gguf(default_gguf_path(), max_position_embeddings=2048)
     weights = {name: p.asnumpy() for name, p in network.parameters_and_names()}
     config = network.config
@@ -119,7 +123,7 @@ def build_forms(names: List[str], calib: List[np.ndarray]) -> Dict[str, object]:
             ptq = PTQ(PTQConfig.load(os.path.join(CONFIG_DIR, f"{name}.yaml")))
             ptq.apply(net, None, calib)
             ptq.convert(net)
-        forms[name] = GoldenRunner(net)
+        forms[name] = GoldenRunner(net, compiled)
         memory[name] = rss_gb() - before if name != "fp32" else before
         print(f"built {name}", flush=True)
     return forms, memory
@@ -148,6 +152,7 @@ def main(argv=None) -> int:
     parser.add_argument("--calib-windows", type=int, default=2)
     parser.add_argument("--no-transformers", action="store_true")
     parser.add_argument("--no-native", action="store_true", help="quantized forms on MindSpore ops only")
+    parser.add_argument("--eager", action="store_true", help="golden_ptq op by op (PyNative), nothing compiled")
     parser.add_argument("--json", default=None, help="also write the raw figures here")
     args = parser.parse_args(argv)
     unknown = [f for f in args.forms if f != "fp32" and f not in shipped]
@@ -161,7 +166,7 @@ def main(argv=None) -> int:
     _, tokenizer = load_gguf(default_gguf_path(), max_position_embeddings=2048)
     calib_tokens = np.asarray(tokenizer.encode(load_splits()[0][:20000]))
     calib = [calib_tokens[i * 256:(i + 1) * 256] for i in range(args.calib_windows)]
-    runners, memory = build_forms(args.forms, calib)
+    runners, memory = build_forms(args.forms, calib, compiled=not args.eager)
     vocab = runners["fp32"].network.config.vocab_size
     if not args.no_transformers:
         before = rss_gb()
@@ -171,8 +176,12 @@ def main(argv=None) -> int:
             memory["transformers"] = rss_gb() - before
         else:
             print("transformers/torch not installed (pip install .[bench]): no transformers column", flush=True)
-    for runner in runners.values():  # warm-up: first-call setup and compilation out of the timings
+    warmup = {}
+    for name, runner in runners.items():  # warm-up: first-call setup and compilation out of the timings
+        start = time.perf_counter()
         measure(runner, np.random.RandomState(0), vocab, 2)
+        warmup[name] = time.perf_counter() - start
+        print(f"warm-up {name}: {warmup[name]:.1f} s (graph compilation for the 4 shapes)", flush=True)
     samples: Dict[str, List[Dict[str, float]]] = {name: [] for name in runners}
     for round_index in range(args.repeats):
         for name, runner in runners.items():
@@ -182,13 +191,13 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump({"cpu_flags": cpu_flags(), "kernels": kernel_info().__dict__, "samples": samples,
-                       "rss_gb": memory}, handle, indent=1)
+                       "rss_gb": memory, "warmup_s": warmup, "args": vars(args)}, handle, indent=1)
     return 0
 
 
 def print_table(samples: Dict[str, List[Dict[str, float]]], memory: Dict[str, float]) -> None:
     info = kernel_info()
-    print(f"\n{time.strftime('%Y-%m-%d')}  CPU flags: {cpu_flags()}  cores: {psutil.cpu_count()}  "
+    print(f"\n{time.strftime('%Y-%m-%d %H:%M')}  CPU flags: {cpu_flags()}  cores: {psutil.cpu_count()}  "
           f"native kernels: {info.isa if info.available and info.enabled else 'off (' + info.reason + ')'}")
     columns = list(next(iter(samples.values()))[0])
     best = {name: {c: max(r[c] for r in rows) for c in columns} for name, rows in samples.items()}
