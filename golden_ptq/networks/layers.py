@@ -8,7 +8,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
-from golden_ptq.parallel.context import TPContext, all_reduce, current_context
+from golden_ptq.parallel.context import TPContext, all_reduce, current_context, shard_mode
 
 
 class Linear(nn.Cell):
@@ -39,6 +39,11 @@ class Linear(nn.Cell):
         self.weight = Parameter(Tensor(np.zeros((self.out_features, self.in_features), np.float32)), name="weight")
         self.bias = Parameter(Tensor(np.zeros((self.out_features,), np.float32)), name="bias") if has_bias else None
         self.matmul = ops.MatMul(transpose_b=True)
+
+    @property
+    def shard(self) -> Optional[str]:
+        """``"column"`` / ``"row"`` when this layer is split over more than one rank, else None."""
+        return shard_mode(self.parallel, self.tp)
 
     def reduce_output(self, y: Tensor) -> Tensor:
         """Sum a row-parallel layer's partial outputs over the ranks (identity otherwise)."""
