@@ -273,6 +273,59 @@ __attribute__((target("avx2,fma"))) void I8Avx2(const int8_t* a, int64_t lda, co
   if (n < n1) I8Scalar(a, lda, b, m_rows, n_cols, k, ep, n, n1);
 }
 
+// Many input rows on AVX2: weight panels of 16 rows packed as int16 pairs of k,
+// panel[g][j][0..1] = w[n + j][2g .. 2g + 1], and the codes widened to int16 rows, so one
+// broadcast 32-bit load gives (x[2g], x[2g + 1]) and vpmaddwd forms 8 exact pair sums at a time.
+constexpr int kNr2 = 16;  // weight rows per AVX2 panel (two 8-lane vectors)
+constexpr int kMr2 = 6;   // input rows per AVX2 register block
+
+void PackPanel16(const int8_t* b, int64_t n_cols, int64_t k, int64_t n, int64_t kp, int16_t* panel) {
+  std::memset(panel, 0, static_cast<size_t>(kp) * kNr2 * 2 * sizeof(int16_t));
+  for (int j = 0; j < kNr2 && n + j < n_cols; ++j) {
+    const int8_t* row = b + (n + j) * k;
+    for (int64_t i = 0; i < k; ++i) panel[(i >> 1) * kNr2 * 2 + j * 2 + (i & 1)] = row[i];
+  }
+}
+
+template <int MR>
+__attribute__((target("avx2,fma"))) void Avx2Block(const int16_t* a16, int64_t lda, const int16_t* panel,
+                                                   int64_t kp, int64_t m0, int64_t n, int nvalid,
+                                                   const Epilogue& ep) {
+  __m256i acc[MR][2];
+  for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_si256();
+  for (int64_t g = 0; g < kp; ++g) {
+    const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(panel + g * kNr2 * 2));
+    const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(panel + g * kNr2 * 2 + 16));
+    for (int i = 0; i < MR; ++i) {
+      int32_t word;
+      std::memcpy(&word, a16 + (m0 + i) * lda + 2 * g, 4);
+      const __m256i av = _mm256_set1_epi32(word);
+      acc[i][0] = _mm256_add_epi32(acc[i][0], _mm256_madd_epi16(av, b0));
+      acc[i][1] = _mm256_add_epi32(acc[i][1], _mm256_madd_epi16(av, b1));
+    }
+  }
+  alignas(32) int32_t tmp[kNr2];
+  for (int i = 0; i < MR; ++i) {
+    _mm256_store_si256(reinterpret_cast<__m256i*>(tmp), acc[i][0]);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(tmp + 8), acc[i][1]);
+    for (int j = 0; j < nvalid; ++j) ep.Put(m0 + i, n + j, tmp[j]);
+  }
+}
+
+void Avx2Panel(const int16_t* a16, int64_t lda, const int16_t* panel, int64_t kp, int64_t m_begin, int64_t m_end,
+               int64_t n, int nvalid, const Epilogue& ep) {
+  int64_t m = m_begin;
+  for (; m + kMr2 <= m_end; m += kMr2) Avx2Block<kMr2>(a16, lda, panel, kp, m, n, nvalid, ep);
+  switch (m_end - m) {
+    case 5: Avx2Block<5>(a16, lda, panel, kp, m, n, nvalid, ep); break;
+    case 4: Avx2Block<4>(a16, lda, panel, kp, m, n, nvalid, ep); break;
+    case 3: Avx2Block<3>(a16, lda, panel, kp, m, n, nvalid, ep); break;
+    case 2: Avx2Block<2>(a16, lda, panel, kp, m, n, nvalid, ep); break;
+    case 1: Avx2Block<1>(a16, lda, panel, kp, m, n, nvalid, ep); break;
+    default: break;
+  }
+}
+
 // ----- int8 x int8 -> int32: AVX-512 VNNI ----------------------------------------------------------
 // ``au`` holds x + 128 as uint8, rows of ``lda`` bytes (a multiple of 64, zero padded); the sum
 // over k of (x + 128) * w is corrected by -128 * sum_k w, folded into the per-column bias.
@@ -450,6 +503,29 @@ void I8Gemm(const Codes& codes, const int8_t* b, int64_t m_rows, int64_t n_cols,
       PackPanel(b, n_cols, k, n, kg, ep, panel.data(), bias, cs);
       const int nvalid = static_cast<int>(std::min<int64_t>(kNr, n_cols - n));
       VnniPanel(au, lda, panel.data(), kg, m_begin, m_end, n, nvalid, bias, cs, ep);
+    });
+    return;
+  }
+  if (g_isa >= kAvx2 && m_rows > kDotRows) {
+    const int64_t kp = (k + 1) / 2;
+    std::vector<int16_t> a16(static_cast<size_t>(m_rows * kp * 2), 0);
+    for (int64_t m = 0; m < m_rows; ++m)
+      for (int64_t i = 0; i < k; ++i) a16[m * kp * 2 + i] = codes.s8()[m * codes.ld + i];
+    const int64_t panels = (n_cols + kNr2 - 1) / kNr2;
+    const int m_parts = panels >= 2 * threads ? 1 : threads;
+    const int64_t m_blocks = (m_rows + kMr2 - 1) / kMr2;
+    pool.Run(static_cast<int>(panels * m_parts), [&](int t) {
+      const int64_t p = t / m_parts;
+      const int part = t % m_parts;
+      const int64_t m_begin = std::min(m_rows, Cut(m_blocks, m_parts, part) * kMr2);
+      const int64_t m_end = std::min(m_rows, Cut(m_blocks, m_parts, part + 1) * kMr2);
+      if (m_begin >= m_end) return;
+      thread_local std::vector<int16_t> panel;
+      panel.resize(static_cast<size_t>(kp * kNr2 * 2));
+      const int64_t n = p * kNr2;
+      PackPanel16(b, n_cols, k, n, kp, panel.data());
+      Avx2Panel(a16.data(), kp * 2, panel.data(), kp, m_begin, m_end, n,
+                static_cast<int>(std::min<int64_t>(kNr2, n_cols - n)), ep);
     });
     return;
   }

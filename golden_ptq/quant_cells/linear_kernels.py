@@ -17,10 +17,11 @@ from __future__ import annotations
 import mindspore as ms
 from mindspore import Tensor, ops
 
-from golden_ptq.kernels import native_ops
+from golden_ptq.kernels import native_ops, packed_float_kernels
 from golden_ptq.networks.layers import compiled_for_large_inputs
 
 EXACT_CHUNK = 1024
+DOT_ROWS = 16   # the native kernels' row count up to which A16W8 reads the weight unpacked (kDotRows)
 
 
 def int_matmul(xq: Tensor, wq: Tensor) -> Tensor:
@@ -113,7 +114,7 @@ def a8w8_dynamic_absmax(x: Tensor, wq: Tensor, weight_scale: Tensor, absmax: Ten
 def w8a16_channel(x: Tensor, wq: Tensor, weight_scale: Tensor) -> Tensor:
     """Float input, int8 weight with one scale per output channel: ``(x @ wq.T) * weight_scale``."""
     native = native_ops()
-    if native is not None:
+    if native is not None and (x.shape[0] <= DOT_ROWS or packed_float_kernels()):
         return native["w8_gemm"](x, wq, weight_scale)
     return _w8a16_channel_ops(x, wq, weight_scale)
 
