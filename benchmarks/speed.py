@@ -50,15 +50,16 @@ def cpu_flags() -> str:
 
 
 class GoldenRunner:
-    """Prefill / decode timings of a golden_ptq network: compiled prefills and decode steps (or all
-    eager). The short decode prompts are prefilled eagerly (untimed) so they add no graphs."""
+    """Prefill / decode timings of a golden_ptq network, with the library's defaults (compiled
+    decode steps, eager prefill) unless told otherwise. The short decode prompts are always
+    prefilled eagerly (untimed) so they add no graphs."""
 
-    def __init__(self, network, compiled: bool):
-        self.network, self.compiled = network, compiled
-        network.set_compiled(decode=compiled, forward=compiled)
+    def __init__(self, network, compiled: bool, compiled_forward: bool):
+        self.network, self.compiled_forward = network, compiled_forward
+        network.set_compiled(decode=compiled, forward=compiled_forward)
 
     def prefill(self, ids: np.ndarray) -> None:
-        self.network.compiled_forward = self.compiled
+        self.network.compiled_forward = self.compiled_forward
         self.network.prefill(ids).asnumpy()
 
     def decode(self, ids: np.ndarray, steps: int) -> float:
@@ -111,11 +112,13 @@ def load_transformers(threads: int):
     return TransformersRunner(model, torch)
 
 
-def build_forms(names: List[str], calib: List[np.ndarray], compiled: bool) -> Dict[str, object]:
+def build_forms(names: List[str], calib: List[np.ndarray], compiled: bool, compiled_forward: bool,
+                vocab_probe: int = 2):
+    """Each form built, then warmed up at once (first calls compile its graphs), before the next."""
     network, _ = load_gguf(default_gguf_path(), max_position_embeddings=2048)
     weights = {name: p.asnumpy() for name, p in network.parameters_and_names()}
     config = network.config
-    forms, memory = {}, {}
+    forms, memory, warmup = {}, {}, {}
     for name in names:
         before = rss_gb()
         net = network if name == "fp32" else LlamaForCausalLM.from_arrays(config, weights)
@@ -123,10 +126,14 @@ def build_forms(names: List[str], calib: List[np.ndarray], compiled: bool) -> Di
             ptq = PTQ(PTQConfig.load(os.path.join(CONFIG_DIR, f"{name}.yaml")))
             ptq.apply(net, None, calib)
             ptq.convert(net)
-        forms[name] = GoldenRunner(net, compiled)
-        memory[name] = rss_gb() - before if name != "fp32" else before
-        print(f"built {name}", flush=True)
-    return forms, memory
+        runner = GoldenRunner(net, compiled, compiled_forward)
+        start = time.perf_counter()
+        measure(runner, np.random.RandomState(0), config.vocab_size, vocab_probe)
+        warmup[name] = time.perf_counter() - start
+        forms[name] = runner
+        memory[name] = rss_gb() - before if name != "fp32" else rss_gb()
+        print(f"built {name}; warm-up (first calls, graph compilation) {warmup[name]:.1f} s", flush=True)
+    return forms, memory, warmup
 
 
 def measure(runner, rng: np.random.RandomState, vocab: int, decode_steps: int) -> Dict[str, float]:
@@ -153,6 +160,8 @@ def main(argv=None) -> int:
     parser.add_argument("--no-transformers", action="store_true")
     parser.add_argument("--no-native", action="store_true", help="quantized forms on MindSpore ops only")
     parser.add_argument("--eager", action="store_true", help="golden_ptq op by op (PyNative), nothing compiled")
+    parser.add_argument("--compiled-forward", action="store_true",
+                        help="compiled prefill too (opt-in: each form then holds several GB of graphs)")
     parser.add_argument("--json", default=None, help="also write the raw figures here")
     args = parser.parse_args(argv)
     unknown = [f for f in args.forms if f != "fp32" and f not in shipped]
@@ -166,7 +175,8 @@ def main(argv=None) -> int:
     _, tokenizer = load_gguf(default_gguf_path(), max_position_embeddings=2048)
     calib_tokens = np.asarray(tokenizer.encode(load_splits()[0][:20000]))
     calib = [calib_tokens[i * 256:(i + 1) * 256] for i in range(args.calib_windows)]
-    runners, memory = build_forms(args.forms, calib, compiled=not args.eager)
+    runners, memory, warmup = build_forms(args.forms, calib, compiled=not args.eager,
+                                          compiled_forward=args.compiled_forward and not args.eager)
     vocab = runners["fp32"].network.config.vocab_size
     if not args.no_transformers:
         before = rss_gb()
@@ -176,18 +186,18 @@ def main(argv=None) -> int:
             memory["transformers"] = rss_gb() - before
         else:
             print("transformers/torch not installed (pip install .[bench]): no transformers column", flush=True)
-    warmup = {}
-    for name, runner in runners.items():  # warm-up: first-call setup and compilation out of the timings
+    if "transformers" in runners:
         start = time.perf_counter()
-        measure(runner, np.random.RandomState(0), vocab, 2)
-        warmup[name] = time.perf_counter() - start
-        print(f"warm-up {name}: {warmup[name]:.1f} s (graph compilation for the 4 shapes)", flush=True)
+        measure(runners["transformers"], np.random.RandomState(0), vocab, 2)
+        warmup["transformers"] = time.perf_counter() - start
     samples: Dict[str, List[Dict[str, float]]] = {name: [] for name in runners}
     for round_index in range(args.repeats):
         for name, runner in runners.items():
             samples[name].append(measure(runner, np.random.RandomState(round_index), vocab, args.decode_steps))
         print(f"round {round_index + 1}/{args.repeats} done", flush=True)
     print_table(samples, memory)
+    print("warm-up s (first calls, compiling golden_ptq's graphs): "
+          + ", ".join(f"{name} {seconds:.0f}" for name, seconds in warmup.items()))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump({"cpu_flags": cpu_flags(), "kernels": kernel_info().__dict__, "samples": samples,
@@ -218,7 +228,8 @@ def print_table(samples: Dict[str, List[Dict[str, float]]], memory: Dict[str, fl
             cells.append(cell)
         print(f"| {name} | {' | '.join(cells)} | {memory.get(name, 0) * 1000:.0f} |")
     print(f"peak RSS of the process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB; "
-          "MB = resident growth when the form was built (fp32: the process after loading)")
+          "MB = resident growth while the form was built and warmed up, compiled graphs included "
+          "(fp32: the whole process then)")
 
 
 if __name__ == "__main__":

@@ -321,7 +321,8 @@ class LlamaForCausalLM(nn.Cell):
 
         Decode (default on): one graph per batch size and cache capacity, reused by every token.
         Forward (default off): prompt lengths are left-padded up to a multiple of
-        ``FORWARD_LENGTH_STEP`` so few shapes compile, but each costs seconds to compile and keeps
+        ``FORWARD_LENGTH_STEP`` so few shapes compile (the padding counts against
+        ``max_position_embeddings`` while decoding), but each costs seconds to compile and keeps
         graph memory (SmolLM2 1 x 512: ~1.4 GB) -- it pays for repeated same-shape work such as
         evaluation or serving. Takes effect at the next call; the cache is reset and compiled graphs
         and their static cache buffers are released (also the way to make a graph see weights
@@ -399,7 +400,9 @@ class LlamaForCausalLM(nn.Cell):
         if length > self.config.max_position_embeddings:
             raise ValueError(f"sequence length {length} exceeds max_position_embeddings "
                              f"{self.config.max_position_embeddings}")
-        padded = min(self.config.max_position_embeddings, -(-length // FORWARD_LENGTH_STEP) * FORWARD_LENGTH_STEP)
+        padded = -(-length // FORWARD_LENGTH_STEP) * FORWARD_LENGTH_STEP
+        if padded >= self.config.max_position_embeddings:   # no room to spare for padding: the exact length
+            padded = length
         pad = ((0, 0), (padded - length, 0))   # left padding: positions count from each row's first token
         ids_p, mask_p = np.pad(ids, pad), np.pad(mask, pad)
         self._prepare_graphs()
