@@ -107,6 +107,7 @@ def test_compiled_generate_with_left_padding(config):
     ids[1, :3] = 0
     mask = (np.arange(8)[None] >= np.array([[0], [3]])).astype(np.int64)
     generated = {}
+    network.compile_min_new_tokens = 0
     for compiled in (True, False):
         network.set_compiled(compiled)
         generated[compiled] = network.generate(ids, max_new_tokens=5, attention_mask=mask, pad_token_id=0,
@@ -145,3 +146,16 @@ def test_compiled_prefill_then_eager_decode(config):
     ids = np.random.RandomState(13).randint(0, config.vocab_size, (2, 9))
     mixed = _decode(network, ids, 4, compiled=False, forward=True)
     _assert_close(mixed, network(ids).asnumpy()[:, 3:].transpose(1, 0, 2), "compiled prefill, eager decode")
+
+
+def test_short_generations_decode_eagerly_unless_a_graph_exists(config):
+    network = _network(config, "fp32")
+    ids = np.random.RandomState(14).randint(0, config.vocab_size, (1, 6))
+    network.compile_min_new_tokens = 10
+    short = network.generate(ids, max_new_tokens=4, eos_token_id=None)[0]
+    assert not network._decode_shapes                      # 3 decode steps: not worth a compile
+    long = network.generate(ids, max_new_tokens=12, eos_token_id=None)[0]
+    assert network._decode_shapes                          # compiled for (batch 1, this capacity)
+    network.prefill(ids, new_tokens=3)
+    assert network._compiled_session                       # the graph exists now: reused
+    np.testing.assert_array_equal(long[:10], short)

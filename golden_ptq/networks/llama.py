@@ -28,6 +28,7 @@ from golden_ptq.networks.layers import (CacheMode, Embedding, KVCache, Linear, R
 _MASK_VALUE = -1e9
 STATIC_CACHE_BLOCK = 256   # static KV caches grow in steps of this many positions (one graph per size)
 FORWARD_LENGTH_STEP = 64   # compiled forwards pad prompts to a multiple of this length (one graph per size)
+COMPILE_MIN_NEW_TOKENS = 64  # default of LlamaForCausalLM.compile_min_new_tokens
 
 
 def _attention_core(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, num_kv_heads: int, head_dim: int) -> Tensor:
@@ -215,6 +216,10 @@ class LlamaForCausalLM(nn.Cell):
         # Compiled inference (set_compiled): decode steps by default; full forwards and prefills on request.
         self.compiled_decode = True
         self.compiled_forward = False
+        # A generation this short (new_tokens given to prefill) decodes eagerly unless a graph for its
+        # shape exists: compiling SmolLM2's step takes ~10 s, and it saves tens of ms per token.
+        self.compile_min_new_tokens = COMPILE_MIN_NEW_TOKENS
+        self._decode_shapes: set = set()   # (batch, capacity) with a compiled decode graph
         self._graphs: list = []        # [(structure signature, CompiledDecodeStep, CompiledForward)], not child cells
         self._compiled_session = False
         if seed is not None:
@@ -329,12 +334,17 @@ class LlamaForCausalLM(nn.Cell):
         changed in place, see :meth:`_prepare_graphs`)."""
         self.compiled_decode, self.compiled_forward = bool(decode), bool(forward)
         self._graphs = []
+        self._decode_shapes = set()
         for cache in self._kv_caches():
             cache.release_static()
         self.reset_cache()
 
-    def prefill(self, input_ids, attention_mask=None) -> Tensor:
-        """Run the prompt, keep keys/values, return last-position logits ``[B, V]``."""
+    def prefill(self, input_ids, attention_mask=None, new_tokens: Optional[int] = None) -> Tensor:
+        """Run the prompt, keep keys/values, return last-position logits ``[B, V]``.
+
+        ``new_tokens``: how many decode steps will follow, when known; fewer than
+        ``compile_min_new_tokens`` decode eagerly unless a compiled graph for the shape exists.
+        """
         ids = _as_numpy(input_ids)
         mask = np.ones_like(ids) if attention_mask is None else _as_numpy(attention_mask)
         self.reset_cache()
@@ -344,7 +354,9 @@ class LlamaForCausalLM(nn.Cell):
         else:
             hidden = self._run(ids, mask, CacheMode.PREFILL)
         self._decode_mask = mask.astype(np.int64)
-        self._compiled_session = self.compiled_decode and compilable
+        worth = (new_tokens is None or new_tokens >= self.compile_min_new_tokens
+                 or (ids.shape[0], self._static_capacity(mask.shape[1] + 1)) in self._decode_shapes)
+        self._compiled_session = self.compiled_decode and compilable and worth
         if self._compiled_session:
             self._prepare_graphs()
         else:
@@ -385,6 +397,7 @@ class LlamaForCausalLM(nn.Cell):
                      tuple((id(param), param.data_ptr()) for param in self.get_parameters()))
         if self._graphs and self._graphs[0][0] == signature:
             return
+        self._decode_shapes = set()
         for _, cell in self.cells_and_names():
             if hasattr(cell, "bind_kernel"):
                 cell.bind_kernel()
@@ -432,6 +445,7 @@ class LlamaForCausalLM(nn.Cell):
                                            Tensor(sin_k), Tensor(mask), Tensor(slots))
         for cache in caches:
             cache.static_buffers.length = length + 1
+        self._decode_shapes.add((ids.shape[0], capacity))
         return logits
 
     def generate(self, input_ids, do_sample: bool = False, max_length: Optional[int] = None, top_p: float = 1.0,
