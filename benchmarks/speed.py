@@ -1,14 +1,17 @@
-"""Inference speed of SmolLM2-135M: FP32 and every shipped deploy form, side by side in one process.
+"""Inference speed of SmolLM2-135M: FP32 and every shipped deploy form, side by side.
 
 Prefill tokens/s at 1 x 512 and 4 x 512, decode tokens/s at batch 1 and 8 (after a short
-prompt), for golden_ptq FP32 and each ``configs/ptq/*.yaml`` (quantized in this process on a few
-calibration windows, which only fixes scales: speed does not depend on them). With the optional
-``bench`` extra (transformers + torch CPU) the same GGUF is loaded by transformers and measured
-too, and a ratio column compares. Repeats are interleaved (every form once per round), so machine
-noise shows as the spread between min and median.
+prompt), for golden_ptq FP32 and each ``configs/ptq/*.yaml`` (quantized on a few calibration
+windows, which only fixes scales: speed does not depend on them), with the library's defaults
+(compiled decode steps, eager prefill; ``--compiled-forward`` / ``--eager`` change that). With the
+optional ``bench`` extra (transformers + torch CPU) the same GGUF is loaded by transformers too.
+
+Each form is measured in its own process together with FP32, rounds interleaved (FP32, form,
+FP32, form, ...), so every ratio compares figures taken side by side in one process and noise
+shows as the spread between best and median.
 
     python benchmarks/speed.py
-    python benchmarks/speed.py --forms fp32 a8w8_dynamic --repeats 5 --no-transformers
+    python benchmarks/speed.py --forms a8w8_dynamic a16w8 --repeats 5 --no-transformers
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import json
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from typing import Callable, Dict, List
@@ -153,7 +157,7 @@ def measure(runner, rng: np.random.RandomState, vocab: int, decode_steps: int) -
 def main(argv=None) -> int:
     shipped = sorted(os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(CONFIG_DIR, "*.yaml")))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--forms", nargs="*", default=["fp32"] + shipped, help=f"fp32 and/or {shipped}")
+    parser.add_argument("--forms", nargs="*", default=shipped, help=f"any of {shipped} (FP32 is always measured)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--decode-steps", type=int, default=16)
     parser.add_argument("--calib-windows", type=int, default=2)
@@ -163,73 +167,131 @@ def main(argv=None) -> int:
     parser.add_argument("--compiled-forward", action="store_true",
                         help="compiled prefill too (opt-in: each form then holds several GB of graphs)")
     parser.add_argument("--json", default=None, help="also write the raw figures here")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    unknown = [f for f in args.forms if f != "fp32" and f not in shipped]
+    unknown = [f for f in args.forms if f not in shipped]
     if unknown:
-        parser.error(f"unknown form(s) {unknown}; choose from {['fp32'] + shipped}")
+        parser.error(f"unknown form(s) {unknown}; choose from {shipped}")
+    if args.worker:
+        return worker(args)
+    # One process per pair (FP32 + one form, or FP32 + transformers): MindSpore 2.10's graph parser
+    # has been seen to confuse cells in a process that builds and compiles many networks.
+    partners = (["transformers"] if not args.no_transformers else []) + list(args.forms)
+    flags = [a for a in (argv if argv is not None else sys.argv[1:])]
+    results = {}
+    for partner in partners:
+        cmd = [sys.executable, os.path.abspath(__file__), *_strip_forms(flags), "--worker", partner]
+        print(f"measuring fp32 + {partner} ...", flush=True)
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+        if done.returncode != 0 or not lines:
+            tail = (done.stderr.strip().splitlines() or ["?"])[-1]
+            print(f"  failed ({tail})", flush=True)
+            continue
+        results[partner] = json.loads(lines[-1][len("RESULT "):])
+        if results[partner].get("skipped"):
+            print(f"  {results[partner]['skipped']}", flush=True)
+            del results[partner]
+    print_table(results)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump({"cpu_flags": cpu_flags(), "kernels": kernel_info().__dict__, "results": results,
+                       "args": vars(args)}, handle, indent=1)
+    return 0
+
+
+def _strip_forms(flags: List[str]) -> List[str]:
+    """The command line without ``--forms ...`` and ``--json X`` (a worker gets its partner)."""
+    out, skip = [], False
+    for i, flag in enumerate(flags):
+        if flag in ("--forms", "--json"):
+            skip = True
+            if flag == "--json":
+                skip = "one"
+            continue
+        if skip == "one":
+            skip = False
+            continue
+        if skip and not flag.startswith("--"):
+            continue
+        skip = False
+        out.append(flag)
+    return out
+
+
+def worker(args) -> int:
+    """FP32 and ``args.worker`` in this process, rounds interleaved; prints one RESULT json line."""
     if args.no_native:
         set_native_kernels(False)
-    if "fp32" not in args.forms:
-        args.forms.insert(0, "fp32")
-
+    partner = args.worker
     _, tokenizer = load_gguf(default_gguf_path(), max_position_embeddings=2048)
     calib_tokens = np.asarray(tokenizer.encode(load_splits()[0][:20000]))
     calib = [calib_tokens[i * 256:(i + 1) * 256] for i in range(args.calib_windows)]
-    runners, memory, warmup = build_forms(args.forms, calib, compiled=not args.eager,
+    names = ["fp32"] + ([] if partner == "transformers" else [partner])
+    runners, memory, warmup = build_forms(names, calib, compiled=not args.eager,
                                           compiled_forward=args.compiled_forward and not args.eager)
     vocab = runners["fp32"].network.config.vocab_size
-    if not args.no_transformers:
+    if partner == "transformers":
         before = rss_gb()
         hf = load_transformers(threads=psutil.cpu_count(logical=True) or 1)
-        if hf is not None:
-            runners["transformers"] = hf
-            memory["transformers"] = rss_gb() - before
-        else:
-            print("transformers/torch not installed (pip install .[bench]): no transformers column", flush=True)
-    if "transformers" in runners:
+        if hf is None:
+            print("RESULT " + json.dumps({"skipped": "transformers/torch not installed (pip install .[bench])"}))
+            return 0
+        runners["transformers"] = hf
+        memory["transformers"] = rss_gb() - before
         start = time.perf_counter()
-        measure(runners["transformers"], np.random.RandomState(0), vocab, 2)
+        measure(hf, np.random.RandomState(0), vocab, 2)
         warmup["transformers"] = time.perf_counter() - start
     samples: Dict[str, List[Dict[str, float]]] = {name: [] for name in runners}
     for round_index in range(args.repeats):
         for name, runner in runners.items():
             samples[name].append(measure(runner, np.random.RandomState(round_index), vocab, args.decode_steps))
-        print(f"round {round_index + 1}/{args.repeats} done", flush=True)
-    print_table(samples, memory)
-    print("warm-up s (first calls, compiling golden_ptq's graphs): "
-          + ", ".join(f"{name} {seconds:.0f}" for name, seconds in warmup.items()))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump({"cpu_flags": cpu_flags(), "kernels": kernel_info().__dict__, "samples": samples,
-                       "rss_gb": memory, "warmup_s": warmup, "args": vars(args)}, handle, indent=1)
+    info = kernel_info()
+    fallbacks = [name for name, r in runners.items() if isinstance(r, GoldenRunner) and not args.eager
+                 and not r.network.compiled_decode]
+    print("RESULT " + json.dumps({"samples": samples, "rss_gb": memory, "warmup_s": warmup,
+                                  "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+                                  "kernels": info.isa if info.available and info.enabled else "off",
+                                  "fell_back_to_eager": fallbacks}))
     return 0
 
 
-def print_table(samples: Dict[str, List[Dict[str, float]]], memory: Dict[str, float]) -> None:
-    info = kernel_info()
+def print_table(results: Dict[str, dict]) -> None:
+    """One row per form; ratios against the FP32 measured in the same process."""
+    if not results:
+        print("no results")
+        return
+    kernels = next(iter(results.values()))["kernels"]
     print(f"\n{time.strftime('%Y-%m-%d %H:%M')}  CPU flags: {cpu_flags()}  cores: {psutil.cpu_count()}  "
-          f"native kernels: {info.isa if info.available and info.enabled else 'off (' + info.reason + ')'}")
-    columns = list(next(iter(samples.values()))[0])
-    best = {name: {c: max(r[c] for r in rows) for c in columns} for name, rows in samples.items()}
-    median = {name: {c: statistics.median(r[c] for r in rows) for c in columns} for name, rows in samples.items()}
-    header = f"| form | {' | '.join(columns)} | MB |"
-    print("tokens/s, best (median) of the interleaved rounds; ×fp32 = best / best of golden_ptq FP32"
-          + ("; ×tf = best / best of transformers FP32" if "transformers" in samples else ""))
-    print(header)
-    print("|" + "---|" * (len(columns) + 2))
-    for name in samples:
-        cells = []
-        for c in columns:
-            cell = f"{best[name][c]:.1f} ({median[name][c]:.1f})"
-            if name != "fp32" and name != "transformers":
-                cell += f" {best[name][c] / best['fp32'][c]:.2f}×fp32"
-            if name == "fp32" and "transformers" in samples:
-                cell += f" {best[name][c] / best['transformers'][c]:.2f}×tf"
-            cells.append(cell)
-        print(f"| {name} | {' | '.join(cells)} | {memory.get(name, 0) * 1000:.0f} |")
-    print(f"peak RSS of the process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB; "
-          "MB = resident growth while the form was built and warmed up, compiled graphs included "
-          "(fp32: the whole process then)")
+          f"native kernels: {kernels}")
+    first = next(iter(results.values()))["samples"]["fp32"]
+    columns = list(first[0])
+
+    def best(rows, c):
+        return max(r[c] for r in rows)
+
+    def med(rows, c):
+        return statistics.median(r[c] for r in rows)
+
+    print("tokens/s: best (median) of the interleaved rounds; ×fp32 / ×tf: best over the best of golden_ptq "
+          "FP32 / transformers FP32 measured in the same process")
+    print(f"| form | {' | '.join(columns)} | peak RSS GB (with fp32) | warm-up s |")
+    print("|" + "---|" * (len(columns) + 3))
+    for partner, result in results.items():
+        samples = result["samples"]
+        fp32 = samples["fp32"]
+        if partner == "transformers":
+            tf = samples["transformers"]
+            cells = [f"{best(fp32, c):.1f} ({med(fp32, c):.1f}) {best(fp32, c) / best(tf, c):.2f}×tf" for c in columns]
+            print(f"| fp32 | {' | '.join(cells)} | {result['peak_rss_gb']:.2f} | {result['warmup_s']['fp32']:.0f} |")
+            cells = [f"{best(tf, c):.1f} ({med(tf, c):.1f})" for c in columns]
+            print(f"| transformers | {' | '.join(cells)} | | {result['warmup_s']['transformers']:.0f} |")
+            continue
+        rows = samples[partner]
+        cells = [f"{best(rows, c):.1f} ({med(rows, c):.1f}) {best(rows, c) / best(fp32, c):.2f}×fp32" for c in columns]
+        note = " (fell back to eager)" if partner in result.get("fell_back_to_eager", []) else ""
+        print(f"| {partner}{note} | {' | '.join(cells)} | {result['peak_rss_gb']:.2f} | "
+              f"{result['warmup_s'][partner]:.0f} |")
 
 
 if __name__ == "__main__":

@@ -159,3 +159,21 @@ def test_short_generations_decode_eagerly_unless_a_graph_exists(config):
     network.prefill(ids, new_tokens=3)
     assert network._compiled_session                       # the graph exists now: reused
     np.testing.assert_array_equal(long[:10], short)
+
+
+@pytest.mark.parametrize("forward", [False, True])
+def test_a_graph_that_fails_to_compile_falls_back_to_eager(config, monkeypatch, forward):
+    from golden_ptq.networks import compiled
+    network = _network(config, "fp32")
+    ids = np.random.RandomState(15).randint(0, config.vocab_size, (1, 7))
+    eager = _decode(network, ids, 3, compiled=False)
+
+    def broken(self, *inputs):
+        raise TypeError("The parameters number of the function is 2, but the number of provided arguments is 9.")
+
+    monkeypatch.setattr(compiled.CompiledDecodeStep, "construct", broken)
+    monkeypatch.setattr(compiled.CompiledForward, "construct", broken)
+    network.set_compiled(decode=True, forward=forward)
+    got = _decode(network, ids, 3, compiled=True, forward=forward)
+    _assert_close(got, eager, "after falling back")
+    assert not network.compiled_decode and not network.compiled_forward

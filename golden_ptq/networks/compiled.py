@@ -20,6 +20,10 @@ import mindspore as ms
 from mindspore import Tensor, nn
 
 
+class GraphCompileError(RuntimeError):
+    """MindSpore could not compile a golden_ptq graph; the network falls back to PyNative."""
+
+
 @contextlib.contextmanager
 def graph_mode() -> Iterator[None]:
     """GRAPH_MODE for the duration of the block, then the previous mode again."""
@@ -44,8 +48,7 @@ class CompiledDecodeStep(nn.Cell):
         self.network = network
 
     def run(self, *inputs: Tensor) -> Tensor:
-        with graph_mode():
-            return self(*inputs)
+        return _run_graph(self, inputs)
 
     def construct(self, ids: Tensor, cos_q: Tensor, sin_q: Tensor, cos_k: Tensor, sin_k: Tensor, mask: Tensor,
                   slots: Tensor) -> Tensor:
@@ -65,8 +68,7 @@ class CompiledForward(nn.Cell):
         self.network = network
 
     def run(self, *inputs: Tensor) -> Tensor:
-        with graph_mode():
-            return self(*inputs)
+        return _run_graph(self, inputs)
 
     def construct(self, ids: Tensor, cos_q: Tensor, sin_q: Tensor, cos_k: Tensor, sin_k: Tensor, mask: Tensor,
                   slots: Tensor) -> Tensor:
@@ -75,3 +77,15 @@ class CompiledForward(nn.Cell):
         for layer in net.model.layers:
             hidden = layer.forward_static(hidden, cos_q, sin_q, cos_k, sin_k, net.index_q, net.index_k, mask, slots)
         return hidden
+
+
+def _run_graph(cell: nn.Cell, inputs) -> Tensor:
+    """Run ``cell`` in GRAPH_MODE; a failure to compile becomes :class:`GraphCompileError` (MindSpore
+    2.10's graph parser has been seen to resolve a cell to another one's code in long processes
+    that build and drop many networks)."""
+    with graph_mode():
+        try:
+            return cell(*inputs)
+        except (TypeError, AttributeError, ValueError, RuntimeError) as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise GraphCompileError(f"{type(cell).__name__}: {first}") from error

@@ -11,13 +11,14 @@ Parameter names follow MindFormers' ``LlamaForCausalLM``::
 """
 from __future__ import annotations
 
+import logging
 from typing import List, Optional, Tuple
 
 import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from golden_ptq.networks.compiled import CompiledDecodeStep, CompiledForward
+from golden_ptq.networks.compiled import CompiledDecodeStep, CompiledForward, GraphCompileError
 from golden_ptq.networks.config import LlamaConfig
 from golden_ptq.parallel.context import TPContext, resolve
 from golden_ptq.parallel.sharding import TPLayout, full_shape, shard_array
@@ -25,6 +26,7 @@ from golden_ptq.runtime import configure_cpu_runtime
 from golden_ptq.networks.layers import (CacheMode, Embedding, KVCache, Linear, RMSNorm, apply_rope, cache_slots,
                                         compiled_for_large_inputs, rope_tables, rotate_half_index, swiglu)
 
+logger = logging.getLogger(__name__)
 _MASK_VALUE = -1e9
 STATIC_CACHE_BLOCK = 256   # static KV caches grow in steps of this many positions (one graph per size)
 FORWARD_LENGTH_STEP = 64   # compiled forwards pad prompts to a multiple of this length (one graph per size)
@@ -309,9 +311,12 @@ class LlamaForCausalLM(nn.Cell):
         ids = _as_numpy(input_ids)
         mask = np.ones_like(ids) if attention_mask is None else _as_numpy(attention_mask)
         if self.compiled_forward and self._compilable():
-            hidden, _ = self._forward_compiled(ids, mask)   # the prefill graph; its cache writes are dropped
-            self.reset_cache()
-            return self.head(hidden[:, hidden.shape[1] - ids.shape[1]:])
+            try:
+                hidden, _ = self._forward_compiled(ids, mask)   # the prefill graph; its cache writes are dropped
+                self.reset_cache()
+                return self.head(hidden[:, hidden.shape[1] - ids.shape[1]:])
+            except GraphCompileError as error:
+                self._give_up_compiling(error)
         return self.head(self._run(ids, mask, CacheMode.NONE))
 
     def reset_cache(self) -> None:
@@ -349,9 +354,15 @@ class LlamaForCausalLM(nn.Cell):
         mask = np.ones_like(ids) if attention_mask is None else _as_numpy(attention_mask)
         self.reset_cache()
         compilable = self._compilable()
+        hidden = None
         if self.compiled_forward and compilable:
-            hidden, mask = self._forward_compiled(ids, mask)
-        else:
+            try:
+                hidden, mask = self._forward_compiled(ids, mask)
+            except GraphCompileError as error:
+                self._give_up_compiling(error)
+                compilable = False
+                self.reset_cache()
+        if hidden is None:
             hidden = self._run(ids, mask, CacheMode.PREFILL)
         self._decode_mask = mask.astype(np.int64)
         worth = (new_tokens is None or new_tokens >= self.compile_min_new_tokens
@@ -371,11 +382,23 @@ class LlamaForCausalLM(nn.Cell):
         ids = _as_numpy(token_ids).reshape(-1, 1)
         self._decode_mask = np.concatenate([self._decode_mask, np.ones_like(ids)], axis=1)
         if self._compiled_session:
-            return self._decode_compiled(ids)
+            try:
+                return self._decode_compiled(ids)
+            except GraphCompileError as error:   # before any write: the history is intact
+                self._give_up_compiling(error)
+                for cache in self._kv_caches():
+                    cache.from_static()
         hidden = self._run(ids, self._decode_mask, CacheMode.DECODE)
         return self.head(hidden)[:, 0, :]
 
     # ----- compiled decoding ------------------------------------------------------------------
+    def _give_up_compiling(self, error: Exception) -> None:
+        """Switch this network to PyNative for good, saying why once."""
+        logger.warning("golden_ptq: compiled inference failed (%s); this network now runs op by op", error)
+        self.compiled_decode = self.compiled_forward = False
+        self._compiled_session = False
+        self._graphs = []
+
     def _kv_caches(self) -> List[KVCache]:
         return [layer.attention.kv_cache for layer in self.model.layers]
 
