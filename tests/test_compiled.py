@@ -11,13 +11,15 @@ I8 = ms.int8
 SCHEMES = {
     "fp32": None,
     "a16w8": dict(),
-    "a16w8-group-asym": dict(weight_quant_granularity=QuantGranularity.PER_GROUP, group_size=16, weight_symmetric=False),
+    "a16w8-group-asym": dict(weight_quant_granularity=QuantGranularity.PER_GROUP, group_size=16,
+                             weight_symmetric=False),
     "w4a16": dict(weight_bits=4),
     "a8w8": dict(act_quant_dtype=I8),
     "a8w8-dynamic": dict(act_quant_dtype=I8, act_quant_granularity=QuantGranularity.PER_TOKEN),
     "c8": dict(weight_quant_dtype=None, kvcache_quant_dtype=I8),
     "a16w8-c8": dict(kvcache_quant_dtype=I8),
-    "a8w8-smooth-c8": dict(act_quant_dtype=I8, kvcache_quant_dtype=I8, outliers_suppression=OutliersSuppressionType.SMOOTH),
+    "a8w8-smooth-c8": dict(act_quant_dtype=I8, kvcache_quant_dtype=I8,
+                           outliers_suppression=OutliersSuppressionType.SMOOTH),
     "a8w8-dynamic+embedding": dict(act_quant_dtype=I8, act_quant_granularity=QuantGranularity.PER_TOKEN,
                                    embedding_quant_dtype=I8),
 }
