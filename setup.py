@@ -10,8 +10,9 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.9",
     packages=find_packages(include=["golden_ptq", "golden_ptq.*"]),
-    # The default configs and the calibration / evaluation text ship inside the package.
-    package_data={"golden_ptq": ["configs/*.yaml", "configs/ptq/*.yaml", "data/*.txt.gz"]},
+    # The default configs, the calibration / evaluation text and the int8 kernel source (compiled at
+    # first use, golden_ptq.kernels.native) ship inside the package.
+    package_data={"golden_ptq": ["configs/*.yaml", "configs/ptq/*.yaml", "data/*.txt.gz", "kernels/*.cc"]},
     install_requires=[
         "mindspore==2.10.0",
         "numpy<2",
@@ -22,6 +23,9 @@ setup(
         "tqdm",
         "psutil",
     ],
-    extras_require={"test": ["pytest", "matplotlib"], "report": ["matplotlib"]},
+    extras_require={"test": ["pytest", "matplotlib"], "report": ["matplotlib"],
+                    # benchmarks/speed.py's side-by-side column: SmolLM2 in transformers on CPU
+                    # (torch pinned: 2.13.0 is the CPU build; an unpinned torch pulls a CUDA build of several GB)
+                    "bench": ["transformers", "torch==2.13.0", "accelerate"]},
     entry_points={"console_scripts": ["golden-ptq=golden_ptq.cli:main"]},
 )

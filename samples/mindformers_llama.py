@@ -24,12 +24,8 @@ import sys
 
 
 def _calibration(helper, n_samples: int, seq: int):
-    import numpy as np
-    from golden_ptq.eval.corpus import default_text_path, split_text
-    with open(default_text_path(), encoding="utf-8") as handle:
-        text, _ = split_text(handle.read())
-    tokens = np.asarray(helper.create_tokenizer().encode(text[: seq * 8 * n_samples]))
-    return [tokens[i * seq:(i + 1) * seq] for i in range(min(n_samples, len(tokens) // seq))]
+    from golden_ptq.eval.corpus import corpus_windows
+    return list(corpus_windows(helper.create_tokenizer(), "calibration", seq, n_samples))
 
 
 def export(args) -> str:

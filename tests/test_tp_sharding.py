@@ -162,3 +162,17 @@ def test_float_checkpoint_source_loads_sharded(tmp_path, tiny_config):
     loaded = helper.create_network()
     np.testing.assert_array_equal(state(loaded)["model.layers.1.feed_forward.w2.weight"],
                                   state(net)["model.layers.1.feed_forward.w2.weight"])
+
+
+def test_shard_property_answers_is_this_layer_sharded():
+    from golden_ptq.networks.layers import Linear
+    from golden_ptq.parallel.context import TPContext
+    from golden_ptq.quant_cells import QuantLinear
+    from golden_ptq.quant_cells.spec import LayerQuantSpec
+    two = TPContext(size=2, rank=1)
+    assert Linear(8, 8, parallel="row", tp=two).shard == "row"
+    assert Linear(8, 8, parallel="column", tp=two).shard == "column"
+    assert Linear(8, 8, parallel="row", tp=TPContext()).shard is None   # one rank: nothing is split
+    assert Linear(8, 8).shard is None
+    assert QuantLinear(Linear(8, 8, parallel="column", tp=two), LayerQuantSpec()).shard == "column"
+    assert QuantLinear(Linear(8, 8, parallel="row", tp=TPContext()), LayerQuantSpec()).shard is None

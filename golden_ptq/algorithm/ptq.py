@@ -354,7 +354,7 @@ class PTQ(CompAlgo):
             y_q = cell(x_t).asnumpy().astype(np.float64)
             y_f = float_cell(x_t).asnumpy().astype(np.float64)
             sums = np.array([((y_q - y_f) ** 2).sum(), (y_f ** 2).sum()])
-            if getattr(cell, "parallel", None) == "column" and cell.tp.parallel:
+            if getattr(cell, "shard", None) == "column":
                 sums = all_gather_numpy(sums, cell.tp).sum(axis=0)  # each rank holds some output columns
             self.output_errors[full] = float(sums[0] / max(sums[1], 1e-30))
 

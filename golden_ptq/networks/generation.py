@@ -63,7 +63,7 @@ def generate(network, input_ids, do_sample: bool = False, max_length: Optional[i
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     rng = np.random.default_rng(seed)
-    logits = network.prefill(ids, mask).asnumpy()
+    logits = network.prefill(ids, mask, new_tokens=max_new_tokens - 1).asnumpy()
     new_tokens: List[List[int]] = [[] for _ in range(ids.shape[0])]
     finished = np.zeros(ids.shape[0], dtype=bool)
     for step in range(max_new_tokens):

@@ -8,7 +8,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
-from golden_ptq.parallel.context import TPContext, all_reduce, current_context
+from golden_ptq.parallel.context import TPContext, all_reduce, current_context, shard_mode
 
 
 class Linear(nn.Cell):
@@ -39,6 +39,11 @@ class Linear(nn.Cell):
         self.weight = Parameter(Tensor(np.zeros((self.out_features, self.in_features), np.float32)), name="weight")
         self.bias = Parameter(Tensor(np.zeros((self.out_features,), np.float32)), name="bias") if has_bias else None
         self.matmul = ops.MatMul(transpose_b=True)
+
+    @property
+    def shard(self) -> Optional[str]:
+        """``"column"`` / ``"row"`` when this layer is split over more than one rank, else None."""
+        return shard_mode(self.parallel, self.tp)
 
     def reduce_output(self, y: Tensor) -> Tensor:
         """Sum a row-parallel layer's partial outputs over the ranks (identity otherwise)."""
@@ -153,6 +158,32 @@ class CacheMode:
     DECODE = 2    # append this call's keys/values to the history
 
 
+class StaticKVBuffers(nn.Cell):
+    """Preallocated key/value buffers ``[B, num_kv_heads, capacity, head_dim]`` (the stored dtype),
+    written in place one slot range per call; for compiled decoding."""
+
+    def __init__(self, shape: Tuple[int, ...], dtype, name: str):
+        super().__init__()
+        zeros = np.zeros(shape, dtype)
+        self.key = Parameter(Tensor(zeros), name=f"{name}.key", requires_grad=False)   # graph names must be unique
+        self.value = Parameter(Tensor(zeros), name=f"{name}.value", requires_grad=False)
+        self.length = 0               # filled slots (host side)
+        self.scatter = ops.ScatterNdUpdate()
+
+    def write(self, key: Tensor, value: Tensor, slots: Tensor) -> Tuple[Tensor, Tensor]:
+        """Store ``key``/``value`` ``[B, Hkv, T, D]`` at ``slots`` ``[B, Hkv, T, 3]`` (b, head, position
+        triples); returns the whole buffers."""
+        self.scatter(self.key, slots, key)
+        self.scatter(self.value, slots, value)
+        return self.key, self.value
+
+
+def cache_slots(batch: int, heads: int, start: int, count: int) -> np.ndarray:
+    """``[B, heads, count, 3]`` int32 (b, head, position) triples for positions ``start ..``."""
+    grid = np.meshgrid(np.arange(batch), np.arange(heads), np.arange(start, start + count), indexing="ij")
+    return np.stack(grid, -1).astype(np.int32)
+
+
 class KVCache(nn.Cell):
     """One attention layer's key/value history, ``[B, num_kv_heads, S, head_dim]``.
 
@@ -160,6 +191,12 @@ class KVCache(nn.Cell):
     (the int8 cache stores integers and decodes them on read); keys and values always pass
     through encode/decode, with or without caching, so a full forward sees exactly what
     incremental decoding sees.
+
+    Compiled decoding moves the history into preallocated :class:`StaticKVBuffers`
+    (:meth:`to_static`) and appends with :meth:`write_static`. Buffers are kept per (batch,
+    capacity) and reused by later prompts, because a compiled graph holds the very Parameter objects
+    it was compiled with; they sit in plain containers, so they are not parameters of the network
+    (never saved, never loaded). :meth:`release_static` frees them.
     """
 
     def __init__(self, num_kv_heads: int, head_dim: int):
@@ -167,9 +204,80 @@ class KVCache(nn.Cell):
         self.num_kv_heads = num_kv_heads
         self.head_dim = head_dim
         self._history = {}
+        self._static = []
+        self._static_pool = {}
 
     def reset(self) -> None:
         self._history = {}
+        self._static = []
+
+    def release_static(self) -> None:
+        self.reset()
+        self._static_pool = {}
+
+    # ----- static buffers (compiled decoding) ---------------------------------------------------
+    def stored_dtype(self) -> np.dtype:
+        """dtype of the stored history (the int8 cache overrides)."""
+        return np.dtype(np.float32)
+
+    def _pooled_buffers(self, shape: Tuple[int, ...], dtype: np.dtype) -> StaticKVBuffers:
+        pool_key = (shape, dtype.str)
+        if pool_key not in self._static_pool:
+            name = f"static_kv_{id(self)}_{shape[0]}x{shape[2]}_{dtype.name}"
+            self._static_pool[pool_key] = StaticKVBuffers(shape, dtype, name)
+        return self._static_pool[pool_key]
+
+    def start_static(self, batch: int, capacity: int) -> None:
+        """Begin a history in static buffers (a compiled prefill writes it); the old one is dropped."""
+        buffers = self._pooled_buffers((batch, self.num_kv_heads, capacity, self.head_dim), self.stored_dtype())
+        buffers.length = 0
+        self._static = [buffers]
+        self._history = {}
+
+    def to_static(self, capacity: int) -> None:
+        """Move the history (from prefill, or smaller buffers) into buffers of ``capacity`` positions."""
+        if self._static:
+            old = self._static[0]
+            key, value, length = old.key.asnumpy(), old.value.asnumpy(), old.length
+            key, value = key[:, :, :length], value[:, :, :length]
+        elif self._history:
+            key, value = self._history["key"].asnumpy(), self._history["value"].asnumpy()
+            length = key.shape[2]
+        else:
+            raise RuntimeError("KVCache: decode step before prefill; call prefill first")
+        if capacity < length:
+            raise ValueError(f"KVCache.to_static: capacity {capacity} < {length} cached positions")
+        shape = (key.shape[0], key.shape[1], capacity, key.shape[3])
+        buffers = self._pooled_buffers(shape, key.dtype)
+        # In place (the graphs read these Parameters); slots past ``length`` keep stale values that
+        # the attention mask hides until decoding overwrites them.
+        buffers.write(Tensor(key), Tensor(value), Tensor(cache_slots(shape[0], shape[1], 0, length)))
+        buffers.length = length
+        self._static = [buffers]
+        self._history = {}
+
+    def from_static(self) -> None:
+        """Back from static buffers to an eager history (eager decoding after a compiled prefill)."""
+        if self._static:
+            buffers = self._static[0]
+            self._history = {"key": buffers.key[:, :, :buffers.length].copy(),
+                             "value": buffers.value[:, :, :buffers.length].copy()}
+            self._static = []
+
+    @property
+    def static_buffers(self) -> Optional[StaticKVBuffers]:
+        return self._static[0] if self._static else None
+
+    def prefill_static(self, key: Tensor, value: Tensor, slots: Tensor) -> Tuple[Tensor, Tensor]:
+        """Encode and store a prompt's keys/values in place; returns them decoded (this call's only)."""
+        k_stored, v_stored = self.encode(key, "key"), self.encode(value, "value")
+        self._static[0].write(k_stored, v_stored, slots)
+        return self.decode(k_stored, "key"), self.decode(v_stored, "value")
+
+    def write_static(self, key: Tensor, value: Tensor, slots: Tensor) -> Tuple[Tensor, Tensor]:
+        """Encode and store this step's keys/values in place; returns the decoded whole buffers."""
+        k_all, v_all = self._static[0].write(self.encode(key, "key"), self.encode(value, "value"), slots)
+        return self.decode(k_all, "key"), self.decode(v_all, "value")
 
     def encode(self, x: Tensor, kind: str) -> Tensor:
         return x
@@ -190,8 +298,15 @@ class KVCache(nn.Cell):
         return self.decode(k_stored, "key"), self.decode(v_stored, "value")
 
     def cached_length(self) -> int:
+        if self._static:
+            return self._static[0].length
         return 0 if not self._history else int(self._history["key"].shape[2])
 
     def history_bytes(self) -> int:
-        """Bytes the stored history occupies (what KV-cache quantization shrinks)."""
+        """Bytes the stored history occupies (what KV-cache quantization shrinks); of static
+        buffers, the filled positions."""
+        if self._static:
+            buffers = self._static[0]
+            key = buffers.key
+            return 2 * int(key.nbytes) * buffers.length // int(key.shape[2])
         return sum(int(t.nbytes) for t in self._history.values())

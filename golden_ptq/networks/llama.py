@@ -11,21 +11,27 @@ Parameter names follow MindFormers' ``LlamaForCausalLM``::
 """
 from __future__ import annotations
 
-from typing import List, Optional
+import logging
+from typing import List, Optional, Tuple
 
 import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from golden_ptq.config.model_config import LlamaConfig
+from golden_ptq.networks.compiled import CompiledDecodeStep, CompiledForward, GraphCompileError
 from golden_ptq.parallel.context import TPContext, resolve
 from golden_ptq.parallel.sharding import TPLayout, full_shape, shard_array
 from golden_ptq.runtime import configure_cpu_runtime
-from golden_ptq.networks.layers import (CacheMode, Embedding, KVCache, Linear, RMSNorm, apply_rope,
+from golden_ptq.networks.layers import (CacheMode, Embedding, KVCache, Linear, RMSNorm, apply_rope, cache_slots,
                                         compiled_for_large_inputs, rope_tables, rotate_half_index, swiglu)
 from golden_ptq.networks.token_ids import check_token_ids
 
+logger = logging.getLogger(__name__)
 _MASK_VALUE = -1e9
+STATIC_CACHE_BLOCK = 256   # static KV caches grow in steps of this many positions (one graph per size)
+FORWARD_LENGTH_STEP = 64   # compiled forwards pad prompts to a multiple of this length (one graph per size)
+COMPILE_MIN_NEW_TOKENS = 64  # default of LlamaForCausalLM.compile_min_new_tokens
 
 
 def _attention_core(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, num_kv_heads: int, head_dim: int) -> Tensor:
@@ -82,14 +88,37 @@ class Attention(nn.Cell):
         self._core_kv_heads = self.num_kv_heads if kv_index is None else self.num_heads
 
     def construct(self, x: Tensor, inputs: "LayerInputs") -> Tensor:
-        q = apply_rope(self.wq(x), inputs.cos_q, inputs.sin_q, inputs.index_q)
-        k = apply_rope(self.wk(x), inputs.cos_k, inputs.sin_k, inputs.index_k)
-        k = _to_heads(k, self.num_kv_heads, self.head_dim)
-        v = _to_heads(self.wv(x), self.num_kv_heads, self.head_dim)
+        q, k, v = self._project(x, inputs.cos_q, inputs.sin_q, inputs.cos_k, inputs.sin_k, inputs.index_q,
+                                inputs.index_k)
         k, v = self.kv_cache(k, v, inputs.mode)
+        return self._attend(q, k, v, inputs.mask)
+
+    def decode_static(self, x: Tensor, cos_q: Tensor, sin_q: Tensor, cos_k: Tensor, sin_k: Tensor, index_q: Tensor,
+                      index_k: Tensor, mask: Tensor, slots: Tensor) -> Tensor:
+        """One compiled decode step: keys/values go into the static cache at ``slots``; attention
+        reads the whole buffers (``mask`` hides the unfilled positions)."""
+        q, k, v = self._project(x, cos_q, sin_q, cos_k, sin_k, index_q, index_k)
+        k, v = self.kv_cache.write_static(k, v, slots)
+        return self._attend(q, k, v, mask)
+
+    def forward_static(self, x: Tensor, cos_q: Tensor, sin_q: Tensor, cos_k: Tensor, sin_k: Tensor, index_q: Tensor,
+                       index_k: Tensor, mask: Tensor, slots: Tensor) -> Tensor:
+        """A compiled prefill: attention over this call's keys/values (through the cache's
+        encode/decode), which are also written into the static cache at ``slots``."""
+        q, k, v = self._project(x, cos_q, sin_q, cos_k, sin_k, index_q, index_k)
+        k, v = self.kv_cache.prefill_static(k, v, slots)
+        return self._attend(q, k, v, mask)
+
+    def _project(self, x, cos_q, sin_q, cos_k, sin_k, index_q, index_k):
+        q = apply_rope(self.wq(x), cos_q, sin_q, index_q)
+        k = _to_heads(apply_rope(self.wk(x), cos_k, sin_k, index_k), self.num_kv_heads, self.head_dim)
+        v = _to_heads(self.wv(x), self.num_kv_heads, self.head_dim)
+        return q, k, v
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
         if self._kv_index is not None:  # replicated KV heads: the one each local query head reads
             k, v = ops.gather(k, self._kv_index, 1), ops.gather(v, self._kv_index, 1)
-        return self.wo(_attention_core_auto(q, k, v, inputs.mask, self._core_kv_heads, self.head_dim))
+        return self.wo(_attention_core_auto(q, k, v, mask, self._core_kv_heads, self.head_dim))
 
 
 class FeedForward(nn.Cell):
@@ -118,6 +147,20 @@ class LlamaDecodeLayer(nn.Cell):
 
     def construct(self, x: Tensor, inputs: "LayerInputs") -> Tensor:
         h = ops.add(x, self.attention(self.attention_norm(x), inputs))
+        return ops.add(h, self.feed_forward(self.ffn_norm(h)))
+
+    def decode_static(self, x: Tensor, cos_q: Tensor, sin_q: Tensor, cos_k: Tensor, sin_k: Tensor, index_q: Tensor,
+                      index_k: Tensor, mask: Tensor, slots: Tensor) -> Tensor:
+        """:meth:`construct` for a compiled decode step (see :meth:`Attention.decode_static`)."""
+        h = ops.add(x, self.attention.decode_static(self.attention_norm(x), cos_q, sin_q, cos_k, sin_k, index_q,
+                                                    index_k, mask, slots))
+        return ops.add(h, self.feed_forward(self.ffn_norm(h)))
+
+    def forward_static(self, x: Tensor, cos_q: Tensor, sin_q: Tensor, cos_k: Tensor, sin_k: Tensor, index_q: Tensor,
+                       index_k: Tensor, mask: Tensor, slots: Tensor) -> Tensor:
+        """:meth:`construct` for a compiled prefill (see :meth:`Attention.forward_static`)."""
+        h = ops.add(x, self.attention.forward_static(self.attention_norm(x), cos_q, sin_q, cos_k, sin_k, index_q,
+                                                     index_k, mask, slots))
         return ops.add(h, self.feed_forward(self.ffn_norm(h)))
 
 
@@ -171,8 +214,17 @@ class LlamaForCausalLM(nn.Cell):
         layout = self.tp_layout
         index_q, self._sign_q = rotate_half_index(layout.local_heads, config.head_dim)
         index_k, self._sign_k = rotate_half_index(layout.local_kv_heads, config.head_dim)
-        self._index_q, self._index_k = Tensor(index_q), Tensor(index_k)
+        self.index_q, self.index_k = Tensor(index_q), Tensor(index_k)
         self._decode_mask: Optional[np.ndarray] = None
+        # Compiled inference (set_compiled): decode steps by default; full forwards and prefills on request.
+        self.compiled_decode = True
+        self.compiled_forward = False
+        # A generation this short (new_tokens given to prefill) decodes eagerly unless a graph for its
+        # shape exists: compiling SmolLM2's step takes ~10 s, and it saves tens of ms per token.
+        self.compile_min_new_tokens = COMPILE_MIN_NEW_TOKENS
+        self._decode_shapes: set = set()   # (batch, capacity) with a compiled decode graph
+        self._graphs: list = []        # [(structure signature, CompiledDecodeStep, CompiledForward)], not child cells
+        self._compiled_session = False
         if seed is not None:
             self.init_random(seed)
         sync_parameter_names(self)
@@ -212,6 +264,12 @@ class LlamaForCausalLM(nn.Cell):
 
         ``attention_mask`` ``[B, S]`` covers the cached history plus the new tokens.
         """
+        arrays = self._layer_arrays(attention_mask, new_tokens)
+        tensors = [Tensor(a) for a in arrays]
+        return LayerInputs(*tensors[:4], self.index_q, self.index_k, tensors[4], mode)
+
+    def _layer_arrays(self, attention_mask: np.ndarray, new_tokens: int):
+        """``(cos_q, sin_q, cos_k, sin_k, mask)`` as contiguous float32 arrays (see :meth:`layer_inputs`)."""
         attention_mask = np.asarray(attention_mask, dtype=np.int64)
         batch, total = attention_mask.shape
         if total > self.config.max_position_embeddings:
@@ -233,8 +291,7 @@ class LlamaForCausalLM(nn.Cell):
         mask = np.where(allowed, np.float32(0.0), np.float32(_MASK_VALUE))[:, None, None]  # [B,1,1,T,S]
         mask = np.broadcast_to(mask, (batch, core_kv, group, new_tokens, total))
         mask = mask.reshape(batch, core_kv, group * new_tokens, total)
-        tensors = [Tensor(np.ascontiguousarray(a, dtype=np.float32)) for a in (cos_q, sin_q, cos_k, sin_k, mask)]
-        return LayerInputs(*tensors[:4], self._index_q, self._index_k, tensors[4], mode)
+        return [np.ascontiguousarray(a, dtype=np.float32) for a in (cos_q, sin_q, cos_k, sin_k, mask)]
 
     def embed(self, input_ids) -> Tensor:
         return self.model.tok_embeddings(_as_int_tensor(check_token_ids(input_ids, self.config.vocab_size)))
@@ -254,21 +311,69 @@ class LlamaForCausalLM(nn.Cell):
     def construct(self, input_ids, attention_mask=None) -> Tensor:
         ids = _as_numpy(input_ids)
         mask = np.ones_like(ids) if attention_mask is None else _as_numpy(attention_mask)
+        if self.compiled_forward and self._compilable():
+            try:
+                hidden, _ = self._forward_compiled(ids, mask)   # the prefill graph; its cache writes are dropped
+                self.reset_cache()
+                return self.head(hidden[:, hidden.shape[1] - ids.shape[1]:])
+            except GraphCompileError as error:
+                self._give_up_compiling(error)
         return self.head(self._run(ids, mask, CacheMode.NONE))
 
     def reset_cache(self) -> None:
-        for _, cell in self.cells_and_names():
-            if isinstance(cell, KVCache):
-                cell.reset()
+        for cache in self._kv_caches():
+            cache.reset()
         self._decode_mask = None
+        self._compiled_session = False
 
-    def prefill(self, input_ids, attention_mask=None) -> Tensor:
-        """Run the prompt, keep keys/values, return last-position logits ``[B, V]``."""
+    def set_compiled(self, decode: bool = True, forward: bool = False) -> None:
+        """Run decode steps / full forwards and prefills as compiled graphs (GRAPH_MODE, one per input
+        shape) or op by op in PyNative (False: for debugging, and where compiling would not pay).
+
+        Decode (default on): one graph per batch size and cache capacity, reused by every token.
+        Forward (default off): prompt lengths are left-padded up to a multiple of
+        ``FORWARD_LENGTH_STEP`` so few shapes compile (the padding counts against
+        ``max_position_embeddings`` while decoding), but each costs seconds to compile and keeps
+        graph memory (SmolLM2 1 x 512: ~1.4 GB) -- it pays for repeated same-shape work such as
+        evaluation or serving. Takes effect at the next call; the cache is reset and compiled graphs
+        and their static cache buffers are released (also the way to make a graph see weights
+        changed in place, see :meth:`_prepare_graphs`)."""
+        self.compiled_decode, self.compiled_forward = bool(decode), bool(forward)
+        self._graphs = []
+        self._decode_shapes = set()
+        for cache in self._kv_caches():
+            cache.release_static()
+        self.reset_cache()
+
+    def prefill(self, input_ids, attention_mask=None, new_tokens: Optional[int] = None) -> Tensor:
+        """Run the prompt, keep keys/values, return last-position logits ``[B, V]``.
+
+        ``new_tokens``: how many decode steps will follow, when known; fewer than
+        ``compile_min_new_tokens`` decode eagerly unless a compiled graph for the shape exists.
+        """
         ids = _as_numpy(input_ids)
         mask = np.ones_like(ids) if attention_mask is None else _as_numpy(attention_mask)
         self.reset_cache()
-        hidden = self._run(ids, mask, CacheMode.PREFILL)
+        compilable = self._compilable()
+        hidden = None
+        if self.compiled_forward and compilable:
+            try:
+                hidden, mask = self._forward_compiled(ids, mask)
+            except GraphCompileError as error:
+                self._give_up_compiling(error)
+                compilable = False
+                self.reset_cache()
+        if hidden is None:
+            hidden = self._run(ids, mask, CacheMode.PREFILL)
         self._decode_mask = mask.astype(np.int64)
+        worth = (new_tokens is None or new_tokens >= self.compile_min_new_tokens
+                 or (ids.shape[0], self._static_capacity(mask.shape[1] + 1)) in self._decode_shapes)
+        self._compiled_session = self.compiled_decode and compilable and worth
+        if self._compiled_session:
+            self._prepare_graphs()
+        else:
+            for cache in self._kv_caches():
+                cache.from_static()
         return self.head(hidden[:, -1:, :])[:, 0, :]
 
     def decode_step(self, token_ids) -> Tensor:
@@ -277,8 +382,95 @@ class LlamaForCausalLM(nn.Cell):
             raise RuntimeError("decode_step called before prefill")
         ids = _as_numpy(token_ids).reshape(-1, 1)
         self._decode_mask = np.concatenate([self._decode_mask, np.ones_like(ids)], axis=1)
+        if self._compiled_session:
+            try:
+                return self._decode_compiled(ids)
+            except GraphCompileError as error:   # before any write: the history is intact
+                self._give_up_compiling(error)
+                for cache in self._kv_caches():
+                    cache.from_static()
         hidden = self._run(ids, self._decode_mask, CacheMode.DECODE)
         return self.head(hidden)[:, 0, :]
+
+    # ----- compiled decoding ------------------------------------------------------------------
+    def _give_up_compiling(self, error: Exception) -> None:
+        """Switch this network to PyNative for good, saying why once."""
+        logger.warning("golden_ptq: compiled inference failed (%s); this network now runs op by op", error)
+        self.compiled_decode = self.compiled_forward = False
+        self._compiled_session = False
+        self._graphs = []
+
+    def _kv_caches(self) -> List[KVCache]:
+        return [layer.attention.kv_cache for layer in self.model.layers]
+
+    def _compilable(self) -> bool:
+        """Nothing in the network needs Python during a forward (observers, input recorders), and
+        no tensor parallelism (its collectives run eagerly)."""
+        if self.tp.parallel:
+            return False
+        return not any(getattr(cell, "observing", False) or getattr(cell, "recorder", None) is not None
+                       for _, cell in self.cells_and_names())
+
+    def _prepare_graphs(self) -> None:
+        """Keep the compiled graphs while cells, parameters and their storage are the same; rebuild
+        them (and fix each quantized layer's kernel) when any was replaced (quantization,
+        ``set_data``, loading a checkpoint). A graph packs its matmul weights when it first runs, so
+        it would not see new values written into the old storage (``ops.assign``): call
+        :meth:`set_compiled` after such an edit."""
+        signature = (tuple(id(cell) for _, cell in self.cells_and_names()),
+                     tuple((id(param), param.data_ptr()) for param in self.get_parameters()))
+        if self._graphs and self._graphs[0][0] == signature:
+            return
+        self._decode_shapes = set()
+        for _, cell in self.cells_and_names():
+            if hasattr(cell, "bind_kernel"):
+                cell.bind_kernel()
+        self._graphs = [(signature, CompiledDecodeStep(self), CompiledForward(self))]
+
+    def _static_capacity(self, positions: int) -> int:
+        return min(self.config.max_position_embeddings, -(-positions // STATIC_CACHE_BLOCK) * STATIC_CACHE_BLOCK)
+
+    def _forward_compiled(self, ids: np.ndarray, mask: np.ndarray) -> Tuple[Tensor, np.ndarray]:
+        """A compiled prefill: fills the static caches and returns the hidden states of the prompt
+        left-padded to a multiple of ``FORWARD_LENGTH_STEP`` ``[B, T', D]`` and the padded mask."""
+        batch, length = ids.shape
+        if length > self.config.max_position_embeddings:
+            raise ValueError(f"sequence length {length} exceeds max_position_embeddings "
+                             f"{self.config.max_position_embeddings}")
+        padded = -(-length // FORWARD_LENGTH_STEP) * FORWARD_LENGTH_STEP
+        if padded >= self.config.max_position_embeddings:   # no room to spare for padding: the exact length
+            padded = length
+        pad = ((0, 0), (padded - length, 0))   # left padding: positions count from each row's first token
+        ids_p, mask_p = np.pad(ids, pad), np.pad(mask, pad)
+        self._prepare_graphs()
+        caches = self._kv_caches()
+        for cache in caches:
+            cache.start_static(batch, self._static_capacity(padded + 1))
+        arrays = [Tensor(a) for a in self._layer_arrays(mask_p, padded)]
+        slots = Tensor(cache_slots(batch, caches[0].num_kv_heads, 0, padded))
+        hidden = self._graphs[0][2].run(_as_int_tensor(ids_p), *arrays, slots)
+        for cache in caches:
+            cache.static_buffers.length = padded
+        return hidden, mask_p
+
+    def _decode_compiled(self, ids: np.ndarray) -> Tensor:
+        caches = self._kv_caches()
+        length = caches[0].cached_length()
+        buffers = caches[0].static_buffers
+        if buffers is None or int(buffers.key.shape[2]) <= length:
+            capacity = self._static_capacity(length + 1)
+            for cache in caches:
+                cache.to_static(capacity)
+        capacity = int(caches[0].static_buffers.key.shape[2])
+        cos_q, sin_q, cos_k, sin_k, mask = self._layer_arrays(self._decode_mask, 1)
+        mask = np.pad(mask, ((0, 0), (0, 0), (0, 0), (0, capacity - mask.shape[3])), constant_values=_MASK_VALUE)
+        slots = cache_slots(ids.shape[0], caches[0].num_kv_heads, length, 1)
+        logits = self._graphs[0][1].run(_as_int_tensor(ids), Tensor(cos_q), Tensor(sin_q), Tensor(cos_k),
+                                           Tensor(sin_k), Tensor(mask), Tensor(slots))
+        for cache in caches:
+            cache.static_buffers.length = length + 1
+        self._decode_shapes.add((ids.shape[0], capacity))
+        return logits
 
     def generate(self, input_ids, do_sample: bool = False, max_length: Optional[int] = None, top_p: float = 1.0,
                  top_k: int = 0, max_new_tokens: Optional[int] = None, pad_token_id: Optional[int] = None,

@@ -33,6 +33,12 @@ class TPContext:
         return self.size > 1
 
 
+def shard_mode(parallel: Optional[str], ctx: TPContext) -> Optional[str]:
+    """``"column"`` / ``"row"`` for a layer split that way over more than one rank, else None: the
+    one answer to "is this layer sharded" (``Linear.shard``, ``QuantLinear.shard``)."""
+    return parallel if parallel and ctx.parallel else None
+
+
 def communication_initialized() -> bool:
     """Whether ``mindspore.communication.init()`` has run in this process."""
     from mindspore.communication import GlobalComm

@@ -36,6 +36,8 @@ class QuantKVCache(KVCache, QuantCell):
         QuantCell.__init__(self, spec)
         self.num_kv_heads, self.head_dim = cache.num_kv_heads, cache.head_dim
         self._history = {}
+        self._static = []
+        self._static_pool = {}
         self.observers = {"key": MinMaxObserver(), "value": MinMaxObserver()}
 
     def _scale4d(self, kind: str) -> Tensor:
@@ -49,6 +51,9 @@ class QuantKVCache(KVCache, QuantCell):
                 self.observers[kind].update(x.asnumpy().transpose(0, 2, 1, 3).reshape(-1, x.shape[1] * x.shape[3]))
             return x
         return _encode_auto(x, self._scale4d(kind))
+
+    def stored_dtype(self) -> np.dtype:
+        return np.dtype(np.int8 if self.quantized else np.float32)
 
     def decode(self, stored: Tensor, kind: str) -> Tensor:
         if not self.quantized:

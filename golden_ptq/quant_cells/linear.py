@@ -16,13 +16,13 @@ W4A16 (``weight_bits=4``) keeps the W8A16 parameters; the int8 container holds c
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 from mindspore import Tensor, ops
 
 from golden_ptq.networks.layers import Linear
-from golden_ptq.parallel.context import ChannelShards, TPContext, all_reduce, all_reduce_max
+from golden_ptq.parallel.context import ChannelShards, TPContext, all_reduce, all_reduce_max, shard_mode
 import golden_ptq.quant_cells.linear_kernels as kernels
 from golden_ptq.quant_cells.base import QuantCell
 from golden_ptq.quant_cells.spec import LayerQuantSpec
@@ -48,13 +48,19 @@ class QuantLinear(QuantCell):
         self.input_shift_value = None        # per input channel shift (m4), set before quantize()
         self.has_input_shift = False         # deployed form carries input_shift / shift_bias
         self.recorder = None                 # callable(x2 numpy) fed every input, when set
+        self.bound_kernel = None             # set by bind_kernel() for compiled graphs
 
     def use_observer(self, observer: MinMaxObserver) -> None:
         """Observe the input with ``observer``; a row-parallel input is a shard of the whole tensor,
         so the observer reduces its per-tensor results over the ranks."""
-        if self.parallel == "row" and self.tp.parallel:
+        if self.shard == "row":
             observer.shards = ChannelShards(self.tp)
         self.input_observer = observer
+
+    @property
+    def shard(self) -> Optional[str]:
+        """``"column"`` / ``"row"`` when this layer is split over more than one rank, else None."""
+        return shard_mode(self.parallel, self.tp)
 
     @property
     def label(self) -> str:
@@ -70,12 +76,14 @@ class QuantLinear(QuantCell):
             self.recorder(x2.asnumpy())
         if self.has_input_shift and self.quantized:
             x2 = x2 - self.input_shift
-        if not self.quantized:
+        if self.bound_kernel is not None:  # compiled graphs: the route chosen before compiling
+            y = self.bound_kernel(x2, *self._kernel_args(x2))
+        elif not self.quantized:
             if self.observing:
                 seen = x2.asnumpy()
                 self.input_observer.update(seen if self.input_shift_value is None else seen - self.input_shift_value)
             y = ops.MatMul(transpose_b=True)(x2, self.weight)
-        elif self.spec.act and self.spec.act_dynamic and self.parallel == "row" and self.tp.parallel:
+        elif self.spec.act and self.spec.act_dynamic and self.shard == "row":
             y = kernels.a8w8_dynamic_absmax(x2, self.weight, self.weight_scale, self._whole_row_absmax(x2))
         elif self.spec.act and self.spec.act_dynamic:
             y = kernels.a8w8_dynamic(x2, self.weight, self.weight_scale)
@@ -95,6 +103,40 @@ class QuantLinear(QuantCell):
             y = y + self.bias
         return y.reshape(lead + (self.out_features,))
 
+    def bind_kernel(self) -> None:
+        """Fix this layer's product (native operator or MindSpore-op route, :mod:`linear_kernels`)
+        as an attribute, for a graph to compile: graphs cannot run the Python that picks it per call.
+        Only quantized layers of the forms the native kernels cover are bound."""
+        self.bound_kernel = None
+        if not self.quantized or self.observing or self.recorder is not None:
+            return
+        form = self._kernel_form()
+        if form is not None:
+            self.bound_kernel = kernels.resolve(form)
+
+    def unbind_kernel(self) -> None:
+        self.bound_kernel = None
+
+    def _kernel_form(self):
+        spec = self.spec
+        if spec.act and spec.act_dynamic:
+            return "a8w8_dynamic_absmax" if self.shard == "row" else "a8w8_dynamic"
+        if spec.act:
+            return "a8w8_static"
+        if spec.group_size or not spec.weight_symmetric:
+            return None
+        return "w8a16_channel"
+
+    def _kernel_args(self, x2: Tensor):
+        """The operands after ``x`` of the bound kernel."""
+        if self.spec.act and self.spec.act_dynamic:
+            if self.shard == "row":
+                return self.weight, self.weight_scale, self._whole_row_absmax(x2)
+            return self.weight, self.weight_scale
+        if self.spec.act:
+            return self.weight, self.input_scale, self.input_zp, self.quant_bias, self.deq_scale
+        return self.weight, self.weight_scale
+
     def _whole_row_absmax(self, x2: Tensor) -> Tensor:
         """Per-token ``max |x|`` over the whole input row, of which this rank holds some columns:
         the same scale as at TP size 1 (a maximum over the ranks, gathered as a SUM of zero-padded
@@ -113,7 +155,7 @@ class QuantLinear(QuantCell):
         """Round the (possibly smoothed) float weight and fix activation ranges from the observer."""
         spec = self.spec
         w = self.weight.asnumpy()
-        if self.parallel == "row" and self.tp.parallel and not spec.group_size:
+        if self.shard == "row" and not spec.group_size:
             q, w_scale, w_zp = self._quantize_row_shard(w)
         else:
             q, w_scale, w_zp = quantize_weight(w, spec.group_size, spec.weight_symmetric, self.weight_bits,
@@ -151,7 +193,7 @@ class QuantLinear(QuantCell):
         spec = self.spec
         if not spec.weight:
             return np.asarray(w, np.float64)
-        if self.parallel == "row" and self.tp.parallel and not spec.group_size:
+        if self.shard == "row" and not spec.group_size:
             q, scale, _ = self._quantize_row_shard(np.asarray(w, np.float32))
             return q.astype(np.float64) * scale.astype(np.float64)[:, None]
         return fake_quantize_weight(w, spec.group_size, spec.weight_symmetric, self.weight_bits, self.weight_clip)

@@ -6,15 +6,22 @@ MatMul is 3.5-13x slower than float32. Products of int8 codes are integers of ma
 in float32, whatever order the BLAS adds in. We therefore multiply the codes as float32 in
 chunks of <= 1024 input channels, cast each chunk's exact result to int32 and add in int32:
 the result equals exact int8 x int8 -> int32 accumulation, at float32 GEMM speed.
+
+That MindSpore-op route is the fallback. Where the native kernels of :mod:`golden_ptq.kernels`
+run (x86-64 with AVX2 and a C++ compiler), each form is one fused operator instead: the input is
+quantized, multiplied in integers (AVX-512 VNNI or AVX2) and rescaled in one pass, and A16W8
+multiplies by the int8 weight directly. Both routes give the same int8 codes and int32 sums.
 """
 from __future__ import annotations
 
 import mindspore as ms
 from mindspore import Tensor, ops
 
+from golden_ptq.kernels import native_ops, packed_float_kernels
 from golden_ptq.networks.layers import compiled_for_large_inputs
 
 EXACT_CHUNK = 1024
+DOT_ROWS = 16   # the native kernels' row count up to which A16W8 reads the weight unpacked (kDotRows)
 
 
 def int_matmul(xq: Tensor, wq: Tensor) -> Tensor:
@@ -72,8 +79,54 @@ def _w8a16_dequant(x: Tensor, wq: Tensor, weight_scale: Tensor, weight_zp: Tenso
 # The W8A8 kernels are compiled whatever GOLDEN_PTQ_COMPILE says: eagerly, their nine elementwise
 # passes dwarf the matmul (w2 shape, 4096 rows: 424 ms eager vs 180 ms compiled, float matmul
 # 70 ms), for about 0.25 GB of graph memory per input shape.
-a8w8_static = compiled_for_large_inputs(_a8w8_static, always=True)
-a8w8_dynamic = compiled_for_large_inputs(_a8w8_dynamic, always=True)
-a8w8_dynamic_absmax = compiled_for_large_inputs(_a8w8_dynamic_absmax, always=True)
-w8a16_channel = compiled_for_large_inputs(_w8a16_channel)
+_a8w8_static_ops = compiled_for_large_inputs(_a8w8_static, always=True)
+_a8w8_dynamic_ops = compiled_for_large_inputs(_a8w8_dynamic, always=True)
+_a8w8_dynamic_absmax_ops = compiled_for_large_inputs(_a8w8_dynamic_absmax, always=True)
+_w8a16_channel_ops = compiled_for_large_inputs(_w8a16_channel)
 w8a16_dequant = compiled_for_large_inputs(_w8a16_dequant)
+
+
+def a8w8_static(x: Tensor, wq: Tensor, input_scale: Tensor, input_zp: Tensor, quant_bias: Tensor,
+                deq_scale: Tensor) -> Tensor:
+    """Per-tensor int8 input (scale, zero point), int8 weight: ``float(acc + quant_bias) * deq_scale``."""
+    native = native_ops()
+    if native is not None:
+        return native["a8w8_static"](x, wq, input_scale, input_zp, quant_bias, deq_scale)
+    return _a8w8_static_ops(x, wq, input_scale, input_zp, quant_bias, deq_scale)
+
+
+def a8w8_dynamic(x: Tensor, wq: Tensor, weight_scale: Tensor) -> Tensor:
+    """Per-token symmetric int8 input, int8 weight per output channel."""
+    native = native_ops()
+    if native is not None:
+        return native["a8w8_dynamic"](x, wq, weight_scale)
+    return _a8w8_dynamic_ops(x, wq, weight_scale)
+
+
+def a8w8_dynamic_absmax(x: Tensor, wq: Tensor, weight_scale: Tensor, absmax: Tensor) -> Tensor:
+    """:func:`a8w8_dynamic` with the token ranges ``absmax`` ``[M, 1]`` given."""
+    native = native_ops()
+    if native is not None:
+        return native["a8w8_dynamic_absmax"](x, wq, weight_scale, absmax)
+    return _a8w8_dynamic_absmax_ops(x, wq, weight_scale, absmax)
+
+
+def w8a16_channel(x: Tensor, wq: Tensor, weight_scale: Tensor) -> Tensor:
+    """Float input, int8 weight with one scale per output channel: ``(x @ wq.T) * weight_scale``."""
+    native = native_ops()
+    if native is not None and (x.shape[0] <= DOT_ROWS or packed_float_kernels()):
+        return native["w8_gemm"](x, wq, weight_scale)
+    return _w8a16_channel_ops(x, wq, weight_scale)
+
+
+_GRAPH_ROUTES = {"a8w8_static": _a8w8_static, "a8w8_dynamic": _a8w8_dynamic,
+                 "a8w8_dynamic_absmax": _a8w8_dynamic_absmax, "w8a16_channel": _w8a16_channel}
+_NATIVE_NAMES = {"a8w8_static": "a8w8_static", "a8w8_dynamic": "a8w8_dynamic",
+                 "a8w8_dynamic_absmax": "a8w8_dynamic_absmax", "w8a16_channel": "w8_gemm"}
+
+
+def resolve(form: str):
+    """The product for ``form`` (a key of ``_GRAPH_ROUTES``) as one callable a graph can hold: the
+    native operator where available, else the plain MindSpore-op function (the graph compiles it)."""
+    native = native_ops()
+    return native[_NATIVE_NAMES[form]] if native is not None else _GRAPH_ROUTES[form]

@@ -86,7 +86,7 @@ def _reduce_over_ranks(ctx: LayerContext, mapping: SmoothMapping, balance: list,
     ``(this rank's channel slice, (heads, kv_heads, head_dim) of the whole model)`` tells
     :func:`mapping_statistics` which of them its wo columns take. ``local`` is None otherwise.
     """
-    contexts = [b.tp for b in balance if getattr(b, "parallel", None) and b.tp.parallel]
+    contexts = [b.tp for b in balance if getattr(b, "shard", None)]
     if not contexts:
         return act, weight_max, None
     tp = contexts[0]

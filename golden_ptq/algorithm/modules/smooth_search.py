@@ -79,8 +79,7 @@ def quantized_output_error(stats: MappingStats, x: np.ndarray, scale_e: np.ndarr
 
 def _sharded(cell) -> Optional[str]:
     """``"column"`` / ``"row"`` for a tensor-parallel layer on more than one rank, else None."""
-    mode = getattr(cell, "parallel", None)
-    return mode if mode and cell.tp.parallel else None
+    return getattr(cell, "shard", None)
 
 
 def _whole_output(cell, y: np.ndarray) -> np.ndarray:

@@ -1,0 +1,831 @@
+// Integer and int8-weight matrix products for golden_ptq's quantized Linear, as MindSpore
+// ``ops.Custom`` "aot" kernels on CPU.
+//
+// Every product is ``x [M, K] @ w [N, K].T``: ``w`` is the int8 weight in MindFormers' layout.
+//   GpQGemmStatic   x float, quantized per tensor (scale, zero point), int8 x int8 -> int32 exact,
+//                   out = float(acc + quant_bias[n]) * deq_scale[n]
+//   GpQGemmDynamic  x float, quantized per row (symmetric, scale = max(absmax / 127, 1e-8)),
+//                   out = (float(acc) * row_scale[m]) * weight_scale[n]
+//   GpQGemmDynamicAbsmax  the same with the row ranges given (a row-parallel shard passes the whole row's)
+//   GpI8Gemm        int8 x int8 -> int32, exact (the building block, tested against int64 numpy)
+//   GpW8Gemm        float x int8 weight, out = (x @ float(w).T) * weight_scale[n]  (A16W8, no float copy)
+//
+// Instruction sets, chosen at run time (gp_set_isa lowers the choice, for tests):
+//   3  AVX-512 VNNI: u8 x s8 dot products (vpdpbusd) on x + 128, minus 128 * (column sum of w)
+//   1  AVX2: int8 widened to int16, vpmaddwd (exact), FMA for float
+//   0  portable C++ (the reference the vector paths must equal)
+// Rounding of the quantizers is round-half-to-even in float32 with true division, as MindSpore's
+// ops.div / ops.round compute it, so the codes equal the graph-op route bit for bit.
+#include <immintrin.h>
+#include <sched.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace {
+
+enum Isa { kScalar = 0, kAvx2 = 1, kAvx512Vnni = 3 };
+
+int DetectIsa() {
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl")) {
+    return kAvx512Vnni;
+  }
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return kAvx2;
+  return kScalar;
+}
+
+const int g_detected = DetectIsa();
+int g_isa = g_detected;
+
+// ----- a small persistent thread pool ------------------------------------------------------------
+class Pool {
+ public:
+  explicit Pool(int threads) { Resize(threads); }
+
+  int size() const { return static_cast<int>(workers_.size()) + 1; }
+
+  void Resize(int threads) {
+    // Workers are never joined: the pool lives for the process (threads end with it).
+    while (static_cast<int>(workers_.size()) < threads - 1) {
+      workers_.emplace_back([this, id = workers_.size()] { Loop(static_cast<int>(id)); });
+      workers_.back().detach();
+    }
+    wanted_ = std::max(1, threads);
+  }
+
+  void Run(int tasks, const std::function<void(int)>& fn) {
+    int helpers = std::min(wanted_, tasks) - 1;
+    if (helpers <= 0) {
+      for (int t = 0; t < tasks; ++t) fn(t);
+      return;
+    }
+    std::lock_guard<std::mutex> serial(run_mu_);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      fn_ = &fn;
+      tasks_ = tasks;
+      next_.store(0);
+      helpers_ = helpers;
+      pending_ = helpers;
+      ++generation_;
+    }
+    cv_.notify_all();
+    Drain();
+    std::unique_lock<std::mutex> lock(mu_);
+    done_.wait(lock, [this] { return pending_ == 0; });
+    fn_ = nullptr;
+  }
+
+ private:
+  void Drain() {
+    for (int t = next_.fetch_add(1); t < tasks_; t = next_.fetch_add(1)) (*fn_)(t);
+  }
+
+  void Loop(int id) {
+    uint64_t seen = 0;
+    for (;;) {
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return generation_ != seen; });
+        seen = generation_;
+        if (id >= helpers_) continue;
+      }
+      Drain();
+      std::lock_guard<std::mutex> lock(mu_);
+      if (--pending_ == 0) done_.notify_one();
+    }
+  }
+
+  std::vector<std::thread> workers_;
+  std::mutex mu_, run_mu_;
+  std::condition_variable cv_, done_;
+  const std::function<void(int)>* fn_ = nullptr;
+  int tasks_ = 0, helpers_ = 0, pending_ = 0, wanted_ = 1;
+  std::atomic<int> next_{0};
+  uint64_t generation_ = 0;
+};
+
+int AffinityCpus() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) != 0) return 1;
+  return std::max(1, CPU_COUNT(&set));
+}
+
+Pool& ThePool() {
+  static Pool* pool = new Pool(std::min(AffinityCpus(), 8));
+  return *pool;
+}
+
+// Below this many multiply-adds a call runs on the calling thread only.
+constexpr int64_t kParallelWork = 1 << 19;
+
+// ----- epilogue: out[m, n] = (float(acc + nbias[n]) * rs[m]) * cs[n], or int32 acc + nbias[n] ---
+struct Epilogue {
+  const int32_t* nbias;  // [N] or null
+  const float* rs;       // [M] or null (1)
+  const float* cs;       // [N] or null (1)
+  float* outf;           // [M, N] float output, or
+  int32_t* outi;         // [M, N] int32 output
+  int64_t n_total;
+
+  // The same epilogue for rows [m, M): row 0 of the result is row m.
+  Epilogue Rows(int64_t m) const {
+    return Epilogue{nbias, rs ? rs + m : nullptr, cs, outf ? outf + m * n_total : nullptr,
+                    outi ? outi + m * n_total : nullptr, n_total};
+  }
+
+  inline void Put(int64_t m, int64_t n, int32_t acc) const {
+    int32_t v = acc + (nbias ? nbias[n] : 0);
+    if (outi) {
+      outi[m * n_total + n] = v;
+      return;
+    }
+    float f = static_cast<float>(v);
+    if (rs) f = f * rs[m];
+    if (cs) f = f * cs[n];
+    outf[m * n_total + n] = f;
+  }
+};
+
+// ----- quantizers (float -> int8 codes) ----------------------------------------------------------
+// Codes are stored as int8, or (``offset``, for the VNNI path) as uint8 x + 128 in rows padded with
+// zeros to a multiple of 64 bytes.
+struct Codes {
+  std::vector<uint8_t> buf;
+  int64_t ld = 0;
+  bool offset = false;
+
+  Codes(int64_t m_rows, int64_t k, bool with_offset) : ld(with_offset ? (k + 63) / 64 * 64 : k), offset(with_offset) {
+    buf.assign(static_cast<size_t>(m_rows * ld), 0);
+  }
+  const int8_t* s8() const { return reinterpret_cast<const int8_t*>(buf.data()); }
+  const uint8_t* u8() const { return buf.data(); }
+  inline void Put(int64_t m, int64_t i, int32_t q) {
+    buf[m * ld + i] = static_cast<uint8_t>(offset ? q + 128 : q);
+  }
+};
+
+inline float RoundEven(float v) { return std::nearbyint(v); }
+
+// q = clip(round(x / scale) + zp, lo, hi) for rows [m0, m1), ``scale`` per row.
+void QuantizeRowsScalar(const float* x, int64_t k, int64_t m0, int64_t m1, const float* scale, bool per_row,
+                        float zp, float lo, float hi, Codes* codes) {
+  for (int64_t m = m0; m < m1; ++m) {
+    const float s = scale[per_row ? m : 0];
+    for (int64_t i = 0; i < k; ++i) {
+      float v = RoundEven(x[m * k + i] / s) + zp;
+      codes->Put(m, i, static_cast<int32_t>(std::min(hi, std::max(lo, v))));
+    }
+  }
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void QuantizeRowsAvx512(
+    const float* x, int64_t k, int64_t m0, int64_t m1, const float* scale, bool per_row, float zp, float lo,
+    float hi, Codes* codes) {
+  const __m512 vzp = _mm512_set1_ps(zp), vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
+  const __m512i shift = _mm512_set1_epi32(codes->offset ? 128 : 0);
+  for (int64_t m = m0; m < m1; ++m) {
+    const __m512 vs = _mm512_set1_ps(scale[per_row ? m : 0]);
+    for (int64_t i = 0; i < k; i += 16) {
+      const __mmask16 mask = k - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (k - i)) - 1);
+      __m512 v = _mm512_div_ps(_mm512_maskz_loadu_ps(mask, x + m * k + i), vs);
+      v = _mm512_add_ps(_mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), vzp);
+      v = _mm512_min_ps(vhi, _mm512_max_ps(vlo, v));
+      __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(v), shift);
+      _mm_mask_storeu_epi8(codes->buf.data() + m * codes->ld + i, mask, _mm512_cvtepi32_epi8(q));
+    }
+  }
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl"))) float AbsMaxAvx512(const float* row, int64_t k) {
+  __m512 best = _mm512_setzero_ps();
+  for (int64_t i = 0; i < k; i += 16) {
+    const __mmask16 mask = k - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (k - i)) - 1);
+    best = _mm512_max_ps(best, _mm512_abs_ps(_mm512_maskz_loadu_ps(mask, row + i)));
+  }
+  return _mm512_reduce_max_ps(best);
+}
+
+float AbsMax(const float* row, int64_t k, int isa) {
+  if (isa >= kAvx512Vnni) return AbsMaxAvx512(row, k);
+  float amax = 0.0f;
+  for (int64_t i = 0; i < k; ++i) amax = std::max(amax, std::fabs(row[i]));
+  return amax;
+}
+
+// ----- int8 x int8 -> int32: portable ------------------------------------------------------------
+void I8Scalar(const int8_t* a, int64_t lda, const int8_t* b, int64_t m_rows, int64_t n_cols, int64_t k,
+              const Epilogue& ep, int64_t n0, int64_t n1) {
+  for (int64_t n = n0; n < n1; ++n) {
+    const int8_t* bn = b + n * k;
+    for (int64_t m = 0; m < m_rows; ++m) {
+      const int8_t* am = a + m * lda;
+      int32_t acc = 0;
+      for (int64_t i = 0; i < k; ++i) acc += static_cast<int32_t>(am[i]) * static_cast<int32_t>(bn[i]);
+      ep.Put(m, n, acc);
+    }
+  }
+}
+
+// ----- int8 x int8 -> int32: AVX2 (int16 widening, vpmaddwd is exact) -----------------------------
+__attribute__((target("avx2,fma"))) inline int32_t HSum256(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+  return _mm_cvtsi128_si32(s);
+}
+
+__attribute__((target("avx2,fma"))) void I8Avx2(const int8_t* a, int64_t lda, const int8_t* b, int64_t m_rows,
+                                                int64_t n_cols, int64_t k, const Epilogue& ep, int64_t n0,
+                                                int64_t n1) {
+  const int64_t k16 = k & ~int64_t(15);
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4) {
+    const int8_t* bn[4] = {b + n * k, b + (n + 1) * k, b + (n + 2) * k, b + (n + 3) * k};
+    for (int64_t m = 0; m < m_rows; ++m) {
+      const int8_t* am = a + m * lda;
+      __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
+                        _mm256_setzero_si256()};
+      for (int64_t i = 0; i < k16; i += 16) {
+        __m256i av = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(am + i)));
+        for (int j = 0; j < 4; ++j) {
+          __m256i bv = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bn[j] + i)));
+          acc[j] = _mm256_add_epi32(acc[j], _mm256_madd_epi16(av, bv));
+        }
+      }
+      for (int j = 0; j < 4; ++j) {
+        int32_t s = HSum256(acc[j]);
+        for (int64_t i = k16; i < k; ++i) s += static_cast<int32_t>(am[i]) * static_cast<int32_t>(bn[j][i]);
+        ep.Put(m, n + j, s);
+      }
+    }
+  }
+  if (n < n1) I8Scalar(a, lda, b, m_rows, n_cols, k, ep, n, n1);
+}
+
+// Many input rows on AVX2: weight panels of 16 rows packed as int16 pairs of k,
+// panel[g][j][0..1] = w[n + j][2g .. 2g + 1], and the codes widened to int16 rows, so one
+// broadcast 32-bit load gives (x[2g], x[2g + 1]) and vpmaddwd forms 8 exact pair sums at a time.
+constexpr int kNr2 = 16;  // weight rows per AVX2 panel (two 8-lane vectors)
+constexpr int kMr2 = 6;   // input rows per AVX2 register block
+
+void PackPanel16(const int8_t* b, int64_t n_cols, int64_t k, int64_t n, int64_t kp, int16_t* panel) {
+  std::memset(panel, 0, static_cast<size_t>(kp) * kNr2 * 2 * sizeof(int16_t));
+  for (int j = 0; j < kNr2 && n + j < n_cols; ++j) {
+    const int8_t* row = b + (n + j) * k;
+    for (int64_t i = 0; i < k; ++i) panel[(i >> 1) * kNr2 * 2 + j * 2 + (i & 1)] = row[i];
+  }
+}
+
+template <int MR>
+__attribute__((target("avx2,fma"))) void Avx2Block(const int16_t* a16, int64_t lda, const int16_t* panel,
+                                                   int64_t kp, int64_t m0, int64_t n, int nvalid,
+                                                   const Epilogue& ep) {
+  __m256i acc[MR][2];
+  for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_si256();
+  for (int64_t g = 0; g < kp; ++g) {
+    const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(panel + g * kNr2 * 2));
+    const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(panel + g * kNr2 * 2 + 16));
+    for (int i = 0; i < MR; ++i) {
+      int32_t word;
+      std::memcpy(&word, a16 + (m0 + i) * lda + 2 * g, 4);
+      const __m256i av = _mm256_set1_epi32(word);
+      acc[i][0] = _mm256_add_epi32(acc[i][0], _mm256_madd_epi16(av, b0));
+      acc[i][1] = _mm256_add_epi32(acc[i][1], _mm256_madd_epi16(av, b1));
+    }
+  }
+  alignas(32) int32_t tmp[kNr2];
+  for (int i = 0; i < MR; ++i) {
+    _mm256_store_si256(reinterpret_cast<__m256i*>(tmp), acc[i][0]);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(tmp + 8), acc[i][1]);
+    for (int j = 0; j < nvalid; ++j) ep.Put(m0 + i, n + j, tmp[j]);
+  }
+}
+
+void Avx2Panel(const int16_t* a16, int64_t lda, const int16_t* panel, int64_t kp, int64_t m_begin, int64_t m_end,
+               int64_t n, int nvalid, const Epilogue& ep) {
+  int64_t m = m_begin;
+  for (; m + kMr2 <= m_end; m += kMr2) Avx2Block<kMr2>(a16, lda, panel, kp, m, n, nvalid, ep);
+  switch (m_end - m) {
+    case 5: Avx2Block<5>(a16, lda, panel, kp, m, n, nvalid, ep); break;
+    case 4: Avx2Block<4>(a16, lda, panel, kp, m, n, nvalid, ep); break;
+    case 3: Avx2Block<3>(a16, lda, panel, kp, m, n, nvalid, ep); break;
+    case 2: Avx2Block<2>(a16, lda, panel, kp, m, n, nvalid, ep); break;
+    case 1: Avx2Block<1>(a16, lda, panel, kp, m, n, nvalid, ep); break;
+    default: break;
+  }
+}
+
+// ----- int8 x int8 -> int32: AVX-512 VNNI ----------------------------------------------------------
+// ``au`` holds x + 128 as uint8, rows of ``lda`` bytes (a multiple of 64, zero padded); the sum
+// over k of (x + 128) * w is corrected by -128 * sum_k w, folded into the per-column bias.
+constexpr int kNr = 48;  // weight rows per packed panel (three 16-lane vectors)
+constexpr int kMr = 8;   // input rows per register block
+constexpr int kDotRows = 16;  // up to this many input rows the weight is read unpacked
+
+#define GP_AVX512 __attribute__((target("avx512f,avx512bw,avx512vnni,avx512vl")))
+
+// Writes 16 columns [n, n + count) of row m: (float(acc + bias) * rs[m]) * cs, or int32 acc + bias.
+GP_AVX512 inline void Store16(const Epilogue& ep, int64_t m, int64_t n, int count, __m512i acc, __m512i bias,
+                              __m512 cs) {
+  const __mmask16 mask = count >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << count) - 1);
+  __m512i v = _mm512_add_epi32(acc, bias);
+  if (ep.outi) {
+    _mm512_mask_storeu_epi32(ep.outi + m * ep.n_total + n, mask, v);
+    return;
+  }
+  __m512 f = _mm512_cvtepi32_ps(v);
+  if (ep.rs) f = _mm512_mul_ps(f, _mm512_set1_ps(ep.rs[m]));
+  if (ep.cs) f = _mm512_mul_ps(f, cs);
+  _mm512_mask_storeu_ps(ep.outf + m * ep.n_total + n, mask, f);
+}
+
+// Few input rows: dot products straight from MB x NB weight rows (memory bound, no packing).
+template <int MB, int NB>
+GP_AVX512 void VnniDotBlock(const uint8_t* au, int64_t lda, const int8_t* b, int64_t k, int64_t n,
+                            const Epilogue& ep) {
+  const __m512i ones = _mm512_set1_epi8(1);
+  __m512i acc[MB][NB], sum[NB];
+  for (int j = 0; j < NB; ++j) {
+    sum[j] = _mm512_setzero_si512();
+    for (int i = 0; i < MB; ++i) acc[i][j] = _mm512_setzero_si512();
+  }
+  for (int64_t s = 0; s < k; s += 64) {
+    const __mmask64 mask = k - s >= 64 ? ~__mmask64(0) : ((__mmask64(1) << (k - s)) - 1);
+    __m512i av[MB];
+    for (int i = 0; i < MB; ++i) av[i] = _mm512_loadu_si512(au + i * lda + s);
+    for (int j = 0; j < NB; ++j) {
+      __m512i bv = _mm512_maskz_loadu_epi8(mask, b + (n + j) * k + s);
+      sum[j] = _mm512_dpbusd_epi32(sum[j], ones, bv);
+      for (int i = 0; i < MB; ++i) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], av[i], bv);
+    }
+  }
+  for (int j = 0; j < NB; ++j) {
+    const int32_t corr = -128 * _mm512_reduce_add_epi32(sum[j]);
+    for (int i = 0; i < MB; ++i) ep.Put(i, n + j, _mm512_reduce_add_epi32(acc[i][j]) + corr);
+  }
+}
+
+template <int MB>
+GP_AVX512 void VnniDotRows(const uint8_t* au, int64_t lda, const int8_t* b, int64_t k, int64_t n0, int64_t n1,
+                           const Epilogue& ep) {
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4) VnniDotBlock<MB, 4>(au, lda, b, k, n, ep);
+  switch (n1 - n) {
+    case 3: VnniDotBlock<MB, 3>(au, lda, b, k, n, ep); break;
+    case 2: VnniDotBlock<MB, 2>(au, lda, b, k, n, ep); break;
+    case 1: VnniDotBlock<MB, 1>(au, lda, b, k, n, ep); break;
+    default: break;
+  }
+}
+
+// Packs weight rows [n, n + kNr) in groups of four k: panel[g][j][0..3] = w[n + j][4g .. 4g + 3],
+// zero beyond the matrix; bias[j] = nbias[n + j] - 128 * sum_k w[n + j][k]; cs[j] = ep.cs[n + j].
+void PackPanel(const int8_t* b, int64_t n_cols, int64_t k, int64_t n, int64_t kg, const Epilogue& ep,
+               int8_t* panel, int32_t* bias, float* cs) {
+  std::memset(panel, 0, static_cast<size_t>(kg) * kNr * 4);
+  const int64_t k4 = k & ~int64_t(3);
+  for (int j = 0; j < kNr; ++j) {
+    int32_t s = 0;
+    bias[j] = 0;
+    cs[j] = 1.0f;
+    if (n + j >= n_cols) continue;
+    const int8_t* row = b + (n + j) * k;
+    int32_t* dst = reinterpret_cast<int32_t*>(panel) + j;
+    for (int64_t i = 0; i < k4; i += 4) std::memcpy(dst + (i >> 2) * kNr, row + i, 4);
+    for (int64_t i = k4; i < k; ++i) panel[(i >> 2) * kNr * 4 + j * 4 + (i & 3)] = row[i];
+    for (int64_t i = 0; i < k; ++i) s += row[i];
+    bias[j] = (ep.nbias ? ep.nbias[n + j] : 0) - 128 * s;
+    if (ep.cs) cs[j] = ep.cs[n + j];
+  }
+}
+
+template <int MR>
+GP_AVX512 inline void VnniBlock(const uint8_t* au, int64_t lda, const int8_t* panel, int64_t kg, int64_t m0,
+                                int64_t n, int nvalid, const int32_t* bias, const float* cs, const Epilogue& ep) {
+  __m512i acc[MR][3];
+  for (int i = 0; i < MR; ++i)
+    for (int c = 0; c < 3; ++c) acc[i][c] = _mm512_setzero_si512();
+  for (int64_t g = 0; g < kg; ++g) {
+    const int8_t* p = panel + g * kNr * 4;
+    __m512i b0 = _mm512_loadu_si512(p), b1 = _mm512_loadu_si512(p + 64), b2 = _mm512_loadu_si512(p + 128);
+    for (int i = 0; i < MR; ++i) {
+      int32_t word;
+      std::memcpy(&word, au + (m0 + i) * lda + g * 4, 4);
+      __m512i av = _mm512_set1_epi32(word);
+      acc[i][0] = _mm512_dpbusd_epi32(acc[i][0], av, b0);
+      acc[i][1] = _mm512_dpbusd_epi32(acc[i][1], av, b1);
+      acc[i][2] = _mm512_dpbusd_epi32(acc[i][2], av, b2);
+    }
+  }
+  for (int c = 0; c < 3 && 16 * c < nvalid; ++c) {
+    const __m512i vb = _mm512_loadu_si512(bias + 16 * c);
+    const __m512 vc = _mm512_loadu_ps(cs + 16 * c);
+    for (int i = 0; i < MR; ++i) Store16(ep, m0 + i, n + 16 * c, nvalid - 16 * c, acc[i][c], vb, vc);
+  }
+}
+
+GP_AVX512 void VnniPanel(const uint8_t* au, int64_t lda, const int8_t* panel, int64_t kg, int64_t m_begin,
+                         int64_t m_end, int64_t n, int nvalid, const int32_t* bias, const float* cs,
+                         const Epilogue& ep) {
+  int64_t m = m_begin;
+  for (; m + kMr <= m_end; m += kMr) VnniBlock<kMr>(au, lda, panel, kg, m, n, nvalid, bias, cs, ep);
+  switch (m_end - m) {
+    case 7: VnniBlock<7>(au, lda, panel, kg, m, n, nvalid, bias, cs, ep); break;
+    case 6: VnniBlock<6>(au, lda, panel, kg, m, n, nvalid, bias, cs, ep); break;
+    case 5: VnniBlock<5>(au, lda, panel, kg, m, n, nvalid, bias, cs, ep); break;
+    case 4: VnniBlock<4>(au, lda, panel, kg, m, n, nvalid, bias, cs, ep); break;
+    case 3: VnniBlock<3>(au, lda, panel, kg, m, n, nvalid, bias, cs, ep); break;
+    case 2: VnniBlock<2>(au, lda, panel, kg, m, n, nvalid, bias, cs, ep); break;
+    case 1: VnniBlock<1>(au, lda, panel, kg, m, n, nvalid, bias, cs, ep); break;
+    default: break;
+  }
+}
+
+// Splits [0, total) into ``parts`` nearly equal pieces.
+inline int64_t Cut(int64_t total, int parts, int i) { return total * i / parts; }
+
+int ThreadsFor(int64_t work) { return work >= kParallelWork ? ThePool().size() : 1; }
+
+// Rows [0, m_rows) quantized by ``quantize(m0, m1)``, in parallel when there are many.
+void QuantizeAll(int64_t m_rows, int64_t k, const std::function<void(int64_t, int64_t)>& quantize) {
+  const int tasks = static_cast<int>(std::min<int64_t>(m_rows, ThreadsFor(m_rows * k * 16)));
+  ThePool().Run(tasks, [&](int t) { quantize(Cut(m_rows, tasks, t), Cut(m_rows, tasks, t + 1)); });
+}
+
+// ``codes`` [M, K] (see Codes) times ``b`` int8 [N, K]: dispatches on the instruction set and
+// spreads the weight over threads.
+void I8Gemm(const Codes& codes, const int8_t* b, int64_t m_rows, int64_t n_cols, int64_t k, const Epilogue& ep) {
+  Pool& pool = ThePool();
+  const int threads = ThreadsFor(m_rows * n_cols * k);
+  if (codes.offset) {
+    const uint8_t* au = codes.u8();
+    const int64_t lda = codes.ld;
+    if (m_rows <= kDotRows) {
+      const int64_t blocks = (n_cols + 3) / 4;
+      const int tasks = static_cast<int>(std::min<int64_t>(threads, blocks));
+      pool.Run(tasks, [&](int t) {
+        const int64_t n0 = Cut(blocks, tasks, t) * 4, n1 = std::min(n_cols, Cut(blocks, tasks, t + 1) * 4);
+        int64_t m = 0;
+        for (; m + 4 <= m_rows; m += 4) VnniDotRows<4>(au + m * lda, lda, b, k, n0, n1, ep.Rows(m));
+        if (m_rows - m == 1) VnniDotRows<1>(au + m * lda, lda, b, k, n0, n1, ep.Rows(m));
+        if (m_rows - m == 2) VnniDotRows<2>(au + m * lda, lda, b, k, n0, n1, ep.Rows(m));
+        if (m_rows - m == 3) VnniDotRows<3>(au + m * lda, lda, b, k, n0, n1, ep.Rows(m));
+      });
+      return;
+    }
+    const int64_t kg = (k + 3) / 4;
+    const int64_t panels = (n_cols + kNr - 1) / kNr;
+    // Enough panels: one task per panel (all rows); few: each panel's rows split over the threads.
+    const int m_parts = panels >= 2 * threads ? 1 : threads;
+    const int64_t m_blocks = (m_rows + kMr - 1) / kMr;
+    pool.Run(static_cast<int>(panels * m_parts), [&](int t) {
+      const int64_t p = t / m_parts;
+      const int part = t % m_parts;
+      const int64_t m_begin = std::min(m_rows, Cut(m_blocks, m_parts, part) * kMr);
+      const int64_t m_end = std::min(m_rows, Cut(m_blocks, m_parts, part + 1) * kMr);
+      if (m_begin >= m_end) return;
+      thread_local std::vector<int8_t> panel;
+      panel.resize(static_cast<size_t>(kg * kNr * 4));
+      alignas(64) int32_t bias[kNr];
+      alignas(64) float cs[kNr];
+      const int64_t n = p * kNr;
+      PackPanel(b, n_cols, k, n, kg, ep, panel.data(), bias, cs);
+      const int nvalid = static_cast<int>(std::min<int64_t>(kNr, n_cols - n));
+      VnniPanel(au, lda, panel.data(), kg, m_begin, m_end, n, nvalid, bias, cs, ep);
+    });
+    return;
+  }
+  if (g_isa >= kAvx2 && m_rows > kDotRows) {
+    const int64_t kp = (k + 1) / 2;
+    std::vector<int16_t> a16(static_cast<size_t>(m_rows * kp * 2), 0);
+    for (int64_t m = 0; m < m_rows; ++m)
+      for (int64_t i = 0; i < k; ++i) a16[m * kp * 2 + i] = codes.s8()[m * codes.ld + i];
+    const int64_t panels = (n_cols + kNr2 - 1) / kNr2;
+    const int m_parts = panels >= 2 * threads ? 1 : threads;
+    const int64_t m_blocks = (m_rows + kMr2 - 1) / kMr2;
+    pool.Run(static_cast<int>(panels * m_parts), [&](int t) {
+      const int64_t p = t / m_parts;
+      const int part = t % m_parts;
+      const int64_t m_begin = std::min(m_rows, Cut(m_blocks, m_parts, part) * kMr2);
+      const int64_t m_end = std::min(m_rows, Cut(m_blocks, m_parts, part + 1) * kMr2);
+      if (m_begin >= m_end) return;
+      thread_local std::vector<int16_t> panel;
+      panel.resize(static_cast<size_t>(kp * kNr2 * 2));
+      const int64_t n = p * kNr2;
+      PackPanel16(b, n_cols, k, n, kp, panel.data());
+      Avx2Panel(a16.data(), kp * 2, panel.data(), kp, m_begin, m_end, n,
+                static_cast<int>(std::min<int64_t>(kNr2, n_cols - n)), ep);
+    });
+    return;
+  }
+  const int64_t blocks = (n_cols + 3) / 4;
+  const int tasks = static_cast<int>(std::min<int64_t>(threads, blocks));
+  pool.Run(tasks, [&](int t) {
+    const int64_t n0 = Cut(blocks, tasks, t) * 4, n1 = std::min(n_cols, Cut(blocks, tasks, t + 1) * 4);
+    if (g_isa >= kAvx2) {
+      I8Avx2(codes.s8(), codes.ld, b, m_rows, n_cols, k, ep, n0, n1);
+    } else {
+      I8Scalar(codes.s8(), codes.ld, b, m_rows, n_cols, k, ep, n0, n1);
+    }
+  });
+}
+
+// ----- float x int8 weight (A16W8) --------------------------------------------------------------
+void W8Scalar(const float* x, const int8_t* w, const float* ws, float* out, int64_t m_rows, int64_t n_cols,
+              int64_t k, int64_t n0, int64_t n1) {
+  for (int64_t n = n0; n < n1; ++n)
+    for (int64_t m = 0; m < m_rows; ++m) {
+      float acc = 0.0f;
+      for (int64_t i = 0; i < k; ++i) acc += x[m * k + i] * static_cast<float>(w[n * k + i]);
+      out[m * n_cols + n] = acc * ws[n];
+    }
+}
+
+__attribute__((target("avx2,fma"))) inline float HSum256f(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// Dot products from the int8 rows, 4 weight rows x up to 4 input rows per block.
+__attribute__((target("avx2,fma"))) void W8Avx2Dot(const float* x, const int8_t* w, const float* ws, float* out,
+                                                   int64_t m_rows, int64_t n_cols, int64_t k, int64_t n0,
+                                                   int64_t n1) {
+  const int64_t k8 = k & ~int64_t(7);
+  for (int64_t n = n0; n < n1; n += 4) {
+    const int nb = static_cast<int>(std::min<int64_t>(4, n1 - n));
+    for (int64_t m0 = 0; m0 < m_rows; m0 += 4) {
+      const int mb = static_cast<int>(std::min<int64_t>(4, m_rows - m0));
+      __m256 acc[4][4];
+      for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 4; ++j) acc[i][j] = _mm256_setzero_ps();
+      for (int64_t i0 = 0; i0 < k8; i0 += 8) {
+        __m256 bv[4];
+        for (int j = 0; j < nb; ++j) {
+          __m128i raw = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(w + (n + j) * k + i0));
+          bv[j] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(raw));
+        }
+        for (int i = 0; i < mb; ++i) {
+          __m256 av = _mm256_loadu_ps(x + (m0 + i) * k + i0);
+          for (int j = 0; j < nb; ++j) acc[i][j] = _mm256_fmadd_ps(av, bv[j], acc[i][j]);
+        }
+      }
+      for (int i = 0; i < mb; ++i)
+        for (int j = 0; j < nb; ++j) {
+          float s = HSum256f(acc[i][j]);
+          for (int64_t t = k8; t < k; ++t) s += x[(m0 + i) * k + t] * static_cast<float>(w[(n + j) * k + t]);
+          out[(m0 + i) * n_cols + n + j] = s * ws[n + j];
+        }
+    }
+  }
+}
+
+// The same on AVX-512: MB input rows x NB weight rows, 16 k per step.
+template <int MB, int NB>
+GP_AVX512 void W8DotBlock(const float* x, const int8_t* w, const float* ws, float* out, int64_t n_cols, int64_t k,
+                          int64_t m0, int64_t n) {
+  __m512 acc[MB][NB];
+  for (int i = 0; i < MB; ++i)
+    for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_setzero_ps();
+  for (int64_t t = 0; t < k; t += 16) {
+    const __mmask16 mask = k - t >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (k - t)) - 1);
+    __m512 bv[NB];
+    for (int j = 0; j < NB; ++j)
+      bv[j] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, w + (n + j) * k + t)));
+    for (int i = 0; i < MB; ++i) {
+      __m512 av = _mm512_maskz_loadu_ps(mask, x + (m0 + i) * k + t);
+      for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_fmadd_ps(av, bv[j], acc[i][j]);
+    }
+  }
+  for (int i = 0; i < MB; ++i)
+    for (int j = 0; j < NB; ++j) out[(m0 + i) * n_cols + n + j] = _mm512_reduce_add_ps(acc[i][j]) * ws[n + j];
+}
+
+template <int MB>
+GP_AVX512 void W8DotRows(const float* x, const int8_t* w, const float* ws, float* out, int64_t n_cols, int64_t k,
+                         int64_t m0, int64_t n0, int64_t n1) {
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4) W8DotBlock<MB, 4>(x, w, ws, out, n_cols, k, m0, n);
+  switch (n1 - n) {
+    case 3: W8DotBlock<MB, 3>(x, w, ws, out, n_cols, k, m0, n); break;
+    case 2: W8DotBlock<MB, 2>(x, w, ws, out, n_cols, k, m0, n); break;
+    case 1: W8DotBlock<MB, 1>(x, w, ws, out, n_cols, k, m0, n); break;
+    default: break;
+  }
+}
+
+GP_AVX512 void W8Avx512Dot(const float* x, const int8_t* w, const float* ws, float* out, int64_t m_rows,
+                           int64_t n_cols, int64_t k, int64_t n0, int64_t n1) {
+  int64_t m = 0;
+  for (; m + 4 <= m_rows; m += 4) W8DotRows<4>(x, w, ws, out, n_cols, k, m, n0, n1);
+  if (m_rows - m == 1) W8DotRows<1>(x, w, ws, out, n_cols, k, m, n0, n1);
+  if (m_rows - m == 2) W8DotRows<2>(x, w, ws, out, n_cols, k, m, n0, n1);
+  if (m_rows - m == 3) W8DotRows<3>(x, w, ws, out, n_cols, k, m, n0, n1);
+}
+
+// Many input rows: a panel of 32 weight rows dequantized to float (k-major), then an 8 x 32
+// register block of FMAs; the float panel is the only copy and stays in L2.
+constexpr int kWn = 32;
+constexpr int kW8DotRows = 16;  // up to this many input rows: dot products, no float panel
+
+template <int MR>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline void W8Block(const float* x, int64_t k,
+                                                                         const float* panel, int64_t m0,
+                                                                         float* tmp) {
+  __m512 acc[MR][2];
+  for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+  for (int64_t t = 0; t < k; ++t) {
+    __m512 b0 = _mm512_loadu_ps(panel + t * kWn), b1 = _mm512_loadu_ps(panel + t * kWn + 16);
+    for (int i = 0; i < MR; ++i) {
+      __m512 av = _mm512_set1_ps(x[(m0 + i) * k + t]);
+      acc[i][0] = _mm512_fmadd_ps(av, b0, acc[i][0]);
+      acc[i][1] = _mm512_fmadd_ps(av, b1, acc[i][1]);
+    }
+  }
+  for (int i = 0; i < MR; ++i) {
+    _mm512_storeu_ps(tmp + i * kWn, acc[i][0]);
+    _mm512_storeu_ps(tmp + i * kWn + 16, acc[i][1]);
+  }
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void W8Avx512Panel(const float* x, const int8_t* w,
+                                                                        const float* ws, float* out,
+                                                                        int64_t m_begin, int64_t m_end,
+                                                                        int64_t n_cols, int64_t k, int64_t n,
+                                                                        float* panel) {
+  const int nvalid = static_cast<int>(std::min<int64_t>(kWn, n_cols - n));
+  for (int64_t t = 0; t < k; ++t)
+    for (int j = 0; j < kWn; ++j) panel[t * kWn + j] = j < nvalid ? static_cast<float>(w[(n + j) * k + t]) : 0.0f;
+  alignas(64) float tmp[kMr * kWn];
+  for (int64_t m = m_begin; m < m_end; m += kMr) {
+    const int mb = static_cast<int>(std::min<int64_t>(kMr, m_end - m));
+    switch (mb) {
+      case 8: W8Block<8>(x, k, panel, m, tmp); break;
+      case 7: W8Block<7>(x, k, panel, m, tmp); break;
+      case 6: W8Block<6>(x, k, panel, m, tmp); break;
+      case 5: W8Block<5>(x, k, panel, m, tmp); break;
+      case 4: W8Block<4>(x, k, panel, m, tmp); break;
+      case 3: W8Block<3>(x, k, panel, m, tmp); break;
+      case 2: W8Block<2>(x, k, panel, m, tmp); break;
+      default: W8Block<1>(x, k, panel, m, tmp); break;
+    }
+    for (int i = 0; i < mb; ++i)
+      for (int j = 0; j < nvalid; ++j) out[(m + i) * n_cols + n + j] = tmp[i * kWn + j] * ws[n + j];
+  }
+}
+
+void W8Gemm(const float* x, const int8_t* w, const float* ws, float* out, int64_t m_rows, int64_t n_cols,
+            int64_t k) {
+  Pool& pool = ThePool();
+  const int threads = m_rows * n_cols * k >= kParallelWork ? pool.size() : 1;
+  if (g_isa >= kAvx512Vnni && m_rows > kW8DotRows) {
+    const int64_t panels = (n_cols + kWn - 1) / kWn;
+    const int m_parts = panels >= 2 * threads ? 1 : threads;
+    const int64_t m_blocks = (m_rows + kMr - 1) / kMr;
+    pool.Run(static_cast<int>(panels * m_parts), [&](int t) {
+      const int64_t p = t / m_parts;
+      const int part = t % m_parts;
+      const int64_t m_begin = std::min(m_rows, Cut(m_blocks, m_parts, part) * kMr);
+      const int64_t m_end = std::min(m_rows, Cut(m_blocks, m_parts, part + 1) * kMr);
+      if (m_begin >= m_end) return;
+      thread_local std::vector<float> panel;
+      panel.resize(static_cast<size_t>(k * kWn));
+      W8Avx512Panel(x, w, ws, out, m_begin, m_end, n_cols, k, p * kWn, panel.data());
+    });
+    return;
+  }
+  const int64_t blocks = (n_cols + 3) / 4;
+  const int tasks = static_cast<int>(std::min<int64_t>(threads, blocks));
+  pool.Run(tasks, [&](int t) {
+    const int64_t n0 = Cut(blocks, tasks, t) * 4, n1 = std::min(n_cols, Cut(blocks, tasks, t + 1) * 4);
+    if (g_isa >= kAvx512Vnni) {
+      W8Avx512Dot(x, w, ws, out, m_rows, n_cols, k, n0, n1);
+    } else if (g_isa >= kAvx2) {
+      W8Avx2Dot(x, w, ws, out, m_rows, n_cols, k, n0, n1);
+    } else {
+      W8Scalar(x, w, ws, out, m_rows, n_cols, k, n0, n1);
+    }
+  });
+}
+
+// ----- argument checks shared by the entry points ------------------------------------------------
+bool Is(const char* dtype, const char* want) { return std::strcmp(dtype, want) == 0; }
+
+// x [M, K] and w [N, K] with the output [M, N]: returns false on any mismatch.
+bool Dims(int nparam, int want, int* ndims, int64_t** shapes, int64_t* m, int64_t* n, int64_t* k) {
+  if (nparam != want || ndims[0] != 2 || ndims[1] != 2) return false;
+  *m = shapes[0][0];
+  *k = shapes[0][1];
+  *n = shapes[1][0];
+  return shapes[1][1] == *k && ndims[nparam - 1] == 2 && shapes[nparam - 1][0] == *m &&
+         shapes[nparam - 1][1] == *n;
+}
+
+void QuantizeRows(const float* x, int64_t k, int64_t m0, int64_t m1, const float* scale, bool per_row, float zp,
+                  float lo, float hi, Codes* codes) {
+  if (g_isa >= kAvx512Vnni) {
+    QuantizeRowsAvx512(x, k, m0, m1, scale, per_row, zp, lo, hi, codes);
+  } else {
+    QuantizeRowsScalar(x, k, m0, m1, scale, per_row, zp, lo, hi, codes);
+  }
+}
+
+int QGemmDynamic(void** params, int64_t m, int64_t n, int64_t k, const float* absmax, float* out) {
+  const float* x = static_cast<const float*>(params[0]);
+  Codes codes(m, k, g_isa >= kAvx512Vnni);
+  std::vector<float> row_scale(static_cast<size_t>(m));
+  QuantizeAll(m, k, [&](int64_t m0, int64_t m1) {
+    for (int64_t r = m0; r < m1; ++r)
+      row_scale[r] = std::max((absmax ? absmax[r] : AbsMax(x + r * k, k, g_isa)) / 127.0f, 1e-8f);
+    QuantizeRows(x, k, m0, m1, row_scale.data(), true, 0.0f, -127.0f, 127.0f, &codes);
+  });
+  Epilogue ep{nullptr, row_scale.data(), static_cast<const float*>(params[2]), out, nullptr, n};
+  I8Gemm(codes, static_cast<const int8_t*>(params[1]), m, n, k, ep);
+  return 0;
+}
+
+}  // namespace
+
+extern "C" {
+
+int gp_detected_isa() { return g_detected; }
+int gp_isa() { return g_isa; }
+// Uses at most ``isa`` (never more than the CPU has); returns the level now in use.
+int gp_set_isa(int isa) {
+  g_isa = std::max(0, std::min(isa, g_detected));
+  return g_isa;
+}
+int gp_threads() { return ThePool().size(); }
+void gp_set_threads(int threads) { ThePool().Resize(std::max(1, threads)); }
+
+// (a int8 [M, K], b int8 [N, K]) -> int32 [M, N]
+int GpI8Gemm(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
+  int64_t m, n, k;
+  if (!Dims(nparam, 3, ndims, shapes, &m, &n, &k) || !Is(dtypes[0], "int8") || !Is(dtypes[1], "int8")) return 1;
+  const int8_t* a = static_cast<const int8_t*>(params[0]);
+  Codes codes(m, k, g_isa >= kAvx512Vnni);
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t i = 0; i < k; ++i) codes.Put(r, i, a[r * k + i]);
+  Epilogue ep{nullptr, nullptr, nullptr, nullptr, static_cast<int32_t*>(params[2]), n};
+  I8Gemm(codes, static_cast<const int8_t*>(params[1]), m, n, k, ep);
+  return 0;
+}
+
+// (x f32 [M, K], w int8 [N, K], input_scale f32 [1], input_zp f32 [1], quant_bias int32 [N],
+//  deq_scale f32 [N]) -> f32 [M, N]
+int GpQGemmStatic(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
+  int64_t m, n, k;
+  if (!Dims(nparam, 7, ndims, shapes, &m, &n, &k) || !Is(dtypes[0], "float32") || !Is(dtypes[1], "int8")) return 1;
+  const float* x = static_cast<const float*>(params[0]);
+  const float* scale = static_cast<const float*>(params[2]);
+  const float zp = *static_cast<const float*>(params[3]);
+  Codes codes(m, k, g_isa >= kAvx512Vnni);
+  QuantizeAll(m, k, [&](int64_t m0, int64_t m1) {
+    QuantizeRows(x, k, m0, m1, scale, false, zp, -128.0f, 127.0f, &codes);
+  });
+  Epilogue ep{static_cast<const int32_t*>(params[4]), nullptr, static_cast<const float*>(params[5]),
+              static_cast<float*>(params[6]), nullptr, n};
+  I8Gemm(codes, static_cast<const int8_t*>(params[1]), m, n, k, ep);
+  return 0;
+}
+
+// (x f32 [M, K], w int8 [N, K], weight_scale f32 [N]) -> f32 [M, N]
+int GpQGemmDynamic(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
+  int64_t m, n, k;
+  if (!Dims(nparam, 4, ndims, shapes, &m, &n, &k) || !Is(dtypes[0], "float32") || !Is(dtypes[1], "int8")) return 1;
+  return QGemmDynamic(params, m, n, k, nullptr, static_cast<float*>(params[3]));
+}
+
+// (x f32 [M, K], w int8 [N, K], weight_scale f32 [N], absmax f32 [M, 1]) -> f32 [M, N]
+int GpQGemmDynamicAbsmax(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*,
+                         void*) {
+  int64_t m, n, k;
+  if (!Dims(nparam, 5, ndims, shapes, &m, &n, &k) || !Is(dtypes[0], "float32") || !Is(dtypes[1], "int8") ||
+      ndims[3] != 2 || shapes[3][0] != m || shapes[3][1] != 1) {
+    return 1;
+  }
+  return QGemmDynamic(params, m, n, k, static_cast<const float*>(params[3]), static_cast<float*>(params[4]));
+}
+
+// (x f32 [M, K], w int8 [N, K], weight_scale f32 [N]) -> f32 [M, N]
+int GpW8Gemm(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
+  int64_t m, n, k;
+  if (!Dims(nparam, 4, ndims, shapes, &m, &n, &k) || !Is(dtypes[0], "float32") || !Is(dtypes[1], "int8")) return 1;
+  W8Gemm(static_cast<const float*>(params[0]), static_cast<const int8_t*>(params[1]),
+         static_cast<const float*>(params[2]), static_cast<float*>(params[3]), m, n, k);
+  return 0;
+}
+
+}  // extern "C"
