@@ -132,10 +132,10 @@ def tokenizer_metadata(tokenizer, vocab_size: int) -> Dict[str, object]:
 def export_gguf(model: SavedModel, folder: str, dtype: str = "float32", name: Optional[str] = None) -> List[str]:
     """Write ``model.gguf`` into ``folder``; returns README facts."""
     import gguf
+    config = model.config
+    tensors = gguf_tensors(model, dtype)  # refuses what GGUF cannot hold first
     if model.tokenizer is None:
         raise ValueError(f"{model.folder}: the saved model has no tokenizer; a GGUF file carries one")
-    config = model.config
-    tensors = gguf_tensors(model, dtype)
     arch = architecture(config)
     path = os.path.join(folder, "model.gguf")
     writer = gguf.GGUFWriter(path, arch)
