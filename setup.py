@@ -22,6 +22,8 @@ setup(
         "tqdm",
         "psutil",
     ],
-    extras_require={"test": ["pytest", "matplotlib"], "report": ["matplotlib"]},
+    extras_require={"test": ["pytest", "matplotlib"], "report": ["matplotlib"],
+                    # consumer-library checks of `golden-ptq export`; torch pinned to the CPU build
+                    "export-check": ["torch==2.13.0", "transformers", "compressed-tensors", "gguf"]},
     entry_points={"console_scripts": ["golden-ptq=golden_ptq.cli:main"]},
 )

@@ -1,0 +1,145 @@
+"""Acceptance figures of `golden-ptq export` on SmolLM2-135M: the exported model run by the consumer
+library (transformers with compressed-tensors; transformers' GGUF loader) against golden_ptq's own
+DEPLOY model, on the same held-out windows: perplexity of each, their ratio, top-1 agreement; and
+the msModelSlim W8A8 layout's MindIE flow (numpy) against our layers on real inputs.
+
+Needs the export-check extra (.ci/install_export_check.sh). Calibration: the first half of the
+packaged Moby-Dick; evaluation: windows of its last fifth.
+
+    python benchmarks/export_check.py                       # all schemes
+    python benchmarks/export_check.py --schemes a16w8_g32 --eval-windows 4
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+
+import numpy as np
+
+from golden_ptq import PTQ, PTQConfig
+from golden_ptq.deploy import default_network_config, load_quantized, save_quantized
+from golden_ptq.eval.corpus import corpus_windows
+from golden_ptq.eval.perplexity import log_softmax_nll
+from golden_ptq.export import SavedModel, export_model
+from golden_ptq.networks.helper import NetworkHelper
+
+G32 = dict(weight_quant_granularity="PER_GROUP", group_size=32)
+SCHEMES = {
+    "a8w8_dynamic": (dict(act_quant_dtype="int8", act_quant_granularity="PER_TOKEN", opname_blacklist=["lm_head"]),
+                     ["compressed-tensors"]),
+    "a8w8_static": (dict(act_quant_dtype="int8", outliers_suppression="SMOOTH", opname_blacklist=["w2", "lm_head"]),
+                    ["compressed-tensors", "msmodelslim"]),
+    "a16w8": (dict(), ["compressed-tensors"]),
+    "a16w8_g32": (dict(**G32), ["compressed-tensors", "gguf"]),
+}
+
+
+def nll_and_top1(logits: np.ndarray, windows: np.ndarray):
+    """(per-token NLL, argmax) of every scored position (each window predicts its tokens 2..T)."""
+    nll = log_softmax_nll(logits[:, :-1], windows[:, 1:]).reshape(-1)
+    return nll, logits[:, :-1].argmax(-1).reshape(-1)
+
+
+def run_ours(network, windows: np.ndarray, batch: int = 4) -> np.ndarray:
+    return np.concatenate([network(windows[i:i + batch]).asnumpy() for i in range(0, len(windows), batch)])
+
+
+def run_hf(model, windows: np.ndarray, batch: int = 4) -> np.ndarray:
+    import torch
+    with torch.no_grad():
+        return np.concatenate([model(torch.tensor(windows[i:i + batch])).logits.float().numpy()
+                               for i in range(0, len(windows), batch)])
+
+
+def load_hf(fmt: str, folder: str):
+    import torch
+    import transformers
+    if fmt == "gguf":
+        return transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file="model.gguf", dtype=torch.float32)
+    return transformers.AutoModelForCausalLM.from_pretrained(folder)
+
+
+def mindie_flow_errors(saved_folder: str, exported: str, network, windows: np.ndarray):
+    """Relative L2 error of the MindIE W8A8 flow on the exported tensors vs our layer, per static layer."""
+    from mindspore import Tensor
+    from safetensors.numpy import load_file
+    from golden_ptq.export.msmodelslim import int64_bits_as_float32
+    from golden_ptq.io.tensor_names import hf_module_name
+    tensors = load_file(os.path.join(exported, "quant_model_weight_w8a8.safetensors"))
+    saved = SavedModel(saved_folder, verify=False)
+    errors = {}
+    for layer in (0, saved.config.num_layers // 2, saved.config.num_layers - 1):
+        for local in ("attention.wq", "attention.wo", "feed_forward.w1"):
+            name = f"model.layers.{layer}.{local}"
+            cell = network.model.layers[layer]
+            for part in local.split("."):
+                cell = getattr(cell, part)
+            seen = []
+            cell.recorder = seen.append
+            network(windows[:1])
+            cell.recorder = None
+            x = seen[0]
+            ours = cell(Tensor(x)).asnumpy()
+            m = hf_module_name(name, saved.config.num_layers)
+            scale, offset = np.float32(tensors[m + ".input_scale"][0]), np.float32(tensors[m + ".input_offset"][0])
+            xq = np.clip(np.round(x / scale) + offset, -128, 127)
+            y = (xq.astype(np.int64) @ tensors[m + ".weight"].astype(np.int64).T + tensors[m + ".quant_bias"])
+            y = y * int64_bits_as_float32(tensors[m + ".deq_scale"])
+            errors[name] = float(np.linalg.norm(y - ours) / np.linalg.norm(ours))
+    return errors
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--schemes", nargs="+", choices=sorted(SCHEMES), default=list(SCHEMES))
+    parser.add_argument("--calib-samples", type=int, default=8)
+    parser.add_argument("--eval-windows", type=int, default=8)
+    parser.add_argument("--seq-length", type=int, default=512)
+    args = parser.parse_args()
+    import torch
+    print(f"# export_check  date {time.strftime('%Y-%m-%d')}  cpu {platform.processor() or platform.machine()} "
+          f"({os.cpu_count()} cores)  torch {torch.__version__}")
+    helper = NetworkHelper(default_network_config())
+    tokenizer = helper.create_tokenizer()
+    calib = list(corpus_windows(tokenizer, "calibration", args.seq_length, args.calib_samples, None))
+    windows = np.asarray(corpus_windows(tokenizer, "evaluation", args.seq_length, args.eval_windows, None))
+    print(f"calibration {len(calib)} x {args.seq_length} tokens; evaluation {windows.shape[0]} x {args.seq_length} "
+          f"tokens ({windows.shape[0] * (args.seq_length - 1)} scored positions)")
+    print("| scheme | format | golden_ptq ppl | exported ppl | ratio - 1 | top-1 agreement |")
+    print("|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for scheme in args.schemes:
+            kwargs, formats = SCHEMES[scheme]
+            network = helper.create_network()
+            ptq = PTQ(PTQConfig(**kwargs))
+            ptq.apply(network, helper, calib)
+            ptq.convert(network)
+            folder = os.path.join(tmp, scheme)
+            save_quantized(network, ptq, folder, tokenizer=tokenizer)
+            del network
+            deployed, _ = load_quantized(folder)
+            ours = run_ours(deployed, windows)
+            our_nll, our_top = nll_and_top1(ours, windows)
+            for fmt in formats:
+                out = os.path.join(tmp, f"{scheme}-{fmt}")
+                export_model(folder, fmt, out)
+                if fmt == "msmodelslim":
+                    errors = mindie_flow_errors(folder, out, deployed, windows)
+                    print(f"| {scheme} | msmodelslim (MindIE W8A8 flow, numpy, one layer input) | relative L2 error "
+                          f"per layer: " + ", ".join(f"{k.replace('model.layers.', 'L')} {v:.1e}" for k, v in errors.items())
+                          + " | | | |")
+                    continue
+                model = load_hf(fmt, out)
+                theirs = run_hf(model, windows)
+                del model
+                nll, top = nll_and_top1(theirs, windows)
+                ppl_ours, ppl_theirs = float(np.exp(our_nll.mean())), float(np.exp(nll.mean()))
+                print(f"| {scheme} | {fmt} | {ppl_ours:.4f} | {ppl_theirs:.4f} | {ppl_theirs / ppl_ours - 1:+.4%} | "
+                      f"{np.mean(top == our_top):.4%} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
