@@ -12,6 +12,7 @@ packaged Moby-Dick; evaluation: windows of its last fifth.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import tempfile
@@ -29,9 +30,9 @@ from golden_ptq.networks.helper import NetworkHelper
 G32 = dict(weight_quant_granularity="PER_GROUP", group_size=32)
 SCHEMES = {
     "a8w8_dynamic": (dict(act_quant_dtype="int8", act_quant_granularity="PER_TOKEN", opname_blacklist=["lm_head"]),
-                     ["compressed-tensors"]),
+                     ["compressed-tensors", "compressed-tensors@absmax/127"]),
     "a8w8_static": (dict(act_quant_dtype="int8", outliers_suppression="SMOOTH", opname_blacklist=["w2", "lm_head"]),
-                    ["compressed-tensors", "msmodelslim"]),
+                    ["compressed-tensors", "msmodelslim", "self"]),
     "a16w8": (dict(), ["compressed-tensors"]),
     "a16w8_g32": (dict(**G32), ["compressed-tensors", "gguf"]),
 }
@@ -39,19 +40,50 @@ SCHEMES = {
 
 def nll_and_top1(logits: np.ndarray, windows: np.ndarray):
     """(per-token NLL, argmax) of every scored position (each window predicts its tokens 2..T)."""
-    nll = log_softmax_nll(logits[:, :-1], windows[:, 1:]).reshape(-1)
-    return nll, logits[:, :-1].argmax(-1).reshape(-1)
+    nll = [log_softmax_nll(logits[row, :-1], windows[row, 1:]) for row in range(len(windows))]
+    return np.concatenate(nll), logits[:, :-1].argmax(-1).reshape(-1)
 
 
-def run_ours(network, windows: np.ndarray, batch: int = 4) -> np.ndarray:
-    return np.concatenate([network(windows[i:i + batch]).asnumpy() for i in range(0, len(windows), batch)])
+def score(forward, windows: np.ndarray, batch: int = 2):
+    """(per-token NLL, argmax) of ``forward(batch_windows) -> logits``, a batch at a time (logits of a
+    49152-token vocabulary are large)."""
+    parts = [nll_and_top1(forward(windows[i:i + batch]), windows[i:i + batch]) for i in range(0, len(windows), batch)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def run_hf(model, windows: np.ndarray, batch: int = 4) -> np.ndarray:
+def run_ours(network, windows: np.ndarray):
+    return score(lambda w: network(w).asnumpy(), windows)
+
+
+def run_hf(model, windows: np.ndarray):
     import torch
-    with torch.no_grad():
-        return np.concatenate([model(torch.tensor(windows[i:i + batch])).logits.float().numpy()
-                               for i in range(0, len(windows), batch)])
+
+    def forward(w):
+        with torch.no_grad():
+            return model(torch.tensor(w)).logits.float().numpy()
+    return score(forward, windows)
+
+
+@contextlib.contextmanager
+def per_token_rule_127():
+    """compressed-tensors' reference path quantizes dynamic per-token int8 with scale absmax/127.5 in
+    [-128, 127]; vLLM's int8 kernel and golden_ptq use absmax/127. This runs transformers with the
+    latter (range [-127, 127]) to show what the exported tensors give under that rule."""
+    from compressed_tensors.quantization.lifecycle import forward
+    from compressed_tensors.quantization.utils import helpers
+    original = helpers.calculate_range
+
+    def rule(args, device):
+        low, high = original(args, device)
+        if args.dynamic is True and args.symmetric and args.num_bits == 8 and str(getattr(args.strategy, "value", args.strategy)) == "token":
+            return low + 1, high
+        return low, high
+
+    helpers.calculate_range, forward.calculate_range = rule, rule
+    try:
+        yield
+    finally:
+        helpers.calculate_range, forward.calculate_range = original, original
 
 
 def load_hf(fmt: str, folder: str):
@@ -92,6 +124,20 @@ def mindie_flow_errors(saved_folder: str, exported: str, network, windows: np.nd
     return errors
 
 
+def perturbed_copy(folder: str, out: str, relative: float) -> str:
+    """A copy of a saved folder whose layer-0 attention_norm weight is scaled by (1 + relative * noise):
+    how far golden_ptq's own output moves under a tiny float change (static W8A8 is discontinuous)."""
+    import shutil
+    from safetensors.numpy import load_file, save_file
+    shutil.copytree(folder, out)
+    tensors = load_file(os.path.join(out, "model.safetensors"))
+    name = "model.layers.0.attention_norm.weight"
+    noise = np.random.RandomState(0).randn(*tensors[name].shape)
+    tensors[name] = (tensors[name] * (1 + relative * noise)).astype(np.float32)
+    save_file(tensors, os.path.join(out, "model.safetensors"))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--schemes", nargs="+", choices=sorted(SCHEMES), default=list(SCHEMES))
@@ -121,11 +167,19 @@ def main() -> None:
             save_quantized(network, ptq, folder, tokenizer=tokenizer)
             del network
             deployed, _ = load_quantized(folder)
-            ours = run_ours(deployed, windows)
-            our_nll, our_top = nll_and_top1(ours, windows)
+            our_nll, our_top = run_ours(deployed, windows)
             for fmt in formats:
+                fmt, _, rule = fmt.partition("@")
                 out = os.path.join(tmp, f"{scheme}-{fmt}")
-                export_model(folder, fmt, out)
+                if not os.path.isdir(out):
+                    export_model(folder, fmt, out)
+                if fmt == "self":
+                    copy = perturbed_copy(folder, os.path.join(tmp, f"{scheme}-self"), 1e-4)
+                    nll, top = run_ours(load_quantized(copy, verify=False)[0], windows)
+                    print(f"| {scheme} | golden_ptq itself, layer-0 norm weight x (1 + 1e-4 noise) | "
+                          f"{np.exp(our_nll.mean()):.4f} | {np.exp(nll.mean()):.4f} | "
+                          f"{np.exp(nll.mean() - our_nll.mean()) - 1:+.4%} | {np.mean(top == our_top):.4%} |", flush=True)
+                    continue
                 if fmt == "msmodelslim":
                     errors = mindie_flow_errors(folder, out, deployed, windows)
                     print(f"| {scheme} | msmodelslim (MindIE W8A8 flow, numpy, one layer input) | relative L2 error "
@@ -133,12 +187,14 @@ def main() -> None:
                           + " | | | |")
                     continue
                 model = load_hf(fmt, out)
-                theirs = run_hf(model, windows)
+                with per_token_rule_127() if rule else contextlib.nullcontext():
+                    nll, top = run_hf(model, windows)
                 del model
-                nll, top = nll_and_top1(theirs, windows)
                 ppl_ours, ppl_theirs = float(np.exp(our_nll.mean())), float(np.exp(nll.mean()))
-                print(f"| {scheme} | {fmt} | {ppl_ours:.4f} | {ppl_theirs:.4f} | {ppl_theirs / ppl_ours - 1:+.4%} | "
+                label = f"{fmt} (per-token scale {rule} as vLLM's kernel)" if rule else fmt
+                print(f"| {scheme} | {label} | {ppl_ours:.4f} | {ppl_theirs:.4f} | {ppl_theirs / ppl_ours - 1:+.4%} | "
                       f"{np.mean(top == our_top):.4%} |", flush=True)
+            del deployed
 
 
 if __name__ == "__main__":

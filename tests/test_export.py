@@ -213,6 +213,8 @@ def test_refusals_name_the_problem(tmp_path, tiny_config):
     config_file.write_text(json.dumps(config))
     with pytest.raises(UnsupportedSchemeError, match="weights .*'type': 'float'.* supported: int, 4 or 8 bits"):
         import_compressed_tensors(str(tmp_path / "ct"))
+    with pytest.raises(ValueError, match="is the quantized folder itself"):
+        export_model(str(tmp_path / "q"), "msmodelslim", str(tmp_path / "q"))
     with pytest.raises(ValueError, match="export format 'onnx' is not one of"):
         export_model(str(tmp_path / "q"), "onnx", str(tmp_path / "x"))
 

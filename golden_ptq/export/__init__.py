@@ -21,9 +21,12 @@ DEFAULT_DTYPES = {"compressed-tensors": "float32", "msmodelslim": "float16", "gg
 def export_model(folder: str, fmt: str, output: str, dtype: str = None, float_kv_cache: bool = False) -> List[str]:
     """Write ``folder``'s model as ``fmt`` into ``output`` (replaced as a whole); returns the facts
     written into its README. ``dtype``: of the tensors that stay float (default per format)."""
+    import os
     from golden_ptq.io.folder_set import write_folder_set
     if fmt not in FORMATS:
         raise ValueError(f"export format {fmt!r} is not one of {list(FORMATS)}")
+    if os.path.abspath(output) == os.path.abspath(folder):
+        raise ValueError(f"--output {output!r} is the quantized folder itself; export writes a new folder")
     model = SavedModel(folder)
     dtype = dtype or DEFAULT_DTYPES[fmt]
     facts: List[str] = []

@@ -79,7 +79,7 @@ def scheme_of(layer: LinearLayer) -> Tuple[str, Dict]:
     return fmt, {"weights": weights, "input_activations": None, "output_activations": None}
 
 
-def layer_tensors(layer: LinearLayer, module: str) -> Dict[str, np.ndarray]:
+def layer_tensors(layer: LinearLayer, module: str, dtype: str = "float32") -> Dict[str, np.ndarray]:
     """The compressed-tensors tensors of one quantized layer (names prefixed by its HF module name)."""
     out: Dict[str, np.ndarray] = {}
     n = layer.weight.shape[0]
@@ -99,7 +99,7 @@ def layer_tensors(layer: LinearLayer, module: str) -> Dict[str, np.ndarray]:
         if np.any(layer.tensors["input_zp"]):
             out[f"{module}.input_zero_point"] = layer.tensors["input_zp"].astype(np.int8).reshape(1)
     if layer.bias is not None:
-        out[f"{module}.bias"] = layer.bias.astype(np.float32)
+        out[f"{module}.bias"] = cast_float(layer.bias, dtype)
     return out
 
 
@@ -139,7 +139,7 @@ def export_compressed_tensors(model: SavedModel, folder: str, dtype: str = "floa
             groups[key] = {**scheme, "format": fmt}
             members[key] = []
         members[key].append(module)
-        tensors.update(layer_tensors(layer, module))
+        tensors.update(layer_tensors(layer, module, dtype))
     if not groups:
         raise NotRepresentableError("the saved model has no quantized Linear layer; nothing to export as "
                                     "compressed-tensors")

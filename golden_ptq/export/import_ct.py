@@ -80,6 +80,9 @@ def ptq_config_of(quant: Dict, layer_names: List[str], num_layers: int, where: s
         raise UnsupportedSchemeError(f"{where}: kv_cache_scheme is not supported (golden_ptq's C8 is per channel)")
     if not groups:
         raise UnsupportedSchemeError(f"{where}: no config_groups")
+    sparsity = quant.get("sparsity_config") or {}
+    if sparsity.get("format") not in (None, "dense"):
+        raise UnsupportedSchemeError(f"{where}: sparsity_config format {sparsity.get('format')!r} is not supported")
     kwargs, quantized = None, set()
     hf_names = {hf_module_name(name, num_layers): name for name in layer_names}
     for key, group in groups.items():
@@ -107,11 +110,13 @@ def ptq_config_of(quant: Dict, layer_names: List[str], num_layers: int, where: s
 def import_compressed_tensors(path: str, output: Optional[str] = None) -> Tuple[object, object, object]:
     """(DEPLOY network with the checkpoint's tensors, its PTQ, the tokenizer or None) for a
     compressed-tensors folder; with ``output``, also saved there as a golden_ptq quantized folder."""
-    from golden_ptq import PTQ
+    from golden_ptq.algorithm import PTQ
     from golden_ptq.io.checkpoint import load_state
     from golden_ptq.io.hf_config import hf_config
     from golden_ptq.io.safetensors_files import SafetensorsFiles, find_safetensors
     from golden_ptq.networks.llama import LlamaForCausalLM
+    if output and os.path.abspath(output) == os.path.abspath(path):
+        raise ValueError(f"output {output!r} is the compressed-tensors folder itself; import writes a new folder")
     quant = _read_config(path)
     config = hf_config(path)
     files = SafetensorsFiles(find_safetensors(path))
