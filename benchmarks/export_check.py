@@ -30,9 +30,9 @@ from golden_ptq.networks.helper import NetworkHelper
 G32 = dict(weight_quant_granularity="PER_GROUP", group_size=32)
 SCHEMES = {
     "a8w8_dynamic": (dict(act_quant_dtype="int8", act_quant_granularity="PER_TOKEN", opname_blacklist=["lm_head"]),
-                     ["compressed-tensors", "compressed-tensors@absmax/127"]),
+                     ["compressed-tensors", "compressed-tensors@absmax/127", "self@1e-6", "self@1e-4"]),
     "a8w8_static": (dict(act_quant_dtype="int8", outliers_suppression="SMOOTH", opname_blacklist=["w2", "lm_head"]),
-                    ["compressed-tensors", "msmodelslim", "self"]),
+                    ["compressed-tensors", "msmodelslim", "self@1e-6", "self@1e-4"]),
     "a16w8": (dict(), ["compressed-tensors"]),
     "a16w8_g32": (dict(**G32), ["compressed-tensors", "gguf"]),
 }
@@ -169,17 +169,18 @@ def main() -> None:
             deployed, _ = load_quantized(folder)
             our_nll, our_top = run_ours(deployed, windows)
             for fmt in formats:
+                if fmt.startswith("self@"):
+                    relative = float(fmt.partition("@")[2])
+                    copy = perturbed_copy(folder, os.path.join(tmp, f"{scheme}-{fmt}"), relative)
+                    nll, top = run_ours(load_quantized(copy, verify=False)[0], windows)
+                    print(f"| {scheme} | golden_ptq itself, layer-0 norm weight x (1 + {relative:g} noise) | "
+                          f"{np.exp(our_nll.mean()):.4f} | {np.exp(nll.mean()):.4f} | "
+                          f"{np.exp(nll.mean() - our_nll.mean()) - 1:+.4%} | {np.mean(top == our_top):.4%} |", flush=True)
+                    continue
                 fmt, _, rule = fmt.partition("@")
                 out = os.path.join(tmp, f"{scheme}-{fmt}")
                 if not os.path.isdir(out):
                     export_model(folder, fmt, out)
-                if fmt == "self":
-                    copy = perturbed_copy(folder, os.path.join(tmp, f"{scheme}-self"), 1e-4)
-                    nll, top = run_ours(load_quantized(copy, verify=False)[0], windows)
-                    print(f"| {scheme} | golden_ptq itself, layer-0 norm weight x (1 + 1e-4 noise) | "
-                          f"{np.exp(our_nll.mean()):.4f} | {np.exp(nll.mean()):.4f} | "
-                          f"{np.exp(nll.mean() - our_nll.mean()) - 1:+.4%} | {np.mean(top == our_top):.4%} |", flush=True)
-                    continue
                 if fmt == "msmodelslim":
                     errors = mindie_flow_errors(folder, out, deployed, windows)
                     print(f"| {scheme} | msmodelslim (MindIE W8A8 flow, numpy, one layer input) | relative L2 error "
