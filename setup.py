@@ -26,6 +26,8 @@ setup(
     extras_require={"test": ["pytest", "matplotlib"], "report": ["matplotlib"],
                     # benchmarks/speed.py's side-by-side column: SmolLM2 in transformers on CPU
                     # (torch pinned: 2.13.0 is the CPU build; an unpinned torch pulls a CUDA build of several GB)
-                    "bench": ["transformers", "torch==2.13.0", "accelerate"]},
+                    "bench": ["transformers", "torch==2.13.0", "accelerate"],
+                    # consumer-library checks of `golden-ptq export`
+                    "export-check": ["torch==2.13.0", "transformers", "compressed-tensors", "gguf"]},
     entry_points={"console_scripts": ["golden-ptq=golden_ptq.cli:main"]},
 )

@@ -6,6 +6,7 @@
   golden-ptq generate --model runs/a8w8c8 "Call me"
   golden-ptq analyze --quant-config a8w8_static     which layers are sensitive
   golden-ptq tune --quant-config a8w8_static --target 1.01   fewest float layers for a target
+  golden-ptq export runs/a8w8c8 --format compressed-tensors --output runs/a8w8c8-ct   serve it elsewhere
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import List, Optional
 
 from golden_ptq.commands.arguments import existing_file, existing_folder, non_negative_int, positive_float, positive_int
 
-JOBS = ("quantize", "eval", "perplexity", "generate", "analyze", "tune")
+JOBS = ("quantize", "eval", "perplexity", "generate", "analyze", "tune", "export", "import")
 
 
 def _network_option(parser: argparse.ArgumentParser) -> None:
@@ -51,7 +52,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="golden-ptq", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{quantize,eval,generate,analyze,tune}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{quantize,eval,generate,analyze,tune,export,import}")
 
     quant = sub.add_parser("quantize", help="quantize, save, reload in DEPLOY mode, compare with float (main job)")
     _calibration_options(quant)
@@ -103,10 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     _text_options(tune, "validation windows scored per trial", 8)
     _common(tune)
     tune.set_defaults(job="tune")
+    from golden_ptq.commands.export import add_parser as add_export_parsers
+    add_export_parsers(sub)
     return parser
 
 
-STAGES = {"quantize": 6, "eval": 2, "generate": 2, "analyze": 3, "tune": 4}
+STAGES = {"quantize": 6, "eval": 2, "generate": 2, "analyze": 3, "tune": 4, "export": 2, "import": 2}
 
 
 def _run(args) -> List[str]:
@@ -119,6 +122,9 @@ def _run(args) -> List[str]:
         if args.job == "eval":
             from golden_ptq.commands.evaluate import run_eval
             return run_eval(args, stages)
+        if args.job in ("export", "import"):
+            from golden_ptq.commands.export import run as run_export
+            return run_export(args, stages)
         if args.job == "generate":
             from golden_ptq.commands.evaluate import run_generate
             return run_generate(args, stages)

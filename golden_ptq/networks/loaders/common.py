@@ -1,7 +1,7 @@
 """Copying a name -> array source into the network, with errors that name the offending tensor."""
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional
+from typing import Callable, Optional
 
 import numpy as np
 from mindspore import Tensor, nn
@@ -53,18 +53,18 @@ def tp_transform(network: nn.Cell) -> Optional[Callable[[str, np.ndarray], np.nd
     return lambda name, array: np.ascontiguousarray(shard_array(name, array, layout))
 
 
-def layer_name_map(num_layers: int, per_layer: Dict[str, str], globals_: Dict[str, str]) -> Dict[str, str]:
-    """Expand ``{i}`` patterns into an our-name -> source-name dictionary."""
-    mapping = dict(globals_)
-    for i in range(num_layers):
-        for ours, theirs in per_layer.items():
-            mapping[f"model.layers.{i}.{ours}"] = theirs.format(i=i)
-    return mapping
-
-
 def unpermute_rope_rows(weight: np.ndarray, num_heads: int) -> np.ndarray:
     """Undo llama.cpp's q/k row permutation (interleaved rope pairs -> rotate-half halves)."""
     out_features = weight.shape[0]
     head_dim = out_features // num_heads
     rest = weight.shape[1:]
     return (weight.reshape(num_heads, head_dim // 2, 2, *rest).swapaxes(1, 2).reshape(out_features, *rest))
+
+
+def permute_rope_rows(weight: np.ndarray, num_heads: int) -> np.ndarray:
+    """llama.cpp's q/k row order (interleaved rope pairs) from the rotate-half order: the inverse of
+    :func:`unpermute_rope_rows`."""
+    out_features = weight.shape[0]
+    head_dim = out_features // num_heads
+    rest = weight.shape[1:]
+    return (weight.reshape(num_heads, 2, head_dim // 2, *rest).swapaxes(1, 2).reshape(out_features, *rest))

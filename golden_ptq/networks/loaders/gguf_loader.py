@@ -6,30 +6,11 @@ from typing import Optional, Tuple
 import numpy as np
 
 from golden_ptq.io.gguf_file import GGUFFile, gguf_config
+from golden_ptq.io.tensor_names import GGUF_GLOBAL, GGUF_PER_LAYER, name_map
 from golden_ptq.networks.llama import LlamaForCausalLM
-from golden_ptq.networks.loaders.common import layer_name_map, load_into_network, tp_transform, unpermute_rope_rows
+from golden_ptq.networks.loaders.common import load_into_network, tp_transform, unpermute_rope_rows
 from golden_ptq.parallel.context import TPContext
 from golden_ptq.networks.tokenizer import Tokenizer
-
-_PER_LAYER = {
-    "attention_norm.weight": "blk.{i}.attn_norm.weight",
-    "ffn_norm.weight": "blk.{i}.ffn_norm.weight",
-    "attention.wq.weight": "blk.{i}.attn_q.weight",
-    "attention.wk.weight": "blk.{i}.attn_k.weight",
-    "attention.wv.weight": "blk.{i}.attn_v.weight",
-    "attention.wo.weight": "blk.{i}.attn_output.weight",
-    "attention.wq.bias": "blk.{i}.attn_q.bias",
-    "attention.wk.bias": "blk.{i}.attn_k.bias",
-    "attention.wv.bias": "blk.{i}.attn_v.bias",
-    "feed_forward.w1.weight": "blk.{i}.ffn_gate.weight",
-    "feed_forward.w2.weight": "blk.{i}.ffn_down.weight",
-    "feed_forward.w3.weight": "blk.{i}.ffn_up.weight",
-}
-_GLOBAL = {
-    "model.tok_embeddings.embedding_weight": "token_embd.weight",
-    "model.norm_out.weight": "output_norm.weight",
-    "lm_head.weight": "output.weight",
-}
 
 
 def load_gguf(path: str, max_position_embeddings: Optional[int] = None,
@@ -43,7 +24,7 @@ def load_gguf(path: str, max_position_embeddings: Optional[int] = None,
     if max_position_embeddings:
         config.max_position_embeddings = max_position_embeddings
     network = LlamaForCausalLM(config, tp=tp)
-    mapping = layer_name_map(config.num_layers, _PER_LAYER, _GLOBAL)
+    mapping = name_map(config.num_layers, GGUF_PER_LAYER, GGUF_GLOBAL)
     permute = file.metadata.get("general.architecture") == "llama"
 
     def fetch(name: str) -> Optional[np.ndarray]:
