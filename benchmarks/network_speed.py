@@ -1,7 +1,8 @@
 """FP32 speed and memory of SmolLM2 on this CPU: prefill tokens/s, decode tokens/s, peak RSS.
 
-    python benchmarks/network_speed.py                  # eager elementwise blocks (the default)
-    GOLDEN_PTQ_COMPILE=1 python benchmarks/network_speed.py   # graph-compiled blocks
+    python benchmarks/network_speed.py                       # eager elementwise blocks (the default)
+    python benchmarks/network_speed.py --compile-elementwise # graph-compiled blocks
+(benchmarks/speed.py compares every deploy form, compiled decoding included.)
 """
 import argparse
 import json
@@ -21,7 +22,9 @@ def main(argv=None):
     parser.add_argument("--prefill", type=int, default=512)
     parser.add_argument("--decode", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--compile-elementwise", action="store_true", help="graph-compile the elementwise blocks")
     args = parser.parse_args(argv)
+    layers.set_compile_elementwise(args.compile_elementwise)
     start = time.time()
     network, _ = load_gguf(default_gguf_path(), max_position_embeddings=2048)
     load_s = time.time() - start

@@ -1,7 +1,6 @@
 """Building blocks of the Llama network. ``Linear`` and ``KVCache`` are what quantization targets."""
 from __future__ import annotations
 
-import os
 from typing import Optional, Tuple
 
 import numpy as np
@@ -70,13 +69,20 @@ def _rope(x: Tensor, cos: Tensor, sin: Tensor, index: Tensor) -> Tensor:
     return ops.add(ops.mul(x, cos), ops.mul(ops.gather(x, index, 2), sin))
 
 
-# Graph compilation of the elementwise blocks (``GOLDEN_PTQ_COMPILE=1``). Measured on 2 cores with
+# Graph compilation of the elementwise blocks (``set_compile_elementwise(True)``). Measured on 2 cores with
 # SmolLM2 (30 layers, 4 x 512 tokens): compiled 8.3 s per forward but 4.6 GB resident, eager 12 s
 # at 1.9 GB; every new input shape also costs a compile (seconds) and grows memory further
 # (batch 8: 11 GB vs 2.7 GB). Eager is the default because calibration must fit beside big models.
 # Compiled calls also have a fixed cost that makes single-token decode steps ~2x slower, so small
 # calls stay eager even when compilation is on.
-COMPILE = os.environ.get("GOLDEN_PTQ_COMPILE", "0") == "1"
+COMPILE = False
+
+
+def set_compile_elementwise(on: bool) -> None:
+    """Compile the elementwise blocks (norm, SwiGLU, rope, attention core) of large calls; off by default."""
+    global COMPILE
+    COMPILE = bool(on)
+
 COMPILE_MIN_ROWS = 32
 
 

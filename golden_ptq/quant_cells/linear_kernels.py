@@ -76,7 +76,7 @@ def _w8a16_dequant(x: Tensor, wq: Tensor, weight_scale: Tensor, weight_zp: Tenso
     return ops.MatMul(transpose_b=True)(x, w.reshape(out_features, in_features))
 
 
-# The W8A8 kernels are compiled whatever GOLDEN_PTQ_COMPILE says: eagerly, their nine elementwise
+# The W8A8 kernels are compiled whatever set_compile_elementwise says: eagerly, their nine elementwise
 # passes dwarf the matmul (w2 shape, 4096 rows: 424 ms eager vs 180 ms compiled, float matmul
 # 70 ms), for about 0.25 GB of graph memory per input shape.
 _a8w8_static_ops = compiled_for_large_inputs(_a8w8_static, always=True)
