@@ -4,8 +4,6 @@ import os
 import numpy as np
 import pytest
 
-
-
 #: What a skip reason must say to be accepted when GOLDEN_PTQ_STRICT_SKIPS=1 (set by .ci/run).
 OPTIONAL_DEPENDENCY = "optional dependency"
 
@@ -14,18 +12,38 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: uses the real SmolLM2 weights (runs in CI; minutes)")
 
 
+def _refused_skip(report) -> str:
+    """The failure text for a skip CI's policy refuses, or '' (see pytest_runtest_makereport)."""
+    strict = os.environ.get("GOLDEN_PTQ_STRICT_SKIPS")  # "1": optional dependencies may skip; "all": nothing may
+    if not (report.skipped and strict in ("1", "all")) or hasattr(report, "wasxfail"):
+        return ""
+    reason = str(report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr)
+    if strict == "all" or OPTIONAL_DEPENDENCY not in reason:
+        return f"unexpected skip in CI (GOLDEN_PTQ_STRICT_SKIPS={strict}): {reason}"
+    return ""
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """A whole module skipped at import (``pytest.importorskip``) obeys the same policy."""
+    outcome = yield
+    report = outcome.get_result()
+    refused = _refused_skip(report)
+    if refused:
+        report.outcome = "failed"
+        report.longrepr = refused
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """In CI a skip must name a deliberately optional dependency; any other skip fails the run. Where
     CI has installed the optional dependencies it runs their tests with ``all``: no skip at all."""
     outcome = yield
     report = outcome.get_result()
-    strict = os.environ.get("GOLDEN_PTQ_STRICT_SKIPS")  # "1": optional dependencies may skip; "all": nothing may
-    if report.skipped and strict in ("1", "all") and not hasattr(report, "wasxfail"):
-        reason = str(report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr)
-        if strict == "all" or OPTIONAL_DEPENDENCY not in reason:
-            report.outcome = "failed"
-            report.longrepr = f"unexpected skip in CI (GOLDEN_PTQ_STRICT_SKIPS={strict}): {reason}"
+    refused = _refused_skip(report)
+    if refused:
+        report.outcome = "failed"
+        report.longrepr = refused
 
 
 @pytest.fixture

@@ -147,7 +147,8 @@ class _CachedDecoder:
         logits = self.network.lm_head(self.network.model.norm_out(hidden[:, -1:]))
         return ops.cast(logits, ms_float32())[:, 0]
 
-    def prefill(self, input_ids, attention_mask=None):
+    def prefill(self, input_ids, attention_mask=None, new_tokens=None):
+        del new_tokens  # how many tokens follow: a hint for compiled decoding, which this view does not do
         ids = np.asarray(input_ids, dtype=np.int64)
         if attention_mask is not None and not np.all(np.asarray(attention_mask) == 1):
             raise ValueError("MFLlamaHelper.generate_ids: rows must be unpadded (MindFormers' forward counts "
