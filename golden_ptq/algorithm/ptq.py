@@ -235,9 +235,7 @@ class PTQ(CompAlgo):
             if not spec.skip_reason:
                 replaced.append(name)
                 if self.config.mode is PTQMode.QUANTIZE:
-                    guards.check_weight(name, cell, spec.group_size if entry["kind"] == "linear" else 0)
-                elif entry["kind"] == "linear" and spec.group_size:
-                    guards.check_weight_width(name, cell, spec.group_size)
+                    guards.check_weight(name, cell)
             plan.append((name, cell, entry, spec))
         replaced = []
         for name, cell, entry, spec in plan:
