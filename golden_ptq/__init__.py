@@ -7,9 +7,10 @@ Quantize, then deploy, as in MindSpore Golden Stick::
     ptq.convert(network)
 """
 from golden_ptq.algorithm import PTQ, CompAlgo, RollbackSearchResult, search_rollback
-from golden_ptq.config import BackendTarget, OutliersSuppressionType, PTQConfig, PTQMode, QuantGranularity
+from golden_ptq.config import (BackendTarget, OutliersSuppressionType, PrecisionRecovery, PTQConfig, PTQMode,
+                               QuantGranularity)
 from golden_ptq.networks.helper import NetworkHelper
 
 __version__ = "0.1.0"
 __all__ = ["BackendTarget", "CompAlgo", "NetworkHelper", "OutliersSuppressionType", "PTQ", "PTQConfig", "PTQMode",
-           "QuantGranularity", "RollbackSearchResult", "search_rollback"]
+           "PrecisionRecovery", "QuantGranularity", "RollbackSearchResult", "search_rollback"]
