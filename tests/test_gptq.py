@@ -177,3 +177,14 @@ def test_quantize_module_alone_leaves_no_preset(tiny_config):
     ptq.apply(net, None, calibration(tiny_config))
     cell = net.model.layers[0].attention.wq
     assert cell.weight_preset is None
+
+
+def test_recorder_sums_the_gram_matrix_over_every_row(rng):
+    from golden_ptq.algorithm.modules import InputRecorder
+    batches = [rng.randn(7, 5).astype(np.float32), rng.randn(3, 5).astype(np.float32)]
+    recorder = InputRecorder(max_rows=0, gram=True)
+    for b in batches:
+        recorder(b)
+    x = np.concatenate(batches).astype(np.float64)
+    assert recorder.gram_rows == 10 and recorder.kept == 0
+    np.testing.assert_allclose(recorder.gram, x.T @ x, rtol=1e-5)

@@ -324,9 +324,14 @@ class PTQ(CompAlgo):
             linears = [c for c in heads.values() if isinstance(c, QuantLinear)]
 
             def run_heads() -> List:
-                for cell in linears:   # the logits are not kept: [tokens, vocab] per batch is large
+                """The head's outputs are discarded ([tokens, vocab] per batch): a pass that only
+                records inputs (a recorder attached, not observing) feeds the recorder and skips the matmul."""
+                for cell in linears:
                     for x in head_inputs:
-                        cell(x)
+                        if cell.recorder is not None and not cell.observing:
+                            cell.recorder(x.reshape(-1, x.shape[-1]).asnumpy())
+                        else:
+                            cell(x)
                 return []
 
             if needs_data:
