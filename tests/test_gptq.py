@@ -15,7 +15,7 @@ from test_ptq_toy import calibration
 I8 = ms.int8
 
 
-def reference_gptq(w, h, group_size, symmetric, bits, damp, act_order):
+def reference_gptq(w, h, group_size, symmetric, bits, damp, act_order, clip=None):
     """Optimal Brain Quantizer form: quantize column j, spread its error with the inverse Hessian
     of the columns left, then remove j from that inverse. No Cholesky, no blocks."""
     w = w.astype(np.float64).copy()
@@ -27,13 +27,13 @@ def reference_gptq(w, h, group_size, symmetric, bits, damp, act_order):
     width = group_size or in_features
     scale, zero = np.zeros((out_features, groups)), np.zeros((out_features, groups))
 
-    def params(cols):
-        _, s, z = quantize_weight(cols.astype(np.float32), 0, symmetric, bits)
+    def params(cols, g):
+        _, s, z = quantize_weight(cols.astype(np.float32), 0, symmetric, bits, None if clip is None else clip[:, g])
         return s.astype(np.float64), (0.0 if z is None else z.astype(np.float64))
 
     if not group_size or act_order:
         for g in range(groups):
-            scale[:, g], zero[:, g] = params(w[:, g * width:(g + 1) * width])
+            scale[:, g], zero[:, g] = params(w[:, g * width:(g + 1) * width], g)
     order = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(in_features)
     h = h + damp * np.mean(np.diag(h)) * np.eye(in_features)
     hinv = np.linalg.inv(h)
@@ -42,7 +42,7 @@ def reference_gptq(w, h, group_size, symmetric, bits, damp, act_order):
     for j in order:
         g = j // width
         if group_size and not act_order and j % group_size == 0:
-            scale[:, g], zero[:, g] = params(w[:, j:j + group_size])
+            scale[:, g], zero[:, g] = params(w[:, j:j + group_size], g)
         q = np.clip(np.round(w[:, j] / scale[:, g]) + zero[:, g], qmin, qmax)
         codes[:, j] = q
         err = (w[:, j] - (q - zero[:, g]) * scale[:, g]) / hinv[j, j]
@@ -60,15 +60,18 @@ def problem(rng, out_features=12, in_features=20, rows=200):
     return w, 2.0 * x.T @ x / rows, x
 
 
-@pytest.mark.parametrize("group_size, symmetric, bits, act_order", [
-    (0, True, 8, False), (0, True, 8, True), (8, True, 4, False),   # 20 = 8 + 8 + 4: ragged
-    (8, False, 4, False), (8, True, 4, True), (0, False, 4, False),
+@pytest.mark.parametrize("group_size, symmetric, bits, act_order, clipped", [
+    (0, True, 8, False, False), (0, True, 8, True, False), (8, True, 4, False, False),   # 20 = 8 + 8 + 4: ragged
+    (8, False, 4, False, False), (8, True, 4, True, False), (0, False, 4, False, False), (8, False, 4, True, True),
+    (8, True, 4, False, True),
 ])
-def test_blocked_gptq_matches_the_reference(rng, group_size, symmetric, bits, act_order):
+def test_blocked_gptq_matches_the_reference(rng, group_size, symmetric, bits, act_order, clipped):
     w, h, _ = problem(rng)
+    groups = 3 if group_size else 1
+    clip = rng.uniform(0.6, 1.0, (w.shape[0], groups)) if clipped else None   # AWQ's clip ratios (m3)
     codes, scale, zp = gptq_quantize(w, h, group_size, symmetric, bits, block_size=8, damp_percent=0.01,
-                                     act_order=act_order)
-    ref_codes, ref_scale, ref_zero = reference_gptq(w, h, group_size, symmetric, bits, 0.01, act_order)
+                                     act_order=act_order, clip_ratio=clip)
+    ref_codes, ref_scale, ref_zero = reference_gptq(w, h, group_size, symmetric, bits, 0.01, act_order, clip)
     np.testing.assert_allclose(scale, ref_scale, rtol=1e-6)
     if not symmetric:
         np.testing.assert_array_equal(zp, ref_zero)
@@ -114,6 +117,8 @@ class RecordingGPTQ(GPTQModule):
 SCHEMES = {
     "a16w8": dict(),
     "a16w4_g40_ragged": dict(weight_bits=4, weight_quant_granularity=QuantGranularity.PER_GROUP, group_size=40),
+    "a16w4_g40_m3": dict(weight_bits=4, weight_quant_granularity=QuantGranularity.PER_GROUP, group_size=40,
+                         weight_symmetric=False, anti_method="m3", algo_args={"gptq_act_order": True}),
     "a8w8_static": dict(act_quant_dtype=I8),
     "a8w8_dynamic_m2": dict(act_quant_dtype=I8, act_quant_granularity=QuantGranularity.PER_TOKEN, anti_method="m2"),
 }
@@ -121,7 +126,7 @@ SCHEMES = {
 
 @pytest.mark.parametrize("scheme", sorted(SCHEMES))
 def test_deployed_network_holds_gptqs_codes_and_scales(tmp_path, tiny_config, scheme):
-    kwargs = dict(SCHEMES[scheme], precision_recovery="GPTQ")
+    kwargs = dict(SCHEMES[scheme], precision_recovery="GPTQ")   # AWQ's clip ratios (m3) shape GPTQ's grid
     net = LlamaForCausalLM(tiny_config, seed=0)
     ids = np.random.RandomState(9).randint(0, tiny_config.vocab_size, (2, 20))
     reference = net(ids).asnumpy()

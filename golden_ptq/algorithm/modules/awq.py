@@ -29,7 +29,7 @@ from golden_ptq.algorithm.modules.smooth_search import mapping_input, quantized_
 from golden_ptq.config.method_names import ANTI_OUTLIER, WEIGHT_ONLY
 from golden_ptq.networks.structure import SmoothMapping
 from golden_ptq.quant_cells.linear import QuantLinear
-from golden_ptq.quant_math.functions import fake_quantize_weight
+from golden_ptq.quant_math.functions import fake_quantize_weight, group_count
 
 
 class AWQModule(AlgoModule):
@@ -97,7 +97,7 @@ class AWQModule(AlgoModule):
         w = cell.weight.asnumpy().astype(np.float64)
         out_features, in_features = w.shape
         group = spec.group_size or in_features
-        groups = in_features // group
+        groups = group_count(in_features, group)   # the last group may be ragged
         best_err = np.full((out_features, groups), np.inf)
         best_ratio = np.ones((out_features, groups))
         for c in self.clip_ratios:

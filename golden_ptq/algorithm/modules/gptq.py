@@ -17,7 +17,7 @@ round-to-nearest would choose them. Per group they come from the group's columns
 when GPTQ reaches the group (already corrected for the earlier groups), except with
 ``act_order``, where columns of a group are not visited together and the groups' ranges are
 fixed from the original weight first. Either way the formulas are QuantLinear's own
-(``quantize_weight`` of the group), and the cell deploys exactly GPTQ's codes, scales and zero
+(``quantize_weight`` of the group, with AWQ's clip ratios when m3 ran first), and the cell deploys exactly GPTQ's codes, scales and zero
 points (``QuantLinear.weight_preset``). Groups of any size work, the last one ragged.
 """
 from __future__ import annotations
@@ -35,22 +35,24 @@ from golden_ptq.quant_math.functions import group_count, quantize_weight, weight
 Params = Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]   # codes, scale, zero point (as QuantLinear deploys)
 
 
-def _column_params(w: np.ndarray, symmetric: bool, bits: int) -> Tuple[np.ndarray, np.ndarray]:
+def _column_params(w: np.ndarray, symmetric: bool, bits: int,
+                   clip: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Per-row ``(scale, zero point)`` float64 of the columns ``w`` (one group), by QuantLinear's
-    formulas (zero point 0 when symmetric)."""
-    _, scale, zp = quantize_weight(np.asarray(w, np.float32), 0, symmetric, bits)
+    formulas (zero point 0 when symmetric), the range shrunk by ``clip`` per row if given."""
+    _, scale, zp = quantize_weight(np.asarray(w, np.float32), 0, symmetric, bits, clip)
     scale = scale.astype(np.float32).astype(np.float64)
     return scale, (np.zeros_like(scale) if zp is None else zp.astype(np.float64))
 
 
 def gptq_quantize(weight: np.ndarray, hessian: np.ndarray, group_size: int = 0, symmetric: bool = True,
                   bits: int = 8, block_size: int = 128, damp_percent: float = 0.01,
-                  act_order: bool = False) -> Params:
+                  act_order: bool = False, clip_ratio: Optional[np.ndarray] = None) -> Params:
     """GPTQ of ``weight [out, in]`` against ``hessian [in, in]`` (``2 X^T X / n``).
 
     Returns ``(codes int8 [out, in], scale, zero point or None)`` shaped as
     :func:`golden_ptq.quant_math.quantize_weight` returns them (``[out]`` per channel,
-    ``[out, ceil(in / group_size)]`` per group).
+    ``[out, ceil(in / group_size)]`` per group). ``clip_ratio`` (that shape) shrinks each
+    channel's / group's range as ``quantize_weight`` does (AWQ's clip search, m3, sets it).
     """
     w = np.array(weight, dtype=np.float64)
     out_features, in_features = w.shape
@@ -63,10 +65,12 @@ def gptq_quantize(weight: np.ndarray, hessian: np.ndarray, group_size: int = 0, 
     groups = group_count(in_features, group_size)
     scale = np.zeros((out_features, groups))
     zero = np.zeros((out_features, groups))
+    clip = None if clip_ratio is None else np.asarray(clip_ratio, np.float64).reshape(out_features, groups)
     if not group_size or act_order:   # ranges fixed from the original weight
         width = group_size or in_features
         for g in range(groups):
-            scale[:, g], zero[:, g] = _column_params(w[:, g * width:(g + 1) * width], symmetric, bits)
+            scale[:, g], zero[:, g] = _column_params(w[:, g * width:(g + 1) * width], symmetric, bits,
+                                                     None if clip is None else clip[:, g])
     perm = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(in_features)
     w, h = w[:, perm], h[np.ix_(perm, perm)]
     h[np.diag_indices(in_features)] += damp_percent * float(np.mean(np.diag(h)))
@@ -82,7 +86,8 @@ def gptq_quantize(weight: np.ndarray, hessian: np.ndarray, group_size: int = 0, 
             col = start + i
             g = perm[col] // group_size if group_size else 0
             if group_size and not act_order and col % group_size == 0:
-                scale[:, g], zero[:, g] = _column_params(block[:, i:i + group_size], symmetric, bits)
+                scale[:, g], zero[:, g] = _column_params(block[:, i:i + group_size], symmetric, bits,
+                                                         None if clip is None else clip[:, g])
             q = np.clip(np.round(block[:, i] / scale[:, g]) + zero[:, g], qmin, qmax)
             codes[:, col] = q
             err = (block[:, i] - (q - zero[:, g]) * scale[:, g]) / u[col, col]
@@ -131,7 +136,7 @@ class GPTQModule(AlgoModule):
             w = cell.weight.asnumpy()
             spec = cell.spec
             cell.weight_preset = gptq_quantize(w, hessian, spec.group_size, spec.weight_symmetric, cell.weight_bits,
-                                               self.block_size, self.damp_percent, self.act_order)
+                                               self.block_size, self.damp_percent, self.act_order, cell.weight_clip)
 
     @staticmethod
     def _input_grams(ctx: LayerContext, cells: Dict[str, QuantLinear]) -> Dict[str, Tuple[np.ndarray, int]]:
