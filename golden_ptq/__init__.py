@@ -10,7 +10,8 @@ Quantize, then deploy, as in MindSpore Golden Stick::
     export_model("runs/q", "compressed-tensors", "runs/q-ct")  # or "msmodelslim", "gguf"
 """
 from golden_ptq.algorithm import PTQ, CompAlgo, RollbackSearchResult, search_rollback
-from golden_ptq.config import BackendTarget, OutliersSuppressionType, PTQConfig, PTQMode, QuantGranularity
+from golden_ptq.config import (BackendTarget, OutliersSuppressionType, PrecisionRecovery, PTQConfig, PTQMode,
+                               QuantGranularity)
 from golden_ptq.deploy import load_quantized, save_quantized
 from golden_ptq.export import export_model
 from golden_ptq.export.import_ct import import_compressed_tensors
@@ -18,5 +19,5 @@ from golden_ptq.networks.helper import NetworkHelper
 
 __version__ = "0.1.0"
 __all__ = ["BackendTarget", "CompAlgo", "NetworkHelper", "OutliersSuppressionType", "PTQ", "PTQConfig", "PTQMode",
-           "QuantGranularity", "RollbackSearchResult", "export_model", "import_compressed_tensors", "load_quantized",
-           "save_quantized", "search_rollback"]
+           "PrecisionRecovery", "QuantGranularity", "RollbackSearchResult", "export_model", "import_compressed_tensors",
+           "load_quantized", "save_quantized", "search_rollback"]

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from golden_ptq.quant_cells.linear_kernels import EXACT_CHUNK, int_matmul
-from golden_ptq.quant_math import MinMaxObserver, asymmetric_params, dequantize, quantize, quantize_weight, symmetric_scale
+from golden_ptq.quant_math import (MinMaxObserver, asymmetric_params, dequantize, fake_quantize_weight, quantize,
+                                   quantize_weight, symmetric_scale)
 
 
 def test_symmetric_weight_quantization_per_channel():
@@ -71,3 +72,19 @@ def test_int_matmul_is_exact_int32_accumulation(k):
     got = int_matmul(ms.Tensor(x.astype(np.float32)), ms.Tensor(w.astype(np.int8))).asnumpy()
     assert got.dtype == np.int32
     np.testing.assert_array_equal(got, x.astype(np.int64) @ w.T.astype(np.int64))
+
+
+def test_ragged_groups_quantize_each_group_on_its_own_range(rng):
+    """576 % 128 != 0 in SmolLM2: a row of 10 in groups of 4 is 4 + 4 + 2, each with its own scale."""
+    w = rng.randn(3, 10).astype(np.float32)
+    for bits, symmetric in ((8, True), (4, True), (4, False)):
+        q, scale, zp = quantize_weight(w, group_size=4, symmetric=symmetric, bits=bits)
+        assert q.shape == (3, 10) and scale.shape == (3, 3)
+        for g, cols in enumerate((slice(0, 4), slice(4, 8), slice(8, 10))):
+            q_g, scale_g, zp_g = quantize_weight(w[:, cols], 0, symmetric, bits)
+            np.testing.assert_array_equal(q[:, cols], q_g)
+            np.testing.assert_array_equal(scale[:, g], scale_g)
+            if not symmetric:
+                np.testing.assert_array_equal(zp[:, g], zp_g)
+        deq = fake_quantize_weight(w, 4, symmetric, bits)
+        assert deq.shape == w.shape and np.abs(deq - w).max() <= 0.5 * scale.max() * (1 + 1e-6)

@@ -143,9 +143,11 @@ def test_merge_refuses_ranks_that_disagree_on_a_replicated_parameter(tiny_config
 
 
 @pytest.mark.parametrize("kwargs, what", [
-    (dict(anti_method="m3"), "anti_method 'm3'"),
-    (dict(act_quant_dtype=I8, anti_method="m4"), "anti_method 'm4'"),
+    (dict(anti_method="m3"), r"method m3 \(awq\) \(its scale normalisation"),
+    (dict(act_quant_dtype=I8, anti_method="m4"), r"method m4 \(os_plus\)"),
+    (dict(precision_recovery="GPTQ"), r"method gptq \(a row-parallel layer's Hessian"),
     (dict(weight_bits=4), "weight_bits 4"),
+    (dict(weight_quant_granularity="PER_GROUP", group_size=20), r"group_size 20 with row-parallel shards of \[32, 48\]"),
 ])
 def test_untested_combinations_under_tp_raise_not_implemented(tiny_config, kwargs, what):
     net = LlamaForCausalLM(tiny_config, seed=0, tp=TPContext(2, 0))

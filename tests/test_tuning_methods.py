@@ -45,7 +45,8 @@ def test_methods_by_code_and_name():
         PTQConfig(act_quant_dtype=I8, anti_method="cbq")
     with pytest.raises(ValueError, match="'m7' is not a known outlier-suppression method; allowed: m1"):
         PTQConfig(act_quant_dtype=I8, anti_method="m7")
-    with pytest.raises(ValueError, match="'m2' migrates activation outliers and needs act_quant_dtype=int8"):
+    with pytest.raises(ValueError, match=r"'m2' \(smooth_search\) works on quantized activations and needs "
+                                         r"act_quant_dtype=int8; for weight-only use m3 \(awq\)"):
         PTQConfig(anti_method="m2")
     with pytest.raises(ValueError, match="'m3' .*weight-only"):
         PTQConfig(act_quant_dtype=I8, anti_method="m3")

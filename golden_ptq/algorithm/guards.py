@@ -48,21 +48,9 @@ def float_weight(cell: nn.Cell):
     return None
 
 
-def check_weight_width(name: str, cell: nn.Cell, group_size: int) -> None:
-    """Per-group weights: the input width of layer ``name`` must divide by ``group_size``."""
-    param = float_weight(cell)
-    if param is None or not group_size:
-        return
-    width = int(param.shape[-1])
-    if width % group_size:
-        raise ValueError(f"PTQConfig.group_size {group_size} does not divide the input width {width} of layer "
-                         f"'{name}'; choose a group_size that divides every quantized layer's width "
-                         f"(or add the layer to opname_blacklist)")
-
-
-def check_weight(name: str, cell: nn.Cell, group_size: int) -> None:
-    """The float weight of layer ``name`` fits ``group_size`` and is finite."""
-    check_weight_width(name, cell, group_size)
+def check_weight(name: str, cell: nn.Cell) -> None:
+    """The float weight of layer ``name`` is finite (any group size fits: a ragged last group is
+    allowed)."""
     param = float_weight(cell)
     if param is None:
         return

@@ -13,8 +13,9 @@ from tqdm import tqdm
 import golden_ptq.algorithm.guards as guards
 from golden_ptq.algorithm.calibration_data import length_batches, token_rows
 from golden_ptq.algorithm.comp_algo import CompAlgo
-from golden_ptq.algorithm.modules import (AlgoModule, InputRecorder, LayerContext, QuantizeModule,
-                                          build_anti_outlier_module)
+from golden_ptq.algorithm.modules import (AlgoModule, InputRecorder, LayerContext, MethodRegistry, QuantizeModule,
+                                          default_method_registry)
+from golden_ptq.algorithm.modules.base import INPUT_GRAM
 from golden_ptq.config import PTQConfig, PTQMode, QuantGranularity
 from golden_ptq.networks.llama import sync_parameter_names
 from golden_ptq.networks.structure import LlamaStructure
@@ -75,18 +76,22 @@ class PTQ(CompAlgo):
 
     def __init__(self, config: Optional[PTQConfig] = None, registry: Optional[QuantCellRegistry] = None,
                  pipeline: Optional[Sequence[AlgoModule]] = None, structure=None, calib_batch_size: int = 8,
-                 measure_sensitivity: bool = False, keep_float_cells: bool = False, progress: bool = False):
+                 measure_sensitivity: bool = False, keep_float_cells: bool = False, progress: bool = False,
+                 methods: Optional[MethodRegistry] = None):
         """``keep_float_cells=True``: keep each quantized layer's float Cell after calibration (until
         ``convert``) for ``roll_back``/``restore`` and the rollback search. It costs the float weights
         of every quantized layer (4 bytes a weight, on top of their int8 copies) and implies
         ``measure_sensitivity`` (the float cells are what output errors are measured against, and a
-        search can then rank by either signal)."""
+        search can then rank by either signal). ``methods``: the registry the config's
+        ``anti_method`` / ``precision_recovery`` are looked up in (default: the built-in methods)."""
         self.config = config if config is not None else PTQConfig()
         if not isinstance(self.config, PTQConfig):
             raise TypeError(f"PTQ(config=...) needs a PTQConfig, got {type(self.config).__name__}")
         self.config.validate()
         self.registry = registry if registry is not None else default_registry()
-        self.pipeline: List[AlgoModule] = list(pipeline) if pipeline is not None else self.default_pipeline(self.config)
+        self.methods = methods if methods is not None else default_method_registry()
+        self.pipeline: List[AlgoModule] = (list(pipeline) if pipeline is not None
+                                           else self.default_pipeline(self.config, self.methods))
         self.structure = structure
         self.calib_batch_size = calib_batch_size
         self.progress = progress  # a tqdm bar over the decoder layers while calibrating
@@ -103,13 +108,9 @@ class PTQ(CompAlgo):
         self._converted = False
 
     @staticmethod
-    def default_pipeline(config: PTQConfig) -> List[AlgoModule]:
-        modules: List[AlgoModule] = []
-        method = config.effective_anti_method
-        if method is not None:
-            modules.append(build_anti_outlier_module(method, config))
-        modules.append(QuantizeModule())
-        return modules
+    def default_pipeline(config: PTQConfig, methods: Optional[MethodRegistry] = None) -> List[AlgoModule]:
+        """The config's accuracy methods (outlier suppression, then precision recovery), then Quantize."""
+        return (methods or default_method_registry()).pipeline(config) + [QuantizeModule()]
 
     @property
     def _measuring(self) -> bool:
@@ -235,9 +236,7 @@ class PTQ(CompAlgo):
             if not spec.skip_reason:
                 replaced.append(name)
                 if self.config.mode is PTQMode.QUANTIZE:
-                    guards.check_weight(name, cell, spec.group_size if entry["kind"] == "linear" else 0)
-                elif entry["kind"] == "linear" and spec.group_size:
-                    guards.check_weight_width(name, cell, spec.group_size)
+                    guards.check_weight(name, cell)
             plan.append((name, cell, entry, spec))
         replaced = []
         for name, cell, entry, spec in plan:
@@ -319,11 +318,26 @@ class PTQ(CompAlgo):
         if heads:
             needs_data = [c for c in heads.values() if isinstance(c, QuantLinear) and c.spec.act
                           and not c.spec.act_dynamic]
-            head_inputs = [structure.head_input(network, h) for h in hidden] if needs_data or self._measuring else []
+            reruns = any(INPUT_GRAM in getattr(m.method, "needs", ()) for m in self.pipeline)
+            head_inputs = ([structure.head_input(network, h) for h in hidden]
+                           if needs_data or self._measuring or reruns else [])
+            linears = [c for c in heads.values() if isinstance(c, QuantLinear)]
+
+            def run_heads() -> List:
+                """The head's outputs are discarded ([tokens, vocab] per batch): a pass that only
+                records inputs (a recorder attached, not observing) feeds the recorder and skips the matmul."""
+                for cell in linears:
+                    for x in head_inputs:
+                        if cell.recorder is not None and not cell.observing:
+                            cell.recorder(x.reshape(-1, x.shape[-1]).asnumpy())
+                        else:
+                            cell(x)
+                return []
+
             if needs_data:
                 self._observe(heads, lambda: [c(x) for c in needs_data for x in head_inputs])
             self._run_pipeline(LayerContext("head", None, heads, structure, network, config=self.config,
-                                            range_parms=self.range_parms))
+                                            range_parms=self.range_parms, runner=run_heads if head_inputs else None))
             if self._measuring and head_inputs:
                 sample = np.concatenate([x.asnumpy().reshape(-1, x.shape[-1]) for x in head_inputs])[::stride][:keep_rows]
                 self._measure_errors({n: (c, sample) for n, c in heads.items() if isinstance(c, QuantLinear)})

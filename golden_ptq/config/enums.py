@@ -17,6 +17,11 @@ class OutliersSuppressionType(Enum):
     SMOOTH = "smooth"       # SmoothQuant: migrate activation outliers into the weights
 
 
+class PrecisionRecovery(Enum):
+    NONE = "none"           # round to nearest
+    GPTQ = "gptq"           # GPTQ: column-by-column rounding with error compensation
+
+
 class QuantGranularity(Enum):
     PER_TENSOR = "per_tensor"
     PER_CHANNEL = "per_channel"

@@ -12,26 +12,27 @@ from typing import Any, Dict, List, Optional
 import mindspore as ms
 import yaml
 
-from golden_ptq.config.anti_methods import NEED_ACTIVATIONS, WEIGHT_ONLY, normalize_anti_method
-from golden_ptq.config.enums import BackendTarget, OutliersSuppressionType, PTQMode, QuantGranularity
+from golden_ptq.config.enums import BackendTarget, OutliersSuppressionType, PrecisionRecovery, PTQMode, QuantGranularity
+from golden_ptq.config.method_names import W8A8, WEIGHT_ONLY, check_scheme, normalize_anti_method
 from golden_ptq.config.validation import (ConfigError, check_bool, check_float, check_int, check_known_keys,
                                           check_mapping, check_str, check_str_list, did_you_mean,
                                           load_yaml_mapping)
 
 _DTYPES = {"int8": ms.int8}
-# known algo_args keys and their defaults
+# known algo_args keys and their defaults; which method reads which is declared by the method
+# (golden_ptq.algorithm.methods); search_rows and hist_bins serve several
 ALGO_ARGS = {
-    "smooth_alpha": 0.5,      # m1: SmoothQuant migration strength
-    "alpha_grid": 11,         # m2/m4/m6: alphas searched, evenly in [0, 1]
-    "beta_grid": 6,           # m6: weight exponents searched, evenly in [0, 1]
-    "awq_grid": 20,           # m3: scale exponents searched, evenly in [0, 1)
-    "awq_clip_grid": 10,      # m3: clip ratios searched, evenly in [0.5, 1]
-    "search_rows": 512,       # m2/m3/m4/m6 and the sensitivity report: calibration rows kept per layer input
+    "smooth_alpha": 0.5, "alpha_grid": 11, "beta_grid": 6, "awq_grid": 20, "awq_clip_grid": 10,
+    "search_rows": 512,       # calibration rows kept per Linear input for the searches and the sensitivity report
     "hist_bins": 2048,        # act_method 2/3: histogram bins
+    "gptq_damp_percent": 0.01, "gptq_block_size": 128, "gptq_act_order": False,
 }
-# allowed [min, max] of the integer algo_args (smooth_alpha is a number in [0, 1])
+# allowed [min, max] of the integer / float algo_args; gptq_act_order is a bool
 ALGO_ARG_RANGES = {"alpha_grid": (2, 1000), "beta_grid": (2, 1000), "awq_grid": (2, 1000),
-                   "awq_clip_grid": (2, 1000), "search_rows": (2, 10_000_000), "hist_bins": (16, 1 << 20)}
+                   "awq_clip_grid": (2, 1000), "search_rows": (2, 10_000_000), "hist_bins": (16, 1 << 20),
+                   "gptq_block_size": (1, 1 << 16), "smooth_alpha": (0.0, 1.0), "gptq_damp_percent": (1e-6, 1.0)}
+_FLOAT_ARGS = ("smooth_alpha", "gptq_damp_percent")
+_BOOL_ARGS = ("gptq_act_order",)
 ROLLBACK_SIGNALS = ("range_parm", "output_error")
 _LEVEL = re.compile(r"^L(\d+)$")
 
@@ -75,6 +76,7 @@ class PTQConfig:
     disable_names: List[str] = field(default_factory=list)
     disable_level: str = "L0"
     rollback_signal: str = "range_parm"
+    precision_recovery: PrecisionRecovery = PrecisionRecovery.NONE
 
     def __post_init__(self) -> None:
         self.validate()
@@ -84,6 +86,7 @@ class PTQConfig:
         """Typed parsing of every field: enums and dtypes from their names, no truthy strings."""
         for name, enum in (("mode", PTQMode), ("backend", BackendTarget),
                            ("outliers_suppression", OutliersSuppressionType),
+                           ("precision_recovery", PrecisionRecovery),
                            ("weight_quant_granularity", QuantGranularity),
                            ("act_quant_granularity", QuantGranularity)):
             value = getattr(self, name)
@@ -112,8 +115,10 @@ class PTQConfig:
         check_known_keys(self.algo_args, ALGO_ARGS, "PTQConfig.algo_args")
         for key, value in self.algo_args.items():
             where = f"PTQConfig.algo_args[{key!r}]"
-            if key == "smooth_alpha":
-                self.algo_args[key] = check_float(value, where, 0.0, 1.0)
+            if key in _FLOAT_ARGS:
+                self.algo_args[key] = check_float(value, where, *ALGO_ARG_RANGES[key])
+            elif key in _BOOL_ARGS:
+                self.algo_args[key] = check_bool(value, where)
             else:
                 self.algo_args[key] = check_int(value, where, *ALGO_ARG_RANGES[key])
         self.weight_symmetric = check_bool(self.weight_symmetric, "PTQConfig.weight_symmetric")
@@ -180,12 +185,13 @@ class PTQConfig:
         if method is not None and self.outliers_suppression is OutliersSuppressionType.SMOOTH and method != "m1":
             raise ConfigError(f"PTQConfig: outliers_suppression=SMOOTH is anti_method 'm1' but anti_method="
                               f"{method!r}; set outliers_suppression=NONE and let anti_method choose")
-        if method in NEED_ACTIVATIONS and self.act_quant_dtype is None:
-            raise ConfigError(f"PTQConfig.anti_method {method!r} migrates activation outliers and needs "
-                              f"act_quant_dtype=int8; for weight-only use 'm3' (AWQ)")
-        if method in WEIGHT_ONLY and (self.act_quant_dtype is not None or self.weight_quant_dtype is None):
-            raise ConfigError(f"PTQConfig.anti_method {method!r} (AWQ) is for weight-only W8A16/W4A16: needs "
-                              f"weight_quant_dtype=int8 and act_quant_dtype=None")
+        for owner, code in (("PTQConfig.anti_method", method), ("PTQConfig.precision_recovery",
+                                                                 self.precision_recovery_method)):
+            if code is None:
+                continue
+            if self.weight_quant_dtype is None:
+                raise ConfigError(f"{owner} {code!r} works on quantized weights; set weight_quant_dtype=int8")
+            check_scheme(code, W8A8 if self.act_quant_dtype is not None else WEIGHT_ONLY, owner)
         if self.act_method not in (1, 2, 3):
             raise ConfigError(f"PTQConfig.act_method: {self.act_method!r} not allowed; allowed: 1 (min-max), "
                               f"2 (histogram), 3 (hybrid)")
@@ -222,6 +228,11 @@ class PTQConfig:
         if self.anti_method is not None:
             return self.anti_method
         return "m1" if self.outliers_suppression is OutliersSuppressionType.SMOOTH else None
+
+    @property
+    def precision_recovery_method(self) -> Optional[str]:
+        """The method name of ``precision_recovery`` (``"gptq"``), None for round-to-nearest."""
+        return None if self.precision_recovery is PrecisionRecovery.NONE else self.precision_recovery.value
 
     def arg(self, name: str) -> Any:
         return self.algo_args.get(name, ALGO_ARGS[name])

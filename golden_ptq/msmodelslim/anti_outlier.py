@@ -13,7 +13,7 @@ from typing import Optional
 
 from golden_ptq.algorithm.calibration_data import token_rows
 from golden_ptq.msmodelslim.calib_data import as_calibration_items
-from golden_ptq.config.anti_methods import ANTI_METHODS, normalize_anti_method
+from golden_ptq.config.method_names import find_method, normalize_anti_method
 
 DEV_TYPES = ("cpu",)
 A_BITS = (8, 16)
@@ -47,7 +47,7 @@ class AntiOutlierConfig:
             raise ValueError("AntiOutlierConfig: anti_method 'm3' (AWQ) is for weight-only quantization; set a_bit=16")
         if self.anti_method != "m3" and a_bit != 8:
             raise ValueError(f"AntiOutlierConfig: anti_method {self.anti_method!r} "
-                             f"({ANTI_METHODS[self.anti_method][0]}) suppresses activation outliers; set a_bit=8 "
+                             f"({find_method(self.anti_method).name}) suppresses activation outliers; set a_bit=8 "
                              f"(or anti_method='m3' for a_bit=16)")
         if alpha is not None and not 0.0 <= float(alpha) <= 1.0:
             raise ValueError(f"AntiOutlierConfig.alpha must be in [0, 1], got {alpha}")

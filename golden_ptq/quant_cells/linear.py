@@ -28,7 +28,8 @@ from golden_ptq.quant_cells.base import QuantCell
 from golden_ptq.quant_cells.spec import LayerQuantSpec
 from golden_ptq.quant_math import MinMaxObserver, asymmetric_params, quantize_weight, symmetric_scale
 from golden_ptq.quant_math.functions import quantize
-from golden_ptq.quant_math.functions import fake_quantize_weight
+from golden_ptq.quant_math.functions import dequantize_weight, fake_quantize_weight, group_count
+from golden_ptq.quant_cells.ragged_groups import w8a16_dequant_ragged
 
 
 class QuantLinear(QuantCell):
@@ -49,6 +50,7 @@ class QuantLinear(QuantCell):
         self.has_input_shift = False         # deployed form carries input_shift / shift_bias
         self.recorder = None                 # callable(x2 numpy) fed every input, when set
         self.bound_kernel = None             # set by bind_kernel() for compiled graphs
+        self.weight_preset = None            # (codes, scale, zero point) chosen by GPTQ: quantize() deploys them
 
     def use_observer(self, observer: MinMaxObserver) -> None:
         """Observe the input with ``observer``; a row-parallel input is a shard of the whole tensor,
@@ -90,6 +92,8 @@ class QuantLinear(QuantCell):
         elif self.spec.act:
             y = kernels.a8w8_static(x2, self.weight, self.input_scale, self.input_zp, self.quant_bias,
                                     self.deq_scale)
+        elif self.spec.group_size and self.in_features % self.spec.group_size:
+            y = w8a16_dequant_ragged(x2, self.weight, self.weight_scale, self.weight_zp, self.spec.group_size)
         elif self.spec.group_size or not self.spec.weight_symmetric:
             y = kernels.w8a16_dequant(x2, self.weight, self.weight_scale.reshape(self.out_features, -1),
                                       self.weight_zp.reshape(self.out_features, -1))
@@ -155,7 +159,9 @@ class QuantLinear(QuantCell):
         """Round the (possibly smoothed) float weight and fix activation ranges from the observer."""
         spec = self.spec
         w = self.weight.asnumpy()
-        if self.shard == "row" and not spec.group_size:
+        if self.weight_preset is not None:
+            q, w_scale, w_zp = self.weight_preset
+        elif self.shard == "row" and not spec.group_size:
             q, w_scale, w_zp = self._quantize_row_shard(w)
         else:
             q, w_scale, w_zp = quantize_weight(w, spec.group_size, spec.weight_symmetric, self.weight_bits,
@@ -180,10 +186,12 @@ class QuantLinear(QuantCell):
             if not spec.act:
                 raise RuntimeError("QuantLinear: an input shift needs quantized activations (W8A8)")
             shift = np.asarray(self.input_shift_value, np.float64)
-            w_deq = fake_quantize_weight(w, spec.group_size, spec.weight_symmetric, self.weight_bits, self.weight_clip)
+            w_deq = (dequantize_weight(q, w_scale, w_zp, spec.group_size) if self.weight_preset is not None else
+                     fake_quantize_weight(w, spec.group_size, spec.weight_symmetric, self.weight_bits, self.weight_clip))
             self._set_param("input_shift", shift.astype(np.float32))
             self._set_param("shift_bias", (w_deq @ shift).astype(np.float32))
             self.has_input_shift = True
+        self.weight_preset = None
         self.quantized = True
         self.observing = False
 
@@ -211,7 +219,7 @@ class QuantLinear(QuantCell):
 
     def deploy_placeholders(self) -> None:
         spec = self.spec
-        groups = self.in_features // spec.group_size if spec.group_size else 0
+        groups = group_count(self.in_features, spec.group_size) if spec.group_size else 0
         scale_shape = (self.out_features, groups) if groups else (self.out_features,)
         self._set_param("weight", np.zeros((self.out_features, self.in_features), np.int8))
         if self._keeps_weight_scale:

@@ -78,7 +78,8 @@ def quantize_weight(weight: np.ndarray, group_size: int = 0, symmetric: bool = T
     """Round-to-nearest int8 of a ``[out, in]`` weight, per output channel or per group of inputs.
 
     Returns ``(q [out, in] int8, scale, zero_point)``; ``scale`` is ``[out]`` per channel or
-    ``[out, in // group_size]`` per group; ``zero_point`` (same shape, float holding integers) is
+    ``[out, ceil(in / group_size)]`` per group (the last group is ragged when ``group_size`` does
+    not divide ``in``); ``zero_point`` (same shape, float holding integers) is
     None when symmetric. ``bits=4`` stores 4-bit codes (``[-7, 7]`` symmetric, ``[-8, 7]``
     asymmetric) in the int8 container. ``clip_ratio`` (shape of ``scale``, in ``(0, 1]``) shrinks
     each channel's / group's range before rounding (values beyond it saturate): AWQ's clip.
@@ -87,12 +88,7 @@ def quantize_weight(weight: np.ndarray, group_size: int = 0, symmetric: bool = T
         return _quantize_weight_general(weight, group_size, symmetric, bits, clip_ratio)
     weight = np.asarray(weight, dtype=np.float32)
     out_features, in_features = weight.shape
-    if group_size:
-        if in_features % group_size:
-            raise ValueError(f"group_size {group_size} does not divide in_features {in_features}")
-        view = weight.reshape(out_features, in_features // group_size, group_size)
-    else:
-        view = weight.reshape(out_features, 1, in_features)
+    view = _weight_view(weight, group_size)
     if symmetric:
         scale = symmetric_scale(np.abs(view).max(axis=-1))
         q = quantize(view, scale[..., None])
@@ -100,20 +96,35 @@ def quantize_weight(weight: np.ndarray, group_size: int = 0, symmetric: bool = T
     else:
         scale, zero_point = asymmetric_params(view.min(axis=-1), view.max(axis=-1))
         q = quantize(view, scale[..., None], zero_point[..., None], symmetric=False)
-    q = q.reshape(out_features, in_features)
+    q = _unview(q, in_features)
     if not group_size:
         scale = scale[:, 0]
         zero_point = None if zero_point is None else zero_point[:, 0]
     return q, scale, zero_point
 
 
+def group_count(in_features: int, group_size: int) -> int:
+    """Groups of ``group_size`` input channels in a row; the last one is ragged (shorter) when
+    ``group_size`` does not divide ``in_features``; 1 for per-channel (``group_size=0``)."""
+    return -(-in_features // group_size) if group_size else 1
+
+
 def _weight_view(weight: np.ndarray, group_size: int) -> np.ndarray:
+    """``[out, groups, group_size]`` (per channel: ``[out, 1, in]``); a ragged last group is padded
+    with zeros, which change no range (symmetric absmax, and asymmetric ranges always contain 0)."""
     out_features, in_features = weight.shape
-    if group_size:
-        if in_features % group_size:
-            raise ValueError(f"group_size {group_size} does not divide in_features {in_features}")
-        return weight.reshape(out_features, in_features // group_size, group_size)
-    return weight.reshape(out_features, 1, in_features)
+    if not group_size:
+        return weight.reshape(out_features, 1, in_features)
+    groups = group_count(in_features, group_size)
+    pad = groups * group_size - in_features
+    if pad:
+        weight = np.concatenate([weight, np.zeros((out_features, pad), weight.dtype)], axis=1)
+    return weight.reshape(out_features, groups, group_size)
+
+
+def _unview(view: np.ndarray, in_features: int) -> np.ndarray:
+    """The ``[out, in]`` matrix of a :func:`_weight_view`, padding dropped."""
+    return view.reshape(view.shape[0], -1)[:, :in_features]
 
 
 def _quantize_weight_general(weight: np.ndarray, group_size: int, symmetric: bool, bits: int,
@@ -139,7 +150,7 @@ def _quantize_weight_general(weight: np.ndarray, group_size: int, symmetric: boo
         scale = _safe_scale((hi - lo) / (qmax - qmin))
         zero_point = np.clip(np.round(qmin - lo / scale), qmin, qmax).astype(np.float32)
         q = np.clip(np.round(view / scale[..., None]) + zero_point[..., None], qmin, qmax)
-    q = q.astype(np.int8).reshape(out_features, in_features)
+    q = _unview(q.astype(np.int8), in_features)
     if not group_size:
         scale = scale[:, 0]
         zero_point = None if zero_point is None else zero_point[:, 0]
@@ -151,11 +162,19 @@ def fake_quantize_weight(weight: np.ndarray, group_size: int = 0, symmetric: boo
     """``dequantize(quantize_weight(...))`` as float64 ``[out, in]``: what the quantized layer multiplies by."""
     weight = np.asarray(weight)
     q, scale, zp = quantize_weight(weight, group_size, symmetric, bits, clip_ratio)
-    view = _weight_view(q.astype(np.float64), group_size)
-    scale3 = scale.reshape(view.shape[0], view.shape[1], 1).astype(np.float64)
-    if zp is not None:
-        view = view - zp.reshape(scale3.shape)
-    return (view * scale3).reshape(weight.shape)
+    return dequantize_weight(q, scale, zp, group_size)
+
+
+def dequantize_weight(q: np.ndarray, scale: np.ndarray, zero_point: Optional[np.ndarray] = None,
+                      group_size: int = 0) -> np.ndarray:
+    """float64 ``[out, in]`` of int codes ``q`` with per channel (``[out]``) or per group
+    (``[out, groups]``, the last group possibly ragged) scales and zero points."""
+    in_features = q.shape[1]
+    view = _weight_view(np.asarray(q, np.float64), group_size)
+    scale3 = np.asarray(scale, np.float64).reshape(view.shape[0], view.shape[1], 1)
+    if zero_point is not None:
+        view = view - np.asarray(zero_point, np.float64).reshape(scale3.shape)
+    return _unview(view * scale3, in_features)
 
 
 def fake_quantize_act(x: np.ndarray, lo: float, hi: float, symmetric: bool) -> np.ndarray:

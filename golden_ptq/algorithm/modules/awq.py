@@ -23,17 +23,24 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from golden_ptq.algorithm.modules.base import AlgoModule, LayerContext
+from golden_ptq.algorithm.modules.base import INPUT_ROWS, AlgoModule, LayerContext, MethodDeclaration, config_arg
 from golden_ptq.algorithm.modules.smooth import MappingStats, fold_smoothing, mapping_statistics
 from golden_ptq.algorithm.modules.smooth_search import mapping_input, quantized_output_error, reference_outputs
+from golden_ptq.config.method_names import ANTI_OUTLIER, WEIGHT_ONLY
 from golden_ptq.networks.structure import SmoothMapping
 from golden_ptq.quant_cells.linear import QuantLinear
-from golden_ptq.quant_math.functions import fake_quantize_weight
+from golden_ptq.quant_math.functions import fake_quantize_weight, group_count
 
 
 class AWQModule(AlgoModule):
-    name = "awq"
-    needs_layer_inputs = True
+    method = MethodDeclaration(
+        name="awq", alias="m3", role=ANTI_OUTLIER, schemes=(WEIGHT_ONLY,), needs=(INPUT_ROWS,),
+        algo_args=("awq_grid", "awq_clip_grid", "search_rows"), tp=False,
+        tp_note="its scale normalisation and clip search see one shard")
+
+    @classmethod
+    def from_config(cls, config=None) -> "AWQModule":
+        return cls(scale_grid=int(config_arg(config, "awq_grid")), clip_grid=int(config_arg(config, "awq_clip_grid")))
 
     def __init__(self, scale_grid: int = 20, clip_grid: int = 10, clip: bool = True,
                  mappings: Optional[Sequence[SmoothMapping]] = None):
@@ -90,7 +97,7 @@ class AWQModule(AlgoModule):
         w = cell.weight.asnumpy().astype(np.float64)
         out_features, in_features = w.shape
         group = spec.group_size or in_features
-        groups = in_features // group
+        groups = group_count(in_features, group)   # the last group may be ragged
         best_err = np.full((out_features, groups), np.inf)
         best_ratio = np.ones((out_features, groups))
         for c in self.clip_ratios:

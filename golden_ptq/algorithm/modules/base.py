@@ -2,12 +2,55 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 from mindspore import nn
 
+from golden_ptq.config.ptq_config import ALGO_ARGS
 from golden_ptq.quant_cells.base import QuantCell
+
+# what a method needs from calibration (MethodDeclaration.needs); all methods are gradient-free
+ACTIVATION_RANGES = "activation ranges"    # the observers' per-channel min/max of the calibration pass
+INPUT_ROWS = "input rows"                  # a row sample of each Linear's input (search_rows): ctx.inputs
+INPUT_GRAM = "input gram"                  # x^T x over all calibration rows of each Linear (one more run_layer pass)
+WEIGHTS = "weights"                        # the float weights only
+NEEDS = (ACTIVATION_RANGES, INPUT_ROWS, INPUT_GRAM, WEIGHTS)
+
+
+@dataclass(frozen=True)
+class MethodDeclaration:
+    """What an accuracy method is, declared by its module class (``AlgoModule.method``).
+
+    ``name``/``alias``/``role``/``schemes`` are those of its row in
+    :data:`golden_ptq.config.method_names.METHOD_NAMES` (a test checks they agree); ``needs`` lists
+    what it reads (:data:`NEEDS`); ``algo_args`` the ``PTQConfig.algo_args`` keys it reads;
+    ``tp`` whether it gives the TP=1 result under tensor parallelism, with ``tp_note`` saying on
+    which layouts (or why not).
+    """
+
+    name: str
+    alias: Optional[str]
+    role: str
+    schemes: Tuple[str, ...]
+    needs: Tuple[str, ...]
+    algo_args: Tuple[str, ...]
+    tp: bool
+    tp_note: str
+
+    def __post_init__(self) -> None:
+        unknown = [n for n in self.needs if n not in NEEDS] + [a for a in self.algo_args if a not in ALGO_ARGS]
+        if unknown:
+            raise ValueError(f"MethodDeclaration {self.name!r}: unknown needs/algo_args {unknown}")
+
+    @property
+    def label(self) -> str:
+        return f"{self.alias} ({self.name})" if self.alias else self.name
+
+
+def config_arg(config, name: str) -> Any:
+    """``config.arg(name)``, or the default when there is no config."""
+    return config.arg(name) if config is not None else ALGO_ARGS[name]
 
 
 @dataclass
@@ -85,6 +128,18 @@ class AlgoModule:
 
     name = "module"
     needs_layer_inputs = False   # True: PTQ records the Linear inputs of the calibration pass into ctx.inputs
+    method: Optional[MethodDeclaration] = None   # set by the registered accuracy methods
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("method") is not None:   # what PTQ records follows from the declaration
+            cls.name = cls.method.name
+            cls.needs_layer_inputs = INPUT_ROWS in cls.method.needs
+
+    @classmethod
+    def from_config(cls, config=None) -> "AlgoModule":
+        """The module sized by ``config.algo_args`` (defaults without a config)."""
+        return cls()
 
     def process(self, ctx: LayerContext) -> None:
         raise NotImplementedError
@@ -94,14 +149,22 @@ class AlgoModule:
 
 
 class InputRecorder:
-    """Keeps every ``stride``-th row of the inputs it is fed (``QuantLinear.recorder``), up to ``max_rows``."""
+    """Keeps every ``stride``-th row of the inputs it is fed (``QuantLinear.recorder``), up to
+    ``max_rows``; with ``gram=True`` also sums ``x^T x`` over every row (memory ``in^2``, not rows)."""
 
-    def __init__(self, stride: int = 1, max_rows: Optional[int] = None):
+    def __init__(self, stride: int = 1, max_rows: Optional[int] = None, gram: bool = False):
         self.stride, self.max_rows = max(1, int(stride)), max_rows
         self.parts: List[np.ndarray] = []
         self.kept = 0
+        self.gram: Optional[np.ndarray] = None   # with ``gram``: sum of x^T x over every row fed (float64)
+        self.gram_rows = 0 if gram else None
 
     def __call__(self, x2: np.ndarray) -> None:
+        if self.gram_rows is not None:
+            x32 = np.asarray(x2, np.float32)
+            part = (x32.T @ x32).astype(np.float64)   # float32 GEMM per batch, summed in float64
+            self.gram = part if self.gram is None else self.gram + part
+            self.gram_rows += x32.shape[0]
         if self.max_rows is not None and self.kept >= self.max_rows:
             return
         rows = np.asarray(x2, np.float32)[::self.stride]

@@ -23,7 +23,8 @@ from typing import List, Optional, Sequence
 import numpy as np
 from mindspore import Tensor
 
-from golden_ptq.algorithm.modules.base import AlgoModule, LayerContext
+from golden_ptq.algorithm.modules.base import ACTIVATION_RANGES, AlgoModule, LayerContext, MethodDeclaration, config_arg
+from golden_ptq.config.method_names import ANTI_OUTLIER, W8A8
 from golden_ptq.networks.layers import Linear, RMSNorm
 from golden_ptq.networks.structure import SmoothMapping
 from golden_ptq.parallel.context import all_reduce_max
@@ -31,6 +32,9 @@ from golden_ptq.quant_cells.kvcache import QuantKVCache
 from golden_ptq.quant_cells.linear import QuantLinear
 
 _MIN_SCALE = 1e-5
+#: the tensor-parallel layouts every smoothing method (m1, m2, m6) folds as at TP=1
+TP_SMOOTHING = ("column-parallel balance layers (wq/wk/wv, w1/w3), row-parallel ones after a column-parallel "
+                "smooth cell (w3 -> w2, wv -> wo with KV heads split), and wv -> wo with KV heads replicated")
 
 
 @dataclass
@@ -155,7 +159,13 @@ def _fold_into_smooth(cell, scale: np.ndarray, layer_name: str, relative: str, n
 
 
 class SmoothModule(AlgoModule):
-    name = "smooth"
+    method = MethodDeclaration(
+        name="smooth", alias="m1", role=ANTI_OUTLIER, schemes=(W8A8,), needs=(ACTIVATION_RANGES,),
+        algo_args=("smooth_alpha",), tp=True, tp_note=TP_SMOOTHING)
+
+    @classmethod
+    def from_config(cls, config=None) -> "SmoothModule":
+        return cls(alpha=float(config_arg(config, "smooth_alpha")))
 
     def __init__(self, alpha: float = 0.5, mappings: Optional[Sequence[SmoothMapping]] = None):
         if not 0.0 <= alpha <= 1.0:

@@ -27,8 +27,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from golden_ptq.algorithm.modules.base import AlgoModule, LayerContext
-from golden_ptq.algorithm.modules.smooth import MappingStats, fold_smoothing, mapping_statistics, smoothing_scale
+from golden_ptq.algorithm.modules.base import (ACTIVATION_RANGES, INPUT_ROWS, AlgoModule, LayerContext, MethodDeclaration,
+                                               config_arg)
+from golden_ptq.algorithm.modules.smooth import (TP_SMOOTHING, MappingStats, fold_smoothing, mapping_statistics,
+                                                smoothing_scale)
+from golden_ptq.config.method_names import ANTI_OUTLIER, W8A8
 from golden_ptq.networks.structure import SmoothMapping
 from golden_ptq.parallel.context import all_reduce_max, all_reduce_min, all_reduce_sum_numpy
 from golden_ptq.quant_cells.linear import QuantLinear
@@ -114,7 +117,7 @@ class ScaleSearchModule(AlgoModule):
     """Base of the searched smoothing methods: subclasses list the candidates."""
 
     name = "scale_search"
-    needs_layer_inputs = True
+    needs_layer_inputs = True   # the declared subclasses derive it from their ``method``
 
     def __init__(self, mappings: Optional[Sequence[SmoothMapping]] = None):
         self.mappings = mappings
@@ -151,7 +154,13 @@ class ScaleSearchModule(AlgoModule):
 class SmoothSearchModule(ScaleSearchModule):
     """m2: SmoothQuant with ``alpha`` searched per mapping (``alpha_grid`` values evenly in [0, 1])."""
 
-    name = "smooth_search"
+    method = MethodDeclaration(
+        name="smooth_search", alias="m2", role=ANTI_OUTLIER, schemes=(W8A8,), needs=(ACTIVATION_RANGES, INPUT_ROWS),
+        algo_args=("alpha_grid", "search_rows"), tp=True, tp_note=TP_SMOOTHING)
+
+    @classmethod
+    def from_config(cls, config=None) -> "SmoothSearchModule":
+        return cls(alpha_grid=int(config_arg(config, "alpha_grid")))
 
     def __init__(self, alpha_grid: int = 11, mappings: Optional[Sequence[SmoothMapping]] = None):
         super().__init__(mappings)
@@ -173,7 +182,13 @@ class FlexSmoothModule(ScaleSearchModule):
     weight ranges separately from the migration strength (``alpha_grid`` x ``beta_grid`` values).
     """
 
-    name = "flex_smooth"
+    method = MethodDeclaration(
+        name="flex_smooth", alias="m6", role=ANTI_OUTLIER, schemes=(W8A8,), needs=(ACTIVATION_RANGES, INPUT_ROWS),
+        algo_args=("alpha_grid", "beta_grid", "search_rows"), tp=True, tp_note=TP_SMOOTHING)
+
+    @classmethod
+    def from_config(cls, config=None) -> "FlexSmoothModule":
+        return cls(alpha_grid=int(config_arg(config, "alpha_grid")), beta_grid=int(config_arg(config, "beta_grid")))
 
     def __init__(self, alpha_grid: int = 11, beta_grid: int = 6, mappings: Optional[Sequence[SmoothMapping]] = None):
         super().__init__(mappings)
@@ -193,7 +208,14 @@ class FlexSmoothModule(ScaleSearchModule):
 class OutlierSuppressionPlusModule(ScaleSearchModule):
     """m4: channel shift to symmetric ranges, then a SmoothQuant scale on the half-ranges (alpha searched)."""
 
-    name = "os_plus"
+    method = MethodDeclaration(
+        name="os_plus", alias="m4", role=ANTI_OUTLIER, schemes=(W8A8,), needs=(ACTIVATION_RANGES, INPUT_ROWS),
+        algo_args=("alpha_grid", "search_rows"), tp=False,
+        tp_note="its shift is computed from one shard's channel ranges")
+
+    @classmethod
+    def from_config(cls, config=None) -> "OutlierSuppressionPlusModule":
+        return cls(alpha_grid=int(config_arg(config, "alpha_grid")))
 
     def __init__(self, alpha_grid: int = 11, mappings: Optional[Sequence[SmoothMapping]] = None):
         super().__init__(mappings)

@@ -1,0 +1,152 @@
+"""GPTQ (Golden Stick's ``precision_recovery``): rounding with Hessian-based error compensation.
+
+Per quantized Linear, with ``H = 2 X^T X / n`` over every calibration row of its input ``X``
+(accumulated in one extra pass over the layer's calibration batches, after any outlier
+suppression has been folded, so ``X`` is the input the quantized weight will see), the weight
+is rounded one input column at a time and each column's rounding error is spread over the
+columns not yet rounded so as to minimise ``|| X (W - Q)^T ||^2``:
+
+    U = upper Cholesky factor of (H + damp I)^-1,    damp = damp_percent * mean(diag H)
+    for column j:  q_j = Q(w_j);  e = (w_j - q_j) / U_jj;  w_k -= e U_jk  for k > j
+
+with the updates of a block of ``block_size`` columns applied to the later columns at once
+(lazy batch updates). ``act_order`` visits the columns by decreasing ``H_jj``.
+
+The grid: per output channel the scale (and zero point) come from the whole original row, as
+round-to-nearest would choose them. Per group they come from the group's columns as they are
+when GPTQ reaches the group (already corrected for the earlier groups), except with
+``act_order``, where columns of a group are not visited together and the groups' ranges are
+fixed from the original weight first. Either way the formulas are QuantLinear's own
+(``quantize_weight`` of the group, with AWQ's clip ratios when m3 ran first), and the cell deploys exactly GPTQ's codes, scales and zero
+points (``QuantLinear.weight_preset``). Groups of any size work, the last one ragged.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+from golden_ptq.algorithm.modules.base import (INPUT_GRAM, AlgoModule, InputRecorder, LayerContext, MethodDeclaration,
+                                               config_arg)
+from golden_ptq.config.method_names import PRECISION_RECOVERY, W8A8, WEIGHT_ONLY
+from golden_ptq.quant_cells.linear import QuantLinear
+from golden_ptq.quant_math.functions import group_count, quantize_weight, weight_qrange
+
+Params = Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]   # codes, scale, zero point (as QuantLinear deploys)
+
+
+def _column_params(w: np.ndarray, symmetric: bool, bits: int,
+                   clip: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Per-row ``(scale, zero point)`` float64 of the columns ``w`` (one group), by QuantLinear's
+    formulas (zero point 0 when symmetric), the range shrunk by ``clip`` per row if given."""
+    _, scale, zp = quantize_weight(np.asarray(w, np.float32), 0, symmetric, bits, clip)
+    scale = scale.astype(np.float32).astype(np.float64)
+    return scale, (np.zeros_like(scale) if zp is None else zp.astype(np.float64))
+
+
+def gptq_quantize(weight: np.ndarray, hessian: np.ndarray, group_size: int = 0, symmetric: bool = True,
+                  bits: int = 8, block_size: int = 128, damp_percent: float = 0.01,
+                  act_order: bool = False, clip_ratio: Optional[np.ndarray] = None) -> Params:
+    """GPTQ of ``weight [out, in]`` against ``hessian [in, in]`` (``2 X^T X / n``).
+
+    Returns ``(codes int8 [out, in], scale, zero point or None)`` shaped as
+    :func:`golden_ptq.quant_math.quantize_weight` returns them (``[out]`` per channel,
+    ``[out, ceil(in / group_size)]`` per group). ``clip_ratio`` (that shape) shrinks each
+    channel's / group's range as ``quantize_weight`` does (AWQ's clip search, m3, sets it).
+    """
+    w = np.array(weight, dtype=np.float64)
+    out_features, in_features = w.shape
+    h = np.array(hessian, dtype=np.float64)
+    if h.shape != (in_features, in_features):
+        raise ValueError(f"GPTQ: hessian shape {h.shape} does not match the weight's {in_features} input columns")
+    qmin, qmax = weight_qrange(bits, symmetric)
+    dead = np.diag(h) == 0            # inputs never seen: nothing to compensate against
+    h[dead, dead] = 1.0
+    groups = group_count(in_features, group_size)
+    scale = np.zeros((out_features, groups))
+    zero = np.zeros((out_features, groups))
+    clip = None if clip_ratio is None else np.asarray(clip_ratio, np.float64).reshape(out_features, groups)
+    if not group_size or act_order:   # ranges fixed from the original weight
+        width = group_size or in_features
+        for g in range(groups):
+            scale[:, g], zero[:, g] = _column_params(w[:, g * width:(g + 1) * width], symmetric, bits,
+                                                     None if clip is None else clip[:, g])
+    perm = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(in_features)
+    w, h = w[:, perm], h[np.ix_(perm, perm)]
+    h[np.diag_indices(in_features)] += damp_percent * float(np.mean(np.diag(h)))
+    u = np.linalg.cholesky(np.linalg.inv(h)).T   # upper factor of the inverse
+    if group_size and not act_order:  # a group must lie within one block: its range is taken when it starts
+        block_size = group_size * max(1, block_size // group_size)
+    codes = np.zeros_like(w)
+    for start in range(0, in_features, block_size):
+        stop = min(start + block_size, in_features)
+        block = w[:, start:stop].copy()
+        errors = np.zeros_like(block)
+        for i in range(stop - start):
+            col = start + i
+            g = perm[col] // group_size if group_size else 0
+            if group_size and not act_order and col % group_size == 0:
+                scale[:, g], zero[:, g] = _column_params(block[:, i:i + group_size], symmetric, bits,
+                                                         None if clip is None else clip[:, g])
+            q = np.clip(np.round(block[:, i] / scale[:, g]) + zero[:, g], qmin, qmax)
+            codes[:, col] = q
+            err = (block[:, i] - (q - zero[:, g]) * scale[:, g]) / u[col, col]
+            block[:, i:] -= np.outer(err, u[col, start + i:stop])
+            errors[:, i] = err
+        w[:, stop:] -= errors @ u[start:stop, stop:]
+    codes = codes[:, np.argsort(perm)]
+    if not group_size:
+        scale, zero = scale[:, 0], zero[:, 0]
+    return (codes.astype(np.int8), scale.astype(np.float32),
+            None if symmetric else zero.astype(np.float32))
+
+
+class GPTQModule(AlgoModule):
+    """Runs GPTQ on every quantized Linear of a unit (decoder layer, or the head) before Quantize."""
+
+    method = MethodDeclaration(
+        name="gptq", alias=None, role=PRECISION_RECOVERY, schemes=(WEIGHT_ONLY, W8A8), needs=(INPUT_GRAM,),
+        algo_args=("gptq_damp_percent", "gptq_block_size", "gptq_act_order"), tp=False,
+        tp_note="a row-parallel layer's Hessian and error compensation span every rank's input columns")
+
+    def __init__(self, damp_percent: float = 0.01, block_size: int = 128, act_order: bool = False):
+        if not 0.0 < damp_percent <= 1.0:
+            raise ValueError(f"GPTQModule: damp_percent must be in (0, 1], got {damp_percent}")
+        self.damp_percent, self.block_size, self.act_order = float(damp_percent), int(block_size), bool(act_order)
+
+    @classmethod
+    def from_config(cls, config=None) -> "GPTQModule":
+        return cls(damp_percent=float(config_arg(config, "gptq_damp_percent")),
+                   block_size=int(config_arg(config, "gptq_block_size")),
+                   act_order=bool(config_arg(config, "gptq_act_order")))
+
+    def __repr__(self) -> str:
+        return (f"GPTQModule(damp_percent={self.damp_percent}, block_size={self.block_size}, "
+                f"act_order={self.act_order})")
+
+    def process(self, ctx: LayerContext) -> None:
+        cells = {rel: c for rel, c in ctx.quant_cells.items()
+                 if isinstance(c, QuantLinear) and c.spec.weight and not c.quantized}
+        if not cells or ctx.runner is None:
+            return
+        grams = self._input_grams(ctx, cells)
+        for rel, cell in cells.items():
+            gram, rows = grams[rel]
+            hessian = gram * (2.0 / max(rows, 1))
+            w = cell.weight.asnumpy()
+            spec = cell.spec
+            cell.weight_preset = gptq_quantize(w, hessian, spec.group_size, spec.weight_symmetric, cell.weight_bits,
+                                               self.block_size, self.damp_percent, self.act_order, cell.weight_clip)
+
+    @staticmethod
+    def _input_grams(ctx: LayerContext, cells: Dict[str, QuantLinear]) -> Dict[str, Tuple[np.ndarray, int]]:
+        """``(sum x^T x, rows)`` of each cell's input over the unit's calibration batches (one pass)."""
+        recorders = {}
+        for rel, cell in cells.items():
+            recorders[rel] = cell.recorder = InputRecorder(max_rows=0, gram=True)
+        try:
+            ctx.run_layer()
+        finally:
+            for cell in cells.values():
+                cell.recorder = None
+        return {rel: (r.gram, r.gram_rows) for rel, r in recorders.items()}
