@@ -36,9 +36,10 @@ def _text_options(parser: argparse.ArgumentParser, windows_help: str, windows_de
 
 
 def _calibration_options(parser: argparse.ArgumentParser) -> None:
+    from golden_ptq.deploy import shipped_quant_configs
     parser.add_argument("--quant-config", default="a8w8_dynamic",
-                        help="PTQConfig yaml, or the name of a shipped config: a16w8, a16w8_c8, a8w8_dynamic, "
-                             "a8w8_smooth, a8w8_smooth_c8, c8 (default: %(default)s)")
+                        help=f"PTQConfig yaml, or the name of a shipped config: {', '.join(shipped_quant_configs())} "
+                             f"(default: %(default)s)")
     _network_option(parser)
     parser.add_argument("--calib-samples", type=positive_int, default=16,
                         help="calibration windows of --seq-length tokens (default: %(default)s)")

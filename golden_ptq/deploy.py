@@ -194,6 +194,13 @@ def default_network_config() -> str:
     return str(resources.files("golden_ptq").joinpath("configs", "smollm2_135m.yaml"))
 
 
+def shipped_quant_configs() -> list:
+    """Names of the PTQConfig yamls that ship with golden_ptq (``golden_ptq/configs/ptq/``)."""
+    from importlib import resources
+    folder = resources.files("golden_ptq").joinpath("configs", "ptq")
+    return sorted(entry.name[:-5] for entry in folder.iterdir() if entry.name.endswith(".yaml"))
+
+
 def packaged_quant_config(name: str) -> str:
     """A ``PTQConfig`` yaml path: an existing file, or the name of a shipped config (``a8w8_dynamic``)."""
     from importlib import resources
@@ -205,8 +212,8 @@ def packaged_quant_config(name: str) -> str:
     candidate = folder.joinpath(f"{stem}.yaml")
     if candidate.is_file():
         return str(candidate)
-    shipped = sorted(entry.name[:-5] for entry in folder.iterdir() if entry.name.endswith(".yaml"))
-    raise FileNotFoundError(f"quant config {name!r} is neither a file nor a shipped config; shipped: {shipped}")
+    raise FileNotFoundError(f"quant config {name!r} is neither a file nor a shipped config; shipped: "
+                            f"{shipped_quant_configs()}")
 
 
 def add_network_arguments(parser) -> None:
