@@ -99,7 +99,7 @@ def test_user_errors_print_no_traceback(tmp_path, quantized):
     result = subprocess.run([sys.executable, "-m", "golden_ptq.cli", "quantize", "--quant-config", "a9w9", "--quiet"],
                             capture_output=True, text=True, cwd=str(tmp_path))
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "quant config 'a9w9' is neither a file nor a shipped config; shipped: ['a16w8'" in result.stderr
+    assert "quant config 'a9w9' is neither a file nor a shipped config; shipped: ['a16w4_g128', 'a16w8'" in result.stderr
 
 
 def _umask() -> int:
