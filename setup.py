@@ -28,6 +28,6 @@ setup(
                     # (torch pinned: 2.13.0 is the CPU build; an unpinned torch pulls a CUDA build of several GB)
                     "bench": ["transformers", "torch==2.13.0", "accelerate"],
                     # consumer-library checks of `golden-ptq export`
-                    "export-check": ["torch==2.13.0", "transformers", "compressed-tensors", "gguf"]},
+                    "export-check": ["torch==2.13.0", "transformers", "accelerate", "compressed-tensors", "gguf"]},
     entry_points={"console_scripts": ["golden-ptq=golden_ptq.cli:main"]},
 )
