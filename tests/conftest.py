@@ -23,15 +23,18 @@ def _refused_skip(report) -> str:
     return ""
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_make_collect_report(collector):
-    """A whole module skipped at import (``pytest.importorskip``) obeys the same policy."""
-    outcome = yield
-    report = outcome.get_result()
+def _enforce(report) -> None:
     refused = _refused_skip(report)
     if refused:
         report.outcome = "failed"
         report.longrepr = refused
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """A whole module skipped at import (``pytest.importorskip``) obeys the same policy."""
+    outcome = yield
+    _enforce(outcome.get_result())
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -39,11 +42,7 @@ def pytest_runtest_makereport(item, call):
     """In CI a skip must name a deliberately optional dependency; any other skip fails the run. Where
     CI has installed the optional dependencies it runs their tests with ``all``: no skip at all."""
     outcome = yield
-    report = outcome.get_result()
-    refused = _refused_skip(report)
-    if refused:
-        report.outcome = "failed"
-        report.longrepr = refused
+    _enforce(outcome.get_result())
 
 
 @pytest.fixture

@@ -85,7 +85,7 @@ def bar_chart(rows: List[Dict[str, object]], path: str, order_by: str) -> None:
         values = [float(r[key]) if r[key] is not None else 0.0 for r in rows]
         axis.barh(range(len(rows)), values, color=colors)
         axis.set_title(title)
-        if key == "output_error":
+        if key == "output_error" and any(v > 0 for v in values):  # not measured: nothing to log-scale
             axis.set_xscale("log")
     axes[0].invert_yaxis()  # once: the axes share y, a second inversion would undo it
     axes[0].set_yticks(range(len(rows)))

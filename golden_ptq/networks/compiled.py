@@ -38,10 +38,8 @@ def graph_mode() -> Iterator[None]:
         ms.set_context(mode=previous)
 
 
-class CompiledDecodeStep(nn.Cell):
-    """``step(ids [B, 1], cos_q, sin_q, cos_k, sin_k, mask, slots) -> logits [B, V]`` for ``network``
-    (a :class:`golden_ptq.networks.llama.LlamaForCausalLM` whose caches hold static buffers); call
-    :meth:`run`, which compiles on the first call for each input shape."""
+class _NetworkGraph(nn.Cell):
+    """A whole-network graph over ``network``; :meth:`run` compiles on the first call for each input shape."""
 
     def __init__(self, network: nn.Cell):
         super().__init__()
@@ -49,6 +47,11 @@ class CompiledDecodeStep(nn.Cell):
 
     def run(self, *inputs: Tensor) -> Tensor:
         return _run_graph(self, inputs)
+
+
+class CompiledDecodeStep(_NetworkGraph):
+    """``step(ids [B, 1], cos_q, sin_q, cos_k, sin_k, mask, slots) -> logits [B, V]`` for ``network``
+    (a :class:`golden_ptq.networks.llama.LlamaForCausalLM` whose caches hold static buffers)."""
 
     def construct(self, ids: Tensor, cos_q: Tensor, sin_q: Tensor, cos_k: Tensor, sin_k: Tensor, mask: Tensor,
                   slots: Tensor) -> Tensor:
@@ -59,16 +62,9 @@ class CompiledDecodeStep(nn.Cell):
         return net.lm_head(net.model.norm_out(hidden))[:, 0, :]
 
 
-class CompiledForward(nn.Cell):
+class CompiledForward(_NetworkGraph):
     """``forward(ids [B, T], cos_q, sin_q, cos_k, sin_k, mask, slots) -> hidden [B, T, D]`` as one
     graph: a prefill that writes every layer's keys/values into its static cache at ``slots``."""
-
-    def __init__(self, network: nn.Cell):
-        super().__init__()
-        self.network = network
-
-    def run(self, *inputs: Tensor) -> Tensor:
-        return _run_graph(self, inputs)
 
     def construct(self, ids: Tensor, cos_q: Tensor, sin_q: Tensor, cos_k: Tensor, sin_k: Tensor, mask: Tensor,
                   slots: Tensor) -> Tensor:
