@@ -74,6 +74,9 @@ def save_quantized(network, ptq: PTQ, folder: str, fmt: str = "safetensors", tok
             write(os.path.join(tmp, name))
 
     write_folder_set(folder, fill)
+    if parallel:  # every rank's set is in place before any rank goes on (e.g. to load the folder)
+        from golden_ptq.parallel import barrier
+        barrier(tp)
     return checkpoint
 
 
