@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import struct
 from typing import Dict, List, Optional, Tuple
@@ -50,37 +49,99 @@ def read_header(file: str) -> Tuple[dict, int]:
 
 
 class SafetensorsFiles:
-    """All tensors of one or more safetensors files, read on demand by name."""
+    """All tensors of one or more safetensors files, read on demand by name.
+
+    Each ``get`` reads that tensor's bytes with ``pread`` into a fresh array: nothing stays mapped,
+    so a process streaming a large model holds only the tensors it keeps (an ``mmap`` would leave
+    every page it touched in the process's resident set).
+    """
 
     def __init__(self, files: List[str]):
         self._index: Dict[str, Tuple[str, dict, int]] = {}
-        self._maps: Dict[str, mmap.mmap] = {}
         for file in files:
             header, header_len = read_header(file)
             for name, info in header.items():
-                if name != "__metadata__":
-                    self._index[name] = (file, info, 8 + header_len)
+                if name == "__metadata__":
+                    continue
+                if name in self._index:
+                    raise CorruptFileError(f"{file}: tensor '{name}' is also in {self._index[name][0]}; which "
+                                           f"one is meant is ambiguous")
+                self._index[name] = (file, info, 8 + header_len)
 
     def names(self) -> List[str]:
         return sorted(self._index)
 
+    def __contains__(self, name: str) -> bool:
+        return name in self._index
+
+    def shape(self, name: str) -> Tuple[int, ...]:
+        return tuple(self._index[name][1]["shape"])
+
+    def dtype(self, name: str) -> str:
+        """The stored dtype tag (``F32``, ``BF16``, ``I8``, ...)."""
+        return self._index[name][1]["dtype"]
+
+    def file_of(self, name: str) -> str:
+        return self._index[name][0]
+
     def get(self, name: str) -> Optional[np.ndarray]:
+        """The tensor (bf16 widened to float32), or None when no file holds it."""
         if name not in self._index:
             return None
         file, info, base = self._index[name]
         if info["dtype"] not in _DTYPES:
             raise ValueError(f"{file}: tensor '{name}' has unsupported dtype {info['dtype']}")
-        if file not in self._maps:
-            with open(file, "rb") as handle:
-                self._maps[file] = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
         start, end = info["data_offsets"]
         dtype = np.dtype(_DTYPES[info["dtype"]])
-        raw = np.frombuffer(self._maps[file], dtype=dtype, count=(end - start) // dtype.itemsize,
-                            offset=base + start)
-        array = raw.reshape(info["shape"])
+        array = np.empty(int(np.prod(info["shape"], dtype=np.int64)), dtype=dtype)
+        if array.nbytes != end - start:
+            raise CorruptFileError(f"{file}: tensor '{name}' holds {end - start} bytes, its shape "
+                                   f"{info['shape']} and dtype {info['dtype']} need {array.nbytes}")
+        with open(file, "rb") as handle:
+            handle.seek(base + start)
+            if handle.readinto(memoryview(array).cast("B")) != array.nbytes:
+                raise CorruptFileError(f"{file}: truncated inside tensor '{name}'")
+        array = array.reshape(info["shape"])
         if info["dtype"] == "BF16":
             return (array.astype(np.uint32) << 16).view(np.float32)
-        return np.array(array)
+        return array
+
+
+INDEX_SUFFIX = ".safetensors.index.json"
+
+
+def read_index(path: str) -> List[str]:
+    """The shard files named by a HF-style ``*.safetensors.index.json`` (``weight_map``: name -> file)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        with open(path, encoding="utf-8") as handle:
+            weight_map = json.load(handle)["weight_map"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise CorruptFileError(f"{path}: not a safetensors index (needs a 'weight_map' object): {err}") from None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CorruptFileError(f"{path}: 'weight_map' must be a non-empty object of tensor name -> file")
+    files = sorted(set(weight_map.values()))
+    missing = [f for f in files if not os.path.isfile(os.path.join(folder, f))]
+    if missing:
+        raise FileNotFoundError(f"{path}: shard {missing[0]!r} named in weight_map does not exist "
+                                f"({len(missing)} missing)")
+    return [os.path.join(folder, f) for f in files]
+
+
+def open_safetensors(path: str) -> SafetensorsFiles:
+    """A lazy reader for a ``.safetensors`` file, a ``*.safetensors.index.json`` with its shards, or a
+    folder holding one index or only unsharded safetensors files."""
+    if path.endswith(INDEX_SUFFIX):
+        return SafetensorsFiles(read_index(path))
+    if os.path.isdir(path):
+        indexes = sorted(f for f in os.listdir(path) if f.endswith(INDEX_SUFFIX))
+        if len(indexes) > 1:
+            raise CorruptFileError(f"{path}: holds {len(indexes)} safetensors indexes {indexes}; which one is "
+                                   f"meant is ambiguous")
+        if indexes:
+            return SafetensorsFiles(read_index(os.path.join(path, indexes[0])))
+        return SafetensorsFiles(find_safetensors(path))
+    return SafetensorsFiles([path])
 
 
 def find_safetensors(path: str) -> List[str]:
