@@ -189,6 +189,35 @@ def test_msmodelslim_w8a8_layout_and_mindie_flow(tmp_path, tiny_config):
         "model.layers.0.attention.wq").weight)
 
 
+def test_msmodelslim_flow_is_exact_with_float16_static_scales(tmp_path, tiny_config):
+    """algo_args static_scale_dtype: float16 rounds each static input scale up to a float16 value at
+    quantization time, so the layout's fp16 input_scale is our scale and MindIE's flow is our layer."""
+    deployed, _ = quantize_tiny(tmp_path / "q", export_config(tiny_config), act_quant_dtype="int8",
+                                outliers_suppression="SMOOTH", algo_args={"static_scale_dtype": "float16"})
+    export_model(str(tmp_path / "q"), "msmodelslim", str(tmp_path / "ms"))
+    tensors = load_file(str(tmp_path / "ms" / "quant_model_weight_w8a8.safetensors"))
+    saved = SavedModel(str(tmp_path / "q"))
+    for ours, theirs in (("model.layers.0.attention.wq", "model.layers.0.self_attn.q_proj"),
+                         ("model.layers.1.feed_forward.w2", "model.layers.1.mlp.down_proj")):
+        scale32 = saved.linear(ours).tensors["input_scale"]
+        assert np.float16(scale32[0]) == scale32[0]
+        assert tensors[theirs + ".input_scale"][0] == scale32[0]
+        np.testing.assert_array_equal(int64_bits_as_float32(tensors[theirs + ".deq_scale"]),
+                                      saved.linear(ours).tensors["deq_scale"])
+    cell = deployed.model.layers[0].attention.wq
+    seen = []
+    cell.recorder = seen.append
+    deployed(TEST_IDS)
+    cell.recorder = None
+    x, ours = seen[0], cell(Tensor(seen[0])).asnumpy()
+    m = "model.layers.0.self_attn.q_proj"
+    xq = np.clip(np.round(x / np.float32(tensors[m + ".input_scale"][0])) + np.float32(tensors[m + ".input_offset"][0]),
+                 -128, 127)
+    flow = (xq.astype(np.int64) @ tensors[m + ".weight"].astype(np.int64).T + tensors[m + ".quant_bias"]) \
+        * int64_bits_as_float32(tensors[m + ".deq_scale"])
+    assert rel_error(flow, ours) < 1e-6
+
+
 def test_msmodelslim_weight_only_group_dequantizes_as_ours(tmp_path, tiny_config):
     quantize_tiny(tmp_path / "q", export_config(tiny_config), weight_symmetric=False, **G32)
     export_model(str(tmp_path / "q"), "msmodelslim", str(tmp_path / "ms"))

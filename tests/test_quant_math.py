@@ -88,3 +88,22 @@ def test_ragged_groups_quantize_each_group_on_its_own_range(rng):
                 np.testing.assert_array_equal(zp[:, g], zp_g)
         deq = fake_quantize_weight(w, 4, symmetric, bits)
         assert deq.shape == w.shape and np.abs(deq - w).max() <= 0.5 * scale.max() * (1 + 1e-6)
+
+
+def test_float16_static_scales_round_up_to_a_half_value_and_keep_the_range():
+    from golden_ptq.quant_math.functions import representable_scale, static_act_params
+    rng = np.random.default_rng(3)
+    scales = (np.abs(rng.standard_normal(1000)) * 10.0 ** rng.integers(-4, 2, 1000)).astype(np.float32)
+    half = representable_scale(scales, "float16")
+    assert np.all(half.astype(np.float16).astype(np.float32) == half)  # exactly a float16 value
+    assert np.all(half >= scales)  # rounded up: nothing the float32 scale kept is clipped
+    below = np.nextafter(half.astype(np.float16), np.float16(0)).astype(np.float32)
+    assert np.all(below < scales)  # the smallest such value
+    assert np.array_equal(representable_scale(scales), scales)
+    lo, hi = -0.7312, 5.123
+    scale, zero_point = static_act_params(lo, hi, symmetric=False, scale_dtype="float16")
+    assert np.float16(scale[0]) == scale[0]
+    codes = np.clip(np.round(np.array([lo, 0.0, hi]) / scale) + zero_point, -128, 127)
+    assert codes[1] == zero_point[0] and codes[0] >= -128 and codes[2] <= 127
+    with pytest.raises(ValueError, match="allowed"):
+        representable_scale(scales, "bfloat16")

@@ -26,6 +26,7 @@ ALGO_ARGS = {
     "search_rows": 512,       # calibration rows kept per Linear input for the searches and the sensitivity report
     "hist_bins": 2048,        # act_method 2/3: histogram bins
     "gptq_damp_percent": 0.01, "gptq_block_size": 128, "gptq_act_order": False,
+    "static_scale_dtype": "float32",  # "float16": static input scales rounded up to fp16 values (MindIE stores fp16)
 }
 # allowed [min, max] of the integer / float algo_args; gptq_act_order is a bool
 ALGO_ARG_RANGES = {"alpha_grid": (2, 1000), "beta_grid": (2, 1000), "awq_grid": (2, 1000),
@@ -33,6 +34,7 @@ ALGO_ARG_RANGES = {"alpha_grid": (2, 1000), "beta_grid": (2, 1000), "awq_grid": 
                    "gptq_block_size": (1, 1 << 16), "smooth_alpha": (0.0, 1.0), "gptq_damp_percent": (1e-6, 1.0)}
 _FLOAT_ARGS = ("smooth_alpha", "gptq_damp_percent")
 _BOOL_ARGS = ("gptq_act_order",)
+_CHOICE_ARGS = {"static_scale_dtype": ("float32", "float16")}
 ROLLBACK_SIGNALS = ("range_parm", "output_error")
 _LEVEL = re.compile(r"^L(\d+)$")
 
@@ -119,6 +121,8 @@ class PTQConfig:
                 self.algo_args[key] = check_float(value, where, *ALGO_ARG_RANGES[key])
             elif key in _BOOL_ARGS:
                 self.algo_args[key] = check_bool(value, where)
+            elif key in _CHOICE_ARGS:
+                self.algo_args[key] = check_str(value, where, _CHOICE_ARGS[key])
             else:
                 self.algo_args[key] = check_int(value, where, *ALGO_ARG_RANGES[key])
         self.weight_symmetric = check_bool(self.weight_symmetric, "PTQConfig.weight_symmetric")

@@ -18,7 +18,9 @@ C8              ``<k_proj|v_proj>.kv_cache_scale`` / ``kv_cache_offset`` float32
 The description maps every tensor to its type (``FLOAT`` for untouched ones) beside
 ``"model_quant_type"``. Float tensors are float16. ``input_scale`` is stored in float16, so
 ``deq_scale`` is rescaled by ``float16(input_scale) / input_scale`` to dequantize with the very
-scale the input is quantized with. A float bias of a W8A8 layer is folded into ``quant_bias``
+scale the input is quantized with; activation codes near a rounding boundary may still round the
+other way. Quantize with ``algo_args: {static_scale_dtype: float16}`` to make every static input
+scale a float16 value at calibration time: the export then stores our scales exactly. A float bias of a W8A8 layer is folded into ``quant_bias``
 (rounded to whole ``deq_scale`` steps), as the flow above has no float bias.
 """
 from __future__ import annotations

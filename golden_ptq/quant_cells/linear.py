@@ -26,8 +26,8 @@ from golden_ptq.parallel.context import ChannelShards, TPContext, all_reduce, al
 import golden_ptq.quant_cells.linear_kernels as kernels
 from golden_ptq.quant_cells.base import QuantCell
 from golden_ptq.quant_cells.spec import LayerQuantSpec
-from golden_ptq.quant_math import MinMaxObserver, asymmetric_params, quantize_weight, symmetric_scale
-from golden_ptq.quant_math.functions import quantize
+from golden_ptq.quant_math import MinMaxObserver, quantize_weight, symmetric_scale
+from golden_ptq.quant_math.functions import quantize, static_act_params
 from golden_ptq.quant_math.functions import dequantize_weight, fake_quantize_weight, group_count
 from golden_ptq.quant_cells.ragged_groups import w8a16_dequant_ragged
 
@@ -51,6 +51,7 @@ class QuantLinear(QuantCell):
         self.recorder = None                 # callable(x2 numpy) fed every input, when set
         self.bound_kernel = None             # set by bind_kernel() for compiled graphs
         self.weight_preset = None            # (codes, scale, zero point) chosen by GPTQ: quantize() deploys them
+        self.act_scale_dtype = "float32"     # "float16": static input scales rounded up to fp16 values
 
     def use_observer(self, observer: MinMaxObserver) -> None:
         """Observe the input with ``observer``; a row-parallel input is a shard of the whole tensor,
@@ -173,10 +174,7 @@ class QuantLinear(QuantCell):
             self._set_param("weight_zp", (np.zeros_like(w_scale) if w_zp is None else w_zp).astype(np.float32))
         if spec.act and not spec.act_dynamic:
             lo, hi = self.input_observer.tensor_range()   # the whole tensor's, under tensor parallelism
-            if spec.act_symmetric:
-                x_scale, x_zp = symmetric_scale(np.array([max(-lo, hi)])), np.zeros(1, np.float32)
-            else:
-                x_scale, x_zp = asymmetric_params(np.array([lo]), np.array([hi]))
+            x_scale, x_zp = static_act_params(lo, hi, spec.act_symmetric, self.act_scale_dtype)
             self._set_param("input_scale", x_scale.astype(np.float32))
             self._set_param("input_zp", x_zp.astype(np.float32))
             quant_bias = -x_zp[0].astype(np.int64) * q.astype(np.int64).sum(axis=1)

@@ -49,6 +49,39 @@ def asymmetric_params(minimum: np.ndarray, maximum: np.ndarray) -> Tuple[np.ndar
     return scale.astype(np.float32), zero_point.astype(np.float32)
 
 
+STATIC_SCALE_DTYPES = ("float32", "float16")
+
+
+def representable_scale(scale: np.ndarray, dtype: str = "float32") -> np.ndarray:
+    """``scale`` as float32, or (``"float16"``) the smallest float16 value not below it, for
+    deployments that store static input scales in half precision (msModelSlim / MindIE): rounding
+    up never clips a value the float32 scale kept."""
+    scale = np.asarray(scale, dtype=np.float32)
+    if dtype == "float32":
+        return scale
+    if dtype != "float16":
+        raise ValueError(f"scale dtype {dtype!r} not allowed; allowed: {list(STATIC_SCALE_DTYPES)}")
+    half = scale.astype(np.float16)
+    below = half.astype(np.float32) < scale
+    half[below] = np.nextafter(half[below], np.float16(np.inf))
+    if not np.all(np.isfinite(half)):
+        raise ValueError(f"a scale exceeds float16's range ({float(scale.max()):g}); keep float32 scales")
+    return half.astype(np.float32)
+
+
+def static_act_params(lo: float, hi: float, symmetric: bool, scale_dtype: str = "float32"):
+    """Scale [1] and zero point [1] of a static per-tensor activation range ``[lo, hi]``."""
+    if symmetric:
+        scale = representable_scale(symmetric_scale(np.array([max(-lo, hi)])), scale_dtype)
+        return scale, np.zeros(1, np.float32)
+    scale, zero_point = asymmetric_params(np.array([lo]), np.array([hi]))
+    if scale_dtype != "float32":  # the zero point follows the rounded scale
+        scale = representable_scale(scale, scale_dtype)
+        lo64 = min(float(lo), 0.0)
+        zero_point = np.clip(np.round(QMIN - lo64 / scale.astype(np.float64)), QMIN, QMAX).astype(np.float32)
+    return scale, zero_point
+
+
 def quantize(x: np.ndarray, scale: np.ndarray, zero_point: Optional[np.ndarray] = None,
              symmetric: bool = True) -> np.ndarray:
     """Integer codes (as int8) of ``x``; shapes of ``scale``/``zero_point`` broadcast against ``x``."""

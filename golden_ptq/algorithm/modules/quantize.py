@@ -1,7 +1,7 @@
 """The Quantize module: turn every calibrated quant cell of a layer into its integer form."""
 import logging
 
-from golden_ptq.algorithm.modules.base import AlgoModule, LayerContext
+from golden_ptq.algorithm.modules.base import AlgoModule, LayerContext, config_arg
 from golden_ptq.quant_cells.linear import QuantLinear
 from golden_ptq.quant_math import range_parm
 
@@ -30,4 +30,6 @@ class QuantizeModule(AlgoModule):
                 if cell.spec.act:
                     kind = "per_token" if cell.spec.act_dynamic else cell.input_observer.name
                     LOGGER.info("use %s observer:%s.quant_input, range_parm:%s", kind, full, f"{value:.6g}")
+            if isinstance(cell, QuantLinear):
+                cell.act_scale_dtype = config_arg(ctx.config, "static_scale_dtype")
             cell.quantize()
