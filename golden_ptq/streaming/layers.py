@@ -28,6 +28,9 @@ from golden_ptq.streaming.boundary import BoundaryStore
 from golden_ptq.streaming.float_source import FloatSource
 
 EMBEDDING = "model.tok_embeddings"
+#: A written unit of at least this many bytes is freed at once (``gc.collect``: quantized cells hold
+#: reference cycles); smaller ones are left to the collector, whose full pass costs ~0.3 s.
+COLLECT_BYTES = 4 << 20
 
 
 class NetworkShell(nn.Cell):
@@ -72,6 +75,7 @@ class StreamedLayers(LayerSource):
         self.config = source.config
         self.desc: Dict[str, str] = {}
         self.written: set = set()
+        self._unwritten_bytes = 0   # bytes written since the last gc.collect
 
     # ----- loading ------------------------------------------------------------------------------
     def _load(self, cell: nn.Cell, prefix: str) -> None:
@@ -109,6 +113,13 @@ class StreamedLayers(LayerSource):
             raise RuntimeError(f"streamed quantization wrote parameter '{again[0]}' twice")
         self.writer.write_shard({k: np.ascontiguousarray(v) for k, v in arrays.items()})
         self.written.update(arrays)
+        self._unwritten_bytes += sum(int(v.nbytes) for v in arrays.values())
+
+    def _collect(self) -> None:
+        """Free the cells of written units now when they were large (see COLLECT_BYTES)."""
+        if self._unwritten_bytes >= COLLECT_BYTES:
+            gc.collect()
+            self._unwritten_bytes = 0
 
     def _drop_float_cells(self, prefix: str) -> None:
         """The float cells of a written unit are not needed again (streaming has no rollback)."""
@@ -126,13 +137,14 @@ class StreamedLayers(LayerSource):
         self._write(self.network)
         self._drop_float_cells(EMBEDDING)
         self.network.clear()
-        gc.collect()
+        self._collect()
 
     def num_layers(self) -> int:
         return self.config.num_layers
 
     def decoder_layers(self) -> Iterator[Tuple[str, nn.Cell]]:
         for index in range(self.config.num_layers):
+            self._collect()   # the layer written last is unreferenced by now
             name = f"model.layers.{index}"
             layer = LlamaDecodeLayer(self.config, self.network.tp_layout)
             self._load(layer, name)
@@ -144,10 +156,10 @@ class StreamedLayers(LayerSource):
     def layer_done(self, name: str, layer: nn.Cell) -> None:
         self._write(layer, name)
         self._drop_float_cells(name)
-        gc.collect()
 
     def head_cells(self) -> Dict[str, QuantCell]:
         config, shell = self.config, self.network
+        self._collect()
         self.source.check_head()
         shell.model.norm_out = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self._load(shell.model.norm_out, "model.norm_out")
@@ -179,7 +191,7 @@ class StreamedLayers(LayerSource):
         self._write(self.network, skip=(EMBEDDING + ".",))
         self._drop_float_cells("lm_head")
         self.network.clear()
-        gc.collect()
+        self._collect()
 
     def boundary(self, outputs, previous):
         return self.boundaries.boundary(outputs, previous)
