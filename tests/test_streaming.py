@@ -121,11 +121,17 @@ def test_tied_heads_and_spilled_activations(tmp_path, kwargs, dtype):
     assert not any(f.startswith(".") for f in os.listdir(tmp_path / "streamed"))   # spill files are gone
 
 
-def test_mindformers_named_safetensors_with_model_config(tmp_path):
+@pytest.mark.parametrize("fmt", ["safetensors", "ckpt"])
+def test_mindformers_named_source_with_model_config(tmp_path, fmt, monkeypatch):
     config = tiny()
     net = LlamaForCausalLM(config, seed=5)
-    path = str(tmp_path / "float.safetensors")
-    save_file({k: v.asnumpy() for k, v in net.parameters_and_names()}, path)
+    path = str(tmp_path / f"float.{fmt}")
+    if fmt == "ckpt":   # MindSpore writes large tensors as several values; make these tiny ones split too
+        from mindspore.train import serialization
+        monkeypatch.setattr(serialization, "SLICE_SIZE", 8)   # KB
+        ms.save_checkpoint(net, path)
+    else:
+        save_file({k: v.asnumpy() for k, v in net.parameters_and_names()}, path)
     reference = LlamaForCausalLM(config)
     load_full_checkpoint(path, reference)
     reference.set_train(False)
@@ -181,9 +187,9 @@ def test_refusals_name_the_field_and_leave_no_folder(tmp_path):
     with pytest.raises(ValueError, match="calibration row 0"):
         quantize_streamed(src, PTQConfig(), [np.array([[5, 500]])], out, progress=False)
     ckpt = tmp_path / "m.ckpt"
-    ckpt.write_bytes(b"x")
-    with pytest.raises(ValueError, match=r"m.ckpt: streaming reads safetensors .* or GGUF"):
-        quantize_streamed(str(ckpt), PTQConfig(), calibration(), out, progress=False)
+    ckpt.write_bytes(b"\xff\x01garbage")
+    with pytest.raises(ValueError, match=r"m.ckpt: not a readable MindSpore checkpoint at byte 0"):
+        quantize_streamed(str(ckpt), PTQConfig(), calibration(), out, progress=False, model_config=tiny())
     assert not os.path.exists(out)
     # a layer whose weights are not finite fails naming it; the half-written set is not left behind
     files = open_safetensors(src)
@@ -227,3 +233,26 @@ def test_smollm2_streamed_equals_in_memory(tmp_path):
     streamed = quantize_streamed(path, config, data, str(tmp_path / "streamed"), progress=False)
     assert_same_folders(str(tmp_path / "memory"), str(tmp_path / "streamed"), extra=("tokenizer.json",))
     assert same_records(ptq, streamed)
+
+
+@pytest.mark.parametrize("crc", [False, True])
+def test_ckpt_reader_matches_mindspore(tmp_path, monkeypatch, crc):
+    """Sliced tensors, bf16, int8 and the CRC trailer read as MindSpore's own loader reads them."""
+    from mindspore.train import serialization
+    from golden_ptq.io.ckpt_files import CkptFiles
+    monkeypatch.setattr(serialization, "SLICE_SIZE", 4)   # KB: the 12 KB tensor is written in 3 values
+    rng = np.random.RandomState(0)
+    arrays = {"a.weight": rng.randn(1000, 3).astype(np.float32), "b": rng.randn(5).astype(np.float16),
+              "c": np.arange(6, dtype=np.int8).reshape(2, 3)}
+    entries = [{"name": k, "data": Tensor(v)} for k, v in arrays.items()]
+    entries.append({"name": "d", "data": Tensor(rng.randn(4, 4).astype(np.float32), ms.bfloat16)})
+    path = str(tmp_path / "t.ckpt")
+    ms.save_checkpoint(entries, path, crc_check=crc)
+    files, reference = CkptFiles(path), ms.load_checkpoint(path)
+    assert files.names() == ["a.weight", "b", "c", "d"] and files.shape("a.weight") == (1000, 3)
+    for name in arrays:
+        got = files.get(name)
+        assert got.dtype == arrays[name].dtype
+        np.testing.assert_array_equal(got, arrays[name])
+    np.testing.assert_array_equal(files.get("d"), reference["d"].float().asnumpy())
+    assert files.get("missing") is None

@@ -1,8 +1,8 @@
 """Float weights read one tensor at a time, under our (MindFormers) parameter names.
 
 Sources: a Hugging Face folder (``config.json`` + single or sharded safetensors, bf16/fp16/fp32),
-MindFormers-named safetensors (the network's shape given as a LlamaConfig, or by a ``config.json``
-beside them), and GGUF files (llama.cpp; the default SmolLM2 model). Nothing is read before it
+MindFormers-named safetensors or MindSpore ``.ckpt`` (the network's shape given as a LlamaConfig, or
+by a ``config.json`` beside them), and GGUF files (llama.cpp; the default SmolLM2 model). Nothing is read before it
 is asked for: a streamed quantization holds one decoder layer of float weights at a time.
 """
 from __future__ import annotations
@@ -42,21 +42,20 @@ class FloatSource:
 
 def open_float_source(path: str, model_config: Optional[LlamaConfig] = None,
                       max_position_embeddings: Optional[int] = None) -> FloatSource:
-    """The float weights at ``path``: a GGUF file, a safetensors file / index / folder (HF or
-    MindFormers names). ``model_config`` describes a source that carries no config of its own."""
+    """The float weights at ``path``: a GGUF file, a MindSpore ``.ckpt``, a safetensors file / index /
+    folder (HF or MindFormers names). ``model_config`` describes a source that carries no config of its own."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"quantize_streamed: model path {path!r} does not exist")
-    if os.path.isfile(path) and path.endswith(".ckpt"):
-        raise ValueError(f"{path}: streaming reads safetensors (HF or MindFormers names) or GGUF; a MindSpore "
-                         f".ckpt cannot be read one tensor at a time: convert it to safetensors first, or "
-                         f"quantize it in memory (NetworkHelper source 'ckpt' with PTQ.apply)")
     if os.path.isfile(path) and _is_gguf(path):
         source = _gguf_source(path)
+    elif os.path.isfile(path) and path.endswith(".ckpt"):
+        from golden_ptq.io.ckpt_files import CkptFiles
+        source = _named_source(path, CkptFiles(path), model_config)
     elif os.path.isdir(path) or path.endswith((".safetensors", INDEX_SUFFIX)):
-        source = _safetensors_source(path, model_config)
+        source = _named_source(path, open_safetensors(path), model_config)
     else:
-        raise ValueError(f"{path}: not a model streaming can read; give a GGUF file, a safetensors file or "
-                         f"index, or a folder holding them")
+        raise ValueError(f"{path}: not a model streaming can read; give a GGUF file, a MindSpore .ckpt, a "
+                         f"safetensors file or index, or a folder holding safetensors")
     if max_position_embeddings:
         source.config.max_position_embeddings = int(max_position_embeddings)
     return source
@@ -76,9 +75,9 @@ def _gguf_source(path: str) -> FloatSource:
     return FloatSource(path, config, gguf_fetcher(file, config), lambda: Tokenizer.from_gguf_metadata(file.metadata))
 
 
-def _safetensors_source(path: str, model_config: Optional[LlamaConfig]) -> FloatSource:
+def _named_source(path: str, tensors, model_config: Optional[LlamaConfig]) -> FloatSource:
+    """Tensors by name (safetensors or ckpt reader), in Hugging Face or MindFormers names."""
     from golden_ptq.networks.tokenizer import Tokenizer
-    tensors = open_safetensors(path)
     folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
     has_config = os.path.isfile(os.path.join(folder, "config.json"))
     if model_config is None and not has_config:

@@ -42,7 +42,7 @@ def quantize_streamed(model_path: str, config: Union[PTQConfig, str], datasets, 
                       spill_bytes: int = DEFAULT_SPILL_BYTES, measure_sensitivity: bool = False,
                       runtime: Optional[Dict[str, object]] = None, tp: Optional[TPContext] = None) -> PTQ:
     """Quantize the float model at ``model_path`` (a Hugging Face or MindFormers-named safetensors
-    folder / file / index, or a GGUF file) with ``config`` (a PTQConfig or its yaml) on ``datasets``
+    folder / file / index, a MindSpore ``.ckpt``, or a GGUF file) with ``config`` (a PTQConfig or its yaml) on ``datasets``
     (as ``PTQ.apply`` takes them) and write the quantized folder ``output`` (the folder set of
     ``save_quantized``, weights as one safetensors shard per unit). Returns the PTQ that did it
     (``records``, ``summary()``, ``range_parms``, ...).
@@ -50,7 +50,7 @@ def quantize_streamed(model_path: str, config: Union[PTQConfig, str], datasets, 
     The result is bit-identical to ``PTQ.apply`` on the same network in memory followed by
     ``save_quantized``. ``disable_level`` rollback is refused (a layer is written before later ones
     are measured); ``disable_names`` keeps named layers float. ``model_config`` describes a source
-    without its own config (MindFormers-named safetensors). ``tokenizer``: saved into the folder
+    without its own config (MindFormers-named safetensors or ckpt). ``tokenizer``: saved into the folder
     (default: the source's, when it has one). Under tensor parallelism (``tp``, default the
     communication group) each rank reads and writes its own slices into ``output/rank_{i}/``.
     """
