@@ -65,8 +65,8 @@ def write_hf_folder(folder, config, seed=0, dtype="bf16"):
     return folder
 
 
-def in_memory(network, config, data, folder, tokenizer=None):
-    ptq = PTQ(config)
+def in_memory(network, config, data, folder, tokenizer=None, **kwargs):
+    ptq = PTQ(config, **kwargs)
     ptq.apply(network, None, data)
     ptq.convert(network)
     save_quantized(network, ptq, str(folder), tokenizer=tokenizer)
@@ -163,8 +163,10 @@ def test_gguf_source_unpermutes_and_keeps_its_tokenizer(tmp_path):
 def test_streamed_folder_deploys_with_the_same_logits(tmp_path):
     src = write_hf_folder(str(tmp_path / "src"), tiny(), seed=7)
     quant = PTQConfig(act_quant_dtype=I8)
-    quantized, _ = in_memory(load_hf(src), quant, calibration(), tmp_path / "memory")
-    quantize_streamed(src, quant, calibration(), str(tmp_path / "streamed"), progress=False)
+    quantized, ptq = in_memory(load_hf(src), quant, calibration(), tmp_path / "memory", measure_sensitivity=True)
+    streamed = quantize_streamed(src, quant, calibration(), str(tmp_path / "streamed"), progress=False,
+                                 measure_sensitivity=True)
+    assert streamed.output_errors == ptq.output_errors and len(ptq.output_errors) == 15   # 7 per layer + head
     deploy = PTQConfig.load(str(tmp_path / "streamed" / "ptq_config.yaml"))
     assert deploy.mode is PTQMode.DEPLOY
     network = LlamaForCausalLM(tiny())
