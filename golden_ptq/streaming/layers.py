@@ -75,7 +75,7 @@ class StreamedLayers(LayerSource):
         self.config = source.config
         self.desc: Dict[str, str] = {}
         self.written: set = set()
-        self._unwritten_bytes = 0   # bytes written since the last gc.collect
+        self._bytes_since_collect = 0   # bytes written since the last gc.collect
 
     # ----- loading ------------------------------------------------------------------------------
     def _load(self, cell: nn.Cell, prefix: str) -> None:
@@ -102,7 +102,7 @@ class StreamedLayers(LayerSource):
 
     # ----- writing ------------------------------------------------------------------------------
     def _write(self, root: nn.Cell, prefix: str = "", skip: Sequence[str] = ()) -> None:
-        """Write ``root``'s parameters (those not already written) as one shard."""
+        """Write ``root``'s parameters (but those under ``skip``) as the next shard, and their quant types."""
         sync_parameter_names(root)
         full = (lambda rel: f"{prefix}.{rel}") if prefix else (lambda rel: rel)
         arrays = {full(rel): param.asnumpy() for rel, param in root.parameters_and_names()
@@ -113,13 +113,13 @@ class StreamedLayers(LayerSource):
             raise RuntimeError(f"streamed quantization wrote parameter '{again[0]}' twice")
         self.writer.write_shard({k: np.ascontiguousarray(v) for k, v in arrays.items()})
         self.written.update(arrays)
-        self._unwritten_bytes += sum(int(v.nbytes) for v in arrays.values())
+        self._bytes_since_collect += sum(int(v.nbytes) for v in arrays.values())
 
     def _collect(self) -> None:
         """Free the cells of written units now when they were large (see COLLECT_BYTES)."""
-        if self._unwritten_bytes >= COLLECT_BYTES:
+        if self._bytes_since_collect >= COLLECT_BYTES:
             gc.collect()
-            self._unwritten_bytes = 0
+            self._bytes_since_collect = 0
 
     def _drop_float_cells(self, prefix: str) -> None:
         """The float cells of a written unit are not needed again (streaming has no rollback)."""
