@@ -12,7 +12,7 @@ import gc
 from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
-from mindspore import Tensor, nn
+from mindspore import Parameter, Tensor, nn
 
 from golden_ptq.algorithm.driver import LayerSource
 from golden_ptq.algorithm.swap import quant_targets, share_tied_head
@@ -95,9 +95,28 @@ class StreamedLayers(LayerSource):
             param.set_data(Tensor(np.ascontiguousarray(array, dtype=np.float32)))
             del array
 
+    def _table(self, name: str, shape: Tuple[int, int]) -> Parameter:
+        """A vocabulary-sized float table as a Parameter made straight from the array read: building
+        the cell at full size first would hold a zero table beside it (3 copies at the peak, not 2)."""
+        array = self.source.get(name)
+        if array is None:
+            raise MissingTensorError(f"{self.source.path}: tensor for parameter '{name}' (expected shape {shape}) "
+                                     f"is missing")
+        if tuple(array.shape) != shape:
+            raise ValueError(f"{self.source.path}: tensor for parameter '{name}' has shape {tuple(array.shape)}, "
+                             f"expected {shape}")
+        return Parameter(Tensor.from_numpy(np.ascontiguousarray(array, dtype=np.float32)), name=name.rsplit(".", 1)[1])
+
     def _embedding(self) -> Embedding:
-        cell = Embedding(self.config.vocab_size, self.config.hidden_size)
-        self._load(cell, EMBEDDING)
+        cell = Embedding(1, self.config.hidden_size)   # replicated under TP: the whole table
+        cell.embedding_weight = self._table(f"{EMBEDDING}.embedding_weight",
+                                            (self.config.vocab_size, self.config.hidden_size))
+        return cell
+
+    def _head(self) -> Linear:
+        cell = Linear(self.config.hidden_size, 1)      # replicated under TP: the whole table
+        cell.out_features = self.config.vocab_size
+        cell.weight = self._table("lm_head.weight", (self.config.vocab_size, self.config.hidden_size))
         return cell
 
     # ----- writing ------------------------------------------------------------------------------
@@ -163,13 +182,14 @@ class StreamedLayers(LayerSource):
         self.source.check_head()
         shell.model.norm_out = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self._load(shell.model.norm_out, "model.norm_out")
-        shell.lm_head = Linear(config.hidden_size, config.vocab_size)
         if config.tie_word_embeddings:  # the head is the embedding table, as in LlamaForCausalLM
             embedding = self._embedding()
+            shell.lm_head = Linear(config.hidden_size, 1)
+            shell.lm_head.out_features = config.vocab_size
             shell.lm_head.weight = embedding.embedding_weight
             shell.model.tok_embeddings = self._embedding_as_written(embedding)
         else:
-            self._load(shell.lm_head, "lm_head")
+            shell.lm_head = self._head()
         targets = [t for t in quant_targets(shell, self.ptq.registry) if not t[0].startswith(EMBEDDING)]
         self.ptq.swap_in(shell, targets)
         return {n: c for n, c in shell.cells_and_names() if isinstance(c, QuantCell)
