@@ -8,6 +8,7 @@ the per-call rotary tables and masks, and the method's state for that layer. The
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -102,7 +103,12 @@ def quantize_streamed(model_path: str, config: Union[PTQConfig, str], datasets, 
             from golden_ptq.io.tp_layout import layout_dict, write_layout
             write_layout(tmp, layout_dict(shell))
 
-    write_folder_set(folder, fill)
+    gc.collect()
+    gc.freeze()   # what exists now (the source's metadata, modules) is not rescanned by each layer's collection
+    try:
+        write_folder_set(folder, fill)
+    finally:
+        gc.unfreeze()
     if shell.tp.parallel:  # every rank's set is in place before any rank goes on
         from golden_ptq.parallel import barrier
         barrier(shell.tp)
