@@ -60,13 +60,13 @@ def msrun_logs(log_dir: str) -> str:
     return "\n".join(parts) or "(no msrun logs)"
 
 
-def run_msrun(workdir: str) -> None:
+def run_msrun(workdir: str, worker: str = WORKER) -> None:
     msrun = shutil.which("msrun")
     if msrun is None:
         pytest.skip("msrun (installed with mindspore) is not on PATH")
     log_dir = os.path.join(workdir, "msrun_log")
     cmd = [msrun, "--worker_num=2", "--local_worker_num=2", f"--master_port={free_port()}",
-           f"--log_dir={log_dir}", "--join=True", WORKER, workdir]  # msrun runs `python WORKER ...`
+           f"--log_dir={log_dir}", "--join=True", worker, workdir]  # msrun runs `python WORKER ...`
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, env=env)

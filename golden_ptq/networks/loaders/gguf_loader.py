@@ -1,10 +1,11 @@
 """GGUF files (llama.cpp): weights dequantized to float32, llama's q/k row permutation undone."""
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 
+from golden_ptq.config.model_config import LlamaConfig
 from golden_ptq.io.gguf_file import GGUFFile, gguf_config
 from golden_ptq.io.tensor_names import GGUF_GLOBAL, GGUF_PER_LAYER, name_map
 from golden_ptq.networks.llama import LlamaForCausalLM
@@ -24,6 +25,14 @@ def load_gguf(path: str, max_position_embeddings: Optional[int] = None,
     if max_position_embeddings:
         config.max_position_embeddings = max_position_embeddings
     network = LlamaForCausalLM(config, tp=tp)
+    fetch = gguf_fetcher(file, config)
+    load_into_network(network, fetch, path, tp_transform(network))
+    return network, Tokenizer.from_gguf_metadata(file.metadata)
+
+
+def gguf_fetcher(file: GGUFFile, config: LlamaConfig) -> Callable[[str], Optional[np.ndarray]]:
+    """``fetch(our parameter name)``: the float32 tensor of ``file`` (None when absent), llama's q/k row
+    permutation undone; one tensor dequantized per call."""
     mapping = name_map(config.num_layers, GGUF_PER_LAYER, GGUF_GLOBAL)
     permute = file.metadata.get("general.architecture") == "llama"
 
@@ -35,5 +44,4 @@ def load_gguf(path: str, max_position_embeddings: Optional[int] = None,
             array = unpermute_rope_rows(array, config.num_kv_heads)
         return array
 
-    load_into_network(network, fetch, path, tp_transform(network))
-    return network, Tokenizer.from_gguf_metadata(file.metadata)
+    return fetch

@@ -1,0 +1,225 @@
+"""The layer-by-layer calibration loop, run over a *layer source*.
+
+A source hands the driver the quantized Cells of each calibration unit in order: the embedding,
+every decoder layer, then the head (final norm + ``lm_head``). :class:`InMemoryLayers` walks a
+network that is whole in memory (``PTQ.apply``); the streamed source
+(:mod:`golden_ptq.streaming`) builds each decoder layer from a float checkpoint when the driver
+asks for it and writes it out when the driver is done with it. The per-layer work is this one
+code, which is what makes the two paths bit-identical.
+"""
+from __future__ import annotations
+
+import time
+from typing import Dict, Iterable, Iterator, List, Sequence, Tuple
+
+import numpy as np
+from mindspore import Tensor, nn
+from tqdm import tqdm
+
+import golden_ptq.algorithm.guards as guards
+from golden_ptq.algorithm.calibration_data import length_batches
+from golden_ptq.algorithm.modules import AlgoModule, InputRecorder, LayerContext
+from golden_ptq.algorithm.modules.base import INPUT_GRAM
+from golden_ptq.parallel.context import all_gather_numpy
+from golden_ptq.quant_cells import QuantCell
+from golden_ptq.quant_cells.embedding import QuantEmbedding
+from golden_ptq.quant_cells.linear import QuantLinear
+
+
+class LayerSource:
+    """What the driver walks. ``network`` is what modules and ``structure`` calls see as the network
+    (``embed``, ``layer_inputs``, ``model.norm_out``, ``tp_layout``, ``config``)."""
+
+    network: object = None
+    structure: object = None
+
+    def embedding_cells(self) -> Dict[str, QuantCell]:
+        """Quantized Cells of the embedding unit (full names)."""
+        raise NotImplementedError
+
+    def embedding_done(self) -> None:
+        """The first layer's inputs are computed: the embedding is no longer needed."""
+
+    def num_layers(self) -> int:
+        raise NotImplementedError
+
+    def decoder_layers(self) -> Iterator[Tuple[str, nn.Cell]]:
+        """``(name, layer)`` of each decoder layer in order, its quantized Cells swapped in."""
+        raise NotImplementedError
+
+    def layer_done(self, name: str, layer: nn.Cell) -> None:
+        """Layer ``name`` is calibrated and quantized and its outputs computed."""
+
+    def head_cells(self) -> Dict[str, QuantCell]:
+        """Quantized Cells after the decoder layers (``lm_head``), full names."""
+        raise NotImplementedError
+
+    def head_done(self) -> None:
+        """The head is calibrated and quantized."""
+
+    def boundary(self, outputs: Iterable[Tensor], previous: Sequence[Tensor]) -> Sequence[Tensor]:
+        """Hold one layer boundary's activations (every calibration batch); ``previous`` may be released."""
+        return list(outputs)
+
+
+class InMemoryLayers(LayerSource):
+    """A whole network whose quantizable layers already hold their quantized Cells."""
+
+    def __init__(self, network: nn.Cell, structure, quant_cells: Dict[str, QuantCell]):
+        self.network, self.structure = network, structure
+        self._layers = structure.decoder_layers(network)
+        in_layers = {f"{lname}.{rel}" for lname, layer in self._layers for rel, c in layer.cells_and_names()
+                     if isinstance(c, QuantCell)}
+        outside = {n: c for n, c in quant_cells.items() if n not in in_layers}
+        self._embeddings = {n: c for n, c in outside.items() if isinstance(c, QuantEmbedding)}
+        self._heads = {n: c for n, c in outside.items() if n not in self._embeddings}
+
+    def embedding_cells(self) -> Dict[str, QuantCell]:
+        return self._embeddings
+
+    def num_layers(self) -> int:
+        return len(self._layers)
+
+    def decoder_layers(self) -> Iterator[Tuple[str, nn.Cell]]:
+        return iter(self._layers)
+
+    def head_cells(self) -> Dict[str, QuantCell]:
+        return self._heads
+
+
+class CalibrationDriver:
+    """Calibrates every unit of a source through ``pipeline``: the first layer's inputs are captured
+    once, each layer is observed on them, the pipeline runs, and the *quantized* layer's outputs feed
+    the next layer. Fills ``range_parms`` (through the Quantize module) and, when ``measuring``,
+    ``output_errors`` against ``float_cells``."""
+
+    def __init__(self, config, pipeline: List[AlgoModule], float_cells: Dict[str, nn.Cell],
+                 range_parms: Dict[str, float], output_errors: Dict[str, float], *, measuring: bool,
+                 calib_batch_size: int = 8, progress: bool = False):
+        self.config, self.pipeline = config, pipeline
+        self.float_cells, self.range_parms, self.output_errors = float_cells, range_parms, output_errors
+        self.measuring, self.calib_batch_size, self.progress = measuring, calib_batch_size, progress
+        self.calibration_tokens = 0
+        self.calibration_seconds = None
+
+    def calibrate(self, source: LayerSource, rows: List[np.ndarray]) -> None:
+        start = time.time()
+        self.calibration_tokens = int(sum(r.size for r in rows))
+        batches = length_batches(rows, self.calib_batch_size)
+        structure, network = source.structure, source.network
+        embeddings = source.embedding_cells()
+        self._run_pipeline(LayerContext("embedding", None, embeddings, structure, network))
+        states = [structure.layer_inputs(network, batch) for batch in batches]
+        source.embedding_done()
+        hidden = source.boundary((h for h, _ in states), [])
+        inputs = [i for _, i in states]
+        del states
+        needs_inputs = any(m.needs_layer_inputs for m in self.pipeline)
+        keep_rows = int(self.config.arg("search_rows"))
+        stride = max(1, -(-self.calibration_tokens // keep_rows))  # ceil: the sample spans every batch
+        for lname, layer in tqdm(source.decoder_layers(), total=source.num_layers(), desc="calibrate",
+                                 unit="layer", disable=not self.progress, leave=False, dynamic_ncols=True):
+            cells = {rel: c for rel, c in layer.cells_and_names() if isinstance(c, QuantCell)}
+
+            def run(layer=layer, hidden=hidden):
+                return [structure.run_layer(layer, h, i) for h, i in zip(hidden, inputs)]
+
+            if cells:
+                recorders = self._attach_recorders(cells, stride, keep_rows) if needs_inputs else {}
+                try:
+                    self._observe(cells, run)
+                finally:
+                    self._attach_recorders(recorders, 0, 0, detach=True)
+                self._run_pipeline(LayerContext(lname, layer, cells, structure, network, config=self.config,
+                                                inputs={rel: r.rows() for rel, r in recorders.items()},
+                                                runner=run, range_parms=self.range_parms))
+            recorders = self._attach_recorders(cells, stride, keep_rows) if cells and self.measuring else {}
+            try:
+                hidden = source.boundary((structure.run_layer(layer, h, i) for h, i in zip(hidden, inputs)), hidden)
+            finally:
+                self._attach_recorders(recorders, 0, 0, detach=True)
+            self._measure_errors({f"{lname}.{rel}": (cells[rel], r.rows()) for rel, r in recorders.items()})
+            del run, cells, recorders
+            source.layer_done(lname, layer)
+            del layer
+        heads = source.head_cells()
+        if heads:
+            needs_data = [c for c in heads.values() if isinstance(c, QuantLinear) and c.spec.act
+                          and not c.spec.act_dynamic]
+            reruns = any(INPUT_GRAM in getattr(m.method, "needs", ()) for m in self.pipeline)
+            head_inputs = ([structure.head_input(network, h) for h in hidden]
+                           if needs_data or self.measuring or reruns else [])
+            linears = [c for c in heads.values() if isinstance(c, QuantLinear)]
+
+            def run_heads() -> List:
+                """The head's outputs are discarded ([tokens, vocab] per batch): a pass that only
+                records inputs (a recorder attached, not observing) feeds the recorder and skips the matmul."""
+                for cell in linears:
+                    for x in head_inputs:
+                        if cell.recorder is not None and not cell.observing:
+                            cell.recorder(x.reshape(-1, x.shape[-1]).asnumpy())
+                        else:
+                            cell(x)
+                return []
+
+            if needs_data:
+                self._observe(heads, lambda: [c(x) for c in needs_data for x in head_inputs])
+            self._run_pipeline(LayerContext("head", None, heads, structure, network, config=self.config,
+                                            range_parms=self.range_parms, runner=run_heads if head_inputs else None))
+            if self.measuring and head_inputs:
+                sample = np.concatenate([x.asnumpy().reshape(-1, x.shape[-1]) for x in head_inputs])[::stride][:keep_rows]
+                self._measure_errors({n: (c, sample) for n, c in heads.items() if isinstance(c, QuantLinear)})
+        source.boundary((), hidden)
+        source.head_done()
+        self.calibration_seconds = time.time() - start
+
+    @staticmethod
+    def _attach_recorders(cells, stride: int, rows: int, detach: bool = False) -> Dict[str, InputRecorder]:
+        """Give each QuantLinear of ``cells`` an InputRecorder (or take them away with ``detach``)."""
+        recorders: Dict[str, InputRecorder] = {}
+        for rel, cell in cells.items():
+            if isinstance(cell, QuantLinear):
+                cell.recorder = None if detach else InputRecorder(stride, rows)
+                if not detach:
+                    recorders[rel] = cell.recorder
+        return recorders
+
+    def _measure_errors(self, samples: Dict[str, Tuple[QuantCell, np.ndarray]]) -> None:
+        """Relative output MSE of each quantized Linear against its float cell on its recorded inputs."""
+        for full, (cell, x) in samples.items():
+            float_cell = self.float_cells.get(full)
+            if float_cell is None or not cell.quantized:
+                continue
+            x_t = Tensor(np.ascontiguousarray(x, dtype=np.float32))
+            y_q = cell(x_t).asnumpy().astype(np.float64)
+            y_f = float_cell(x_t).asnumpy().astype(np.float64)
+            sums = np.array([((y_q - y_f) ** 2).sum(), (y_f ** 2).sum()])
+            if getattr(cell, "shard", None) == "column":
+                sums = all_gather_numpy(sums, cell.tp).sum(axis=0)  # each rank holds some output columns
+            self.output_errors[full] = float(sums[0] / max(sums[1], 1e-30))
+
+    @staticmethod
+    def _observe(cells: Dict[str, QuantCell], run) -> None:
+        for cell in cells.values():
+            cell.observing = True
+        try:
+            run()
+        finally:
+            for cell in cells.values():
+                cell.observing = False
+
+    def _run_pipeline(self, ctx: LayerContext) -> None:
+        if not ctx.quant_cells:
+            return
+        for rel, cell in ctx.quant_cells.items():
+            guards.check_observed(ctx.full_name(rel), cell)
+        try:
+            for module in self.pipeline:
+                module.process(ctx)
+                if ctx.runner is not None:
+                    ctx.refresh_observers()  # histogram observers made stale by a per-channel rescale
+        except guards.NonFiniteError as err:
+            raise guards.NonFiniteError(f"{ctx.name}: {err}") from None
+        for rel, cell in ctx.quant_cells.items():
+            if cell.quantized:
+                guards.check_scales(ctx.full_name(rel), cell)

@@ -1,0 +1,103 @@
+"""Float weights read one tensor at a time, under our (MindFormers) parameter names.
+
+Sources: a Hugging Face folder (``config.json`` + single or sharded safetensors, bf16/fp16/fp32),
+MindFormers-named safetensors or MindSpore ``.ckpt`` (the network's shape given as a LlamaConfig, or
+by a ``config.json`` beside them), and GGUF files (llama.cpp; the default SmolLM2 model). Nothing is read before it
+is asked for: a streamed quantization holds one decoder layer of float weights at a time.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Optional
+
+import numpy as np
+
+from golden_ptq.config.model_config import LlamaConfig
+from golden_ptq.io.safetensors_files import INDEX_SUFFIX, open_safetensors
+from golden_ptq.io.tensor_names import HF_GLOBAL, HF_PER_LAYER, name_map
+
+HF_EMBEDDING = HF_GLOBAL["model.tok_embeddings.embedding_weight"]
+OUR_EMBEDDING = "model.tok_embeddings.embedding_weight"
+
+
+class FloatSource:
+    """``get(name)`` -> float array (or None) by our parameter name; ``config``; ``tokenizer()``."""
+
+    def __init__(self, path: str, config: LlamaConfig, fetch: Callable[[str], Optional[np.ndarray]],
+                 tokenizer: Callable[[], object], check_head: Callable[[], None] = lambda: None):
+        self.path, self.config = path, config
+        self._fetch, self._tokenizer, self._check_head = fetch, tokenizer, check_head
+
+    def get(self, name: str) -> Optional[np.ndarray]:
+        return self._fetch(name)
+
+    def tokenizer(self):
+        """The source's tokenizer, or None when it has none."""
+        return self._tokenizer()
+
+    def check_head(self) -> None:
+        """Raise when ``tie_word_embeddings`` disagrees with the weights (read at the head, not before)."""
+        self._check_head()
+
+
+def open_float_source(path: str, model_config: Optional[LlamaConfig] = None,
+                      max_position_embeddings: Optional[int] = None) -> FloatSource:
+    """The float weights at ``path``: a GGUF file, a MindSpore ``.ckpt``, a safetensors file / index /
+    folder (HF or MindFormers names). ``model_config`` describes a source that carries no config of its own."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"quantize_streamed: model path {path!r} does not exist")
+    if os.path.isfile(path) and _is_gguf(path):
+        source = _gguf_source(path)
+    elif os.path.isfile(path) and path.endswith(".ckpt"):
+        from golden_ptq.io.ckpt_files import CkptFiles
+        source = _named_source(path, CkptFiles(path), model_config)
+    elif os.path.isdir(path) or path.endswith((".safetensors", INDEX_SUFFIX)):
+        source = _named_source(path, open_safetensors(path), model_config)
+    else:
+        raise ValueError(f"{path}: not a model streaming can read; give a GGUF file, a MindSpore .ckpt, a "
+                         f"safetensors file or index, or a folder holding safetensors")
+    if max_position_embeddings:
+        source.config.max_position_embeddings = int(max_position_embeddings)
+    return source
+
+
+def _is_gguf(path: str) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(4) == b"GGUF"
+
+
+def _gguf_source(path: str) -> FloatSource:
+    from golden_ptq.io.gguf_file import GGUFFile, gguf_config
+    from golden_ptq.networks.loaders.gguf_loader import gguf_fetcher
+    from golden_ptq.networks.tokenizer import Tokenizer
+    file = GGUFFile(path)
+    config = gguf_config(file)
+    return FloatSource(path, config, gguf_fetcher(file, config), lambda: Tokenizer.from_gguf_metadata(file.metadata))
+
+
+def _named_source(path: str, tensors, model_config: Optional[LlamaConfig]) -> FloatSource:
+    """Tensors by name (safetensors or ckpt reader), in Hugging Face or MindFormers names."""
+    from golden_ptq.networks.tokenizer import Tokenizer
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    has_config = os.path.isfile(os.path.join(folder, "config.json"))
+    if model_config is None and not has_config:
+        raise ValueError(f"{path}: no config.json beside the weights; pass model_config=LlamaConfig(...) "
+                         f"describing the network")
+    if model_config is None:
+        from golden_ptq.io.hf_config import hf_config
+        model_config = hf_config(folder)
+    config = LlamaConfig.from_dict(model_config.to_dict())  # a copy: max_position_embeddings may be changed
+    has_tokenizer = os.path.isfile(os.path.join(folder, "tokenizer.json"))
+    tokenizer = (lambda: Tokenizer.from_hf_dir(folder)) if has_tokenizer else (lambda: None)
+    if HF_EMBEDDING in tensors:
+        mapping = name_map(config.num_layers, HF_PER_LAYER, HF_GLOBAL)
+
+        def check_head() -> None:
+            from golden_ptq.networks.loaders.hf_loader import check_tied_head
+            check_tied_head(tensors, config, path)
+
+        return FloatSource(path, config, lambda name: tensors.get(mapping.get(name, name)), tokenizer, check_head)
+    if OUR_EMBEDDING in tensors:
+        return FloatSource(path, config, tensors.get, tokenizer)
+    raise ValueError(f"{path}: neither '{HF_EMBEDDING}' (Hugging Face names) nor '{OUR_EMBEDDING}' (MindFormers "
+                     f"names) is among its tensors; names look like: {', '.join(tensors.names()[:4])}")

@@ -1,0 +1,217 @@
+"""The streamed layer source: each calibration unit built from the float source when the driver
+reaches it, and written as one shard of the output as soon as the driver is done with it.
+
+Units, in order: the embedding (one shard), every decoder layer (one shard each), the final norm
+with ``lm_head`` (one shard). Names, dtypes and shapes are those ``save_checkpoint`` writes for
+the same network quantized in memory: each unit is a real cell tree named as in
+:class:`~golden_ptq.networks.llama.LlamaForCausalLM`, whose ``parameters_and_names`` is what is written.
+"""
+from __future__ import annotations
+
+import gc
+from typing import Dict, Iterator, Optional, Sequence, Tuple
+
+import numpy as np
+from mindspore import Parameter, Tensor, nn
+
+from golden_ptq.algorithm.driver import LayerSource
+from golden_ptq.algorithm.swap import quant_targets, share_tied_head
+from golden_ptq.io.checkpoint import quant_desc
+from golden_ptq.io.sharded_writer import ShardedSafetensorsWriter
+from golden_ptq.networks.layers import Embedding, Linear, RMSNorm, rope_tables, rotate_half_index
+from golden_ptq.networks.llama import LlamaDecodeLayer, LlamaForCausalLM, sync_parameter_names
+from golden_ptq.networks.loaders.common import MissingTensorError
+from golden_ptq.parallel.context import TPContext, resolve
+from golden_ptq.parallel.sharding import TPLayout, shard_array
+from golden_ptq.quant_cells import QuantCell
+from golden_ptq.streaming.boundary import BoundaryStore
+from golden_ptq.streaming.float_source import FloatSource
+
+EMBEDDING = "model.tok_embeddings"
+#: A written unit of at least this many bytes is freed at once (``gc.collect``: quantized cells hold
+#: reference cycles); smaller ones are left to the collector, whose full pass costs ~0.3 s.
+COLLECT_BYTES = 4 << 20
+
+
+class NetworkShell(nn.Cell):
+    """The parts of ``LlamaForCausalLM`` outside its decoder layers, under the same names, holding
+    only the cells of the unit at hand (``model.tok_embeddings``, ``model.norm_out``, ``lm_head``).
+
+    Modules and the structure see it as the network: ``embed`` and ``layer_inputs`` are the
+    network's own methods (same rotary tables and masks, so the same activations)."""
+
+    def __init__(self, config, tp: Optional[TPContext] = None):
+        super().__init__()
+        self.config = config
+        self.tp = resolve(tp)
+        self.tp_layout = TPLayout.for_config(config, self.tp)
+        self.model = nn.Cell()
+        self._cos_table, self._sin_table = rope_tables(config.head_dim, config.max_position_embeddings,
+                                                       config.rope_theta)
+        index_q, self._sign_q = rotate_half_index(self.tp_layout.local_heads, config.head_dim)
+        index_k, self._sign_k = rotate_half_index(self.tp_layout.local_kv_heads, config.head_dim)
+        self.index_q, self.index_k = Tensor(index_q), Tensor(index_k)
+
+    layer_inputs = LlamaForCausalLM.layer_inputs
+    _layer_arrays = LlamaForCausalLM._layer_arrays
+    embed = LlamaForCausalLM.embed
+
+    def clear(self) -> None:
+        """Drop every cell of the last unit."""
+        for name in list(self.model._cells):  # pylint: disable=protected-access
+            delattr(self.model, name)
+        if "lm_head" in self._cells:
+            delattr(self, "lm_head")
+
+
+class StreamedLayers(LayerSource):
+    """A :class:`LayerSource` over a float source; ``ptq`` swaps in the quantized Cells and keeps
+    the records; every unit goes to ``writer`` as one shard and into ``desc`` (quant_desc.json)."""
+
+    def __init__(self, source: FloatSource, ptq, structure, shell: NetworkShell, writer: ShardedSafetensorsWriter,
+                 boundaries: BoundaryStore):
+        self.source, self.ptq, self.structure, self.network = source, ptq, structure, shell
+        self.writer, self.boundaries = writer, boundaries
+        self.config = source.config
+        self.desc: Dict[str, str] = {}
+        self.written: set = set()
+        self._bytes_since_collect = 0   # bytes written since the last gc.collect
+
+    # ----- loading ------------------------------------------------------------------------------
+    def _load(self, cell: nn.Cell, prefix: str) -> None:
+        """Fill every parameter of ``cell`` (named ``prefix.relative``) from the source, this rank's slice."""
+        layout = self.network.tp_layout
+        for rel, param in cell.parameters_and_names():
+            name = f"{prefix}.{rel}" if prefix else rel
+            array = self.source.get(name)
+            if array is None:
+                raise MissingTensorError(f"{self.source.path}: tensor for parameter '{name}' (expected shape "
+                                         f"{tuple(param.shape)}) is missing")
+            if self.network.tp.parallel:
+                array = np.ascontiguousarray(shard_array(name, array, layout))
+            if tuple(array.shape) != tuple(param.shape):
+                raise ValueError(f"{self.source.path}: tensor for parameter '{name}' has shape {tuple(array.shape)}, "
+                                 f"expected {tuple(param.shape)}")
+            param.set_data(Tensor(np.ascontiguousarray(array, dtype=np.float32)))
+            del array
+
+    def _table(self, name: str, shape: Tuple[int, int]) -> Parameter:
+        """A vocabulary-sized float table as a Parameter made straight from the array read: building
+        the cell at full size first would hold a zero table beside it (3 copies at the peak, not 2)."""
+        array = self.source.get(name)
+        if array is None:
+            raise MissingTensorError(f"{self.source.path}: tensor for parameter '{name}' (expected shape {shape}) "
+                                     f"is missing")
+        if tuple(array.shape) != shape:
+            raise ValueError(f"{self.source.path}: tensor for parameter '{name}' has shape {tuple(array.shape)}, "
+                             f"expected {shape}")
+        return Parameter(Tensor.from_numpy(np.ascontiguousarray(array, dtype=np.float32)), name=name.rsplit(".", 1)[1])
+
+    def _embedding(self) -> Embedding:
+        cell = Embedding(1, self.config.hidden_size)   # replicated under TP: the whole table
+        cell.embedding_weight = self._table(f"{EMBEDDING}.embedding_weight",
+                                            (self.config.vocab_size, self.config.hidden_size))
+        return cell
+
+    def _head(self) -> Linear:
+        cell = Linear(self.config.hidden_size, 1)      # replicated under TP: the whole table
+        cell.out_features = self.config.vocab_size
+        cell.weight = self._table("lm_head.weight", (self.config.vocab_size, self.config.hidden_size))
+        return cell
+
+    # ----- writing ------------------------------------------------------------------------------
+    def _write(self, root: nn.Cell, prefix: str = "", skip: Sequence[str] = ()) -> None:
+        """Write ``root``'s parameters (but those under ``skip``) as the next shard, and their quant types."""
+        sync_parameter_names(root)
+        full = (lambda rel: f"{prefix}.{rel}") if prefix else (lambda rel: rel)
+        arrays = {full(rel): param.asnumpy() for rel, param in root.parameters_and_names()
+                  if not rel.startswith(tuple(skip))}
+        self.desc.update({full(rel): kind for rel, kind in quant_desc(root).items() if not rel.startswith(tuple(skip))})
+        again = [name for name in arrays if name in self.written]
+        if again:
+            raise RuntimeError(f"streamed quantization wrote parameter '{again[0]}' twice")
+        self.writer.write_shard({k: np.ascontiguousarray(v) for k, v in arrays.items()})
+        self.written.update(arrays)
+        self._bytes_since_collect += sum(int(v.nbytes) for v in arrays.values())
+
+    def _collect(self) -> None:
+        """Free the cells of written units now when they were large (see COLLECT_BYTES)."""
+        if self._bytes_since_collect >= COLLECT_BYTES:
+            gc.collect()
+            self._bytes_since_collect = 0
+
+    def _drop_float_cells(self, prefix: str) -> None:
+        """The float cells of a written unit are not needed again (streaming has no rollback)."""
+        floats = self.ptq._float_cells  # pylint: disable=protected-access
+        for name in [n for n in floats if n == prefix or n.startswith(prefix + ".")]:
+            del floats[name]
+
+    # ----- LayerSource --------------------------------------------------------------------------
+    def embedding_cells(self) -> Dict[str, QuantCell]:
+        self.network.model.tok_embeddings = self._embedding()
+        self.ptq.swap_in(self.network, quant_targets(self.network, self.ptq.registry))
+        return {n: c for n, c in self.network.cells_and_names() if isinstance(c, QuantCell)}
+
+    def embedding_done(self) -> None:
+        self._write(self.network)
+        self._drop_float_cells(EMBEDDING)
+        self.network.clear()
+        self._collect()
+
+    def num_layers(self) -> int:
+        return self.config.num_layers
+
+    def decoder_layers(self) -> Iterator[Tuple[str, nn.Cell]]:
+        for index in range(self.config.num_layers):
+            self._collect()   # the layer written last is unreferenced by now
+            name = f"model.layers.{index}"
+            layer = LlamaDecodeLayer(self.config, self.network.tp_layout)
+            self._load(layer, name)
+            layer.set_train(False)
+            self.ptq.swap_in(layer, quant_targets(layer, self.ptq.registry, name), name)
+            yield name, layer
+            del layer
+
+    def layer_done(self, name: str, layer: nn.Cell) -> None:
+        self._write(layer, name)
+        self._drop_float_cells(name)
+
+    def head_cells(self) -> Dict[str, QuantCell]:
+        config, shell = self.config, self.network
+        self._collect()
+        self.source.check_head()
+        shell.model.norm_out = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self._load(shell.model.norm_out, "model.norm_out")
+        if config.tie_word_embeddings:  # the head is the embedding table, as in LlamaForCausalLM
+            embedding = self._embedding()
+            shell.lm_head = Linear(config.hidden_size, 1)
+            shell.lm_head.out_features = config.vocab_size
+            shell.lm_head.weight = embedding.embedding_weight
+            shell.model.tok_embeddings = self._embedding_as_written(embedding)
+        else:
+            shell.lm_head = self._head()
+        targets = [t for t in quant_targets(shell, self.ptq.registry) if not t[0].startswith(EMBEDDING)]
+        self.ptq.swap_in(shell, targets)
+        return {n: c for n, c in shell.cells_and_names() if isinstance(c, QuantCell)
+                and not n.startswith(EMBEDDING)}
+
+    def _embedding_as_written(self, embedding: Embedding) -> nn.Cell:
+        """The embedding in the form its shard holds (quantized again: deterministic), so that a tied
+        head shares or keeps parameters exactly as in the in-memory network."""
+        spec = self.ptq.layer_spec(EMBEDDING, "embedding")
+        entry = self.ptq.registry.lookup(embedding)
+        if spec.skip_reason or entry is None:
+            return embedding
+        cell = entry["quant_type"](embedding, spec)
+        cell.quantize()
+        return cell
+
+    def head_done(self) -> None:
+        share_tied_head(self.network)
+        self._write(self.network, skip=(EMBEDDING + ".",))
+        self._drop_float_cells("lm_head")
+        self.network.clear()
+        self._collect()
+
+    def boundary(self, outputs, previous):
+        return self.boundaries.boundary(outputs, previous)
