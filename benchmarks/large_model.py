@@ -92,8 +92,8 @@ def write_float_folder(folder: str, layers: int, seed: int = 0) -> dict:
             }
             writer.write_shard(*bf16(arrays))
             del arrays
-        writer.write_shard(*bf16({HF_GLOBAL["model.tok_embeddings.embedding_weight"]: normal((vocab, hidden), 1.0),
-                                  HF_GLOBAL["model.norm_out.weight"]: np.ones(hidden, np.float32),
+        writer.write_shard(*bf16({HF_GLOBAL["model.tok_embeddings.embedding_weight"]: normal((vocab, hidden), 1.0)}))
+        writer.write_shard(*bf16({HF_GLOBAL["model.norm_out.weight"]: np.ones(hidden, np.float32),
                                   HF_GLOBAL["lm_head.weight"]: normal((vocab, hidden), 1 / np.sqrt(hidden))}))
         writer.finish()
         config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "torch_dtype": "bfloat16",
