@@ -197,14 +197,15 @@ def calibration_rows(folder: str, samples: int, length: int):
 
 
 def quantize(float_folder: str, output: str, kind: str, samples: int, length: int, in_memory: bool) -> dict:
-    config = quant_config(kind)
-    rows = calibration_rows(float_folder, samples, length)
-    start = time.time()
     if not in_memory:
         try:
             from golden_ptq.streaming import quantize_streamed
         except ImportError as err:
             return {"available": False, "reason": f"streaming quantize not available ({err})"}
+    config = quant_config(kind)
+    rows = calibration_rows(float_folder, samples, length)
+    start = time.time()
+    if not in_memory:
         result = quantize_streamed(float_folder, config, rows, output, progress=True)
         summary = result.summary() if hasattr(result, "summary") else None
         path = "streamed"
