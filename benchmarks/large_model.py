@@ -18,8 +18,9 @@ Steps (``--steps``, comma separated; default all):
 * ``deploy``: ``load_quantized`` + greedy generation in a child process, from the static result (or
   with ``--synthetic-quantized`` from a folder of random int8 codes and scales written directly in the
   DEPLOY layout -- no calibration, so its tokens mean nothing; it measures memory and speed only).
-* ``tp2``: the quantized folder split per rank (``rank_0/``, ``rank_1/``) and DEPLOYed under ``msrun``
-  with 2 workers; rank 0's logits are compared with the TP=1 ``deploy`` step's.
+* ``tp2``: the quantized folder split per rank (``rank_0/``, ``rank_1/``; or with ``--tp-source full``
+  the full folder, each rank slicing it tensor by tensor while loading) and DEPLOYed under ``msrun``
+  with 2 workers; rank 0's logits and tokens are compared with the TP=1 ``deploy`` step's.
 
 Each step's peak RSS is that child process's own (``os.wait4``; under msrun each worker reports its
 ``ru_maxrss``). ``--json`` ends the output with one JSON line. Big files live in ``--workdir`` (default a
@@ -352,6 +353,9 @@ def main(argv=None) -> int:
                         help="quantize with the in-memory path (NetworkHelper + PTQ), not the streaming one")
     parser.add_argument("--synthetic-quantized", action="store_true",
                         help="deploy a synthetic int8 folder written directly (no float model, no calibration)")
+    parser.add_argument("--tp-source", choices=("split", "full"), default="split",
+                        help="tp2: DEPLOY per-rank folders split from the result (split, eager: for small "
+                             "--layers) or the full folder, each rank slicing it while loading (full)")
     parser.add_argument("--tp-timeout", type=int, default=1800)
     parser.add_argument("--json", action="store_true", help="end with one JSON line of the results")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -394,10 +398,14 @@ def main(argv=None) -> int:
                 say("deploy", run_child("deploy", {"folder": quantized, "new_tokens": args.new_tokens,
                                                    "logits": tp1_logits}, workdir))
         if "tp2" in steps and os.path.isdir(quantized):
-            say("split", run_child("split", {"folder": quantized, "output": paths["tp2"]}, workdir))
+            tp_folder = quantized
+            if args.tp_source == "split":
+                tp_folder = paths["tp2"]
+                say("split", run_child("split", {"folder": quantized, "output": tp_folder}, workdir))
             tp2_logits = os.path.join(workdir, "tp2_logits.npy")
-            result = run_tp2({"folder": paths["tp2"], "new_tokens": args.new_tokens, "logits": tp2_logits},
+            result = run_tp2({"folder": tp_folder, "new_tokens": args.new_tokens, "logits": tp2_logits},
                              workdir, args.tp_timeout)
+            result["source"] = args.tp_source
             if result.get("available") and os.path.isfile(tp1_logits):
                 a, b = np.load(tp2_logits), np.load(tp1_logits)
                 diff = float(np.abs(a - b).max())
@@ -408,6 +416,8 @@ def main(argv=None) -> int:
         if not args.keep:
             for name in ("float", "static", "dynamic", "tp2", "synthetic"):
                 shutil.rmtree(paths[name], ignore_errors=True)
+            if args.workdir is None:
+                shutil.rmtree(workdir, ignore_errors=True)
     if args.json:
         static, deployed = report.get("static", {}), report.get("deploy", {})
         synthetic = report.get("synthetic", {})

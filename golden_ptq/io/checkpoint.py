@@ -191,8 +191,20 @@ def load_streamed(path: str, network: nn.Cell, split_layout=None) -> None:
         array = reader.get(name) if split_layout is None else local_state_array(name, reader.get, split_layout)
         if array.dtype == np.float16:
             array = array.astype(np.float32)  # saved with float_dtype="float16"
-        param.set_data(Tensor.from_numpy(np.ascontiguousarray(array)))  # shares the fresh array: no second copy
+        param.set_data(Tensor.from_numpy(_compact(array)))  # shares the array: no second copy
         del array
+
+
+def _compact(array: np.ndarray) -> np.ndarray:
+    """``array`` contiguous and not pinning a larger buffer: a rank's row slice of a full tensor is a
+    contiguous view, and handing the view over would keep the whole tensor alive."""
+    array = np.ascontiguousarray(array)
+    base = array.base
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    if isinstance(base, np.ndarray) and base.nbytes > array.nbytes:
+        return array.copy()
+    return array
 
 
 def load_state(arrays: Dict[str, np.ndarray], network: nn.Cell, path: str) -> None:
