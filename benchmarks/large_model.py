@@ -2,7 +2,7 @@
 
     python benchmarks/large_model.py --layers 2 --json                  # CI-sized: 2 decoder layers
     python benchmarks/large_model.py --json                             # the full 32 layers (13.4 GB bf16)
-    python benchmarks/large_model.py --synthetic-quantized --steps deploy --json   # DEPLOY a 32-layer synthetic int8 folder
+    python benchmarks/large_model.py --synthetic-quantized --steps deploy --json  # DEPLOY a synthetic int8 folder
 
 Steps (``--steps``, comma separated; default all):
 
@@ -308,7 +308,8 @@ def run_tp2(spec: dict, workdir: str, timeout: int) -> dict:
     start = time.time()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, timeout=timeout, capture_output=True, text=True)
     if proc.returncode != 0:
-        logs = "".join(open(os.path.join(log_dir, f), errors="replace").read()[-2000:] for f in sorted(os.listdir(log_dir)))
+        logs = "".join(open(os.path.join(log_dir, name), errors="replace").read()[-2000:]
+                       for name in sorted(os.listdir(log_dir)))
         raise RuntimeError(f"msrun exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{logs}")
     ranks = [json.load(open(os.path.join(workdir, f"tp2.rank{r}.json"))) for r in range(2)]
     return {"available": True, "wall_s": round(time.time() - start, 1), "ranks": ranks}

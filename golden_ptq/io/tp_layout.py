@@ -65,8 +65,8 @@ def deploy_source(folder: str, ctx) -> Tuple[str, bool]:
         return folder, True
     ranks = rank_folders(folder)
     if not ranks:
-        raise FileNotFoundError(f"{folder}: no model.ckpt / model.safetensors / model.safetensors.index.json and no {RANK_PREFIX}<i> folders; was "
-                                f"it written by save_quantized?")
+        raise FileNotFoundError(f"{folder}: no model.ckpt / model.safetensors / model.safetensors.index.json and no "
+                                f"{RANK_PREFIX}<i> folders; was it written by save_quantized?")
     size, rank = ctx.size, ctx.rank
     saved = read_layout(next(iter(ranks.values()))) or {}
     if len(ranks) != size or saved.get("tp_size") != size:

@@ -27,7 +27,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from golden_ptq.parallel.context import TPContext
-from golden_ptq.quant_math.layouts import PARTIAL as PARTIAL_SUM, REPLICATE as REPLICATED, SPLIT0, SPLIT1, parallel_rule
+from golden_ptq.quant_math.layouts import PARTIAL as PARTIAL_SUM, REPLICATE as REPLICATED, SPLIT0, SPLIT1
+from golden_ptq.quant_math.layouts import parallel_rule
 
 COLUMN_CELLS = ("attention.wq", "feed_forward.w1", "feed_forward.w3")
 KV_CELLS = ("attention.wk", "attention.wv")
