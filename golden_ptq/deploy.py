@@ -12,7 +12,16 @@ set (see :mod:`golden_ptq.io.folder_set`)::
     manifest.json       size and SHA-256 of every file, checked on load
 
 ``load_quantized(folder)`` in any later process builds the network from ``network.yaml``, applies
-PTQ in DEPLOY mode with the saved settings and loads the checkpoint strictly.
+PTQ in DEPLOY mode with the saved settings and loads the checkpoint strictly. The weights may
+also be sharded (``model.safetensors.index.json`` + ``model-0000i-of-0000N.safetensors``, as the
+streaming quantizer writes them).
+
+DEPLOY memory: building the network allocates no weights (parameters are placeholders until
+their tensors arrive), the quantized cells declare their int8 parameters without allocating them,
+and safetensors are read one tensor at a time, each replacing its placeholder. The process holds
+the deployed parameters once -- int8 codes (1 byte per weight of a quantized Linear), their
+scales, and the float parameters (embedding, norms, unquantized layers, 4 bytes per value) --
+plus one tensor in flight and the run-time buffers.
 """
 from __future__ import annotations
 
@@ -32,7 +41,7 @@ from golden_ptq.networks.helper import NetworkHelper
 CONFIG_FILE = "ptq_config.yaml"
 DESC_FILE = "quant_desc.json"
 NETWORK_FILE = "network.yaml"
-WEIGHT_FILES = ("model.safetensors", "model.ckpt")
+WEIGHT_FILES = ("model.safetensors", "model.ckpt", "model.safetensors.index.json")  # the last: sharded
 
 
 def save_quantized(network, ptq: PTQ, folder: str, fmt: str = "safetensors", tokenizer=None,
@@ -105,11 +114,12 @@ def deploy_config(ptq: PTQ) -> PTQConfig:
 
 
 def find_checkpoint(folder: str) -> str:
-    """The one weight file of a saved folder; none or two of them is an error."""
+    """The one weight file of a saved folder (``model.safetensors``, ``model.ckpt``, or the index of
+    sharded ``model-0000i-of-0000N.safetensors``); none or more than one of them is an error."""
     found = [os.path.join(folder, name) for name in WEIGHT_FILES if os.path.isfile(os.path.join(folder, name))]
     if len(found) > 1:
-        raise FolderSetError(f"{folder}: holds both {WEIGHT_FILES[0]} and {WEIGHT_FILES[1]}; which one is meant is "
-                             f"ambiguous — remove the stale one")
+        names = " and ".join(os.path.basename(path) for path in found)
+        raise FolderSetError(f"{folder}: holds both {names}; which one is meant is ambiguous — remove the stale one")
     if not found:
         raise FileNotFoundError(f"{folder}: no {' or '.join(WEIGHT_FILES)}; was it written by save_quantized?")
     return found[0]

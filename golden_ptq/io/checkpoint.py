@@ -10,9 +10,11 @@ import numpy as np
 from mindspore import Tensor, nn
 
 from golden_ptq.io.atomic import atomic_write, atomic_write_text
-from golden_ptq.io.safetensors_files import CorruptFileError, read_header
+from golden_ptq.io.safetensors_files import INDEX_SUFFIX, CorruptFileError, open_safetensors, read_header
 
 FORMATS = {".ckpt": "ckpt", ".safetensors": "safetensors"}
+_STORED_DTYPES = {"F32": ms.float32, "F16": ms.float16, "F64": ms.float64, "I8": ms.int8, "U8": ms.uint8,
+                  "I32": ms.int32, "I64": ms.int64, "BF16": ms.bfloat16, "BOOL": ms.bool_}
 
 
 class CheckpointMismatchError(ValueError):
@@ -92,6 +94,9 @@ def read_checkpoint(path: str) -> Dict[str, np.ndarray]:
     :class:`CorruptFileError` naming the path and what is wrong."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    if path.endswith(INDEX_SUFFIX):
+        reader = open_safetensors(path)
+        return {name: reader.get(name) for name in reader.names()}
     fmt = _format(path)
     size = os.path.getsize(path)
     if size == 0:
@@ -119,18 +124,87 @@ def load_checkpoint(path: str, network: nn.Cell) -> None:
 
     Names, shapes and dtypes must agree both ways, so a checkpoint made with other quantization
     settings fails on the first parameter that differs instead of loading half a network.
+    Safetensors (one file or a ``*.safetensors.index.json`` with its shards) are checked from their
+    headers first and then read one tensor at a time (see :func:`load_streamed`); ``.ckpt`` whole.
     """
-    load_state(read_checkpoint(path), network, path)
+    if _streamable(path):
+        load_streamed(path, network)
+    else:
+        load_state(read_checkpoint(path), network, path)
 
 
 def load_full_checkpoint(path: str, network: nn.Cell) -> None:
     """Strictly load a full (TP size 1) checkpoint into ``network``, each tensor-parallel rank taking its slice."""
     from golden_ptq.parallel.sharding import split_state
-    arrays = read_checkpoint(path)
     tp, layout = getattr(network, "tp", None), getattr(network, "tp_layout", None)
-    if tp is not None and tp.parallel:
+    split = layout if tp is not None and tp.parallel else None
+    if _streamable(path):
+        load_streamed(path, network, split)
+        return
+    arrays = read_checkpoint(path)
+    if split is not None:
         arrays = split_state(arrays, layout)
     load_state(arrays, network, path)
+
+
+def _streamable(path: str) -> bool:
+    return path.endswith(INDEX_SUFFIX) or path.endswith(".safetensors")
+
+
+def _tensor_label(tag: str, shape) -> str:
+    """How a stored tensor's dtype tag and shape read in errors, as MindSpore names dtypes."""
+    dtype = _STORED_DTYPES.get(tag)
+    return f"{dtype if dtype is not None else tag} {tuple(shape)}"
+
+
+def load_streamed(path: str, network: nn.Cell, split_layout=None) -> None:
+    """Strict load of a safetensors file or index (``path``) into ``network``, one tensor at a time.
+
+    Every name, shape and dtype is checked against the headers before any parameter changes (the
+    same errors as :func:`load_state`); then each tensor is read, sliced for this rank when
+    ``split_layout`` (a TPLayout) is given, and replaces its parameter, so the process holds the
+    network plus one tensor, never a second copy of the model.
+    """
+    from golden_ptq.parallel.sharding import full_shape, local_state_array
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    reader = open_safetensors(path)
+    params = dict(network.parameters_and_names())
+    for name, param in params.items():
+        expected = f"{param.dtype} {tuple(param.shape)}"
+        if name not in reader:
+            raise CheckpointMismatchError(f"{path}: no parameter '{name}' (the network expects {expected}); "
+                                          f"was it saved with other quantization settings?")
+        shape = tuple(param.shape)
+        if split_layout is not None:
+            shape = full_shape(name, shape, split_layout)
+        tag = reader.dtype(name)
+        dtype_ok = _STORED_DTYPES.get(tag) == param.dtype or (tag == "F16" and param.dtype == ms.float32)
+        if tuple(reader.shape(name)) != shape or not dtype_ok:
+            raise CheckpointMismatchError(f"{path}: parameter '{name}' is {_tensor_label(tag, reader.shape(name))} "
+                                          f"in the checkpoint, the network expects {param.dtype} {shape}")
+    extra = [name for name in reader.names() if name not in params]
+    if extra:
+        raise CheckpointMismatchError(f"{path}: parameter '{extra[0]}' is in the checkpoint but not in the network "
+                                      f"({len(extra)} unexpected); was it saved with other quantization settings?")
+    for name, param in params.items():
+        array = reader.get(name) if split_layout is None else local_state_array(name, reader.get, split_layout)
+        if array.dtype == np.float16:
+            array = array.astype(np.float32)  # saved with float_dtype="float16"
+        param.set_data(Tensor.from_numpy(_compact(array)))  # shares the array: no second copy
+        del array
+
+
+def _compact(array: np.ndarray) -> np.ndarray:
+    """``array`` contiguous and not pinning a larger buffer: a rank's row slice of a full tensor is a
+    contiguous view, and handing the view over would keep the whole tensor alive."""
+    array = np.ascontiguousarray(array)
+    base = array.base
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    if isinstance(base, np.ndarray) and base.nbytes > array.nbytes:
+        return array.copy()
+    return array
 
 
 def load_state(arrays: Dict[str, np.ndarray], network: nn.Cell, path: str) -> None:

@@ -50,7 +50,9 @@ def rank_folders(folder: str) -> Dict[int, str]:
 
 
 def has_full_checkpoint(folder: str) -> bool:
-    return any(os.path.isfile(os.path.join(folder, f"model.{ext}")) for ext in ("ckpt", "safetensors"))
+    """Whether ``folder`` holds weights itself (one file, or the index of sharded safetensors)."""
+    return any(os.path.isfile(os.path.join(folder, name))
+               for name in ("model.ckpt", "model.safetensors", "model.safetensors.index.json"))
 
 
 def deploy_source(folder: str, ctx) -> Tuple[str, bool]:
@@ -63,8 +65,8 @@ def deploy_source(folder: str, ctx) -> Tuple[str, bool]:
         return folder, True
     ranks = rank_folders(folder)
     if not ranks:
-        raise FileNotFoundError(f"{folder}: no model.ckpt / model.safetensors and no {RANK_PREFIX}<i> folders; was "
-                                f"it written by save_quantized?")
+        raise FileNotFoundError(f"{folder}: no model.ckpt / model.safetensors / model.safetensors.index.json and no "
+                                f"{RANK_PREFIX}<i> folders; was it written by save_quantized?")
     size, rank = ctx.size, ctx.rank
     saved = read_layout(next(iter(ranks.values()))) or {}
     if len(ranks) != size or saved.get("tp_size") != size:

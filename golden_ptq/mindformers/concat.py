@@ -17,11 +17,13 @@ from typing import Dict, Tuple
 import numpy as np
 
 from golden_ptq.config.model_config import LlamaConfig
+from golden_ptq.quant_math.layouts import REPLICATE, SPLIT0, names_by_column_rule
 
-#: Parameters of a quantized Linear with one entry per output row (split/joined with the rows).
-ROW_PARAMS = ("weight", "bias", "weight_scale", "weight_zp", "quant_bias", "deq_scale", "shift_bias")
+#: Parameters of a quantized Linear with one entry per output row (split/joined with the rows): the
+#: ones a column-parallel split divides, in the layout table of golden_ptq.quant_math.layouts.
+ROW_PARAMS = names_by_column_rule(SPLIT0)
 #: Parameters shared by every output row (equal in the layers a concat joins: they read one input).
-SHARED_PARAMS = ("input_scale", "input_zp", "input_shift")
+SHARED_PARAMS = names_by_column_rule(REPLICATE)
 QKV, GATE_UP = "attention.w_qkv", "feed_forward.w_gate_hidden"
 _QKV_PARTS, _GATE_UP_PARTS = ("attention.wq", "attention.wk", "attention.wv"), ("feed_forward.w1", "feed_forward.w3")
 

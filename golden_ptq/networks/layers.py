@@ -6,8 +6,23 @@ from typing import Optional, Tuple
 import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
+from mindspore.common.initializer import Constant, initializer
 
 from golden_ptq.parallel.context import TPContext, all_reduce, current_context, shard_mode
+
+
+_MS_DTYPES = {np.dtype(np.float32): ms.float32, np.dtype(np.float16): ms.float16, np.dtype(np.int8): ms.int8,
+              np.dtype(np.int32): ms.int32, np.dtype(np.int64): ms.int64, np.dtype(np.uint8): ms.uint8}
+
+
+def placeholder_tensor(shape: Tuple[int, ...], dtype=np.float32, fill: float = 0.0) -> Tensor:
+    """A tensor of ``shape`` filled with ``fill`` whose storage is allocated only when first used.
+
+    Float weights start as these, so building a network holds no weight memory until its values
+    arrive (a loader's, ``init_random``'s or a quantized checkpoint's, which replace them whole).
+    """
+    init = "zeros" if fill == 0.0 else ("ones" if fill == 1.0 else Constant(fill))
+    return initializer(init, tuple(int(d) for d in shape), _MS_DTYPES[np.dtype(dtype)])
 
 
 class Linear(nn.Cell):
@@ -35,8 +50,8 @@ class Linear(nn.Cell):
         local = (local_features or split // self.tp.size) if parallel else split
         self.in_features = local if parallel == "row" else in_features
         self.out_features = local if parallel == "column" else out_features
-        self.weight = Parameter(Tensor(np.zeros((self.out_features, self.in_features), np.float32)), name="weight")
-        self.bias = Parameter(Tensor(np.zeros((self.out_features,), np.float32)), name="bias") if has_bias else None
+        self.weight = Parameter(placeholder_tensor((self.out_features, self.in_features)), name="weight")
+        self.bias = Parameter(placeholder_tensor((self.out_features,)), name="bias") if has_bias else None
         self.matmul = ops.MatMul(transpose_b=True)
 
     @property
@@ -130,7 +145,7 @@ class Embedding(nn.Cell):
 
     def __init__(self, vocab_size: int, dim: int):
         super().__init__()
-        self.embedding_weight = Parameter(Tensor(np.zeros((vocab_size, dim), np.float32)), name="embedding_weight")
+        self.embedding_weight = Parameter(placeholder_tensor((vocab_size, dim)), name="embedding_weight")
 
     def construct(self, input_ids: Tensor) -> Tensor:
         return ops.gather(self.embedding_weight, input_ids, 0)

@@ -22,22 +22,19 @@ it from the rank's int8 weight.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from golden_ptq.parallel.context import TPContext
+from golden_ptq.quant_math.layouts import PARTIAL as PARTIAL_SUM, REPLICATE as REPLICATED, SPLIT0, SPLIT1
+from golden_ptq.quant_math.layouts import parallel_rule
 
 COLUMN_CELLS = ("attention.wq", "feed_forward.w1", "feed_forward.w3")
 KV_CELLS = ("attention.wk", "attention.wv")
 ROW_CELLS = ("attention.wo", "feed_forward.w2")
 KV_CACHE_CELL = "attention.kv_cache"
 HEAD_CELLS = ("attention.wq", "attention.wo")   # split at query-head boundaries
-
-_COLUMN_SPLIT = {"weight", "bias", "weight_scale", "weight_zp", "quant_bias", "deq_scale", "shift_bias"}
-_COLUMN_REPLICATED = {"input_scale", "input_zp", "input_shift"}
-_ROW_REPLICATED = {"bias", "input_scale", "input_zp", "deq_scale"}
-_ROW_PARTIAL = {"quant_bias", "shift_bias"}
 
 Rule = Tuple[str, int]   # ("split", dim) | ("replicate", -1) | ("partial", -1)
 REPLICATE: Rule = ("replicate", -1)
@@ -133,28 +130,13 @@ def rule_for(name: str, ndim: int, kv_split: bool) -> Rule:
     if _matches(cell, (KV_CACHE_CELL,)):
         return ("split", 0) if kv_split else REPLICATE
     mode = linear_parallel_mode(cell, kv_split)
-    if mode == "column":
-        if local in _COLUMN_SPLIT:
-            return ("split", 0)
-        if local in _COLUMN_REPLICATED:
-            return REPLICATE
-    elif mode == "row":
-        if local == "weight":
-            return ("split", 1)
-        if local in ("weight_scale", "weight_zp"):
-            return ("split", 1) if ndim == 2 else REPLICATE   # per group: columns; per channel: whole rows
-        if local == "input_shift":
-            return ("split", 0)
-        if local in _ROW_REPLICATED:
-            return REPLICATE
-        if local in _ROW_PARTIAL:
-            return PARTIAL
-    elif _matches(cell, KV_CELLS):
+    if mode is None:
         return REPLICATE
-    else:
-        return REPLICATE
-    raise KeyError(f"tensor parallel: no sharding rule for parameter '{name}' of a {mode}-parallel layer; "
-                   f"known: {sorted(_COLUMN_SPLIT | _COLUMN_REPLICATED | _ROW_REPLICATED | _ROW_PARTIAL)}")
+    try:
+        rule = parallel_rule(local, mode, ndim)   # the quantized Linear's layout table says
+    except KeyError as err:
+        raise KeyError(str(err.args[0]).replace(f"'{local}'", f"'{name}'", 1)) from None
+    return {SPLIT0: ("split", 0), SPLIT1: ("split", 1), REPLICATED: REPLICATE, PARTIAL_SUM: PARTIAL}[rule]
 
 
 def _slice(array: np.ndarray, dim: int, layout: TPLayout, name: str) -> np.ndarray:
@@ -188,24 +170,26 @@ def full_shape(name: str, local_shape: Tuple[int, ...], layout: TPLayout) -> Tup
 
 def split_state(full: Dict[str, np.ndarray], layout: TPLayout) -> Dict[str, np.ndarray]:
     """Rank ``layout.ctx.rank``'s state dict from a full (TP=1) one, partial sums recomputed from its shard."""
-    ctx, kv_split = layout.ctx, layout.kv_split
-    out: Dict[str, np.ndarray] = {}
-    for name, array in full.items():
-        kind, _ = rule_for(name, array.ndim, kv_split)
-        if kind != "partial":
-            out[name] = np.ascontiguousarray(shard_array(name, array, layout))
-            continue
-        cell, local = _cell_and_local(name)
-        if local != "quant_bias" or not ctx.parallel:
-            if ctx.parallel:
-                raise NotImplementedError(f"tensor parallel: splitting '{name}' (input-shift outlier suppression) "
-                                          f"is not supported; only m1 SmoothQuant checkpoints split")
-            out[name] = array
-            continue
-        weight = _slice(full[f"{cell}.weight"], 1, layout, f"{cell}.weight").astype(np.int64)
-        zero_point = np.asarray(full[f"{cell}.input_zp"]).astype(np.int64).reshape(-1)[0]
-        out[name] = (-zero_point * weight.sum(axis=1)).astype(array.dtype)
-    return out
+    return {name: local_state_array(name, full.__getitem__, layout) for name in full}
+
+
+def local_state_array(name: str, get: Callable[[str], np.ndarray], layout: TPLayout) -> np.ndarray:
+    """Rank ``layout.ctx.rank``'s part of parameter ``name`` of a full (TP=1) checkpoint whose
+    tensors ``get(name)`` returns: its slice, or a partial sum recomputed from this rank's shard
+    (which reads the layer's weight and input zero point too)."""
+    array = get(name)
+    kind, _ = rule_for(name, array.ndim, layout.kv_split)
+    if kind != "partial":
+        return np.ascontiguousarray(shard_array(name, array, layout))
+    cell, local = _cell_and_local(name)
+    if not layout.ctx.parallel:
+        return array
+    if local != "quant_bias":
+        raise NotImplementedError(f"tensor parallel: splitting '{name}' (input-shift outlier suppression) "
+                                  f"is not supported; only m1 SmoothQuant checkpoints split")
+    weight = _slice(get(f"{cell}.weight"), 1, layout, f"{cell}.weight").astype(np.int64)
+    zero_point = np.asarray(get(f"{cell}.input_zp")).astype(np.int64).reshape(-1)[0]
+    return (-zero_point * weight.sum(axis=1)).astype(array.dtype)
 
 
 def merge_states(states: List[Dict[str, np.ndarray]], kv_split: bool) -> Dict[str, np.ndarray]:

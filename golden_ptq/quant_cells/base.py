@@ -1,11 +1,12 @@
 """Interface shared by every quantized Cell."""
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Tuple
 
 import numpy as np
 from mindspore import Parameter, Tensor, nn
 
+from golden_ptq.networks.layers import placeholder_tensor
 from golden_ptq.quant_cells.spec import LayerQuantSpec
 
 
@@ -44,3 +45,8 @@ class QuantCell(nn.Cell):
     def _set_param(self, name: str, value: np.ndarray) -> None:
         """(Re)define parameter ``name`` with ``value``'s dtype and shape."""
         setattr(self, name, Parameter(Tensor(value), name=name, requires_grad=False))
+
+    def _declare_param(self, name: str, shape: Tuple[int, ...], dtype, fill: float = 0.0) -> None:
+        """(Re)define parameter ``name`` of ``shape`` / ``dtype`` without allocating its storage (a
+        DEPLOY placeholder that a checkpoint replaces; it reads as ``fill`` if it is used before)."""
+        setattr(self, name, Parameter(placeholder_tensor(shape, dtype, fill), name=name, requires_grad=False))

@@ -38,8 +38,8 @@ class QuantEmbedding(QuantCell):
 
     def deploy_placeholders(self) -> None:
         vocab, dim = self.embedding_weight.shape
-        self._set_param("embedding_weight", np.zeros((vocab, dim), np.int8))
-        self._set_param("embedding_scale", np.ones(vocab, np.float32))
+        self._declare_param("embedding_weight", (vocab, dim), np.int8)
+        self._declare_param("embedding_scale", (vocab,), np.float32, 1.0)
         self.quantized = True
 
     def param_quant_types(self) -> Dict[str, str]:

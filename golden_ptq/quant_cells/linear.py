@@ -1,18 +1,10 @@
 """``QuantLinear``: the quantized form of :class:`golden_ptq.networks.layers.Linear`.
 
-Deployed parameters (beside ``bias``, which stays float):
-
-=========== ========================= ===============================================
-W8A16       ``weight`` int8 [out,in]   ``weight_scale`` [out] (or [out, groups]) (+ ``weight_zp``)
-W8A8        ``weight`` int8 [out,in]   ``input_scale`` [1], ``input_zp`` [1],
-                                       ``quant_bias`` int32 [out] = -zp * sum_k w_q, ``deq_scale`` [out]
-W8A8-dyn    ``weight`` int8 [out,in]   ``weight_scale`` [out]; input scales per token at run time
-=========== ========================= ===============================================
-
-W4A16 (``weight_bits=4``) keeps the W8A16 parameters; the int8 container holds codes in ``[-7, 7]``
-(``[-8, 7]`` asymmetric). With an input shift (outlier suppression m4) W8A8 cells also hold
-``input_shift`` [in] (subtracted before quantizing the input) and ``shift_bias`` [out]
-(``= dequantized weight @ input_shift``, added to the output), both float.
+Its deployed parameters per scheme (W8A16 [+ zero point, groups], W8A8 static, W8A8 dynamic, the
+m4 input shift) are the table of :mod:`golden_ptq.quant_math.layouts`: :meth:`QuantLinear.quantize`
+keeps what it lists, :meth:`QuantLinear.deploy_placeholders` declares it, and tensor-parallel
+sharding splits by it. W4A16 (``weight_bits=4``) keeps the W8A16 parameters; the int8 container
+holds codes in ``[-7, 7]`` (``[-8, 7]`` asymmetric).
 """
 from __future__ import annotations
 
@@ -24,6 +16,7 @@ from mindspore import Tensor, ops
 from golden_ptq.networks.layers import Linear
 from golden_ptq.parallel.context import ChannelShards, TPContext, all_reduce, all_reduce_max, shard_mode
 import golden_ptq.quant_cells.linear_kernels as kernels
+from golden_ptq.quant_math import layouts
 from golden_ptq.quant_cells.base import QuantCell
 from golden_ptq.quant_cells.spec import LayerQuantSpec
 from golden_ptq.quant_math import MinMaxObserver, quantize_weight, symmetric_scale
@@ -151,11 +144,6 @@ class QuantLinear(QuantCell):
         slots[self.tp.rank] = local
         return all_reduce(ops.stack(slots), self.tp).max(axis=0)
 
-    @property
-    def _keeps_weight_scale(self) -> bool:
-        """Static W8A8 folds the weight scale into ``deq_scale``; storing it too would cost 4 bytes a row."""
-        return not (self.spec.act and not self.spec.act_dynamic)
-
     def quantize(self) -> None:
         """Round the (possibly smoothed) float weight and fix activation ranges from the observer."""
         spec = self.spec
@@ -167,28 +155,24 @@ class QuantLinear(QuantCell):
         else:
             q, w_scale, w_zp = quantize_weight(w, spec.group_size, spec.weight_symmetric, self.weight_bits,
                                                self.weight_clip)
-        self._set_param("weight", q)
-        if self._keeps_weight_scale:
-            self._set_param("weight_scale", w_scale.astype(np.float32))
-        if spec.group_size or not spec.weight_symmetric:
-            self._set_param("weight_zp", (np.zeros_like(w_scale) if w_zp is None else w_zp).astype(np.float32))
+        values = {"weight": q, "weight_scale": w_scale,
+                  "weight_zp": np.zeros_like(w_scale) if w_zp is None else w_zp}
         if spec.act and not spec.act_dynamic:
             lo, hi = self.input_observer.tensor_range()   # the whole tensor's, under tensor parallelism
             x_scale, x_zp = static_act_params(lo, hi, spec.act_symmetric, self.act_scale_dtype)
-            self._set_param("input_scale", x_scale.astype(np.float32))
-            self._set_param("input_zp", x_zp.astype(np.float32))
-            quant_bias = -x_zp[0].astype(np.int64) * q.astype(np.int64).sum(axis=1)
-            self._set_param("quant_bias", quant_bias.astype(np.int32))
-            self._set_param("deq_scale", (x_scale[0].astype(np.float64) * w_scale).astype(np.float32))
+            values.update(input_scale=x_scale, input_zp=x_zp,
+                          quant_bias=-x_zp[0].astype(np.int64) * q.astype(np.int64).sum(axis=1),
+                          deq_scale=x_scale[0].astype(np.float64) * w_scale)
         if self.input_shift_value is not None:
             if not spec.act:
                 raise RuntimeError("QuantLinear: an input shift needs quantized activations (W8A8)")
             shift = np.asarray(self.input_shift_value, np.float64)
             w_deq = (dequantize_weight(q, w_scale, w_zp, spec.group_size) if self.weight_preset is not None else
                      fake_quantize_weight(w, spec.group_size, spec.weight_symmetric, self.weight_bits, self.weight_clip))
-            self._set_param("input_shift", shift.astype(np.float32))
-            self._set_param("shift_bias", (w_deq @ shift).astype(np.float32))
+            values.update(input_shift=shift, shift_bias=w_deq @ shift)
             self.has_input_shift = True
+        for entry in layouts.quantized_entries(self._scheme_key()):   # the table says what is kept, in which dtype
+            self._set_param(entry.name, np.asarray(values[entry.name]).astype(entry.dtype))
         self.weight_preset = None
         self.quantized = True
         self.observing = False
@@ -216,23 +200,16 @@ class QuantLinear(QuantCell):
         return quantize(w, scale[:, None]), scale, None
 
     def deploy_placeholders(self) -> None:
-        spec = self.spec
-        groups = group_count(self.in_features, spec.group_size) if spec.group_size else 0
-        scale_shape = (self.out_features, groups) if groups else (self.out_features,)
-        self._set_param("weight", np.zeros((self.out_features, self.in_features), np.int8))
-        if self._keeps_weight_scale:
-            self._set_param("weight_scale", np.ones(scale_shape, np.float32))
-        if spec.group_size or not spec.weight_symmetric:
-            self._set_param("weight_zp", np.zeros(scale_shape, np.float32))
-        if spec.act and not spec.act_dynamic:
-            self._set_param("input_scale", np.ones(1, np.float32))
-            self._set_param("input_zp", np.zeros(1, np.float32))
-            self._set_param("quant_bias", np.zeros(self.out_features, np.int32))
-            self._set_param("deq_scale", np.ones(self.out_features, np.float32))
-        if self.has_input_shift:
-            self._set_param("input_shift", np.zeros(self.in_features, np.float32))
-            self._set_param("shift_bias", np.zeros(self.out_features, np.float32))
+        """Declare the deployed parameters (:mod:`layouts`) without allocating them: the checkpoint's
+        tensors replace them one by one, so the int8 weights are the only copy ever held."""
+        groups = group_count(self.in_features, self.spec.group_size) if self.spec.group_size else 0
+        for entry in layouts.quantized_entries(self._scheme_key()):
+            shape = layouts.entry_shape(entry, self.out_features, self.in_features, groups)
+            self._declare_param(entry.name, shape, entry.dtype, entry.fill)
         self.quantized = True
+
+    def _scheme_key(self) -> layouts.SchemeKey:
+        return layouts.scheme_key(self.spec, self.has_input_shift, self.bias is not None)
 
     def param_quant_types(self) -> Dict[str, str]:
         label = self.label

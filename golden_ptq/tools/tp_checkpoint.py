@@ -35,6 +35,11 @@ def _checkpoint_file(folder: str) -> str:
     return find_checkpoint(folder)
 
 
+def _format(checkpoint: str) -> str:
+    """The format written for a checkpoint read from ``checkpoint`` (a sharded index writes one safetensors)."""
+    return "ckpt" if checkpoint.endswith(".ckpt") else "safetensors"
+
+
 def _write(arrays: Dict[str, np.ndarray], folder: str, fmt: str, source: str, layout: Dict[str, object]) -> str:
     """Write one folder set: the checkpoint, the side files of ``source``, and ``tp_layout.json``."""
     from golden_ptq.io.folder_set import write_folder_set
@@ -74,7 +79,7 @@ def merge(input_folder: str, output_folder: str) -> str:
     states = [read_checkpoint(path) for path in files]
     merged = merge_states(states, bool(layouts[0]["kv_split"]))
     layout = dict(layouts[0], tp_size=1, rank=0, kv_split=True)
-    return _write(merged, output_folder, files[0].rsplit(".", 1)[1], ranks[0], layout)
+    return _write(merged, output_folder, _format(files[0]), ranks[0], layout)
 
 
 def split(input_folder: str, output_folder: str, tp_size: int, num_heads: Optional[int] = None,
@@ -101,7 +106,7 @@ def split(input_folder: str, output_folder: str, tp_size: int, num_heads: Option
         state = split_state(full, geometry.with_rank(TPContext(tp_size, rank)))
         layout = {"tp_size": tp_size, "rank": rank, "num_heads": num_heads, "num_kv_heads": num_kv_heads,
                   "kv_split": kv_split}
-        paths.append(_write(state, rank_folder(output_folder, rank), source.rsplit(".", 1)[1], input_folder, layout))
+        paths.append(_write(state, rank_folder(output_folder, rank), _format(source), input_folder, layout))
     return paths
 
 
