@@ -12,7 +12,7 @@ from safetensors.numpy import save_file
 
 from golden_ptq import PTQ, PTQConfig, PTQMode
 from golden_ptq.config.model_config import LlamaConfig
-from golden_ptq.deploy import packaged_quant_config, save_quantized, shipped_quant_configs
+from golden_ptq.deploy import load_quantized, packaged_quant_config, save_quantized, shipped_quant_configs
 from golden_ptq.io.checkpoint import load_full_checkpoint, load_state
 from golden_ptq.io.folder_set import verify_folder_set
 from golden_ptq.io.safetensors_files import open_safetensors
@@ -167,14 +167,8 @@ def test_streamed_folder_deploys_with_the_same_logits(tmp_path):
     streamed = quantize_streamed(src, quant, calibration(), str(tmp_path / "streamed"), progress=False,
                                  measure_sensitivity=True)
     assert streamed.output_errors == ptq.output_errors and len(ptq.output_errors) == 15   # 7 per layer + head
-    deploy = PTQConfig.load(str(tmp_path / "streamed" / "ptq_config.yaml"))
-    assert deploy.mode is PTQMode.DEPLOY
-    network = LlamaForCausalLM(tiny())
-    ptq = PTQ(deploy)
-    ptq.apply(network)
-    ptq.convert(network)
-    files = open_safetensors(str(tmp_path / "streamed"))
-    load_state({name: files.get(name) for name in files.names()}, network, str(tmp_path / "streamed"))
+    assert PTQConfig.load(str(tmp_path / "streamed" / "ptq_config.yaml")).mode is PTQMode.DEPLOY
+    network, _ = load_quantized(str(tmp_path / "streamed"))  # the sharded form, read tensor by tensor
     ids = np.random.RandomState(1).randint(0, 97, size=(2, 11))
     np.testing.assert_array_equal(network(Tensor(ids)).asnumpy(), quantized(Tensor(ids)).asnumpy())
 
