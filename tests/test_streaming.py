@@ -13,7 +13,7 @@ from safetensors.numpy import save_file
 from golden_ptq import PTQ, PTQConfig, PTQMode
 from golden_ptq.config.model_config import LlamaConfig
 from golden_ptq.deploy import load_quantized, packaged_quant_config, save_quantized, shipped_quant_configs
-from golden_ptq.io.checkpoint import load_full_checkpoint, load_state
+from golden_ptq.io.checkpoint import load_full_checkpoint
 from golden_ptq.io.folder_set import verify_folder_set
 from golden_ptq.io.safetensors_files import open_safetensors
 from golden_ptq.io.sharded_writer import ShardedSafetensorsWriter, bfloat16_bits
