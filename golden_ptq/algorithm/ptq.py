@@ -15,7 +15,7 @@ from golden_ptq.algorithm.calibration_data import length_batches, token_rows
 from golden_ptq.algorithm.comp_algo import CompAlgo
 from golden_ptq.algorithm.modules import (AlgoModule, InputRecorder, LayerContext, MethodRegistry, QuantizeModule,
                                           default_method_registry)
-from golden_ptq.algorithm.modules.base import INPUT_GRAM
+from golden_ptq.algorithm.modules.base import INPUT_GRAM, feed_linear_input
 from golden_ptq.config import PTQConfig, PTQMode, QuantGranularity
 from golden_ptq.networks.llama import sync_parameter_names
 from golden_ptq.networks.structure import LlamaStructure
@@ -304,7 +304,7 @@ class PTQ(CompAlgo):
                 try:
                     self._observe(cells, run)
                 finally:
-                    self._attach_recorders(recorders, 0, 0, detach=True)
+                    self._attach_recorders(cells, 0, 0, detach=True)
                 self._run_pipeline(LayerContext(lname, layer, cells, structure, network, config=self.config,
                                                 inputs={rel: r.rows() for rel, r in recorders.items()},
                                                 runner=run, range_parms=self.range_parms))
@@ -312,7 +312,7 @@ class PTQ(CompAlgo):
             try:
                 hidden = run()
             finally:
-                self._attach_recorders(recorders, 0, 0, detach=True)
+                self._attach_recorders(cells, 0, 0, detach=True)
             self._measure_errors({f"{lname}.{rel}": (cells[rel], r.rows()) for rel, r in recorders.items()})
         heads = {n: c for n, c in outside.items() if n not in embeddings}
         if heads:
@@ -324,18 +324,15 @@ class PTQ(CompAlgo):
             linears = [c for c in heads.values() if isinstance(c, QuantLinear)]
 
             def run_heads() -> List:
-                """The head's outputs are discarded ([tokens, vocab] per batch): a pass that only
-                records inputs (a recorder attached, not observing) feeds the recorder and skips the matmul."""
+                """A pass over the head that feeds recorders and observers only: its outputs are
+                [tokens, vocab] per batch and nothing reads them."""
                 for cell in linears:
                     for x in head_inputs:
-                        if cell.recorder is not None and not cell.observing:
-                            cell.recorder(x.reshape(-1, x.shape[-1]).asnumpy())
-                        else:
-                            cell(x)
+                        feed_linear_input(cell, x)
                 return []
 
             if needs_data:
-                self._observe(heads, lambda: [c(x) for c in needs_data for x in head_inputs])
+                self._observe(heads, lambda: [feed_linear_input(c, x) for c in needs_data for x in head_inputs])
             self._run_pipeline(LayerContext("head", None, heads, structure, network, config=self.config,
                                             range_parms=self.range_parms, runner=run_heads if head_inputs else None))
             if self._measuring and head_inputs:
@@ -371,6 +368,8 @@ class PTQ(CompAlgo):
             if getattr(cell, "shard", None) == "column":
                 sums = all_gather_numpy(sums, cell.tp).sum(axis=0)  # each rank holds some output columns
             self.output_errors[full] = float(sums[0] / max(sums[1], 1e-30))
+            if not (self.keep_float_cells or self.config.rollback_level):
+                del self._float_cells[full]  # measured, and nothing rolls back: its float weight can go
 
     def _roll_back(self, network: nn.Cell) -> None:
         """``disable_level='Lx'``: put the float cells of the x most sensitive Linear layers back."""
