@@ -101,7 +101,19 @@ def build_parser() -> argparse.ArgumentParser:
                       help="perplexity ratio to FP32 to reach (default: %(default)s)")
     tune.add_argument("--signal", choices=("output_error", "range_parm"), default="output_error",
                       help="sensitivity ranking the search follows (default: %(default)s)")
-    tune.add_argument("--output", default=None, help="folder for the tuned model (default: ./golden_ptq_out/<config>-tuned/)")
+    tune.add_argument("--output", default=None, help="folder for the trial log, report and best/ model "
+                                                     "(default: ./golden_ptq_out/<config>-tuned/); rerun to resume")
+    tune.add_argument("--screen-windows", type=non_negative_int, default=None,
+                      help="validation windows a candidate is screened on before its full score; 0: no screen "
+                           "(default: a quarter of --eval-windows, at most 2)")
+    tune.add_argument("--reject-above", type=positive_float, default=None,
+                      help="screen ratio above which a candidate is rejected as garbled (default: 1 + 3 x (target - 1))")
+    tune.add_argument("--max-float", type=non_negative_int, default=None,
+                      help="at most this many float Linear layers; beyond it the next of --methods is tried "
+                           "(default: no cap)")
+    tune.add_argument("--methods", type=lambda text: [m for m in text.split(",") if m], default=[],
+                      help="outlier methods to cycle through when the config misses the target, e.g. m2,m6,m4 "
+                           "(default: none)")
     _text_options(tune, "validation windows scored per trial", 8)
     _common(tune)
     tune.set_defaults(job="tune")

@@ -19,7 +19,7 @@ from tqdm import tqdm
 import golden_ptq.algorithm.guards as guards
 from golden_ptq.algorithm.calibration_data import length_batches
 from golden_ptq.algorithm.modules import AlgoModule, InputRecorder, LayerContext
-from golden_ptq.algorithm.modules.base import INPUT_GRAM
+from golden_ptq.algorithm.modules.base import INPUT_GRAM, feed_linear_input
 from golden_ptq.parallel.context import all_gather_numpy
 from golden_ptq.quant_cells import QuantCell
 from golden_ptq.quant_cells.embedding import QuantEmbedding
@@ -95,8 +95,11 @@ class CalibrationDriver:
 
     def __init__(self, config, pipeline: List[AlgoModule], float_cells: Dict[str, nn.Cell],
                  range_parms: Dict[str, float], output_errors: Dict[str, float], *, measuring: bool,
-                 calib_batch_size: int = 8, progress: bool = False):
+                 calib_batch_size: int = 8, progress: bool = False, release_measured: bool = False):
+        """``release_measured``: drop a layer's float cell once its output error is measured (nothing
+        will roll it back)."""
         self.config, self.pipeline = config, pipeline
+        self.release_measured = release_measured
         self.float_cells, self.range_parms, self.output_errors = float_cells, range_parms, output_errors
         self.measuring, self.calib_batch_size, self.progress = measuring, calib_batch_size, progress
         self.calibration_tokens = 0
@@ -129,7 +132,7 @@ class CalibrationDriver:
                 try:
                     self._observe(cells, run)
                 finally:
-                    self._attach_recorders(recorders, 0, 0, detach=True)
+                    self._attach_recorders(cells, 0, 0, detach=True)
                 self._run_pipeline(LayerContext(lname, layer, cells, structure, network, config=self.config,
                                                 inputs={rel: r.rows() for rel, r in recorders.items()},
                                                 runner=run, range_parms=self.range_parms))
@@ -137,7 +140,7 @@ class CalibrationDriver:
             try:
                 hidden = source.boundary((structure.run_layer(layer, h, i) for h, i in zip(hidden, inputs)), hidden)
             finally:
-                self._attach_recorders(recorders, 0, 0, detach=True)
+                self._attach_recorders(cells, 0, 0, detach=True)
             self._measure_errors({f"{lname}.{rel}": (cells[rel], r.rows()) for rel, r in recorders.items()})
             del run, cells, recorders
             source.layer_done(lname, layer)
@@ -152,18 +155,15 @@ class CalibrationDriver:
             linears = [c for c in heads.values() if isinstance(c, QuantLinear)]
 
             def run_heads() -> List:
-                """The head's outputs are discarded ([tokens, vocab] per batch): a pass that only
-                records inputs (a recorder attached, not observing) feeds the recorder and skips the matmul."""
+                """A pass over the head that feeds recorders and observers only: its outputs are
+                [tokens, vocab] per batch and nothing reads them."""
                 for cell in linears:
                     for x in head_inputs:
-                        if cell.recorder is not None and not cell.observing:
-                            cell.recorder(x.reshape(-1, x.shape[-1]).asnumpy())
-                        else:
-                            cell(x)
+                        feed_linear_input(cell, x)
                 return []
 
             if needs_data:
-                self._observe(heads, lambda: [c(x) for c in needs_data for x in head_inputs])
+                self._observe(heads, lambda: [feed_linear_input(c, x) for c in needs_data for x in head_inputs])
             self._run_pipeline(LayerContext("head", None, heads, structure, network, config=self.config,
                                             range_parms=self.range_parms, runner=run_heads if head_inputs else None))
             if self.measuring and head_inputs:
@@ -197,6 +197,8 @@ class CalibrationDriver:
             if getattr(cell, "shard", None) == "column":
                 sums = all_gather_numpy(sums, cell.tp).sum(axis=0)  # each rank holds some output columns
             self.output_errors[full] = float(sums[0] / max(sums[1], 1e-30))
+            if self.release_measured:
+                del self.float_cells[full]  # measured, and nothing rolls back: its float weight can go
 
     @staticmethod
     def _observe(cells: Dict[str, QuantCell], run) -> None:

@@ -227,7 +227,8 @@ class PTQ(CompAlgo):
         """The layer loop, wired to this PTQ's pipeline and result dictionaries."""
         return CalibrationDriver(self.config, self.pipeline, self._float_cells, self.range_parms, self.output_errors,
                                  measuring=self._measuring, calib_batch_size=self.calib_batch_size,
-                                 progress=self.progress)
+                                 progress=self.progress,
+                                 release_measured=not (self.keep_float_cells or self.config.rollback_level))
 
     def calibrate_source(self, source: LayerSource, rows: List[np.ndarray]) -> None:
         """Run the layer loop over ``source`` and record its timing (no rollback: see ``_calibrate``)."""

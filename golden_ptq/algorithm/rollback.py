@@ -135,7 +135,7 @@ def search_rollback(ptq: PTQ, network: nn.Cell, score: Callable[[nn.Cell], float
         return scores[level] <= target  # NaN: False
 
     try:
-        chosen, reached = _search(passes, limit)
+        chosen, reached = smallest_passing_level(passes, limit)
         if not reached:  # the lowest score tried, fewest layers on a tie
             chosen = min(scores, key=lambda lv: (math.inf if math.isnan(scores[lv]) else scores[lv], lv))
         values = ptq.range_parms if signal == "range_parm" else ptq.output_errors
@@ -155,8 +155,9 @@ def search_rollback(ptq: PTQ, network: nn.Cell, score: Callable[[nn.Cell], float
                                 reached, trials, equivalent)
 
 
-def _search(passes: Callable[[int], bool], limit: int) -> Tuple[int, bool]:
-    """Smallest passing level in 0..limit by doubling then bisection: (level, True), or (limit, False)."""
+def smallest_passing_level(passes: Callable[[int], bool], limit: int) -> Tuple[int, bool]:
+    """Smallest passing level in 0..limit by doubling then bisection: (level, True), or (limit, False).
+    Levels are tried 0, 1, 2, 4, ... so a small answer costs few calls whatever ``limit`` is."""
     if passes(0):
         return 0, True
     failing, step = 0, 1

@@ -127,11 +127,11 @@ class NetworkHelper:
             from golden_ptq.io.checkpoint import load_full_checkpoint
             network = LlamaForCausalLM(config)
             load_full_checkpoint(self._path(), network)
-            return network, self._build_tokenizer()
+            return network, self.create_tokenizer()
         if source == "saved":  # placeholders: the quantized checkpoint fills them after PTQ's DEPLOY
             return LlamaForCausalLM(config), None
         network = LlamaForCausalLM(config, seed=int(self._model.get("seed", 0)))
-        return network, self._build_tokenizer()
+        return network, self.create_tokenizer()   # built once per helper: every network shares it
 
     def _build_tokenizer(self) -> Tokenizer:
         source = self._model.get("source", "gguf")

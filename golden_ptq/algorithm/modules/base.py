@@ -170,7 +170,7 @@ class InputRecorder:
         rows = np.asarray(x2, np.float32)[::self.stride]
         if self.max_rows is not None:
             rows = rows[: self.max_rows - self.kept]
-        self.parts.append(rows)
+        self.parts.append(np.array(rows, copy=True))   # a copy: a view would keep the whole batch alive
         self.kept += rows.shape[0]
 
     def rows(self) -> np.ndarray:
@@ -180,3 +180,14 @@ class InputRecorder:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+def feed_linear_input(cell, x) -> None:
+    """Give a QuantLinear's recorder and (while it observes) its input observer the input ``x``,
+    exactly as its calibration forward pass would, without computing the output: the head's
+    outputs are ``[tokens, vocab]`` per batch and nothing during calibration reads them."""
+    x2 = x.reshape(-1, x.shape[-1]).asnumpy()
+    if cell.recorder is not None:
+        cell.recorder(x2)
+    if cell.observing and not cell.quantized:
+        cell.input_observer.update(x2 if cell.input_shift_value is None else x2 - cell.input_shift_value)
