@@ -6,13 +6,14 @@ import pytest
 
 from golden_ptq import PTQ, PTQConfig, PTQMode, QuantGranularity
 from golden_ptq.algorithm.modules import GPTQModule, QuantizeModule, SmoothSearchModule
-from golden_ptq.algorithm.modules.rotation import RotationModule, rotate_network
+from golden_ptq.algorithm.modules.rotation import RotatedStructure, RotationModule, rotate_network
 from golden_ptq.config.model_config import LlamaConfig
 from golden_ptq.config.validation import ConfigError
 from golden_ptq.deploy import load_quantized, save_quantized
 from golden_ptq.networks.hadamard import (OnlineHadamard, hadamard_factors, hadamard_matrix, online_block,
                                           online_matrix, paley, random_orthogonal, sylvester)
 from golden_ptq.networks.llama import LlamaForCausalLM
+from golden_ptq.networks.structure import LlamaStructure
 from golden_ptq.parallel import TPContext
 
 I8 = ms.int8
@@ -154,6 +155,24 @@ def test_rotation_with_each_scheme_saves_and_deploys_the_same_logits(tmp_path, s
     assert isinstance(deployed.model.layers[1].feed_forward.down_transform, OnlineHadamard)
     assert isinstance(dptq.pipeline[0], RotationModule)
     np.testing.assert_allclose(deployed(TEST_IDS).asnumpy(), quantized, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("anti", ["m1", "m2", "m3", "m4", "m6"])
+def test_rotation_then_smoothing_keeps_the_float_function(anti):
+    """Every layer rolled back to its float cell after calibration: the rotated and smoothed float
+    network must still give the float logits (the online transform before w2 blocks smoothing
+    the w3 -> w2 pair, which would otherwise change the function)."""
+    config = tiny()
+    net = LlamaForCausalLM(config, seed=0)
+    reference = net(TEST_IDS).asnumpy()
+    scheme = dict(act_quant_dtype=I8) if anti != "m3" else dict()
+    ptq = PTQ(PTQConfig(rotation="hadamard", anti_method=anti, **scheme,
+                        algo_args={"alpha_grid": 3, "beta_grid": 2, "awq_grid": 3, "awq_clip_grid": 2,
+                                   "search_rows": 64}), keep_float_cells=True)
+    ptq.apply(net, None, calibration(config))
+    ptq.roll_back(net, [r.name for r in ptq.records if not r.spec.skip_reason])
+    assert rel_error(net(TEST_IDS).asnumpy(), reference) < 1e-4
+    assert not any(m.smooth == "feed_forward.w3" for m in RotatedStructure(LlamaStructure()).smooth_mappings)
 
 
 def test_rotation_reduces_static_w8a8_error_on_planted_outlier_channels():

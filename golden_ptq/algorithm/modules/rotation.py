@@ -19,6 +19,10 @@ RMSNorm commutes with ``Q`` once its weight ``g`` is folded into the Linears it 
   (:class:`~golden_ptq.networks.hadamard.OnlineHadamard`, ``FeedForward.down_transform``) at run
   time and ``w2`` takes ``W T`` offline, so its 1536-wide input (12 blocks of 128) is spread.
 
+The smoothing methods that run after the rotation (``anti_method``) see the layer structure
+without the ``feed_forward.w3 -> w2`` mapping: a per-channel scale moved across ``T`` would not
+cancel (``T`` mixes the channels), so that pair is not smoothed (:class:`RotatedStructure`).
+
 A tied ``lm_head`` (SmolLM2) is untied: it becomes ``W diag(g_out) Q``, no longer the embedding
 table, so the network's config says ``tie_word_embeddings: False`` and a saved checkpoint carries
 ``lm_head.weight`` separately. DEPLOY re-creates the structure (online transforms, untied head)
@@ -40,6 +44,22 @@ from golden_ptq.networks.llama import LlamaForCausalLM
 from golden_ptq.quant_cells.base import QuantCell
 
 METHOD = "rotation 'hadamard'"
+ONLINE_TRANSFORMED = ("feed_forward.w2",)   # Linears whose input passes an online transform after rotation
+
+
+class RotatedStructure:
+    """A layer structure as the methods after a rotation see it: ``smooth_mappings`` without those
+    whose balance layers read through an online transform; everything else is ``inner``'s."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.smooth_mappings = tuple(m for m in inner.smooth_mappings
+                                     if not any(b in ONLINE_TRANSFORMED for b in m.balance))
+
+    def __getattr__(self, name: str):
+        if name == "inner":   # not set yet (a copy being built): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
 
 
 def check_rotatable(network: nn.Cell) -> None:
@@ -155,8 +175,18 @@ class RotationModule(AlgoModule):
         if not _is_rotated(network):
             _set_structure(network)
 
+    @staticmethod
+    def _restrict(ctx: LayerContext) -> None:
+        if ctx.structure is not None and not isinstance(ctx.structure, RotatedStructure):
+            ctx.structure = RotatedStructure(ctx.structure)
+
     def process(self, ctx: LayerContext) -> None:
-        """Nothing per layer: the whole network was rotated before calibration."""
+        """The weights were rotated before calibration; per layer, the modules after this one (it
+        runs first) get the structure without the mappings the online transform breaks."""
+        self._restrict(ctx)
+
+    def prepare_deploy(self, ctx: LayerContext) -> None:
+        self._restrict(ctx)
 
     def __repr__(self) -> str:
         return f"RotationModule(seed={self.seed})"
