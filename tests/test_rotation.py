@@ -116,6 +116,25 @@ def test_rotated_float_network_reproduces_logits(hidden, tie, qkv_bias):
         rotate_network(net, seed=3)
 
 
+def test_rotation_without_online_transform_reproduces_logits_and_keeps_w3_w2_smoothing(tmp_path):
+    config = tiny()
+    net = LlamaForCausalLM(config, seed=1)
+    reference = net(TEST_IDS).asnumpy()
+    ptq = PTQ(PTQConfig(act_quant_dtype=I8, rotation="hadamard", anti_method="m1",
+                        algo_args={"rotation_online": False}), keep_float_cells=True)
+    ptq.apply(net, None, calibration(config))
+    assert net.model.layers[0].feed_forward.down_transform is None
+    quantized = net(TEST_IDS).asnumpy()
+    ptq.roll_back(net, [r.name for r in ptq.records if not r.spec.skip_reason])
+    assert rel_error(net(TEST_IDS).asnumpy(), reference) < 1e-4   # w3 -> w2 smoothed, function kept
+    ptq.restore(net, list(ptq.rolled_back))
+    ptq.convert(net)
+    save_quantized(net, ptq, str(tmp_path / "q"))
+    deployed, _ = load_quantized(str(tmp_path / "q"))
+    assert deployed.model.layers[0].feed_forward.down_transform is None
+    np.testing.assert_allclose(deployed(TEST_IDS).asnumpy(), quantized, atol=1e-5, rtol=0)
+
+
 def test_rotation_changes_the_weights_and_depends_on_the_seed():
     a, b = LlamaForCausalLM(tiny(), seed=1), LlamaForCausalLM(tiny(), seed=1)
     before = a.model.layers[0].attention.wq.weight.asnumpy()
@@ -230,6 +249,7 @@ def test_config_values_round_trip_and_pipeline_order(tmp_path):
     (dict(rotation=True), r"PTQConfig.rotation: True is not allowed; allowed: \['none', 'hadamard'\]"),
     (dict(algo_args={"rotation_seed": -1}), r"PTQConfig.algo_args\['rotation_seed'\]: -1 is out of range"),
     (dict(algo_args={"rotation_seed": "1"}), r"PTQConfig.algo_args\['rotation_seed'\]: '1' \(str\) is not an integer"),
+    (dict(algo_args={"rotation_online": "no"}), r"PTQConfig.algo_args\['rotation_online'\]: 'no' \(str\) is not a boolean"),
 ])
 def test_bad_rotation_values_error_in_one_line(kwargs, message):
     with pytest.raises(ConfigError, match=message) as err:

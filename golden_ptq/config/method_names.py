@@ -3,8 +3,8 @@
 One row per method: its name, its msModelSlim ``anti_method`` alias (m1-m6) if it has one, its
 role (a ``rotation`` turns the whole float network into an equivalent one with fewer outliers
 before calibration; an ``anti_method`` suppresses outliers before rounding; a
-``precision_recovery`` method chooses the rounding), and the schemes it works on. The configuration validates against this
-table without importing the algorithms; each algorithm module declares the same facts next to
+``precision_recovery`` method chooses the rounding), and the schemes it works on. The
+configuration validates against this table without importing the algorithms; each algorithm module declares the same facts next to
 its code (``golden_ptq.algorithm.methods``), and a test checks the two agree.
 """
 from __future__ import annotations

@@ -28,13 +28,15 @@ ALGO_ARGS = {
     "hist_bins": 2048,        # act_method 2/3: histogram bins
     "gptq_damp_percent": 0.01, "gptq_block_size": 128, "gptq_act_order": False,
     "rotation_seed": 0,       # rotation: seed of the random signs of the residual-stream Hadamard
+    "rotation_online": True,  # rotation: also an online block Hadamard before feed_forward.w2
 }
-# allowed [min, max] of the integer / float algo_args; gptq_act_order is a bool
+# allowed [min, max] of the integer / float algo_args; gptq_act_order and rotation_online are bools
 ALGO_ARG_RANGES = {"alpha_grid": (2, 1000), "beta_grid": (2, 1000), "awq_grid": (2, 1000),
                    "awq_clip_grid": (2, 1000), "search_rows": (2, 10_000_000), "hist_bins": (16, 1 << 20),
-                   "gptq_block_size": (1, 1 << 16), "rotation_seed": (0, (1 << 32) - 1), "smooth_alpha": (0.0, 1.0), "gptq_damp_percent": (1e-6, 1.0)}
+                   "gptq_block_size": (1, 1 << 16), "rotation_seed": (0, (1 << 32) - 1), "smooth_alpha": (0.0, 1.0),
+                   "gptq_damp_percent": (1e-6, 1.0)}
 _FLOAT_ARGS = ("smooth_alpha", "gptq_damp_percent")
-_BOOL_ARGS = ("gptq_act_order",)
+_BOOL_ARGS = ("gptq_act_order", "rotation_online")
 ROLLBACK_SIGNALS = ("range_parm", "output_error")
 _LEVEL = re.compile(r"^L(\d+)$")
 

@@ -15,18 +15,19 @@ RMSNorm commutes with ``Q`` once its weight ``g`` is folded into the Linears it 
 * each value head is rotated by a second such matrix ``Hv`` of order head_dim: ``wv``'s rows per
   KV head ``Hvᵀ W`` (bias ``b Hv``), ``wo``'s input columns per query head ``W Hv`` (attention
   mixes positions, not channels, so it commutes); the stored values are rotated too (int8 KV);
-* ``feed_forward.w2``'s input gets an online block Hadamard ``T``
-  (:class:`~golden_ptq.networks.hadamard.OnlineHadamard`, ``FeedForward.down_transform``) at run
-  time and ``w2`` takes ``W T`` offline, so its 1536-wide input (12 blocks of 128) is spread.
+* with ``algo_args['rotation_online']`` (default true), ``feed_forward.w2``'s input gets an online
+  block Hadamard ``T`` (:class:`~golden_ptq.networks.hadamard.OnlineHadamard`,
+  ``FeedForward.down_transform``) at run time and ``w2`` takes ``W T`` offline, so its
+  1536-wide input (12 blocks of 128) is spread.
 
-The smoothing methods that run after the rotation (``anti_method``) see the layer structure
-without the ``feed_forward.w3 -> w2`` mapping: a per-channel scale moved across ``T`` would not
+With that online transform, the smoothing methods that run after the rotation (``anti_method``)
+see the layer structure without the ``feed_forward.w3 -> w2`` mapping: a per-channel scale moved across ``T`` would not
 cancel (``T`` mixes the channels), so that pair is not smoothed (:class:`RotatedStructure`).
 
 A tied ``lm_head`` (SmolLM2) is untied: it becomes ``W diag(g_out) Q``, no longer the embedding
 table, so the network's config says ``tie_word_embeddings: False`` and a saved checkpoint carries
 ``lm_head.weight`` separately. DEPLOY re-creates the structure (online transforms, untied head)
-from ``ptq_config.yaml``'s ``rotation``; the rotated weights come from the checkpoint.
+from ``ptq_config.yaml``'s ``rotation`` and ``algo_args``; the rotated weights come from the checkpoint.
 Before quantization the rotated network gives the float logits up to float32 rounding.
 """
 from __future__ import annotations
@@ -75,18 +76,22 @@ def check_rotatable(network: nn.Cell) -> None:
         raise RuntimeError(f"{METHOD}: the network already holds quantized cells; rotate a fresh float network")
 
 
+ROTATED_MARK = "rotated_by"   # attribute set on a rotated network: which rotation made it
+
+
 def _is_rotated(network: LlamaForCausalLM) -> bool:
-    return any(layer.feed_forward.down_transform is not None for layer in network.model.layers)
+    return getattr(network, ROTATED_MARK, None) is not None
 
 
 def _np(param: Parameter) -> np.ndarray:
     return param.asnumpy().astype(np.float64)
 
 
-def rotated_arrays(network: LlamaForCausalLM, seed: int) -> Dict[str, np.ndarray]:
+def rotated_arrays(network: LlamaForCausalLM, seed: int, online: bool = True) -> Dict[str, np.ndarray]:
     """The rotated float parameters of ``network`` by name (float32); the network is not changed.
 
-    ``lm_head.weight`` is always among them (a tied head is untied).
+    ``lm_head.weight`` is always among them (a tied head is untied). ``online``: ``w2`` also takes
+    the online transform's ``T`` on its input side.
     """
     cfg = network.config
     rng = np.random.RandomState(seed)
@@ -113,7 +118,7 @@ def rotated_arrays(network: LlamaForCausalLM, seed: int) -> Dict[str, np.ndarray
         wo = (wo.reshape(wo.shape[0], -1, cfg.head_dim) @ hv).reshape(wo.shape)
         out[f"{name}attention.wo.weight"] = q.T @ wo
         w2 = _np(ffn.w2.weight)
-        out[f"{name}feed_forward.w2.weight"] = q.T @ (w2 @ online_matrix(w2.shape[1]))
+        out[f"{name}feed_forward.w2.weight"] = q.T @ (w2 @ online_matrix(w2.shape[1]) if online else w2)
         for norm in ("attention_norm", "ffn_norm"):
             out[f"{name}{norm}.weight"] = np.ones(cfg.hidden_size)
     out["lm_head.weight"] = (_np(network.lm_head.weight) * _np(network.model.norm_out.weight)[None, :]) @ q
@@ -121,10 +126,12 @@ def rotated_arrays(network: LlamaForCausalLM, seed: int) -> Dict[str, np.ndarray
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
 
 
-def _set_structure(network: LlamaForCausalLM) -> List[str]:
-    """The rotated network's structure: online transforms before each ``w2``, an untied head."""
-    for layer in network.model.layers:
-        layer.feed_forward.down_transform = OnlineHadamard(int(layer.feed_forward.w2.in_features))
+def _set_structure(network: LlamaForCausalLM, online: bool) -> List[str]:
+    """The rotated network's structure: online transforms before each ``w2`` (``online``), an untied head."""
+    if online:
+        for layer in network.model.layers:
+            layer.feed_forward.down_transform = OnlineHadamard(int(layer.feed_forward.w2.in_features))
+    setattr(network, ROTATED_MARK, "hadamard+online" if online else "hadamard")
     changed = []
     if network.lm_head.weight is network.model.tok_embeddings.embedding_weight:
         network.lm_head.weight = Parameter(Tensor(np.zeros(network.lm_head.weight.shape, np.float32)), name="weight")
@@ -134,13 +141,14 @@ def _set_structure(network: LlamaForCausalLM) -> List[str]:
     return changed
 
 
-def rotate_network(network: LlamaForCausalLM, seed: int = 0) -> LlamaForCausalLM:
-    """Rotate a float ``network`` in place (see the module docstring); returns it."""
+def rotate_network(network: LlamaForCausalLM, seed: int = 0, online: bool = True) -> LlamaForCausalLM:
+    """Rotate a float ``network`` in place (see the module docstring); returns it. ``online=False``
+    leaves out the online Hadamard before ``w2`` (``algo_args['rotation_online']``)."""
     check_rotatable(network)
     if _is_rotated(network):
         raise RuntimeError(f"{METHOD}: the network is already rotated; rotate a fresh float network")
-    arrays = rotated_arrays(network, seed)   # everything computed before anything changes
-    _set_structure(network)
+    arrays = rotated_arrays(network, seed, online)   # everything computed before anything changes
+    _set_structure(network, online)
     params = {}
     for cell_name, cell in network.cells_and_names():
         for attr, param in cell.parameters_and_names(expand=False):
@@ -157,27 +165,26 @@ class RotationModule(AlgoModule):
 
     method = MethodDeclaration(
         name="hadamard", alias=None, role=ROTATION, schemes=(WEIGHT_ONLY, W8A8), needs=(WEIGHTS,),
-        algo_args=("rotation_seed",), tp=False,
+        algo_args=("rotation_seed", "rotation_online"), tp=False,
         tp_note="not implemented for sharded networks, in QUANTIZE or DEPLOY; run rotated models at TP size 1")
 
-    def __init__(self, seed: int = 0):
-        self.seed = int(seed)
+    def __init__(self, seed: int = 0, online: bool = True):
+        self.seed, self.online = int(seed), bool(online)
 
     @classmethod
     def from_config(cls, config=None) -> "RotationModule":
-        return cls(seed=int(config_arg(config, "rotation_seed")))
+        return cls(seed=int(config_arg(config, "rotation_seed")), online=bool(config_arg(config, "rotation_online")))
 
     def prepare_network(self, network: nn.Cell, quantize: bool) -> None:
         if quantize:
-            rotate_network(network, self.seed)
+            rotate_network(network, self.seed, self.online)
             return
         check_rotatable(network)
         if not _is_rotated(network):
-            _set_structure(network)
+            _set_structure(network, self.online)
 
-    @staticmethod
-    def _restrict(ctx: LayerContext) -> None:
-        if ctx.structure is not None and not isinstance(ctx.structure, RotatedStructure):
+    def _restrict(self, ctx: LayerContext) -> None:
+        if self.online and ctx.structure is not None and not isinstance(ctx.structure, RotatedStructure):
             ctx.structure = RotatedStructure(ctx.structure)
 
     def process(self, ctx: LayerContext) -> None:
@@ -189,4 +196,4 @@ class RotationModule(AlgoModule):
         self._restrict(ctx)
 
     def __repr__(self) -> str:
-        return f"RotationModule(seed={self.seed})"
+        return f"RotationModule(seed={self.seed}, online={self.online})"
