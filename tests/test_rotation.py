@@ -281,6 +281,18 @@ def test_rotating_a_quantized_network_is_refused():
         rotate_network(net)
 
 
+def test_saving_refuses_a_pipeline_that_disagrees_with_the_rotation_config(tmp_path):
+    config = tiny()
+    for cfg, pipeline in ((PTQConfig(rotation="hadamard"), [QuantizeModule()]),
+                          (PTQConfig(), [RotationModule(), QuantizeModule()])):
+        net = LlamaForCausalLM(config, seed=0)
+        ptq = PTQ(cfg, pipeline=pipeline)
+        ptq.apply(net, None, calibration(config))
+        ptq.convert(net)
+        with pytest.raises(ValueError, match="PTQConfig.rotation is .* rotation module"):
+            save_quantized(net, ptq, str(tmp_path / "q"))
+
+
 def test_export_refuses_a_rotated_folder(tmp_path):
     from golden_ptq.export.saved_model import NotRepresentableError, SavedModel
     config = tiny()
