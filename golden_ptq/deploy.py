@@ -33,6 +33,7 @@ import yaml
 
 from golden_ptq.algorithm import PTQ
 from golden_ptq.config import PTQConfig, PTQMode
+from golden_ptq.config.method_names import ROTATION
 from golden_ptq.config.model_config import LlamaConfig
 from golden_ptq.io.checkpoint import load_checkpoint, load_full_checkpoint, save_checkpoint
 from golden_ptq.io.folder_set import FolderSetError, recover, verify_folder_set, write_folder_set
@@ -108,6 +109,11 @@ def deploy_config(ptq: PTQ) -> PTQConfig:
     DEPLOY cannot recompute range_parms, so layers that ``disable_level`` rolled back are written
     into ``disable_names`` (and ``disable_level`` becomes ``'L0'``): they stay float there too.
     """
+    rotations = [m for m in ptq.pipeline if getattr(getattr(m, "method", None), "role", None) == ROTATION]
+    if bool(rotations) != (ptq.config.rotation_method is not None):
+        raise ValueError(f"save_quantized: PTQConfig.rotation is {ptq.config.rotation!r} but the PTQ's pipeline has "
+                         f"{len(rotations)} rotation module(s); DEPLOY rebuilds the network from the config, so "
+                         f"they must agree (use the default pipeline, or set rotation to match)")
     rolled = [name for name in ptq.rolled_back if name not in ptq.config.disable_names]
     return dataclasses.replace(ptq.config, mode=PTQMode.DEPLOY, disable_names=list(ptq.config.disable_names) + rolled,
                                disable_level="L0")

@@ -126,6 +126,8 @@ class PTQ(CompAlgo):
                 guards.check_calibration_rows(rows, net_config.vocab_size,
                                               getattr(net_config, "max_position_embeddings", None))
         self.range_parms, self.output_errors, self.rolled_back = {}, {}, []  # this network's only
+        for module in self.pipeline:   # whole-network steps (rotation) before any layer is swapped
+            module.prepare_network(network, quantize=self.config.mode is PTQMode.QUANTIZE)
         self._swap_in_quant_cells(network)
         if self.config.mode is PTQMode.DEPLOY:
             self._prepare_deploy(network, structure)

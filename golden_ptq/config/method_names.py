@@ -1,9 +1,10 @@
 """The names of the accuracy methods, as the configuration layer knows them.
 
 One row per method: its name, its msModelSlim ``anti_method`` alias (m1-m6) if it has one, its
-role (an ``anti_method`` suppresses outliers before rounding; a ``precision_recovery`` method
-chooses the rounding), and the schemes it works on. The configuration validates against this
-table without importing the algorithms; each algorithm module declares the same facts next to
+role (a ``rotation`` turns the whole float network into an equivalent one with fewer outliers
+before calibration; an ``anti_method`` suppresses outliers before rounding; a
+``precision_recovery`` method chooses the rounding), and the schemes it works on. The
+configuration validates against this table without importing the algorithms; each algorithm module declares the same facts next to
 its code (``golden_ptq.algorithm.methods``), and a test checks the two agree.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from golden_ptq.config.validation import ConfigError
 
 ANTI_OUTLIER = "anti_method"
 PRECISION_RECOVERY = "precision_recovery"
+ROTATION = "rotation"
 W8A8 = "w8a8"                # int8 weights and activations (static per tensor or dynamic per token)
 WEIGHT_ONLY = "weight_only"  # int8 / int4 weights, float activations (per channel or per group)
 SCHEMES = (W8A8, WEIGHT_ONLY)
@@ -46,7 +48,11 @@ METHOD_NAMES = (
                "flexible smoothing: search of alpha and the activation/weight balance"),
     MethodName("gptq", None, PRECISION_RECOVERY, (WEIGHT_ONLY, W8A8),
                "GPTQ: column-by-column rounding with Hessian-based error compensation"),
+    MethodName("hadamard", None, ROTATION, (WEIGHT_ONLY, W8A8),
+               "QuaRot-style rotation: a randomised Hadamard of the residual stream and of each value head "
+               "folded into the weights, and an online block Hadamard before feed_forward.w2"),
 )
+NO_ROTATION = "none"
 
 
 def method_names(role: Optional[str] = None) -> Tuple[MethodName, ...]:
@@ -85,6 +91,21 @@ def normalize_method(value: Optional[str], role: str, owner: str) -> Optional[st
 def normalize_anti_method(value: Optional[str], owner: str = "PTQConfig.anti_method") -> Optional[str]:
     """``"m2"``, ``"M2"`` or ``"smooth_search"`` -> ``"m2"``; None stays None."""
     return normalize_method(value, ANTI_OUTLIER, owner)
+
+
+def rotation_choices() -> Tuple[str, ...]:
+    """The allowed values of ``PTQConfig.rotation``: ``"none"`` and every rotation method."""
+    return (NO_ROTATION,) + tuple(m.name for m in method_names(ROTATION))
+
+
+def normalize_rotation(value: Optional[str], owner: str = "PTQConfig.rotation") -> str:
+    """``"Hadamard"`` -> ``"hadamard"``; None and ``"none"`` -> ``"none"``; anything else is a ConfigError."""
+    if value is None:
+        return NO_ROTATION
+    key = value.strip().lower() if isinstance(value, str) else None
+    if key not in rotation_choices():
+        raise ConfigError(f"{owner}: {value!r} is not allowed; allowed: {list(rotation_choices())}")
+    return key
 
 
 def check_scheme(code: str, scheme: str, owner: str) -> None:

@@ -13,7 +13,8 @@ import mindspore as ms
 import yaml
 
 from golden_ptq.config.enums import BackendTarget, OutliersSuppressionType, PrecisionRecovery, PTQMode, QuantGranularity
-from golden_ptq.config.method_names import W8A8, WEIGHT_ONLY, check_scheme, normalize_anti_method
+from golden_ptq.config.method_names import (NO_ROTATION, W8A8, WEIGHT_ONLY, check_scheme, normalize_anti_method,
+                                            normalize_rotation)
 from golden_ptq.config.validation import (ConfigError, check_bool, check_float, check_int, check_known_keys,
                                           check_mapping, check_str, check_str_list, did_you_mean,
                                           load_yaml_mapping)
@@ -27,13 +28,16 @@ ALGO_ARGS = {
     "hist_bins": 2048,        # act_method 2/3: histogram bins
     "gptq_damp_percent": 0.01, "gptq_block_size": 128, "gptq_act_order": False,
     "static_scale_dtype": "float32",  # "float16": static input scales rounded up to fp16 values (MindIE stores fp16)
+    "rotation_seed": 0,       # rotation: seed of the random signs of the residual-stream Hadamard
+    "rotation_online": True,  # rotation: also an online block Hadamard before feed_forward.w2
 }
-# allowed [min, max] of the integer / float algo_args; gptq_act_order is a bool
+# allowed [min, max] of the integer / float algo_args; gptq_act_order and rotation_online are bools
 ALGO_ARG_RANGES = {"alpha_grid": (2, 1000), "beta_grid": (2, 1000), "awq_grid": (2, 1000),
                    "awq_clip_grid": (2, 1000), "search_rows": (2, 10_000_000), "hist_bins": (16, 1 << 20),
-                   "gptq_block_size": (1, 1 << 16), "smooth_alpha": (0.0, 1.0), "gptq_damp_percent": (1e-6, 1.0)}
+                   "gptq_block_size": (1, 1 << 16), "rotation_seed": (0, (1 << 32) - 1), "smooth_alpha": (0.0, 1.0),
+                   "gptq_damp_percent": (1e-6, 1.0)}
 _FLOAT_ARGS = ("smooth_alpha", "gptq_damp_percent")
-_BOOL_ARGS = ("gptq_act_order",)
+_BOOL_ARGS = ("gptq_act_order", "rotation_online")
 _CHOICE_ARGS = {"static_scale_dtype": ("float32", "float16")}
 ROLLBACK_SIGNALS = ("range_parm", "output_error")
 _LEVEL = re.compile(r"^L(\d+)$")
@@ -56,6 +60,9 @@ class PTQConfig:
     ``mindspore.int8`` (or ``"int8"``) or None. ``opname_blacklist`` entries are substrings of layer
     names (``"w2"`` keeps every ``feed_forward.w2`` float). ``act_symmetric=None`` picks the
     natural default: asymmetric for static per-tensor, symmetric for dynamic per-token.
+    ``rotation``: ``"none"`` or ``"hadamard"`` (an orthogonal rotation folded into the float network
+    before calibration, seeded by ``algo_args['rotation_seed']``; see
+    :mod:`golden_ptq.algorithm.modules.rotation`).
     """
 
     mode: PTQMode = PTQMode.QUANTIZE
@@ -79,6 +86,7 @@ class PTQConfig:
     disable_level: str = "L0"
     rollback_signal: str = "range_parm"
     precision_recovery: PrecisionRecovery = PrecisionRecovery.NONE
+    rotation: str = NO_ROTATION
 
     def __post_init__(self) -> None:
         self.validate()
@@ -136,6 +144,7 @@ class PTQConfig:
             raise ConfigError(f"PTQConfig.anti_method: {self.anti_method!r} ({type(self.anti_method).__name__}) "
                                f"is not a method name; allowed: a code 'm1'..'m6', a method name, or null")
         self.anti_method = normalize_anti_method(self.anti_method)
+        self.rotation = normalize_rotation(self.rotation)
 
     def validate(self) -> None:
         """Type-check (again: fields may have been assigned since) and check the combination."""
@@ -237,6 +246,11 @@ class PTQConfig:
     def precision_recovery_method(self) -> Optional[str]:
         """The method name of ``precision_recovery`` (``"gptq"``), None for round-to-nearest."""
         return None if self.precision_recovery is PrecisionRecovery.NONE else self.precision_recovery.value
+
+    @property
+    def rotation_method(self) -> Optional[str]:
+        """The rotation method's name (``"hadamard"``), None without rotation."""
+        return None if self.rotation == NO_ROTATION else self.rotation
 
     def arg(self, name: str) -> Any:
         return self.algo_args.get(name, ALGO_ARGS[name])

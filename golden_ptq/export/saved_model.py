@@ -132,6 +132,10 @@ class SavedModel:
             self.desc: Dict[str, str] = json.load(handle)
         from golden_ptq.config import PTQConfig
         self.ptq_config = PTQConfig.load(os.path.join(folder, CONFIG_FILE))
+        if self.ptq_config.rotation_method is not None:
+            raise NotRepresentableError(f"{folder}: quantized with rotation {self.ptq_config.rotation!r}, whose "
+                                        f"online Hadamard before feed_forward.w2 no export format holds; export a "
+                                        f"model quantized with rotation: none")
         self.tensors: Dict[str, np.ndarray] = read_checkpoint(find_checkpoint(folder))
         missing = sorted(set(self.desc) ^ set(self.tensors))
         if missing:

@@ -122,7 +122,11 @@ class Attention(nn.Cell):
 
 
 class FeedForward(nn.Cell):
-    """SwiGLU MLP: ``w2(silu(w1 x) * w3 x)``."""
+    """SwiGLU MLP: ``w2(silu(w1 x) * w3 x)``.
+
+    ``down_transform`` (None, or a Cell such as :class:`~golden_ptq.networks.hadamard.OnlineHadamard`
+    set by the rotation method) transforms ``w2``'s input at run time: ``w2(T(silu(w1 x) * w3 x))``.
+    """
 
     def __init__(self, config: LlamaConfig, tp: Optional[TPContext] = None):
         super().__init__()
@@ -130,9 +134,13 @@ class FeedForward(nn.Cell):
         self.w1 = Linear(config.hidden_size, config.intermediate_size, parallel="column", tp=tp)
         self.w3 = Linear(config.hidden_size, config.intermediate_size, parallel="column", tp=tp)
         self.w2 = Linear(config.intermediate_size, config.hidden_size, parallel="row", tp=tp)
+        self.down_transform = None
 
     def construct(self, x: Tensor) -> Tensor:
-        return self.w2(swiglu(self.w1(x), self.w3(x)))
+        hidden = swiglu(self.w1(x), self.w3(x))
+        if self.down_transform is not None:
+            hidden = self.down_transform(hidden)
+        return self.w2(hidden)
 
 
 class LlamaDecodeLayer(nn.Cell):

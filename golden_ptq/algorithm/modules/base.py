@@ -147,6 +147,10 @@ class AlgoModule:
     def prepare_deploy(self, ctx: LayerContext) -> None:
         """DEPLOY mode, before placeholders are made: set any structure the module's QUANTIZE run adds."""
 
+    def prepare_network(self, network: nn.Cell, quantize: bool) -> None:
+        """Before PTQ swaps any layer (both modes): a whole-network step, e.g. a rotation that changes
+        the float weights (``quantize=True``) and the structure DEPLOY must rebuild (both)."""
+
 
 class InputRecorder:
     """Keeps every ``stride``-th row of the inputs it is fed (``QuantLinear.recorder``), up to

@@ -13,13 +13,14 @@ from typing import Dict, Iterable, List, Optional, Type
 from golden_ptq.algorithm.modules.awq import AWQModule
 from golden_ptq.algorithm.modules.base import AlgoModule, MethodDeclaration
 from golden_ptq.algorithm.modules.gptq import GPTQModule
+from golden_ptq.algorithm.modules.rotation import RotationModule
 from golden_ptq.algorithm.modules.smooth import SmoothModule
 from golden_ptq.algorithm.modules.smooth_search import (FlexSmoothModule, OutlierSuppressionPlusModule,
                                                         SmoothSearchModule)
 from golden_ptq.config.method_names import ANTI_OUTLIER, PRECISION_RECOVERY, normalize_method
 
 BUILT_IN_METHODS = (SmoothModule, SmoothSearchModule, AWQModule, OutlierSuppressionPlusModule, FlexSmoothModule,
-                    GPTQModule)
+                    GPTQModule, RotationModule)
 
 
 class MethodRegistry:
@@ -64,10 +65,12 @@ class MethodRegistry:
         return self.module_type(name).from_config(config)
 
     def pipeline(self, config) -> List[AlgoModule]:
-        """The accuracy modules ``config`` asks for, in the order they run: its ``anti_method``
-        (outlier suppression changes the float weights), then its ``precision_recovery`` (chooses
-        the rounding of those weights). The Quantize module is PTQ's to add."""
-        names: List[Optional[str]] = [config.effective_anti_method, config.precision_recovery_method]
+        """The accuracy modules ``config`` asks for, in the order they run: its ``rotation`` (an
+        equivalent float network, before calibration), its ``anti_method`` (outlier suppression
+        changes the float weights), then its ``precision_recovery`` (chooses the rounding of those
+        weights). The Quantize module is PTQ's to add."""
+        names: List[Optional[str]] = [config.rotation_method, config.effective_anti_method,
+                                      config.precision_recovery_method]
         return [self.build(name, config) for name in names if name is not None]
 
 

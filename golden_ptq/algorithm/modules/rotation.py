@@ -1,0 +1,199 @@
+"""Rotation (QuaRot style, ``PTQConfig.rotation: hadamard``): an equivalent float network with
+fewer activation outliers, made before calibration.
+
+With ``Q`` orthogonal (``Q Qᵀ = I``), a residual stream ``x`` carried as ``x Q`` computes the same
+network if every Linear reading it takes ``W Q`` and every Linear writing it gives ``Qᵀ W``.
+RMSNorm commutes with ``Q`` once its weight ``g`` is folded into the Linears it feeds
+(``rms(x Q) = rms(x)``: the norm becomes ``x / rms(x)``). Steps, all offline in float64:
+
+* every RMSNorm weight is folded into the input columns of the Linears after it (``wq/wk/wv``,
+  ``w1/w3``, ``lm_head``) and set to ones;
+* ``Q`` (:func:`~golden_ptq.networks.hadamard.random_orthogonal`: a Hadamard matrix of the
+  hidden size with seeded random signs; SmolLM2's 576 = 12 x 12 x 4 is built from Paley's order
+  12 and Sylvester's 4) multiplies the embedding rows ``E Q``, the inputs of ``wq/wk/wv/w1/w3``
+  and ``lm_head`` (``W Q``) and the outputs of ``wo/w2`` (``Qᵀ W``);
+* each value head is rotated by a second such matrix ``Hv`` of order head_dim: ``wv``'s rows per
+  KV head ``Hvᵀ W`` (bias ``b Hv``), ``wo``'s input columns per query head ``W Hv`` (attention
+  mixes positions, not channels, so it commutes); the stored values are rotated too (int8 KV);
+* with ``algo_args['rotation_online']`` (default true), ``feed_forward.w2``'s input gets an online
+  block Hadamard ``T`` (:class:`~golden_ptq.networks.hadamard.OnlineHadamard`,
+  ``FeedForward.down_transform``) at run time and ``w2`` takes ``W T`` offline, so its
+  1536-wide input (12 blocks of 128) is spread.
+
+With that online transform, the smoothing methods that run after the rotation (``anti_method``)
+see the layer structure without the ``feed_forward.w3 -> w2`` mapping: a per-channel scale moved across ``T`` would not
+cancel (``T`` mixes the channels), so that pair is not smoothed (:class:`RotatedStructure`).
+
+A tied ``lm_head`` (SmolLM2) is untied: it becomes ``W diag(g_out) Q``, no longer the embedding
+table, so the network's config says ``tie_word_embeddings: False`` and a saved checkpoint carries
+``lm_head.weight`` separately. DEPLOY re-creates the structure (online transforms, untied head)
+from ``ptq_config.yaml``'s ``rotation`` and ``algo_args``; the rotated weights come from the checkpoint.
+Before quantization the rotated network gives the float logits up to float32 rounding.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, List
+
+import numpy as np
+from mindspore import Parameter, Tensor, nn
+
+from golden_ptq.algorithm.modules.base import WEIGHTS, AlgoModule, LayerContext, MethodDeclaration, config_arg
+from golden_ptq.config.method_names import ROTATION, W8A8, WEIGHT_ONLY
+from golden_ptq.networks.hadamard import OnlineHadamard, online_matrix, random_orthogonal
+from golden_ptq.networks.llama import LlamaForCausalLM
+from golden_ptq.quant_cells.base import QuantCell
+
+METHOD = "rotation 'hadamard'"
+ONLINE_TRANSFORMED = ("feed_forward.w2",)   # Linears whose input passes an online transform after rotation
+
+
+class RotatedStructure:
+    """A layer structure as the methods after a rotation see it: ``smooth_mappings`` without those
+    whose balance layers read through an online transform; everything else is ``inner``'s."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.smooth_mappings = tuple(m for m in inner.smooth_mappings
+                                     if not any(b in ONLINE_TRANSFORMED for b in m.balance))
+
+    def __getattr__(self, name: str):
+        if name == "inner":   # not set yet (a copy being built): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
+def check_rotatable(network: nn.Cell) -> None:
+    """Raise a clear error unless ``network`` is golden_ptq's float Llama at TP size 1."""
+    if not isinstance(network, LlamaForCausalLM):
+        raise NotImplementedError(f"{METHOD} supports golden_ptq's LlamaForCausalLM, not "
+                                  f"{type(network).__name__}; set PTQConfig.rotation: none")
+    tp = getattr(network, "tp", None)
+    if tp is not None and tp.parallel:
+        raise NotImplementedError(f"{METHOD} is not supported under tensor parallel size {tp.size} (neither "
+                                  f"quantizing nor deploying); run the rotated model at TP size 1")
+    if any(isinstance(cell, QuantCell) for _, cell in network.cells_and_names()):
+        raise RuntimeError(f"{METHOD}: the network already holds quantized cells; rotate a fresh float network")
+
+
+ROTATED_MARK = "rotated_by"   # attribute set on a rotated network: which rotation made it
+
+
+def _is_rotated(network: LlamaForCausalLM) -> bool:
+    return getattr(network, ROTATED_MARK, None) is not None
+
+
+def _np(param: Parameter) -> np.ndarray:
+    return param.asnumpy().astype(np.float64)
+
+
+def rotated_arrays(network: LlamaForCausalLM, seed: int, online: bool = True) -> Dict[str, np.ndarray]:
+    """The rotated float parameters of ``network`` by name (float32); the network is not changed.
+
+    ``lm_head.weight`` is always among them (a tied head is untied). ``online``: ``w2`` also takes
+    the online transform's ``T`` on its input side.
+    """
+    cfg = network.config
+    rng = np.random.RandomState(seed)
+    q = random_orthogonal(cfg.hidden_size, rng)
+    hv = random_orthogonal(cfg.head_dim, rng)
+    out: Dict[str, np.ndarray] = {}
+    prefix = "model."
+    out[prefix + "tok_embeddings.embedding_weight"] = _np(network.model.tok_embeddings.embedding_weight) @ q
+    for i, layer in enumerate(network.model.layers):
+        name = f"{prefix}layers.{i}."
+        att, ffn = layer.attention, layer.feed_forward
+        g_att, g_ffn = _np(layer.attention_norm.weight), _np(layer.ffn_norm.weight)
+        for rel, cell, gain in (("attention.wq", att.wq, g_att), ("attention.wk", att.wk, g_att),
+                                ("attention.wv", att.wv, g_att), ("feed_forward.w1", ffn.w1, g_ffn),
+                                ("feed_forward.w3", ffn.w3, g_ffn)):
+            out[f"{name}{rel}.weight"] = (_np(cell.weight) * gain[None, :]) @ q
+        wv = out[f"{name}attention.wv.weight"]
+        heads_v = wv.shape[0] // cfg.head_dim
+        out[f"{name}attention.wv.weight"] = np.einsum("de,hdi->hei", hv,
+                                                       wv.reshape(heads_v, cfg.head_dim, -1)).reshape(wv.shape)
+        if att.wv.bias is not None:
+            out[f"{name}attention.wv.bias"] = (_np(att.wv.bias).reshape(heads_v, cfg.head_dim) @ hv).reshape(-1)
+        wo = _np(att.wo.weight)
+        wo = (wo.reshape(wo.shape[0], -1, cfg.head_dim) @ hv).reshape(wo.shape)
+        out[f"{name}attention.wo.weight"] = q.T @ wo
+        w2 = _np(ffn.w2.weight)
+        out[f"{name}feed_forward.w2.weight"] = q.T @ (w2 @ online_matrix(w2.shape[1]) if online else w2)
+        for norm in ("attention_norm", "ffn_norm"):
+            out[f"{name}{norm}.weight"] = np.ones(cfg.hidden_size)
+    out["lm_head.weight"] = (_np(network.lm_head.weight) * _np(network.model.norm_out.weight)[None, :]) @ q
+    out[prefix + "norm_out.weight"] = np.ones(cfg.hidden_size)
+    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
+
+
+def _set_structure(network: LlamaForCausalLM, online: bool) -> List[str]:
+    """The rotated network's structure: online transforms before each ``w2`` (``online``), an untied head."""
+    if online:
+        for layer in network.model.layers:
+            layer.feed_forward.down_transform = OnlineHadamard(int(layer.feed_forward.w2.in_features))
+    setattr(network, ROTATED_MARK, "hadamard+online" if online else "hadamard")
+    changed = []
+    if network.lm_head.weight is network.model.tok_embeddings.embedding_weight:
+        network.lm_head.weight = Parameter(Tensor(np.zeros(network.lm_head.weight.shape, np.float32)), name="weight")
+        changed.append("lm_head untied")
+    if network.config.tie_word_embeddings:
+        network.config = dataclasses.replace(network.config, tie_word_embeddings=False)
+    return changed
+
+
+def rotate_network(network: LlamaForCausalLM, seed: int = 0, online: bool = True) -> LlamaForCausalLM:
+    """Rotate a float ``network`` in place (see the module docstring); returns it. ``online=False``
+    leaves out the online Hadamard before ``w2`` (``algo_args['rotation_online']``)."""
+    check_rotatable(network)
+    if _is_rotated(network):
+        raise RuntimeError(f"{METHOD}: the network is already rotated; rotate a fresh float network")
+    arrays = rotated_arrays(network, seed, online)   # everything computed before anything changes
+    _set_structure(network, online)
+    params = {}
+    for cell_name, cell in network.cells_and_names():
+        for attr, param in cell.parameters_and_names(expand=False):
+            params[f"{cell_name}.{attr}" if cell_name else attr] = param
+    for name, value in arrays.items():
+        params[name].set_data(Tensor(value))
+    network.set_compiled(network.compiled_decode, network.compiled_forward)  # drop graphs of the old weights
+    return network
+
+
+class RotationModule(AlgoModule):
+    """``rotation: hadamard``: rotates the float network before PTQ swaps in quantized cells
+    (QUANTIZE), or rebuilds the rotated structure for a checkpoint to fill (DEPLOY)."""
+
+    method = MethodDeclaration(
+        name="hadamard", alias=None, role=ROTATION, schemes=(WEIGHT_ONLY, W8A8), needs=(WEIGHTS,),
+        algo_args=("rotation_seed", "rotation_online"), tp=False,
+        tp_note="not implemented for sharded networks, in QUANTIZE or DEPLOY; run rotated models at TP size 1")
+
+    def __init__(self, seed: int = 0, online: bool = True):
+        self.seed, self.online = int(seed), bool(online)
+
+    @classmethod
+    def from_config(cls, config=None) -> "RotationModule":
+        return cls(seed=int(config_arg(config, "rotation_seed")), online=bool(config_arg(config, "rotation_online")))
+
+    def prepare_network(self, network: nn.Cell, quantize: bool) -> None:
+        if quantize:
+            rotate_network(network, self.seed, self.online)
+            return
+        check_rotatable(network)
+        if not _is_rotated(network):
+            _set_structure(network, self.online)
+
+    def _restrict(self, ctx: LayerContext) -> None:
+        if self.online and ctx.structure is not None and not isinstance(ctx.structure, RotatedStructure):
+            ctx.structure = RotatedStructure(ctx.structure)
+
+    def process(self, ctx: LayerContext) -> None:
+        """The weights were rotated before calibration; per layer, the modules after this one (it
+        runs first) get the structure without the mappings the online transform breaks."""
+        self._restrict(ctx)
+
+    def prepare_deploy(self, ctx: LayerContext) -> None:
+        self._restrict(ctx)
+
+    def __repr__(self) -> str:
+        return f"RotationModule(seed={self.seed}, online={self.online})"
