@@ -110,6 +110,9 @@ def test_streamed_equals_in_memory_for_every_shipped_config(tmp_path, name):
     (dict(embedding_quant_dtype=I8), "fp16"),
     # tied float head (blacklisted) is the float embedding table; W8A8 static with smoothing
     (dict(act_quant_dtype=I8, opname_blacklist=["lm_head"], outliers_suppression="smooth"), "fp32"),
+    # rotation unties the head: lm_head = (embedding * final norm) Q, the embedding E Q, both per unit
+    (dict(act_quant_dtype=I8, act_quant_granularity="PER_TOKEN", embedding_quant_dtype=I8, rotation="hadamard",
+          anti_method="m1"), "bf16"),
 ])
 def test_tied_heads_and_spilled_activations(tmp_path, kwargs, dtype):
     """Every boundary spilled to a memory map (spill_bytes=0) gives the same bits as in memory."""

@@ -15,6 +15,8 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn
 
 from golden_ptq.algorithm.driver import LayerSource
+from golden_ptq.algorithm.modules.rotation import (RotationMatrices, rotate_embedding, rotate_head, rotate_layer,
+                                                   set_online_transform)
 from golden_ptq.algorithm.swap import quant_targets, share_tied_head
 from golden_ptq.io.checkpoint import quant_desc
 from golden_ptq.io.sharded_writer import ShardedSafetensorsWriter
@@ -69,10 +71,13 @@ class StreamedLayers(LayerSource):
     the records; every unit goes to ``writer`` as one shard and into ``desc`` (quant_desc.json)."""
 
     def __init__(self, source: FloatSource, ptq, structure, shell: NetworkShell, writer: ShardedSafetensorsWriter,
-                 boundaries: BoundaryStore):
+                 boundaries: BoundaryStore, rotation=None):
+        """``rotation``: the pipeline's RotationModule, applied to each unit as it is read (the same
+        per-unit functions the in-memory rotation uses; the shell's config is then untied)."""
         self.source, self.ptq, self.structure, self.network = source, ptq, structure, shell
         self.writer, self.boundaries = writer, boundaries
-        self.config = source.config
+        self.config = source.config   # the source's: a tied source's head is read from the embedding
+        self.rotation = None if rotation is None else (RotationMatrices(source.config, rotation.seed), rotation.online)
         self.desc: Dict[str, str] = {}
         self.written: set = set()
         self._bytes_since_collect = 0   # bytes written since the last gc.collect
@@ -148,7 +153,11 @@ class StreamedLayers(LayerSource):
 
     # ----- LayerSource --------------------------------------------------------------------------
     def embedding_cells(self) -> Dict[str, QuantCell]:
-        self.network.model.tok_embeddings = self._embedding()
+        embedding = self._embedding()
+        if self.rotation is not None:
+            embedding.embedding_weight = Parameter(Tensor.from_numpy(rotate_embedding(
+                embedding.embedding_weight.asnumpy(), self.rotation[0])), name="embedding_weight")
+        self.network.model.tok_embeddings = embedding
         self.ptq.swap_in(self.network, quant_targets(self.network, self.ptq.registry))
         return {n: c for n, c in self.network.cells_and_names() if isinstance(c, QuantCell)}
 
@@ -167,10 +176,21 @@ class StreamedLayers(LayerSource):
             name = f"model.layers.{index}"
             layer = LlamaDecodeLayer(self.config, self.network.tp_layout)
             self._load(layer, name)
+            if self.rotation is not None:
+                self._rotate_layer(layer)
             layer.set_train(False)
             self.ptq.swap_in(layer, quant_targets(layer, self.ptq.registry, name), name)
             yield name, layer
             del layer
+
+    def _rotate_layer(self, layer: nn.Cell) -> None:
+        mats, online = self.rotation
+        params = dict(layer.parameters_and_names())
+        rotated = rotate_layer({rel: param.asnumpy() for rel, param in params.items()}, mats, online)
+        for rel, array in rotated.items():
+            params[rel].set_data(Tensor(array))
+        if online:
+            set_online_transform(layer)
 
     def layer_done(self, name: str, layer: nn.Cell) -> None:
         self._write(layer, name)
@@ -182,7 +202,16 @@ class StreamedLayers(LayerSource):
         self.source.check_head()
         shell.model.norm_out = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self._load(shell.model.norm_out, "model.norm_out")
-        if config.tie_word_embeddings:  # the head is the embedding table, as in LlamaForCausalLM
+        if self.rotation is not None:   # the rotated head is untied: the final norm folded in, then Q
+            table = self._table(f"{EMBEDDING}.embedding_weight" if config.tie_word_embeddings else "lm_head.weight",
+                                (config.vocab_size, config.hidden_size))
+            rotated = rotate_head(table.asnumpy(), shell.model.norm_out.weight.asnumpy(), self.rotation[0])
+            del table
+            shell.model.norm_out.weight.set_data(Tensor(rotated["model.norm_out.weight"]))
+            shell.lm_head = Linear(config.hidden_size, 1)
+            shell.lm_head.out_features = config.vocab_size
+            shell.lm_head.weight = Parameter(Tensor.from_numpy(rotated.pop("lm_head.weight")), name="weight")
+        elif config.tie_word_embeddings:  # the head is the embedding table, as in LlamaForCausalLM
             embedding = self._embedding()
             shell.lm_head = Linear(config.hidden_size, 1)
             shell.lm_head.out_features = config.vocab_size

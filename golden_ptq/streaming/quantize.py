@@ -12,6 +12,7 @@ import gc
 import json
 import os
 import shutil
+from dataclasses import replace
 from typing import Dict, Optional, Union
 
 from mindspore import nn
@@ -22,6 +23,7 @@ from golden_ptq.algorithm.calibration_data import token_rows
 from golden_ptq.algorithm.swap import check_target_names, plan_swaps, quant_targets
 from golden_ptq.algorithm.tp_support import check_tp_supported
 from golden_ptq.config import PTQConfig, PTQMode
+from golden_ptq.config.method_names import ROTATION
 from golden_ptq.config.model_config import LlamaConfig
 from golden_ptq.io.atomic import atomic_write_text
 from golden_ptq.io.folder_set import write_folder_set
@@ -71,8 +73,10 @@ def quantize_streamed(model_path: str, config: Union[PTQConfig, str], datasets, 
     guards.check_calibration_rows(rows, net_config.vocab_size, net_config.max_position_embeddings)
     from golden_ptq.parallel import init_from_launcher
     init_from_launcher()
-    shell = NetworkShell(net_config, tp)
     ptq = PTQ(config, calib_batch_size=calib_batch_size, measure_sensitivity=measure_sensitivity, progress=progress)
+    rotation = next((m for m in ptq.pipeline if getattr(getattr(m, "method", None), "role", None) == ROTATION), None)
+    # a rotated network has an untied head (see golden_ptq.algorithm.modules.rotation)
+    shell = NetworkShell(replace(net_config, tie_word_embeddings=False) if rotation is not None else net_config, tp)
     _check_before_reading(ptq, net_config, shell)
     if tokenizer is None:
         tokenizer = source.tokenizer()
@@ -85,7 +89,8 @@ def quantize_streamed(model_path: str, config: Union[PTQConfig, str], datasets, 
         from golden_ptq.deploy import CONFIG_FILE, DESC_FILE, NETWORK_FILE, deploy_config, write_network_yaml
         writer = ShardedSafetensorsWriter(tmp)
         spill = os.path.join(tmp, SPILL_FOLDER)
-        layers = StreamedLayers(source, ptq, LlamaStructure(), shell, writer, BoundaryStore(spill, spill_bytes))
+        layers = StreamedLayers(source, ptq, LlamaStructure(), shell, writer, BoundaryStore(spill, spill_bytes),
+                                rotation)
         ptq.records, ptq.range_parms, ptq.output_errors, ptq.rolled_back = [], {}, {}, []
         try:
             ptq.calibrate_source(layers, rows)
@@ -126,7 +131,6 @@ class _LayerView(nn.Cell):
 def _check_before_reading(ptq: PTQ, net_config: LlamaConfig, shell: NetworkShell) -> None:
     """What ``PTQ.apply`` checks before touching a network, from the layer names alone: names in the
     config match layers, something is quantized, the settings are TP-correct."""
-    from dataclasses import replace
     tiny = replace(net_config, vocab_size=2, hidden_size=2 * net_config.num_heads, intermediate_size=2,
                    extra=dict(net_config.extra))
     skeleton = LlamaForCausalLM(tiny, tp=TPContext())   # same cell names, next to no memory

@@ -87,50 +87,96 @@ def _np(param: Parameter) -> np.ndarray:
     return param.asnumpy().astype(np.float64)
 
 
+class RotationMatrices:
+    """``q`` (hidden size) and ``hv`` (head dim) of one seed, drawn in that order."""
+
+    def __init__(self, config, seed: int):
+        rng = np.random.RandomState(seed)
+        self.q = random_orthogonal(config.hidden_size, rng)
+        self.hv = random_orthogonal(config.head_dim, rng)
+        self.head_dim = config.head_dim
+
+
+ROW_CHUNK = 8192   # vocabulary tables are rotated this many rows at a time (float64 working set)
+
+
+def _rows_times_q(table: np.ndarray, q: np.ndarray, gain=None) -> np.ndarray:
+    """``(table * gain) @ q`` in float64, row chunk by row chunk, as float32."""
+    out = np.empty(table.shape, np.float32)
+    for start in range(0, table.shape[0], ROW_CHUNK):
+        rows = np.asarray(table[start:start + ROW_CHUNK], np.float64)
+        if gain is not None:
+            rows = rows * gain[None, :]
+        out[start:start + ROW_CHUNK] = rows @ q
+    return out
+
+
+def rotate_embedding(table: np.ndarray, mats: RotationMatrices) -> np.ndarray:
+    """The embedding rows ``E Q`` (float32)."""
+    return _rows_times_q(table, mats.q)
+
+
+def rotate_layer(arrays: Dict[str, np.ndarray], mats: RotationMatrices, online: bool = True) -> Dict[str, np.ndarray]:
+    """One decoder layer's rotated float parameters (float32) from its float ones, both by name
+    relative to the layer (``attention.wq.weight``, ``attention_norm.weight``, ...)."""
+    def arr(name: str) -> np.ndarray:   # one tensor in float64 at a time: a large layer's working set stays small
+        return np.asarray(arrays[name], np.float64)
+
+    q, hv, head_dim = mats.q, mats.hv, mats.head_dim
+    out: Dict[str, np.ndarray] = {}
+    g_att, g_ffn = arr("attention_norm.weight"), arr("ffn_norm.weight")
+    for rel, gain in (("attention.wq", g_att), ("attention.wk", g_att), ("feed_forward.w1", g_ffn),
+                      ("feed_forward.w3", g_ffn)):
+        out[f"{rel}.weight"] = ((arr(f"{rel}.weight") * gain[None, :]) @ q).astype(np.float32)
+    wv = (arr("attention.wv.weight") * g_att[None, :]) @ q
+    heads_v = wv.shape[0] // head_dim
+    out["attention.wv.weight"] = np.einsum("de,hdi->hei", hv, wv.reshape(heads_v, head_dim, -1)).reshape(wv.shape)
+    if "attention.wv.bias" in arrays:
+        out["attention.wv.bias"] = (arr("attention.wv.bias").reshape(heads_v, head_dim) @ hv).reshape(-1)
+    wo = arr("attention.wo.weight")
+    wo = (wo.reshape(wo.shape[0], -1, head_dim) @ hv).reshape(wo.shape)
+    out["attention.wo.weight"] = q.T @ wo
+    w2 = arr("feed_forward.w2.weight")
+    out["feed_forward.w2.weight"] = q.T @ (w2 @ online_matrix(w2.shape[1]) if online else w2)
+    for norm in ("attention_norm", "ffn_norm"):
+        out[f"{norm}.weight"] = np.ones(q.shape[0])
+    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
+
+
+def rotate_head(head: np.ndarray, norm_out: np.ndarray, mats: RotationMatrices) -> Dict[str, np.ndarray]:
+    """``lm_head.weight`` with the final norm folded in and rotated, and the norm's new weight (ones),
+    by their network names (float32). ``head``: the float head (the embedding table when tied)."""
+    return {"lm_head.weight": _rows_times_q(head, mats.q, np.asarray(norm_out, np.float64)),
+            "model.norm_out.weight": np.ones(mats.q.shape[0], np.float32)}
+
+
 def rotated_arrays(network: LlamaForCausalLM, seed: int, online: bool = True) -> Dict[str, np.ndarray]:
     """The rotated float parameters of ``network`` by name (float32); the network is not changed.
 
     ``lm_head.weight`` is always among them (a tied head is untied). ``online``: ``w2`` also takes
     the online transform's ``T`` on its input side.
     """
-    cfg = network.config
-    rng = np.random.RandomState(seed)
-    q = random_orthogonal(cfg.hidden_size, rng)
-    hv = random_orthogonal(cfg.head_dim, rng)
-    out: Dict[str, np.ndarray] = {}
-    prefix = "model."
-    out[prefix + "tok_embeddings.embedding_weight"] = _np(network.model.tok_embeddings.embedding_weight) @ q
+    mats = RotationMatrices(network.config, seed)
+    out: Dict[str, np.ndarray] = {
+        "model.tok_embeddings.embedding_weight": rotate_embedding(_np(network.model.tok_embeddings.embedding_weight),
+                                                                  mats)}
     for i, layer in enumerate(network.model.layers):
-        name = f"{prefix}layers.{i}."
-        att, ffn = layer.attention, layer.feed_forward
-        g_att, g_ffn = _np(layer.attention_norm.weight), _np(layer.ffn_norm.weight)
-        for rel, cell, gain in (("attention.wq", att.wq, g_att), ("attention.wk", att.wk, g_att),
-                                ("attention.wv", att.wv, g_att), ("feed_forward.w1", ffn.w1, g_ffn),
-                                ("feed_forward.w3", ffn.w3, g_ffn)):
-            out[f"{name}{rel}.weight"] = (_np(cell.weight) * gain[None, :]) @ q
-        wv = out[f"{name}attention.wv.weight"]
-        heads_v = wv.shape[0] // cfg.head_dim
-        out[f"{name}attention.wv.weight"] = np.einsum("de,hdi->hei", hv,
-                                                       wv.reshape(heads_v, cfg.head_dim, -1)).reshape(wv.shape)
-        if att.wv.bias is not None:
-            out[f"{name}attention.wv.bias"] = (_np(att.wv.bias).reshape(heads_v, cfg.head_dim) @ hv).reshape(-1)
-        wo = _np(att.wo.weight)
-        wo = (wo.reshape(wo.shape[0], -1, cfg.head_dim) @ hv).reshape(wo.shape)
-        out[f"{name}attention.wo.weight"] = q.T @ wo
-        w2 = _np(ffn.w2.weight)
-        out[f"{name}feed_forward.w2.weight"] = q.T @ (w2 @ online_matrix(w2.shape[1]) if online else w2)
-        for norm in ("attention_norm", "ffn_norm"):
-            out[f"{name}{norm}.weight"] = np.ones(cfg.hidden_size)
-    out["lm_head.weight"] = (_np(network.lm_head.weight) * _np(network.model.norm_out.weight)[None, :]) @ q
-    out[prefix + "norm_out.weight"] = np.ones(cfg.hidden_size)
-    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
+        floats = {rel: param.asnumpy() for rel, param in layer.parameters_and_names()}
+        out.update({f"model.layers.{i}.{rel}": v for rel, v in rotate_layer(floats, mats, online).items()})
+    out.update(rotate_head(_np(network.lm_head.weight), _np(network.model.norm_out.weight), mats))
+    return out
+
+
+def set_online_transform(layer) -> None:
+    """The online block Hadamard before a decoder layer's ``w2`` (its ``W T`` comes from the weights)."""
+    layer.feed_forward.down_transform = OnlineHadamard(int(layer.feed_forward.w2.in_features))
 
 
 def _set_structure(network: LlamaForCausalLM, online: bool) -> List[str]:
     """The rotated network's structure: online transforms before each ``w2`` (``online``), an untied head."""
     if online:
         for layer in network.model.layers:
-            layer.feed_forward.down_transform = OnlineHadamard(int(layer.feed_forward.w2.in_features))
+            set_online_transform(layer)
     setattr(network, ROTATED_MARK, "hadamard+online" if online else "hadamard")
     changed = []
     if network.lm_head.weight is network.model.tok_embeddings.embedding_weight:
