@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     _calibration_options(quant)
     quant.add_argument("--output", default=None,
                        help="folder for the quantized model (default: ./golden_ptq_out/<config name>/)")
+    quant.add_argument("--stream", action="store_true",
+                       help="read, calibrate and write one decoder layer at a time (models larger than memory; "
+                            "the FP32 perplexity is then not measured; disable_level is refused)")
     _text_options(quant, "evaluation windows (0 = the whole last fifth)", 16)
     _common(quant)
     quant.set_defaults(job="quantize")

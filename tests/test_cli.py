@@ -107,3 +107,29 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_quantize_stream_matches_in_memory(tmp_path, smollm2_gguf, capsys):
+    """``--stream`` reads the float checkpoint one layer at a time and writes the same quantized
+    model: the DEPLOY perplexity printed is the in-memory run's, digit for digit."""
+    from golden_ptq.config.model_config import LlamaConfig
+    from golden_ptq.io.checkpoint import save_checkpoint
+    from golden_ptq.networks.llama import LlamaForCausalLM
+    shape = dict(vocab_size=49152, hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=48,
+                 max_position_embeddings=64)
+    save_checkpoint(LlamaForCausalLM(LlamaConfig(**shape), seed=1), str(tmp_path / "float.safetensors"))
+    net = tmp_path / "net.yaml"
+    net.write_text(yaml.safe_dump({"model": {"source": "ckpt", "path": "float.safetensors", "tokenizer": "default",
+                                             "config": shape}}))
+    runs = {}
+    for mode in ("memory", "stream"):
+        argv = ["quantize", "--network-config", str(net), "--quant-config", "a8w8_dynamic", "--output",
+                str(tmp_path / mode), "--calib-samples", "2", "--eval-windows", "2", *SMALL]
+        assert main(argv + (["--stream"] if mode == "stream" else [])) == 0
+        runs[mode] = capsys.readouterr().out
+    quantized_ppl = [line.split("quantized ")[1].split(" ")[0] for line in runs["memory"].splitlines()
+                     if "held-out tokens" in line]
+    assert quantized_ppl and f"quantized {quantized_ppl[0]} (FP32 not measured: --stream" in runs["stream"]
+    assert "model.safetensors.index.json" in os.listdir(tmp_path / "stream")
+    assert "streamed: one decoder layer at a time" in (tmp_path / "stream" / "report.md").read_text()
+    assert runs["stream"].splitlines()[0] == runs["memory"].splitlines()[0]   # the same layers, the same schemes

@@ -31,34 +31,54 @@ def run(args, stages) -> List[str]:
         raise ValueError(f"--calib-samples {args.calib_samples}: the calibration text has only {len(calib)} windows "
                          f"of {seq} tokens")
     eval_windows = split_windows(tokenizer, "evaluation", seq, args.eval_windows, args.text)
-    stages.set_description("load model")
-    network = helper.create_network()
-    if network.tp.parallel and not args.output:
-        raise ValueError(f"quantize under msrun ({network.tp.size} ranks): pass --output FOLDER, the folder every "
-                         f"rank writes its rank_<i>/ set into")
-    stages.update()
-    stages.set_description("FP32 perplexity")
     progress = not args.quiet
-    fp_ppl = perplexity(network, eval_windows.reshape(-1), seq, batch_size=args.batch_size, progress=progress,
-                        desc="FP32 eval")
-    fp16_bytes = sum(p.size for _, p in network.parameters_and_names()) * 2
-    stages.update()
-    stages.set_description("calibrate")
-    # No output-error measurement here: it costs ~5 GB more on SmolLM2 (`golden-ptq analyze` does it);
-    # the report ranks layers by range_parm.
-    ptq = PTQ(config, progress=progress)
-    ptq.apply(network, helper, calib)
-    ptq.convert(network)
-    calib_s = ptq.calibration_seconds
-    stages.update()
-    stages.set_description("save")
-    facts = [f"date: {datetime.date.today().isoformat()}", f"quant config: {config_path}",
-             f"network config: {helper.config_path}", f"calibration: {ptq.calibration_tokens} tokens "
-             f"({len(calib)} x {seq}) in {calib_s:.1f} s", f"layers: {scheme_line(ptq.scheme_counts())}"]
     runtime = {"seq_length": seq}
-    save_quantized(network, ptq, output, tokenizer=tokenizer, runtime=runtime,
-                   extra_files=report_writers(ptq, f"golden-ptq quantize: {name}", facts))
-    del network
+    title = f"golden-ptq quantize: {name}"
+
+    def facts(ptq) -> List[str]:
+        return [f"date: {datetime.date.today().isoformat()}", f"quant config: {config_path}",
+                f"network config: {helper.config_path}", f"calibration: {ptq.calibration_tokens} tokens "
+                f"({len(calib)} x {seq}) in {ptq.calibration_seconds:.1f} s",
+                f"layers: {scheme_line(ptq.scheme_counts())}"] + (["streamed: one decoder layer at a time"]
+                                                                  if args.stream else [])
+
+    if args.stream:  # the float model is never whole in memory: read, calibrate and write a layer at a time
+        from golden_ptq.networks.network_config import parameter_count
+        from golden_ptq.streaming import quantize_streamed
+        from golden_ptq.streaming.float_source import open_float_source
+        weights, model_config, max_pos = helper.weights_source()
+        stages.update()
+        stages.set_description("calibrate (streamed)")
+        ptq = quantize_streamed(weights, config, calib, output, progress=progress, model_config=model_config,
+                                max_position_embeddings=max_pos, tokenizer=tokenizer, runtime=runtime,
+                                extra_files=lambda done: report_writers(done, title, facts(done)))
+        fp_ppl = None
+        fp16_bytes = 2 * parameter_count(open_float_source(weights, model_config, max_pos).config)
+        stages.update()
+        stages.update()
+    else:
+        stages.set_description("load model")
+        network = helper.create_network()
+        if network.tp.parallel and not args.output:
+            raise ValueError(f"quantize under msrun ({network.tp.size} ranks): pass --output FOLDER, the folder "
+                             f"every rank writes its rank_<i>/ set into")
+        stages.update()
+        stages.set_description("FP32 perplexity")
+        fp_ppl = perplexity(network, eval_windows.reshape(-1), seq, batch_size=args.batch_size, progress=progress,
+                            desc="FP32 eval")
+        fp16_bytes = sum(p.size for _, p in network.parameters_and_names()) * 2
+        stages.update()
+        stages.set_description("calibrate")
+        # No output-error measurement here: it costs memory (`golden-ptq analyze` does it); the report
+        # ranks layers by range_parm.
+        ptq = PTQ(config, progress=progress)
+        ptq.apply(network, helper, calib)
+        ptq.convert(network)
+        stages.update()
+        stages.set_description("save")
+        save_quantized(network, ptq, output, tokenizer=tokenizer, runtime=runtime,
+                       extra_files=report_writers(ptq, title, facts(ptq)))
+        del network
     stages.update()
     stages.set_description("reload (DEPLOY)")
     deployed, _ = load_quantized(output)
@@ -72,9 +92,11 @@ def run(args, stages) -> List[str]:
     where = output if not tp.parallel else f"{output} (rank_0 .. rank_{tp.size - 1})"
     return [
         f"quantized {name}: {scheme_line(ptq.scheme_counts())}",
-        f"calibration: {ptq.calibration_tokens} tokens in {calib_s:.1f} s",
-        f"perplexity on {eval_windows.size} held-out tokens: FP32 {fp_ppl:.4f} -> quantized {q_ppl:.4f} "
-        f"(ratio {q_ppl / fp_ppl:.4f})",
+        f"calibration: {ptq.calibration_tokens} tokens in {ptq.calibration_seconds:.1f} s",
+        (f"perplexity on {eval_windows.size} held-out tokens: FP32 {fp_ppl:.4f} -> quantized {q_ppl:.4f} "
+         f"(ratio {q_ppl / fp_ppl:.4f})" if fp_ppl is not None else
+         f"perplexity on {eval_windows.size} held-out tokens: quantized {q_ppl:.4f} (FP32 not measured: --stream "
+         f"never holds the float model)"),
         f"saved: {human_bytes(size)} ({size / fp16_bytes:.3f} x the fp16 parameters, {human_bytes(fp16_bytes)})",
         f"time: {clock.seconds():.0f} s",
         f"output: {where}",

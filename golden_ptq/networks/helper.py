@@ -87,6 +87,17 @@ class NetworkHelper:
         outputs = network.generate(ids, attention_mask=mask, **settings)
         return [tokenizer.decode(out[width:].tolist()) for out in outputs]
 
+    def weights_source(self) -> Tuple[str, Optional[LlamaConfig], Optional[int]]:
+        """(weights file or folder, the LlamaConfig when the file has none, max_position_embeddings):
+        what :func:`golden_ptq.streaming.quantize_streamed` reads instead of building the network."""
+        source = self._model.get("source", "gguf")
+        if source not in ("gguf", "hf", "ckpt"):
+            where = self.config_path or "network config"
+            raise ValueError(f"{where}: model.source {source!r} has no weights file to stream from; streaming "
+                             f"reads gguf, hf or ckpt sources")
+        config = LlamaConfig.from_dict(dict(self._model.get("config") or {})) if source == "ckpt" else None
+        return self._path(), config, self._model.get("max_position_embeddings")
+
     # ----- internals ---------------------------------------------------------------------------
     def _path(self) -> str:
         path = self._model.get("path", "default")

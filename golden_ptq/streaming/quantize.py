@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 from dataclasses import replace
-from typing import Dict, Optional, Union
+from typing import Callable, Dict, Optional, Union
 
 from mindspore import nn
 
@@ -43,7 +43,8 @@ def quantize_streamed(model_path: str, config: Union[PTQConfig, str], datasets, 
                       progress: bool = True, model_config: Optional[LlamaConfig] = None,
                       max_position_embeddings: Optional[int] = None, tokenizer=None, calib_batch_size: int = 8,
                       spill_bytes: int = DEFAULT_SPILL_BYTES, measure_sensitivity: bool = False,
-                      runtime: Optional[Dict[str, object]] = None, tp: Optional[TPContext] = None) -> PTQ:
+                      runtime: Optional[Dict[str, object]] = None, tp: Optional[TPContext] = None,
+                      extra_files: Optional[Callable[[PTQ], Dict[str, Callable[[str], None]]]] = None) -> PTQ:
     """Quantize the float model at ``model_path`` (a Hugging Face or MindFormers-named safetensors
     folder / file / index, a MindSpore ``.ckpt``, or a GGUF file) with ``config`` (a PTQConfig or its yaml) on ``datasets``
     (as ``PTQ.apply`` takes them) and write the quantized folder ``output`` (the folder set of
@@ -56,6 +57,8 @@ def quantize_streamed(model_path: str, config: Union[PTQConfig, str], datasets, 
     without its own config (MindFormers-named safetensors or ckpt). ``tokenizer``: saved into the folder
     (default: the source's, when it has one). Under tensor parallelism (``tp``, default the
     communication group) each rank reads and writes its own slices into ``output/rank_{i}/``.
+    ``extra_files(ptq)``: after calibration, name -> ``write(path)`` of files that belong to the set
+    (a report), as ``save_quantized`` takes them.
     """
     config = PTQConfig.load(config) if isinstance(config, str) else config
     if not isinstance(config, PTQConfig):
@@ -107,6 +110,8 @@ def quantize_streamed(model_path: str, config: Union[PTQConfig, str], datasets, 
         if shell.tp.parallel:
             from golden_ptq.io.tp_layout import layout_dict, write_layout
             write_layout(tmp, layout_dict(shell))
+        for name, write in (extra_files(ptq) if extra_files else {}).items():
+            write(os.path.join(tmp, name))
 
     gc.collect()
     gc.freeze()   # what exists now (the source's metadata, modules) is not rescanned by each layer's collection
