@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from golden_ptq import PTQ, PTQConfig
-from golden_ptq.algorithm import ptq as ptq_module
+from golden_ptq.algorithm import driver as driver_module
+from golden_ptq.algorithm.swap import cell_at
 from golden_ptq.algorithm.modules import AlgoModule, InputRecorder
 from golden_ptq.algorithm.modules.base import feed_linear_input
 from golden_ptq.networks.llama import LlamaForCausalLM
@@ -73,7 +74,7 @@ def test_head_fed_without_matmul_gives_the_same_model(tiny_config, monkeypatch, 
     net = LlamaForCausalLM(tiny_config, seed=0)
     PTQ(PTQConfig(**CONFIGS[name])).apply(net, None, calibration(tiny_config))
     fed = parameters(net)
-    monkeypatch.setattr(ptq_module, "feed_linear_input", lambda cell, x: cell(x))
+    monkeypatch.setattr(driver_module, "feed_linear_input", lambda cell, x: cell(x))
     net = LlamaForCausalLM(tiny_config, seed=0)
     PTQ(PTQConfig(**CONFIGS[name])).apply(net, None, calibration(tiny_config))
     forward = parameters(net)
@@ -124,4 +125,4 @@ def test_rollback_still_has_every_float_cell(tiny_config):
     ptq = PTQ(PTQConfig(act_quant_dtype=I8, disable_level="L2", rollback_signal="output_error"))
     ptq.apply(net, None, calibration(tiny_config))
     assert len(ptq.rolled_back) == 2
-    assert all(not isinstance(ptq._cell_at(net, n), QuantLinear) for n in ptq.rolled_back)
+    assert all(not isinstance(cell_at(net, n), QuantLinear) for n in ptq.rolled_back)
