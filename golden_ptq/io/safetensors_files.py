@@ -102,8 +102,11 @@ class SafetensorsFiles:
             if handle.readinto(memoryview(array).cast("B")) != array.nbytes:
                 raise CorruptFileError(f"{file}: truncated inside tensor '{name}'")
         array = array.reshape(info["shape"])
-        if info["dtype"] == "BF16":
-            return (array.astype(np.uint32) << 16).view(np.float32)
+        if info["dtype"] == "BF16":  # widened in place: one float32 copy beside the bf16 bytes, not two
+            wide = array.astype(np.uint32)
+            del array
+            wide <<= 16
+            return wide.view(np.float32)
         return array
 
 
