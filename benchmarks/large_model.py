@@ -18,9 +18,11 @@ Steps (``--steps``, comma separated; default all):
 * ``deploy``: ``load_quantized`` + greedy generation in a child process, from the static result (or
   with ``--synthetic-quantized`` from a folder of random int8 codes and scales written directly in the
   DEPLOY layout -- no calibration, so its tokens mean nothing; it measures memory and speed only).
-* ``tp2``: the quantized folder split per rank (``rank_0/``, ``rank_1/``; or with ``--tp-source full``
-  the full folder, each rank slicing it tensor by tensor while loading) and DEPLOYed under ``msrun``
-  with 2 workers; rank 0's logits and tokens are compared with the TP=1 ``deploy`` step's.
+* ``tp2``: static quantization streamed under ``msrun`` with 2 workers, each writing its own shards
+  to ``rank_0/`` / ``rank_1/`` (``--tp-source quantize``, the default), then those per-rank folders
+  DEPLOYed under ``msrun``; or the TP=1 result split per rank (``split``), or the full folder, each rank
+  slicing it tensor by tensor while loading (``full``). Rank 0's logits and tokens are compared with
+  the TP=1 ``deploy`` step's.
 
 Each step's peak RSS is that child process's own (``os.wait4``; under msrun each worker reports its
 ``ru_maxrss``). ``--json`` ends the output with one JSON line. Big files live in ``--workdir`` (default a
@@ -289,29 +291,29 @@ def run_child(step: str, spec: dict, workdir: str) -> dict:
     return result
 
 
-def run_tp2(spec: dict, workdir: str, timeout: int) -> dict:
-    """The ``tp_deploy`` child under msrun with 2 workers; each rank's result."""
+def run_tp2(spec: dict, workdir: str, timeout: int, step: str = "tp_deploy") -> dict:
+    """The ``step`` child (``tp_deploy`` or ``tp_quantize``) under msrun with 2 workers; each rank's result."""
     msrun = shutil.which("msrun")
     if msrun is None:
         return {"available": False, "reason": "msrun (installed with mindspore) is not on PATH"}
-    spec_path = os.path.join(workdir, "tp2.spec.json")
+    spec_path = os.path.join(workdir, f"{step}.spec.json")
     with open(spec_path, "w") as handle:
-        json.dump(dict(spec, result=os.path.join(workdir, "tp2.rank{rank}.json")), handle)
+        json.dump(dict(spec, result=os.path.join(workdir, step + ".rank{rank}.json")), handle)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    log_dir = os.path.join(workdir, "msrun_log")
+    log_dir = os.path.join(workdir, f"msrun_log_{step}")
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
                PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     cmd = [msrun, "--worker_num=2", "--local_worker_num=2", f"--master_port={port}", f"--log_dir={log_dir}",
-           "--join=True", HERE, "--child", "tp_deploy", "--spec", spec_path]
+           "--join=True", HERE, "--child", step, "--spec", spec_path]
     start = time.time()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, timeout=timeout, capture_output=True, text=True)
     if proc.returncode != 0:
         logs = "".join(open(os.path.join(log_dir, name), errors="replace").read()[-2000:]
                        for name in sorted(os.listdir(log_dir)))
         raise RuntimeError(f"msrun exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{logs}")
-    ranks = [json.load(open(os.path.join(workdir, f"tp2.rank{r}.json"))) for r in range(2)]
+    ranks = [json.load(open(os.path.join(workdir, f"{step}.rank{r}.json"))) for r in range(2)]
     return {"available": True, "wall_s": round(time.time() - start, 1), "ranks": ranks}
 
 
@@ -328,10 +330,14 @@ def child_main(step: str, spec_path: str) -> None:
         result = deploy(spec["folder"], spec["new_tokens"], spec["logits"])
     elif step == "split":
         result = split_per_rank(spec["folder"], spec["output"])
-    elif step == "tp_deploy":
+    elif step in ("tp_deploy", "tp_quantize"):
         from golden_ptq.parallel import init_from_launcher
         rank = init_from_launcher().rank
-        result = deploy(spec["folder"], spec["new_tokens"], spec["logits"])
+        if step == "tp_deploy":
+            result = deploy(spec["folder"], spec["new_tokens"], spec["logits"])
+        else:
+            result = quantize(spec["float"], spec["output"], "static", spec["samples"], spec["length"], False)
+            result["peak_rss_gb_self"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2)
         with open(spec["result"].format(rank=rank), "w") as handle:
             json.dump(result, handle)
         return
@@ -354,9 +360,10 @@ def main(argv=None) -> int:
                         help="quantize with the in-memory path (NetworkHelper + PTQ), not the streaming one")
     parser.add_argument("--synthetic-quantized", action="store_true",
                         help="deploy a synthetic int8 folder written directly (no float model, no calibration)")
-    parser.add_argument("--tp-source", choices=("split", "full"), default="split",
-                        help="tp2: DEPLOY per-rank folders split from the result (split, eager: for small "
-                             "--layers) or the full folder, each rank slicing it while loading (full)")
+    parser.add_argument("--tp-source", choices=("quantize", "split", "full"), default="quantize",
+                        help="tp2: DEPLOY the per-rank folders the streaming quantizer writes under msrun "
+                             "(quantize), or split from the TP=1 result (split, eager: for small --layers), or "
+                             "the full folder, each rank slicing it while loading (full)")
     parser.add_argument("--tp-timeout", type=int, default=1800)
     parser.add_argument("--json", action="store_true", help="end with one JSON line of the results")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -400,7 +407,11 @@ def main(argv=None) -> int:
                                                    "logits": tp1_logits}, workdir))
         if "tp2" in steps and os.path.isdir(quantized):
             tp_folder = quantized
-            if args.tp_source == "split":
+            if args.tp_source == "quantize" and not args.synthetic_quantized:
+                tp_folder = paths["tp2"]
+                say("tp2_quantize", run_tp2({"float": paths["float"], "output": tp_folder, "samples": args.samples,
+                                             "length": args.length}, workdir, args.tp_timeout, "tp_quantize"))
+            elif args.tp_source != "full":
                 tp_folder = paths["tp2"]
                 say("split", run_child("split", {"folder": quantized, "output": tp_folder}, workdir))
             tp2_logits = os.path.join(workdir, "tp2_logits.npy")
@@ -433,6 +444,8 @@ def main(argv=None) -> int:
                    "synthetic_quantized": bool(args.synthetic_quantized),
                    "generated": deployed.get("generated"),
                    "tp2_rank_peak_rss_gb": [r["peak_rss_gb_self"] for r in report.get("tp2", {}).get("ranks", [])],
+                   "tp2_quantize_rank_peak_rss_gb": [r.get("peak_rss_gb_self") for r in
+                                                     report.get("tp2_quantize", {}).get("ranks", [])],
                    "tp2_max_abs_diff": report.get("tp2", {}).get("max_abs_diff_vs_tp1"),
                    "report": report}
         print(json.dumps(summary))
