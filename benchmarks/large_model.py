@@ -199,7 +199,8 @@ def calibration_rows(folder: str, samples: int, length: int):
     return [np.asarray(window)[None] for window in windows]
 
 
-def quantize(float_folder: str, output: str, kind: str, samples: int, length: int, in_memory: bool) -> dict:
+def quantize(float_folder: str, output: str, kind: str, samples: int, length: int, in_memory: bool,
+             batch: int = 1) -> dict:
     if not in_memory:
         try:
             from golden_ptq.streaming import quantize_streamed
@@ -209,7 +210,7 @@ def quantize(float_folder: str, output: str, kind: str, samples: int, length: in
     rows = calibration_rows(float_folder, samples, length)
     start = time.time()
     if not in_memory:
-        result = quantize_streamed(float_folder, config, rows, output, progress=True)
+        result = quantize_streamed(float_folder, config, rows, output, progress=True, calib_batch_size=batch)
         summary = result.summary() if hasattr(result, "summary") else None
         path = "streamed"
     else:
@@ -218,7 +219,7 @@ def quantize(float_folder: str, output: str, kind: str, samples: int, length: in
         from golden_ptq.networks.helper import NetworkHelper
         helper = NetworkHelper({"model": {"source": "hf", "path": float_folder}})
         network = helper.create_network()
-        ptq = PTQ(config)
+        ptq = PTQ(config, calib_batch_size=batch)
         ptq.apply(network, helper, rows)
         ptq.convert(network)
         save_quantized(network, ptq, output, tokenizer=helper.create_tokenizer())
@@ -226,7 +227,7 @@ def quantize(float_folder: str, output: str, kind: str, samples: int, length: in
         path = "in-memory"
     seconds = time.time() - start
     layers = json.load(open(os.path.join(float_folder, "config.json")))["num_hidden_layers"]
-    return {"available": True, "path": path, "quantize_s": round(seconds, 1),
+    return {"available": True, "path": path, "calib_batch_size": batch, "quantize_s": round(seconds, 1),
             "quantize_s_per_layer": round(seconds / layers, 1), "output_bytes": folder_bytes(output),
             "calibration_tokens": sum(int(r.size) for r in rows), "summary": str(summary)[:2000] if summary else None}
 
@@ -325,7 +326,8 @@ def child_main(step: str, spec_path: str) -> None:
     elif step == "synthetic":
         result = write_synthetic_quantized(spec["output"], spec["layers"])
     elif step in ("static", "dynamic"):
-        result = quantize(spec["float"], spec["output"], step, spec["samples"], spec["length"], spec["in_memory"])
+        result = quantize(spec["float"], spec["output"], step, spec["samples"], spec["length"], spec["in_memory"],
+                          spec.get("batch", 1))
     elif step == "deploy":
         result = deploy(spec["folder"], spec["new_tokens"], spec["logits"])
     elif step == "split":
@@ -336,7 +338,8 @@ def child_main(step: str, spec_path: str) -> None:
         if step == "tp_deploy":
             result = deploy(spec["folder"], spec["new_tokens"], spec["logits"])
         else:
-            result = quantize(spec["float"], spec["output"], "static", spec["samples"], spec["length"], False)
+            result = quantize(spec["float"], spec["output"], "static", spec["samples"], spec["length"], False,
+                              spec.get("batch", 1))
             result["peak_rss_gb_self"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2)
         with open(spec["result"].format(rank=rank), "w") as handle:
             json.dump(result, handle)
@@ -354,6 +357,8 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", default=None, help="where the folders go (default: a new /tmp folder)")
     parser.add_argument("--keep", action="store_true", help="keep the folders (default: delete them at the end)")
     parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument("--calib-batch-size", type=int, default=1,
+                        help="calibration windows per forward (1: the smallest activation working set)")
     parser.add_argument("--length", type=int, default=512)
     parser.add_argument("--new-tokens", type=int, default=4)
     parser.add_argument("--in-memory-quantize", action="store_true",
@@ -397,7 +402,8 @@ def main(argv=None) -> int:
         for kind in ("static", "dynamic"):
             if kind in steps and not args.synthetic_quantized:
                 say(kind, run_child(kind, {"float": paths["float"], "output": paths[kind], "samples": args.samples,
-                                           "length": args.length, "in_memory": args.in_memory_quantize}, workdir))
+                                           "length": args.length, "in_memory": args.in_memory_quantize,
+                                           "batch": args.calib_batch_size}, workdir))
         tp1_logits = os.path.join(workdir, "tp1_logits.npy")
         if "deploy" in steps:
             if not os.path.isdir(quantized):
@@ -410,7 +416,8 @@ def main(argv=None) -> int:
             if args.tp_source == "quantize" and not args.synthetic_quantized:
                 tp_folder = paths["tp2"]
                 say("tp2_quantize", run_tp2({"float": paths["float"], "output": tp_folder, "samples": args.samples,
-                                             "length": args.length}, workdir, args.tp_timeout, "tp_quantize"))
+                                             "length": args.length, "batch": args.calib_batch_size}, workdir,
+                                            args.tp_timeout, "tp_quantize"))
             elif args.tp_source != "full":
                 tp_folder = paths["tp2"]
                 say("split", run_child("split", {"folder": quantized, "output": tp_folder}, workdir))
