@@ -176,7 +176,7 @@ def test_rotation_with_each_scheme_saves_and_deploys_the_same_logits(tmp_path, s
     np.testing.assert_allclose(deployed(TEST_IDS).asnumpy(), quantized, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("anti", ["m1", "m2", "m3", "m4", "m6"])
+@pytest.mark.parametrize("anti", ["m2", "m3", "m4"])   # m1: the rotation_online test; m6: m2's mapping loop (ScaleSearchModule)
 def test_rotation_then_smoothing_keeps_the_float_function(anti):
     """Every layer rolled back to its float cell after calibration: the rotated and smoothed float
     network must still give the float logits (the online transform before w2 blocks smoothing
