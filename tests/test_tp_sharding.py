@@ -178,3 +178,19 @@ def test_shard_property_answers_is_this_layer_sharded():
     assert Linear(8, 8).shard is None
     assert QuantLinear(Linear(8, 8, parallel="column", tp=two), LayerQuantSpec()).shard == "column"
     assert QuantLinear(Linear(8, 8, parallel="row", tp=TPContext()), LayerQuantSpec()).shard is None
+
+
+def test_deploy_under_tp_refuses_only_structural_methods(tiny_config):
+    """GPTQ / m2 / AWQ run while calibrating and leave ordinary quantized weights, which every rank
+    slices: DEPLOY of such a folder under TP is fine. Rotation changes the network itself: refused."""
+    from golden_ptq.config import PTQMode
+    calibrated = PTQConfig(mode=PTQMode.DEPLOY, act_quant_dtype=ms.int8, act_quant_granularity="PER_TOKEN",
+                           anti_method="m2", precision_recovery="GPTQ", opname_blacklist=["lm_head"])
+    PTQ(calibrated).apply(LlamaForCausalLM(tiny_config, tp=TPContext(2, 0)))
+    rotated = PTQConfig(mode=PTQMode.DEPLOY, act_quant_dtype=ms.int8, act_quant_granularity="PER_TOKEN",
+                        rotation="hadamard")
+    with pytest.raises(NotImplementedError, match="hadamard"):
+        PTQ(rotated).apply(LlamaForCausalLM(tiny_config, tp=TPContext(2, 0)))
+    quantize = PTQConfig(act_quant_dtype=ms.int8, precision_recovery="GPTQ")
+    with pytest.raises(NotImplementedError, match="method gptq"):
+        PTQ(quantize).apply(LlamaForCausalLM(tiny_config, tp=TPContext(2, 0)), None, [np.zeros((1, 8), np.int64)])

@@ -9,7 +9,8 @@ bin every rank's channels into the whole tensor's histogram); W8A16 per channel 
 (disable_names, disable_level by range_parm or output_error) and sensitivity measurement.
 
 Refused with NotImplementedError (they would give each rank different, or different-from-TP=1,
-parameters): methods declared ``tp=False``, 4-bit weights, asymmetric per-channel weights,
+parameters): methods declared ``tp=False`` (in DEPLOY only those that change the network's
+structure, i.e. rotation: the others leave ordinary quantized weights that each rank slices), 4-bit weights, asymmetric per-channel weights,
 per-group weights whose groups straddle two ranks' input columns, and pipeline modules that
 declare nothing.
 """
@@ -22,13 +23,18 @@ def check_tp_supported(ptq, network) -> None:
     if tp is None or not tp.parallel:
         return
     from golden_ptq.algorithm.modules import QuantizeModule
+    from golden_ptq.config import PTQMode
+    from golden_ptq.config.method_names import ROTATION
     cfg = ptq.config
+    deploy = cfg.mode is PTQMode.DEPLOY
     where = f"tensor parallel size {tp.size}"
     problems = []
     for module in ptq.pipeline:
         decl = getattr(module, "method", None)
         if type(module) is QuantizeModule or (decl is not None and decl.tp):
             continue
+        if deploy and decl is not None and decl.role != ROTATION:
+            continue  # calibration-time only: its result is ordinary quantized weights, which each rank slices
         if decl is not None:
             problems.append(f"method {decl.label} ({decl.tp_note})")
         else:
