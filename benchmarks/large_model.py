@@ -261,6 +261,13 @@ def deploy(folder: str, new_tokens: int, logits_path: str) -> dict:
             "peak_rss_gb_self": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2)}
 
 
+def merge_ranks(folder: str, output: str) -> dict:
+    from golden_ptq.tools.tp_checkpoint import merge
+    start = time.time()
+    merge(folder, output)
+    return {"merge_s": round(time.time() - start, 1)}
+
+
 def split_per_rank(folder: str, output: str) -> dict:
     from golden_ptq.tools.tp_checkpoint import split
     start = time.time()
@@ -332,6 +339,8 @@ def child_main(step: str, spec_path: str) -> None:
         result = deploy(spec["folder"], spec["new_tokens"], spec["logits"])
     elif step == "split":
         result = split_per_rank(spec["folder"], spec["output"])
+    elif step == "merge":
+        result = merge_ranks(spec["folder"], spec["output"])
     elif step in ("tp_deploy", "tp_quantize"):
         from golden_ptq.parallel import init_from_launcher
         rank = init_from_launcher().rank
@@ -431,6 +440,18 @@ def main(argv=None) -> int:
                 result.update(max_abs_diff_vs_tp1=diff, rel_diff_vs_tp1=diff / float(np.abs(b).max()),
                               same_tokens=result["ranks"][0]["generated"] == report["deploy"]["generated"])
             say("tp2", result)
+            if args.tp_source == "quantize" and result.get("available"):
+                # the same per-rank checkpoints, merged and deployed at TP=1: TP=2 DEPLOY must equal it
+                merged, merged_logits = paths["tp2"] + "_merged", os.path.join(workdir, "tp2_merged_tp1_logits.npy")
+                say("merge", run_child("merge", {"folder": paths["tp2"], "output": merged}, workdir))
+                check = run_child("deploy", {"folder": merged, "new_tokens": args.new_tokens,
+                                             "logits": merged_logits}, workdir)
+                diff = float(np.abs(np.load(tp2_logits) - np.load(merged_logits)).max())
+                check.update(max_abs_diff_tp2_vs_merged_tp1=diff,
+                             rel_diff=diff / float(np.abs(np.load(merged_logits)).max()),
+                             same_tokens=check["generated"] == result["ranks"][0]["generated"])
+                say("tp2_vs_merged_tp1", check)
+                shutil.rmtree(merged, ignore_errors=True)
     finally:
         if not args.keep:
             for name in ("float", "static", "dynamic", "tp2", "synthetic"):
@@ -454,6 +475,8 @@ def main(argv=None) -> int:
                    "tp2_quantize_rank_peak_rss_gb": [r.get("peak_rss_gb_self") for r in
                                                      report.get("tp2_quantize", {}).get("ranks", [])],
                    "tp2_max_abs_diff": report.get("tp2", {}).get("max_abs_diff_vs_tp1"),
+                   "tp2_vs_merged_tp1_max_abs_diff": report.get("tp2_vs_merged_tp1", {}).get(
+                       "max_abs_diff_tp2_vs_merged_tp1"),
                    "report": report}
         print(json.dumps(summary))
     return 0
