@@ -171,10 +171,8 @@ def load_streamed(path: str, network: nn.Cell, split_layout=None) -> None:
     reader = open_safetensors(path)
     params = dict(network.parameters_and_names())
     for name, param in params.items():
-        expected = f"{param.dtype} {tuple(param.shape)}"
         if name not in reader:
-            raise CheckpointMismatchError(f"{path}: no parameter '{name}' (the network expects {expected}); "
-                                          f"was it saved with other quantization settings?")
+            raise _missing(path, name, param)
         shape = tuple(param.shape)
         if split_layout is not None:
             shape = full_shape(name, shape, split_layout)
@@ -183,10 +181,7 @@ def load_streamed(path: str, network: nn.Cell, split_layout=None) -> None:
         if tuple(reader.shape(name)) != shape or not dtype_ok:
             raise CheckpointMismatchError(f"{path}: parameter '{name}' is {_tensor_label(tag, reader.shape(name))} "
                                           f"in the checkpoint, the network expects {param.dtype} {shape}")
-    extra = [name for name in reader.names() if name not in params]
-    if extra:
-        raise CheckpointMismatchError(f"{path}: parameter '{extra[0]}' is in the checkpoint but not in the network "
-                                      f"({len(extra)} unexpected); was it saved with other quantization settings?")
+    _check_no_extra(path, reader.names(), params)
     for name, param in params.items():
         array = reader.get(name) if split_layout is None else local_state_array(name, reader.get, split_layout)
         if array.dtype == np.float16:
@@ -213,17 +208,26 @@ def load_state(arrays: Dict[str, np.ndarray], network: nn.Cell, path: str) -> No
     for name, param in params.items():
         expected = f"{param.dtype} {tuple(param.shape)}"
         if name not in arrays:
-            raise CheckpointMismatchError(f"{path}: no parameter '{name}' (the network expects {expected}); "
-                                          f"was it saved with other quantization settings?")
+            raise _missing(path, name, param)
         array = arrays[name]
         if array.dtype == np.float16 and param.dtype == ms.float32:
             array = arrays[name] = array.astype(np.float32)  # saved with float_dtype="float16"
         if tuple(array.shape) != tuple(param.shape) or Tensor(array[:0]).dtype != param.dtype:
             raise CheckpointMismatchError(f"{path}: parameter '{name}' is {Tensor(array[:0]).dtype} "
                                           f"{tuple(array.shape)} in the checkpoint, the network expects {expected}")
-    extra = [name for name in arrays if name not in params]  # checkpoint order: first in the network
+    _check_no_extra(path, arrays, params)
+    for name, param in params.items():
+        param.set_data(Tensor(arrays[name]))
+
+
+def _missing(path: str, name: str, param) -> CheckpointMismatchError:
+    return CheckpointMismatchError(f"{path}: no parameter '{name}' (the network expects {param.dtype} "
+                                   f"{tuple(param.shape)}); was it saved with other quantization settings?")
+
+
+def _check_no_extra(path: str, names, params) -> None:
+    """Every checkpoint name is a network parameter (the first unexpected one, in checkpoint order, is named)."""
+    extra = [name for name in names if name not in params]
     if extra:
         raise CheckpointMismatchError(f"{path}: parameter '{extra[0]}' is in the checkpoint but not in the network "
                                       f"({len(extra)} unexpected); was it saved with other quantization settings?")
-    for name, param in params.items():
-        param.set_data(Tensor(arrays[name]))
