@@ -131,14 +131,30 @@ def fold_smoothing(ctx: LayerContext, mapping: SmoothMapping, stats: MappingStat
     _fold_into_smooth(stats.smooth_cell, scale, ctx.name, mapping.smooth, getattr(ctx.structure, "norm_types", ()))
     balance_scale = scale[stats.expand]
     for cell in stats.balance:
-        w = cell.weight.asnumpy().astype(np.float64) * balance_scale[None, :]
-        cell.weight.set_data(Tensor(w.astype(np.float32)))
+        cell.weight.set_data(Tensor.from_numpy(_rescaled(cell.weight.asnumpy(), column_scale=balance_scale)))
         if isinstance(cell, QuantLinear) and cell.input_observer.calibrated:
             cell.input_observer.scale_channels(1.0 / balance_scale)
     if mapping.value_cache:
         cache = ctx.find(mapping.value_cache)
         if isinstance(cache, QuantKVCache) and cache.observers["value"].calibrated:
             cache.observers["value"].scale_channels(1.0 / scale)
+
+
+_ROW_BLOCK = 1024   # rows rescaled at a time: float64 working set of one block, not of the whole weight
+
+
+def _rescaled(weight: np.ndarray, column_scale: Optional[np.ndarray] = None,
+              row_divisor: Optional[np.ndarray] = None) -> np.ndarray:
+    """float32 ``weight * column_scale`` or ``weight / row_divisor[:, None]``, computed in float64 row
+    block by row block: the same values as on the whole array, without a float64 copy of it."""
+    out = np.empty(weight.shape, np.float32)
+    for start in range(0, weight.shape[0], _ROW_BLOCK):
+        rows = slice(start, start + _ROW_BLOCK)
+        if column_scale is not None:
+            out[rows] = weight[rows].astype(np.float64) * column_scale[None, :]
+        else:
+            out[rows] = weight[rows] / row_divisor[rows, None]
+    return out
 
 
 def _fold_into_smooth(cell, scale: np.ndarray, layer_name: str, relative: str, norm_types=()) -> None:
@@ -150,7 +166,7 @@ def _fold_into_smooth(cell, scale: np.ndarray, layer_name: str, relative: str, n
     if isinstance(cell, (Linear, QuantLinear)):
         if getattr(cell, "quantized", False):
             raise RuntimeError(f"{layer_name}.{relative} is already quantized; Smooth must run before Quantize")
-        cell.weight.set_data(Tensor((cell.weight.asnumpy() / scale[:, None]).astype(np.float32)))
+        cell.weight.set_data(Tensor.from_numpy(_rescaled(cell.weight.asnumpy(), row_divisor=scale)))
         if cell.bias is not None:
             cell.bias.set_data(Tensor((cell.bias.asnumpy() / scale).astype(np.float32)))
         return
