@@ -81,6 +81,7 @@ class StreamedLayers(LayerSource):
         self.desc: Dict[str, str] = {}
         self.written: set = set()
         self._bytes_since_collect = 0   # bytes written since the last gc.collect
+        self._shared: Dict[int, np.ndarray] = {}   # data pointer -> the array a table Parameter shares
 
     # ----- loading ------------------------------------------------------------------------------
     def _load(self, cell: nn.Cell, prefix: str) -> None:
@@ -110,7 +111,15 @@ class StreamedLayers(LayerSource):
         if tuple(array.shape) != shape:
             raise ValueError(f"{self.source.path}: tensor for parameter '{name}' has shape {tuple(array.shape)}, "
                              f"expected {shape}")
-        return Parameter(Tensor.from_numpy(np.ascontiguousarray(array, dtype=np.float32)), name=name.rsplit(".", 1)[1])
+        return self._shared_parameter(np.ascontiguousarray(array, dtype=np.float32), name.rsplit(".", 1)[1])
+
+    def _shared_parameter(self, array: np.ndarray, name: str) -> Parameter:
+        """A Parameter holding ``array`` itself: ``set_data(Tensor.from_numpy(...))`` shares the memory
+        (``Parameter(tensor)`` would copy it), and ``_write`` reads it back without a copy."""
+        param = Parameter(Tensor(np.zeros(1, np.float32)), name=name)
+        param.set_data(Tensor.from_numpy(array))
+        self._shared[array.ctypes.data] = array
+        return param
 
     def _embedding(self) -> Embedding:
         cell = Embedding(1, self.config.hidden_size)   # replicated under TP: the whole table
@@ -129,15 +138,24 @@ class StreamedLayers(LayerSource):
         """Write ``root``'s parameters (but those under ``skip``) as the next shard, and their quant types."""
         sync_parameter_names(root)
         full = (lambda rel: f"{prefix}.{rel}") if prefix else (lambda rel: rel)
-        arrays = {full(rel): param.asnumpy() for rel, param in root.parameters_and_names()
+        arrays = {full(rel): self._array_of(param) for rel, param in root.parameters_and_names()
                   if not rel.startswith(tuple(skip))}
         self.desc.update({full(rel): kind for rel, kind in quant_desc(root).items() if not rel.startswith(tuple(skip))})
         again = [name for name in arrays if name in self.written]
         if again:
             raise RuntimeError(f"streamed quantization wrote parameter '{again[0]}' twice")
         self.writer.write_shard({k: np.ascontiguousarray(v) for k, v in arrays.items()})
+        self._shared.clear()   # the unit is written: its tables may be freed with it
         self.written.update(arrays)
         self._bytes_since_collect += sum(int(v.nbytes) for v in arrays.values())
+
+    def _array_of(self, param: Parameter) -> np.ndarray:
+        """The parameter's values: the very array it shares when it is a table made here (no copy of a
+        vocabulary-sized table), else a copy."""
+        shared = self._shared.get(param.data_ptr())
+        if shared is not None and tuple(shared.shape) == tuple(param.shape):
+            return shared
+        return param.asnumpy()
 
     def _collect(self) -> None:
         """Free the cells of written units now when they were large (see COLLECT_BYTES)."""
@@ -155,8 +173,8 @@ class StreamedLayers(LayerSource):
     def embedding_cells(self) -> Dict[str, QuantCell]:
         embedding = self._embedding()
         if self.rotation is not None:
-            embedding.embedding_weight = Parameter(Tensor.from_numpy(rotate_embedding(
-                embedding.embedding_weight.asnumpy(), self.rotation[0])), name="embedding_weight")
+            embedding.embedding_weight = self._shared_parameter(rotate_embedding(
+                embedding.embedding_weight.asnumpy(), self.rotation[0]), "embedding_weight")
         self.network.model.tok_embeddings = embedding
         self.ptq.swap_in(self.network, quant_targets(self.network, self.ptq.registry))
         return {n: c for n, c in self.network.cells_and_names() if isinstance(c, QuantCell)}
@@ -210,7 +228,7 @@ class StreamedLayers(LayerSource):
             shell.model.norm_out.weight.set_data(Tensor(rotated["model.norm_out.weight"]))
             shell.lm_head = Linear(config.hidden_size, 1)
             shell.lm_head.out_features = config.vocab_size
-            shell.lm_head.weight = Parameter(Tensor.from_numpy(rotated.pop("lm_head.weight")), name="weight")
+            shell.lm_head.weight = self._shared_parameter(rotated.pop("lm_head.weight"), "weight")
         elif config.tie_word_embeddings:  # the head is the embedding table, as in LlamaForCausalLM
             embedding = self._embedding()
             shell.lm_head = Linear(config.hidden_size, 1)
