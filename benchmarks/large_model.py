@@ -258,7 +258,7 @@ def deploy(folder: str, new_tokens: int, logits_path: str) -> dict:
             "generated": [int(t) for t in generated], "text": tokenizer.decode([int(t) for t in generated]),
             "finite": bool(np.isfinite(logits).all()), "int8_gb": round(int8_params / 1e9, 2),
             "float32_gb": round(4 * float_params / 1e9, 2), "tp_rank": ctx.rank, "tp_size": ctx.size,
-            "peak_rss_gb_self": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2)}
+            "peak_rss_gb_self": _gb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)}
 
 
 def merge_ranks(folder: str, output: str) -> dict:
@@ -276,6 +276,11 @@ def split_per_rank(folder: str, output: str) -> dict:
 
 
 # ----- processes ----------------------------------------------------------------------------------
+def _gb(maxrss_kib: int) -> float:
+    """``ru_maxrss`` (KiB on Linux) in GB (10^9 bytes)."""
+    return round(maxrss_kib * 1024 / 1e9, 3)
+
+
 def folder_bytes(folder: str) -> int:
     return sum(os.path.getsize(os.path.join(base, f)) for base, _, files in os.walk(folder) for f in files)
 
@@ -295,7 +300,8 @@ def run_child(step: str, spec: dict, workdir: str) -> dict:
         raise RuntimeError(f"step {step} failed (exit {proc.returncode})")
     with open(result_path) as handle:
         result = json.load(handle)
-    result.update(peak_rss_gb=round(usage.ru_maxrss / 1e6, 2), wall_s=round(time.time() - start, 1))
+    result.update(peak_rss_gb=_gb(usage.ru_maxrss), peak_rss_gib=round(usage.ru_maxrss * 1024 / 2**30, 2),
+                  wall_s=round(time.time() - start, 1))
     return result
 
 
@@ -349,7 +355,7 @@ def child_main(step: str, spec_path: str) -> None:
         else:
             result = quantize(spec["float"], spec["output"], "static", spec["samples"], spec["length"], False,
                               spec.get("batch", 1))
-            result["peak_rss_gb_self"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2)
+            result["peak_rss_gb_self"] = _gb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
         with open(spec["result"].format(rank=rank), "w") as handle:
             json.dump(result, handle)
         return
