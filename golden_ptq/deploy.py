@@ -32,17 +32,17 @@ from typing import Callable, Dict, Optional, Tuple, Union
 import yaml
 
 from golden_ptq.algorithm import PTQ
+from golden_ptq.algorithm.modules.rotation import rotation_in
 from golden_ptq.config import PTQConfig, PTQMode
-from golden_ptq.config.method_names import ROTATION
 from golden_ptq.config.model_config import LlamaConfig
 from golden_ptq.io.checkpoint import load_checkpoint, load_full_checkpoint, save_checkpoint
 from golden_ptq.io.folder_set import FolderSetError, recover, verify_folder_set, write_folder_set
+from golden_ptq.io.tp_layout import WEIGHT_FILES
 from golden_ptq.networks.helper import NetworkHelper
 
 CONFIG_FILE = "ptq_config.yaml"
 DESC_FILE = "quant_desc.json"
 NETWORK_FILE = "network.yaml"
-WEIGHT_FILES = ("model.safetensors", "model.ckpt", "model.safetensors.index.json")  # the last: sharded
 
 
 def save_quantized(network, ptq: PTQ, folder: str, fmt: str = "safetensors", tokenizer=None,
@@ -109,7 +109,7 @@ def deploy_config(ptq: PTQ) -> PTQConfig:
     DEPLOY cannot recompute range_parms, so layers that ``disable_level`` rolled back are written
     into ``disable_names`` (and ``disable_level`` becomes ``'L0'``): they stay float there too.
     """
-    rotations = [m for m in ptq.pipeline if getattr(getattr(m, "method", None), "role", None) == ROTATION]
+    rotations = rotation_in(ptq.pipeline)
     if bool(rotations) != (ptq.config.rotation_method is not None):
         raise ValueError(f"save_quantized: PTQConfig.rotation is {ptq.config.rotation!r} but the PTQ's pipeline has "
                          f"{len(rotations)} rotation module(s); DEPLOY rebuilds the network from the config, so "

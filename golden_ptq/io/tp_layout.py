@@ -49,10 +49,13 @@ def rank_folders(folder: str) -> Dict[int, str]:
     return dict(sorted(found.items()))
 
 
+#: The weight files a saved folder may hold (exactly one of them): one file, or the index of sharded safetensors.
+WEIGHT_FILES = ("model.safetensors", "model.ckpt", "model.safetensors.index.json")
+
+
 def has_full_checkpoint(folder: str) -> bool:
     """Whether ``folder`` holds weights itself (one file, or the index of sharded safetensors)."""
-    return any(os.path.isfile(os.path.join(folder, name))
-               for name in ("model.ckpt", "model.safetensors", "model.safetensors.index.json"))
+    return any(os.path.isfile(os.path.join(folder, name)) for name in WEIGHT_FILES)
 
 
 def deploy_source(folder: str, ctx) -> Tuple[str, bool]:
@@ -65,8 +68,8 @@ def deploy_source(folder: str, ctx) -> Tuple[str, bool]:
         return folder, True
     ranks = rank_folders(folder)
     if not ranks:
-        raise FileNotFoundError(f"{folder}: no model.ckpt / model.safetensors / model.safetensors.index.json and no "
-                                f"{RANK_PREFIX}<i> folders; was it written by save_quantized?")
+        raise FileNotFoundError(f"{folder}: no {' / '.join(WEIGHT_FILES)} and no {RANK_PREFIX}<i> folders; was it "
+                                f"written by save_quantized?")
     size, rank = ctx.size, ctx.rank
     saved = read_layout(next(iter(ranks.values()))) or {}
     if len(ranks) != size or saved.get("tp_size") != size:

@@ -205,6 +205,11 @@ def rotate_network(network: LlamaForCausalLM, seed: int = 0, online: bool = True
     return network
 
 
+def rotation_in(pipeline) -> List["RotationModule"]:
+    """The rotation modules of a PTQ pipeline (at most one in any pipeline built from a config)."""
+    return [m for m in pipeline if getattr(getattr(m, "method", None), "role", None) == ROTATION]
+
+
 class RotationModule(AlgoModule):
     """``rotation: hadamard``: rotates the float network before PTQ swaps in quantized cells
     (QUANTIZE), or rebuilds the rotated structure for a checkpoint to fill (DEPLOY)."""
