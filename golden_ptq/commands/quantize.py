@@ -46,14 +46,13 @@ def run(args, stages) -> List[str]:
         from golden_ptq.networks.network_config import parameter_count
         from golden_ptq.streaming import quantize_streamed
         from golden_ptq.streaming.float_source import open_float_source
-        weights, model_config, max_pos = helper.weights_source()
+        source = open_float_source(*helper.weights_source())
+        fp16_bytes = 2 * parameter_count(source.config)
         stages.update()
         stages.set_description("calibrate (streamed)")
-        ptq = quantize_streamed(weights, config, calib, output, progress=progress, model_config=model_config,
-                                max_position_embeddings=max_pos, tokenizer=tokenizer, runtime=runtime,
-                                extra_files=lambda done: report_writers(done, title, facts(done)))
+        ptq = quantize_streamed(source, config, calib, output, progress=progress, tokenizer=tokenizer,
+                                runtime=runtime, extra_files=lambda done: report_writers(done, title, facts(done)))
         fp_ppl = None
-        fp16_bytes = 2 * parameter_count(open_float_source(weights, model_config, max_pos).config)
         stages.update()
         stages.update()
     else:

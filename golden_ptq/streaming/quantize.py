@@ -20,10 +20,10 @@ from mindspore import nn
 import golden_ptq.algorithm.guards as guards
 from golden_ptq.algorithm import PTQ
 from golden_ptq.algorithm.calibration_data import token_rows
+from golden_ptq.algorithm.modules.rotation import rotation_in
 from golden_ptq.algorithm.swap import check_target_names, plan_swaps, quant_targets
 from golden_ptq.algorithm.tp_support import check_tp_supported
 from golden_ptq.config import PTQConfig, PTQMode
-from golden_ptq.config.method_names import ROTATION
 from golden_ptq.config.model_config import LlamaConfig
 from golden_ptq.io.atomic import atomic_write_text
 from golden_ptq.io.folder_set import write_folder_set
@@ -32,22 +32,23 @@ from golden_ptq.networks.llama import LlamaDecodeLayer, LlamaForCausalLM
 from golden_ptq.networks.structure import LlamaStructure
 from golden_ptq.parallel.context import TPContext
 from golden_ptq.streaming.boundary import BoundaryStore
-from golden_ptq.streaming.float_source import open_float_source
+from golden_ptq.streaming.float_source import FloatSource, open_float_source
 from golden_ptq.streaming.layers import NetworkShell, StreamedLayers
 
 DEFAULT_SPILL_BYTES = 1 << 30   # a layer boundary above 1 GiB goes to a memory-mapped file
 SPILL_FOLDER = ".activations"
 
 
-def quantize_streamed(model_path: str, config: Union[PTQConfig, str], datasets, output: str, *,
+def quantize_streamed(model_path: Union[str, FloatSource], config: Union[PTQConfig, str], datasets,
+                      output: str, *,
                       progress: bool = True, model_config: Optional[LlamaConfig] = None,
                       max_position_embeddings: Optional[int] = None, tokenizer=None, calib_batch_size: int = 8,
                       spill_bytes: int = DEFAULT_SPILL_BYTES, measure_sensitivity: bool = False,
                       runtime: Optional[Dict[str, object]] = None, tp: Optional[TPContext] = None,
                       extra_files: Optional[Callable[[PTQ], Dict[str, Callable[[str], None]]]] = None) -> PTQ:
     """Quantize the float model at ``model_path`` (a Hugging Face or MindFormers-named safetensors
-    folder / file / index, a MindSpore ``.ckpt``, or a GGUF file) with ``config`` (a PTQConfig or its yaml) on ``datasets``
-    (as ``PTQ.apply`` takes them) and write the quantized folder ``output`` (the folder set of
+    folder / file / index, a MindSpore ``.ckpt``, or a GGUF file; or a FloatSource already opened)
+    with ``config`` (a PTQConfig or its yaml) on ``datasets`` (as ``PTQ.apply`` takes them) and write the quantized folder ``output`` (the folder set of
     ``save_quantized``, weights as one safetensors shard per unit). Returns the PTQ that did it
     (``records``, ``summary()``, ``range_parms``, ...).
 
@@ -70,14 +71,15 @@ def quantize_streamed(model_path: str, config: Union[PTQConfig, str], datasets, 
         raise ValueError(f"quantize_streamed: PTQConfig.disable_level {config.disable_level!r} is not supported when "
                          f"streaming (each layer is written before later layers are measured); keep layers float "
                          f"with disable_names, or quantize in memory with PTQ.apply")
-    source = open_float_source(model_path, model_config, max_position_embeddings)
+    source = (model_path if isinstance(model_path, FloatSource)   # already opened (the CLI reads its config first)
+              else open_float_source(model_path, model_config, max_position_embeddings))
     net_config = source.config
     rows = token_rows(datasets)
     guards.check_calibration_rows(rows, net_config.vocab_size, net_config.max_position_embeddings)
     from golden_ptq.parallel import init_from_launcher
     init_from_launcher()
     ptq = PTQ(config, calib_batch_size=calib_batch_size, measure_sensitivity=measure_sensitivity, progress=progress)
-    rotation = next((m for m in ptq.pipeline if getattr(getattr(m, "method", None), "role", None) == ROTATION), None)
+    rotation = next(iter(rotation_in(ptq.pipeline)), None)
     # a rotated network has an untied head (see golden_ptq.algorithm.modules.rotation)
     shell = NetworkShell(replace(net_config, tie_word_embeddings=False) if rotation is not None else net_config, tp)
     _check_before_reading(ptq, net_config, shell)
