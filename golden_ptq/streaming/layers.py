@@ -101,9 +101,8 @@ class StreamedLayers(LayerSource):
             param.set_data(Tensor(np.ascontiguousarray(array, dtype=np.float32)))
             del array
 
-    def _table(self, name: str, shape: Tuple[int, int]) -> Parameter:
-        """A vocabulary-sized float table as a Parameter made straight from the array read: building
-        the cell at full size first would hold a zero table beside it (3 copies at the peak, not 2)."""
+    def _read_table(self, name: str, shape: Tuple[int, int]) -> np.ndarray:
+        """A vocabulary-sized float table from the source, checked, as contiguous float32."""
         array = self.source.get(name)
         if array is None:
             raise MissingTensorError(f"{self.source.path}: tensor for parameter '{name}' (expected shape {shape}) "
@@ -111,7 +110,12 @@ class StreamedLayers(LayerSource):
         if tuple(array.shape) != shape:
             raise ValueError(f"{self.source.path}: tensor for parameter '{name}' has shape {tuple(array.shape)}, "
                              f"expected {shape}")
-        return self._shared_parameter(np.ascontiguousarray(array, dtype=np.float32), name.rsplit(".", 1)[1])
+        return np.ascontiguousarray(array, dtype=np.float32)
+
+    def _table(self, name: str, shape: Tuple[int, int]) -> Parameter:
+        """A vocabulary-sized float table as a Parameter made straight from the array read: building
+        the cell at full size first would hold a zero table beside it (3 copies at the peak, not 2)."""
+        return self._shared_parameter(self._read_table(name, shape), name.rsplit(".", 1)[1])
 
     def _shared_parameter(self, array: np.ndarray, name: str) -> Parameter:
         """A Parameter holding ``array`` itself: ``set_data(Tensor.from_numpy(...))`` shares the memory
@@ -171,10 +175,14 @@ class StreamedLayers(LayerSource):
 
     # ----- LayerSource --------------------------------------------------------------------------
     def embedding_cells(self) -> Dict[str, QuantCell]:
-        embedding = self._embedding()
-        if self.rotation is not None:
-            embedding.embedding_weight = self._shared_parameter(rotate_embedding(
-                embedding.embedding_weight.asnumpy(), self.rotation[0]), "embedding_weight")
+        if self.rotation is None:
+            embedding = self._embedding()
+        else:   # rotated as read: E Q is the only table held
+            embedding = Embedding(1, self.config.hidden_size)
+            table = self._read_table(f"{EMBEDDING}.embedding_weight", (self.config.vocab_size, self.config.hidden_size))
+            embedding.embedding_weight = self._shared_parameter(rotate_embedding(table, self.rotation[0]),
+                                                                "embedding_weight")
+            del table
         self.network.model.tok_embeddings = embedding
         self.ptq.swap_in(self.network, quant_targets(self.network, self.ptq.registry))
         return {n: c for n, c in self.network.cells_and_names() if isinstance(c, QuantCell)}
@@ -206,7 +214,7 @@ class StreamedLayers(LayerSource):
         params = dict(layer.parameters_and_names())
         rotated = rotate_layer({rel: param.asnumpy() for rel, param in params.items()}, mats, online)
         for rel, array in rotated.items():
-            params[rel].set_data(Tensor(array))
+            params[rel].set_data(Tensor.from_numpy(array))
         if online:
             set_online_transform(layer)
 
@@ -221,9 +229,9 @@ class StreamedLayers(LayerSource):
         shell.model.norm_out = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self._load(shell.model.norm_out, "model.norm_out")
         if self.rotation is not None:   # the rotated head is untied: the final norm folded in, then Q
-            table = self._table(f"{EMBEDDING}.embedding_weight" if config.tie_word_embeddings else "lm_head.weight",
-                                (config.vocab_size, config.hidden_size))
-            rotated = rotate_head(table.asnumpy(), shell.model.norm_out.weight.asnumpy(), self.rotation[0])
+            table = self._read_table(f"{EMBEDDING}.embedding_weight" if config.tie_word_embeddings
+                                     else "lm_head.weight", (config.vocab_size, config.hidden_size))
+            rotated = rotate_head(table, shell.model.norm_out.weight.asnumpy(), self.rotation[0])
             del table
             shell.model.norm_out.weight.set_data(Tensor(rotated["model.norm_out.weight"]))
             shell.lm_head = Linear(config.hidden_size, 1)
