@@ -124,6 +124,41 @@ def test_tied_heads_and_spilled_activations(tmp_path, kwargs, dtype):
     assert not any(f.startswith(".") for f in os.listdir(tmp_path / "streamed"))   # spill files are gone
 
 
+@pytest.mark.parametrize("tied, kwargs", [
+    (False, dict(act_quant_dtype=I8, opname_blacklist=["lm_head"])),            # float embedding, float head
+    (True, dict(embedding_quant_dtype=I8, opname_blacklist=["lm_head"])),       # tied float head of an int8 embedding
+    (True, dict(act_quant_dtype=I8, opname_blacklist=["lm_head"])),             # tied: the head is the embedding
+])
+def test_float_vocabulary_tables_are_never_read_whole(tmp_path, monkeypatch, tied, kwargs):
+    """A table that stays float is copied block by block and the embedding holds only the calibration
+    tokens' rows: reading either table whole fails here, and the bits still match the in-memory path."""
+    import golden_ptq.streaming.float_source as float_source
+    from golden_ptq.io.safetensors_files import SafetensorsFiles
+    config = LlamaConfig(**{**tiny(tied).to_dict(), "vocab_size": 1000})
+    src = write_hf_folder(str(tmp_path / "src"), config, seed=6)
+    data = calibration(vocab=1000)
+    in_memory(load_hf(src), PTQConfig(**kwargs), data, tmp_path / "memory")
+    whole, rows = SafetensorsFiles.get, SafetensorsFiles.get_rows
+    blocks = []
+
+    def get(self, name):
+        if name.endswith(("embed_tokens.weight", "lm_head.weight")) and not kwargs.get("embedding_quant_dtype"):
+            raise AssertionError(f"{name} read whole")
+        return whole(self, name)
+
+    def get_rows(self, name, start, stop):
+        blocks.append((name, start, stop))
+        return rows(self, name, start, stop)
+
+    monkeypatch.setattr(SafetensorsFiles, "get", get)
+    monkeypatch.setattr(SafetensorsFiles, "get_rows", get_rows)
+    monkeypatch.setattr(float_source, "BLOCK_BYTES", 300 * 64 * 4)   # 300 rows a block: 4 blocks
+    quantize_streamed(src, PTQConfig(**kwargs), data, str(tmp_path / "streamed"), progress=False)
+    monkeypatch.undo()
+    assert_same_folders(str(tmp_path / "memory"), str(tmp_path / "streamed"))
+    assert blocks and all(stop - start <= 300 for _, start, stop in blocks)
+
+
 @pytest.mark.parametrize("fmt", ["safetensors", "ckpt"])
 def test_mindformers_named_source_with_model_config(tmp_path, fmt, monkeypatch):
     config = tiny()

@@ -88,20 +88,36 @@ class SafetensorsFiles:
         """The tensor (bf16 widened to float32), or None when no file holds it."""
         if name not in self._index:
             return None
+        shape = self.shape(name)
+        return self._read(name, 0, shape[0] if shape else 1).reshape(shape)
+
+    def get_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows ``[start, stop)`` of a tensor of at least one dimension (bf16 widened to float32); only
+        their bytes are read."""
+        shape = self.shape(name)
+        if not shape or not 0 <= start <= stop <= shape[0]:
+            raise ValueError(f"{self.file_of(name)}: rows [{start}, {stop}) of tensor '{name}' with shape "
+                             f"{list(shape)}")
+        return self._read(name, start, stop).reshape((stop - start,) + shape[1:])
+
+    def _read(self, name: str, row_start: int, row_stop: int) -> np.ndarray:
+        """Rows ``[row_start, row_stop)`` as a flat array, read with one ``pread``."""
         file, info, base = self._index[name]
         if info["dtype"] not in _DTYPES:
             raise ValueError(f"{file}: tensor '{name}' has unsupported dtype {info['dtype']}")
         start, end = info["data_offsets"]
         dtype = np.dtype(_DTYPES[info["dtype"]])
-        array = np.empty(int(np.prod(info["shape"], dtype=np.int64)), dtype=dtype)
-        if array.nbytes != end - start:
+        shape = info["shape"]
+        total = int(np.prod(shape, dtype=np.int64))
+        if total * dtype.itemsize != end - start:
             raise CorruptFileError(f"{file}: tensor '{name}' holds {end - start} bytes, its shape "
-                                   f"{info['shape']} and dtype {info['dtype']} need {array.nbytes}")
+                                   f"{shape} and dtype {info['dtype']} need {total * dtype.itemsize}")
+        row = int(np.prod(shape[1:], dtype=np.int64)) if shape else 1
+        array = np.empty((row_stop - row_start) * row, dtype=dtype)
         with open(file, "rb") as handle:
-            handle.seek(base + start)
+            handle.seek(base + start + row_start * row * dtype.itemsize)
             if handle.readinto(memoryview(array).cast("B")) != array.nbytes:
                 raise CorruptFileError(f"{file}: truncated inside tensor '{name}'")
-        array = array.reshape(info["shape"])
         if info["dtype"] == "BF16":  # widened in place: one float32 copy beside the bf16 bytes, not two
             wide = array.astype(np.uint32)
             del array

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from typing import Dict, List, Mapping, Optional
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
@@ -19,6 +19,21 @@ from golden_ptq.io.safetensors_files import INDEX_SUFFIX
 _TAGS = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.float64): "F64",
          np.dtype(np.int8): "I8", np.dtype(np.uint8): "U8", np.dtype(np.int32): "I32", np.dtype(np.int64): "I64",
          np.dtype(np.bool_): "BOOL"}
+
+
+class ChunkedTensor:
+    """A tensor written block of rows by block of rows, never whole in memory (a float vocabulary
+    table copied from the source). ``blocks()`` yields consecutive row blocks of ``dtype``."""
+
+    def __init__(self, shape: Tuple[int, ...], dtype, blocks: Callable[[], Iterator[np.ndarray]]):
+        self.shape, self.dtype, self.blocks = tuple(int(d) for d in shape), np.dtype(dtype), blocks
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+
+Writable = Union[np.ndarray, ChunkedTensor]
 
 
 def safetensors_tag(array: np.ndarray, override: Optional[str] = None) -> str:
@@ -41,7 +56,7 @@ def bfloat16_bits(array: np.ndarray) -> np.ndarray:
     return (rounded >> 16).astype(np.uint16)
 
 
-def write_safetensors(path: str, arrays: Mapping[str, np.ndarray], dtypes: Optional[Mapping[str, str]] = None,
+def write_safetensors(path: str, arrays: Mapping[str, Writable], dtypes: Optional[Mapping[str, str]] = None,
                       metadata: Optional[Mapping[str, str]] = None) -> int:
     """Write one safetensors file (tensors in the given order); returns the bytes of tensor data."""
     dtypes = dtypes or {}
@@ -59,9 +74,26 @@ def write_safetensors(path: str, arrays: Mapping[str, np.ndarray], dtypes: Optio
     with open(path, "wb") as handle:
         handle.write(struct.pack("<Q", len(raw)))
         handle.write(raw)
-        for array in arrays.values():
-            handle.write(memoryview(np.ascontiguousarray(array)).cast("B"))
+        for name, array in arrays.items():
+            if isinstance(array, ChunkedTensor):
+                _write_blocks(handle, name, array)
+            else:
+                handle.write(memoryview(np.ascontiguousarray(array)).cast("B"))
     return offset
+
+
+def _write_blocks(handle, name: str, tensor: ChunkedTensor) -> None:
+    written = 0
+    for block in tensor.blocks():
+        block = np.ascontiguousarray(block)
+        if block.dtype != tensor.dtype or tuple(block.shape[1:]) != tensor.shape[1:]:
+            raise ValueError(f"safetensors: a block of tensor '{name}' is {block.dtype} {list(block.shape)}, the tensor "
+                             f"is {tensor.dtype} {list(tensor.shape)}")
+        handle.write(memoryview(block).cast("B"))
+        written += block.nbytes
+    if written != tensor.nbytes:
+        raise ValueError(f"safetensors: the blocks of tensor '{name}' hold {written} bytes, its shape "
+                         f"{list(tensor.shape)} needs {tensor.nbytes}")
 
 
 class ShardedSafetensorsWriter:
@@ -75,7 +107,7 @@ class ShardedSafetensorsWriter:
         self._finished = False
         os.makedirs(folder, exist_ok=True)
 
-    def write_shard(self, arrays: Mapping[str, np.ndarray], dtypes: Optional[Mapping[str, str]] = None) -> str:
+    def write_shard(self, arrays: Mapping[str, Writable], dtypes: Optional[Mapping[str, str]] = None) -> str:
         """Write ``arrays`` as the next shard now; a name already written is an error."""
         if self._finished:
             raise RuntimeError("ShardedSafetensorsWriter: finish() has run")

@@ -8,7 +8,7 @@ is asked for: a streamed quantization holds one decoder layer of float weights a
 from __future__ import annotations
 
 import os
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional, Tuple
 
 import numpy as np
 
@@ -20,16 +20,44 @@ HF_EMBEDDING = HF_GLOBAL["model.tok_embeddings.embedding_weight"]
 OUR_EMBEDDING = "model.tok_embeddings.embedding_weight"
 
 
+#: Rows per block when a vocabulary table is copied through: about this many bytes of float32.
+BLOCK_BYTES = 64 << 20
+
+
 class FloatSource:
-    """``get(name)`` -> float array (or None) by our parameter name; ``config``; ``tokenizer()``."""
+    """``get(name)`` -> float array (or None) by our parameter name; ``config``; ``tokenizer()``.
+
+    A source that can read a tensor's rows alone (safetensors) also gives ``shape_of`` and
+    ``fetch_rows``; then :meth:`row_blocks` never holds more than one block of a table."""
 
     def __init__(self, path: str, config: LlamaConfig, fetch: Callable[[str], Optional[np.ndarray]],
-                 tokenizer: Callable[[], object], check_head: Callable[[], None] = lambda: None):
+                 tokenizer: Callable[[], object], check_head: Callable[[], None] = lambda: None,
+                 shape_of: Optional[Callable[[str], Optional[Tuple[int, ...]]]] = None,
+                 fetch_rows: Optional[Callable[[str, int, int], np.ndarray]] = None):
         self.path, self.config = path, config
         self._fetch, self._tokenizer, self._check_head = fetch, tokenizer, check_head
+        self._shape_of, self._fetch_rows = shape_of, fetch_rows
 
     def get(self, name: str) -> Optional[np.ndarray]:
         return self._fetch(name)
+
+    def shape(self, name: str) -> Optional[Tuple[int, ...]]:
+        """The stored shape of ``name`` (None when absent); a source without shapes reads the tensor."""
+        if self._shape_of is not None:
+            return self._shape_of(name)
+        array = self._fetch(name)
+        return None if array is None else tuple(array.shape)
+
+    def row_blocks(self, name: str, block_bytes: Optional[int] = None) -> Iterator[Tuple[int, np.ndarray]]:
+        """``(first row, float32 block)`` over a present 2-D tensor, in order. Sources without row reads
+        (GGUF, ``.ckpt``) read it whole and give it as one block."""
+        if self._fetch_rows is None:
+            yield 0, np.ascontiguousarray(self._fetch(name), dtype=np.float32)
+            return
+        rows, cols = self._shape_of(name)
+        step = max(1, (block_bytes or BLOCK_BYTES) // (4 * max(1, cols)))
+        for start in range(0, rows, step):
+            yield start, np.ascontiguousarray(self._fetch_rows(name, start, min(rows, start + step)), dtype=np.float32)
 
     def tokenizer(self):
         """The source's tokenizer, or None when it has none."""
@@ -96,8 +124,17 @@ def _named_source(path: str, tensors, model_config: Optional[LlamaConfig]) -> Fl
             from golden_ptq.networks.loaders.hf_loader import check_tied_head
             check_tied_head(tensors, config, path)
 
-        return FloatSource(path, config, lambda name: tensors.get(mapping.get(name, name)), tokenizer, check_head)
+        return FloatSource(path, config, lambda name: tensors.get(mapping.get(name, name)), tokenizer, check_head,
+                           **_row_reads(tensors, lambda name: mapping.get(name, name)))
     if OUR_EMBEDDING in tensors:
-        return FloatSource(path, config, tensors.get, tokenizer)
+        return FloatSource(path, config, tensors.get, tokenizer, **_row_reads(tensors, lambda name: name))
     raise ValueError(f"{path}: neither '{HF_EMBEDDING}' (Hugging Face names) nor '{OUR_EMBEDDING}' (MindFormers "
                      f"names) is among its tensors; names look like: {', '.join(tensors.names()[:4])}")
+
+
+def _row_reads(tensors, stored: Callable[[str], str]) -> dict:
+    """``shape_of`` / ``fetch_rows`` for a reader that reads row ranges (safetensors), else nothing."""
+    if not hasattr(tensors, "get_rows"):
+        return {}
+    return {"shape_of": lambda name: tensors.shape(stored(name)) if stored(name) in tensors else None,
+            "fetch_rows": lambda name, start, stop: tensors.get_rows(stored(name), start, stop)}

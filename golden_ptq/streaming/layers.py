@@ -19,9 +19,10 @@ from golden_ptq.algorithm.modules.rotation import (RotationMatrices, rotate_embe
                                                    set_online_transform)
 from golden_ptq.algorithm.swap import quant_targets, share_tied_head
 from golden_ptq.io.checkpoint import quant_desc
-from golden_ptq.io.sharded_writer import ShardedSafetensorsWriter
+from golden_ptq.io.sharded_writer import ChunkedTensor, ShardedSafetensorsWriter
 from golden_ptq.networks.layers import Embedding, Linear, RMSNorm, rope_tables, rotate_half_index
-from golden_ptq.networks.llama import LlamaDecodeLayer, LlamaForCausalLM, sync_parameter_names
+from golden_ptq.networks.llama import LlamaDecodeLayer, LlamaForCausalLM, _as_int_tensor, sync_parameter_names
+from golden_ptq.networks.token_ids import check_token_ids
 from golden_ptq.networks.loaders.common import MissingTensorError
 from golden_ptq.parallel.context import TPContext, resolve
 from golden_ptq.parallel.sharding import TPLayout, shard_array
@@ -30,6 +31,8 @@ from golden_ptq.streaming.boundary import BoundaryStore
 from golden_ptq.streaming.float_source import FloatSource
 
 EMBEDDING = "model.tok_embeddings"
+EMBEDDING_TABLE = f"{EMBEDDING}.embedding_weight"
+HEAD_TABLE = "lm_head.weight"
 #: A written unit of at least this many bytes is freed at once (``gc.collect``: quantized cells hold
 #: reference cycles); smaller ones are left to the collector, whose full pass costs ~0.3 s.
 COLLECT_BYTES = 4 << 20
@@ -53,10 +56,22 @@ class NetworkShell(nn.Cell):
         index_q, self._sign_q = rotate_half_index(self.tp_layout.local_heads, config.head_dim)
         index_k, self._sign_k = rotate_half_index(self.tp_layout.local_kv_heads, config.head_dim)
         self.index_q, self.index_k = Tensor(index_q), Tensor(index_k)
+        #: sorted token ids whose rows alone the embedding holds (a float table, calibration tokens only)
+        self.embedding_rows: Optional[np.ndarray] = None
 
     layer_inputs = LlamaForCausalLM.layer_inputs
     _layer_arrays = LlamaForCausalLM._layer_arrays
-    embed = LlamaForCausalLM.embed
+
+    def embed(self, input_ids) -> Tensor:
+        """The network's ``embed``; through ``embedding_rows`` when only those rows are held (a gather of
+        the same rows: the same values)."""
+        ids = check_token_ids(input_ids, self.config.vocab_size)
+        if self.embedding_rows is not None:
+            local = np.minimum(np.searchsorted(self.embedding_rows, ids), self.embedding_rows.size - 1)
+            if not np.array_equal(self.embedding_rows[local], ids):
+                raise RuntimeError("streamed embedding: a token id outside the calibration tokens was embedded")
+            ids = local
+        return self.model.tok_embeddings(_as_int_tensor(ids))
 
     def clear(self) -> None:
         """Drop every cell of the last unit."""
@@ -71,9 +86,11 @@ class StreamedLayers(LayerSource):
     the records; every unit goes to ``writer`` as one shard and into ``desc`` (quant_desc.json)."""
 
     def __init__(self, source: FloatSource, ptq, structure, shell: NetworkShell, writer: ShardedSafetensorsWriter,
-                 boundaries: BoundaryStore, rotation=None):
+                 boundaries: BoundaryStore, rotation=None, token_ids: Optional[np.ndarray] = None):
         """``rotation``: the pipeline's RotationModule, applied to each unit as it is read (the same
-        per-unit functions the in-memory rotation uses; the shell's config is then untied)."""
+        per-unit functions the in-memory rotation uses; the shell's config is then untied).
+        ``token_ids``: the calibration tokens; a float embedding then holds only their rows, and float
+        vocabulary tables are copied to the output block by block, never whole in memory."""
         self.source, self.ptq, self.structure, self.network = source, ptq, structure, shell
         self.writer, self.boundaries = writer, boundaries
         self.config = source.config   # the source's: a tied source's head is read from the embedding
@@ -82,6 +99,9 @@ class StreamedLayers(LayerSource):
         self.written: set = set()
         self._bytes_since_collect = 0   # bytes written since the last gc.collect
         self._shared: Dict[int, np.ndarray] = {}   # data pointer -> the array a table Parameter shares
+        self.token_ids = None if token_ids is None else np.unique(np.asarray(token_ids, dtype=np.int64))
+        self._copies: Dict[str, ChunkedTensor] = {}   # float tables of the unit at hand, written from the source
+        self._head_copied = False   # the head stayed float: its table (if written) is a copy, not the cell's
 
     # ----- loading ------------------------------------------------------------------------------
     def _load(self, cell: nn.Cell, prefix: str) -> None:
@@ -125,6 +145,30 @@ class StreamedLayers(LayerSource):
         self._shared[array.ctypes.data] = array
         return param
 
+    def _stays_float(self, cell: nn.Cell, name: str) -> bool:
+        """Nothing quantizes ``cell`` at ``name`` (not registered, or its spec skips it)."""
+        entry = self.ptq.registry.lookup(cell)
+        return entry is None or bool(self.ptq.layer_spec(name, entry["kind"]).skip_reason)
+
+    def _copied_table(self, name: str, shape: Tuple[int, int]) -> ChunkedTensor:
+        """A float table written straight from the source, block by block (checked now)."""
+        stored = self.source.shape(name)
+        if stored is None:
+            raise MissingTensorError(f"{self.source.path}: tensor for parameter '{name}' (expected shape {shape}) "
+                                     f"is missing")
+        if tuple(stored) != shape:
+            raise ValueError(f"{self.source.path}: tensor for parameter '{name}' has shape {tuple(stored)}, "
+                             f"expected {shape}")
+        return ChunkedTensor(shape, np.float32, lambda: (block for _, block in self.source.row_blocks(name)))
+
+    def _table_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` (sorted, unique) of a float table, read block by block."""
+        out = np.empty((rows.size, self.config.hidden_size), np.float32)
+        for start, block in self.source.row_blocks(name):
+            low, high = np.searchsorted(rows, [start, start + block.shape[0]])
+            out[low:high] = block[rows[low:high] - start]
+        return out
+
     def _embedding(self) -> Embedding:
         cell = Embedding(1, self.config.hidden_size)   # replicated under TP: the whole table
         cell.embedding_weight = self._table(f"{EMBEDDING}.embedding_weight",
@@ -142,16 +186,19 @@ class StreamedLayers(LayerSource):
         """Write ``root``'s parameters (but those under ``skip``) as the next shard, and their quant types."""
         sync_parameter_names(root)
         full = (lambda rel: f"{prefix}.{rel}") if prefix else (lambda rel: rel)
-        arrays = {full(rel): self._array_of(param) for rel, param in root.parameters_and_names()
+        arrays = {full(rel): np.ascontiguousarray(self._array_of(param)) for rel, param in root.parameters_and_names()
                   if not rel.startswith(tuple(skip))}
         self.desc.update({full(rel): kind for rel, kind in quant_desc(root).items() if not rel.startswith(tuple(skip))})
+        self._bytes_since_collect += sum(int(v.nbytes) for v in arrays.values())
+        arrays.update(self._copies)
+        self.desc.update({name: "FLOAT" for name in self._copies})
+        self._copies = {}
         again = [name for name in arrays if name in self.written]
         if again:
             raise RuntimeError(f"streamed quantization wrote parameter '{again[0]}' twice")
-        self.writer.write_shard({k: np.ascontiguousarray(v) for k, v in arrays.items()})
+        self.writer.write_shard(arrays)
         self._shared.clear()   # the unit is written: its tables may be freed with it
         self.written.update(arrays)
-        self._bytes_since_collect += sum(int(v.nbytes) for v in arrays.values())
 
     def _array_of(self, param: Parameter) -> np.ndarray:
         """The parameter's values: the very array it shares when it is a table made here (no copy of a
@@ -175,6 +222,16 @@ class StreamedLayers(LayerSource):
 
     # ----- LayerSource --------------------------------------------------------------------------
     def embedding_cells(self) -> Dict[str, QuantCell]:
+        shape = (self.config.vocab_size, self.config.hidden_size)
+        probe = Embedding(1, self.config.hidden_size)
+        if self.rotation is None and self.token_ids is not None and self._stays_float(probe, EMBEDDING):
+            self._copies[EMBEDDING_TABLE] = self._copied_table(EMBEDDING_TABLE, shape)
+            probe.embedding_weight = self._shared_parameter(self._table_rows(EMBEDDING_TABLE, self.token_ids),
+                                                            "embedding_weight")
+            self.network.embedding_rows = self.token_ids
+            self.network.model.tok_embeddings = probe
+            self.ptq.swap_in(self.network, quant_targets(self.network, self.ptq.registry))   # records it, float
+            return {}
         if self.rotation is None:
             embedding = self._embedding()
         else:   # rotated as read: E Q is the only table held
@@ -188,7 +245,11 @@ class StreamedLayers(LayerSource):
         return {n: c for n, c in self.network.cells_and_names() if isinstance(c, QuantCell)}
 
     def embedding_done(self) -> None:
-        self._write(self.network)
+        if self.network.embedding_rows is not None:   # the held rows are not the table: it is copied through
+            self._write(self.network, skip=(EMBEDDING + ".",))
+            self.network.embedding_rows = None
+        else:
+            self._write(self.network)
         self._drop_float_cells(EMBEDDING)
         self.network.clear()
         self._collect()
@@ -237,6 +298,17 @@ class StreamedLayers(LayerSource):
             shell.lm_head = Linear(config.hidden_size, 1)
             shell.lm_head.out_features = config.vocab_size
             shell.lm_head.weight = self._shared_parameter(rotated.pop("lm_head.weight"), "weight")
+        elif self.token_ids is not None and self._stays_float(Linear(config.hidden_size, 1), "lm_head"):
+            # a float head is only copied through; tied to a float embedding, it *is* that table (written there)
+            embedding_float = self._stays_float(Embedding(1, config.hidden_size), EMBEDDING)
+            if not config.tie_word_embeddings or not embedding_float:
+                self._copies[HEAD_TABLE] = self._copied_table(
+                    EMBEDDING_TABLE if config.tie_word_embeddings else HEAD_TABLE, (config.vocab_size, config.hidden_size))
+            shell.lm_head = Linear(config.hidden_size, 1)   # a placeholder standing for the head in the records
+            shell.lm_head.out_features = config.vocab_size
+            self._head_copied = True
+            self.ptq.swap_in(shell, quant_targets(shell, self.ptq.registry))
+            return {}
         elif config.tie_word_embeddings:  # the head is the embedding table, as in LlamaForCausalLM
             embedding = self._embedding()
             shell.lm_head = Linear(config.hidden_size, 1)
@@ -263,7 +335,7 @@ class StreamedLayers(LayerSource):
 
     def head_done(self) -> None:
         share_tied_head(self.network)
-        self._write(self.network, skip=(EMBEDDING + ".",))
+        self._write(self.network, skip=(EMBEDDING + ".", "lm_head.") if self._head_copied else (EMBEDDING + ".",))
         self._drop_float_cells("lm_head")
         self.network.clear()
         self._collect()

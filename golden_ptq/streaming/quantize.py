@@ -4,7 +4,9 @@ Resident while it runs (see the streaming notes for measured figures): one decod
 float plus its quantized copy, the activations of all calibration batches at one layer boundary
 twice (inputs and outputs of the layer at hand; spilled to a memory map above ``spill_bytes``),
 the per-call rotary tables and masks, and the method's state for that layer. The embedding and
-``lm_head`` are units of their own, resident only while they are calibrated.
+``lm_head`` are units of their own, resident only while they are calibrated; a vocabulary table
+that stays float is never whole in memory (the embedding holds the calibration tokens' rows, and
+both tables are copied to the output block by block from a safetensors source).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import shutil
 from dataclasses import replace
 from typing import Callable, Dict, Optional, Union
 
+import numpy as np
 from mindspore import nn
 
 import golden_ptq.algorithm.guards as guards
@@ -95,7 +98,7 @@ def quantize_streamed(model_path: Union[str, FloatSource], config: Union[PTQConf
         writer = ShardedSafetensorsWriter(tmp)
         spill = os.path.join(tmp, SPILL_FOLDER)
         layers = StreamedLayers(source, ptq, LlamaStructure(), shell, writer, BoundaryStore(spill, spill_bytes),
-                                rotation)
+                                rotation, token_ids=np.concatenate([row.reshape(-1) for row in rows]))
         ptq.records, ptq.range_parms, ptq.output_errors, ptq.rolled_back = [], {}, {}, []
         try:
             ptq.calibrate_source(layers, rows)

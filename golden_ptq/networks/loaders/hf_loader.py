@@ -28,14 +28,24 @@ def load_hf(path: str, config: Optional[LlamaConfig] = None, tp: Optional[TPCont
 def check_tied_head(tensors: SafetensorsFiles, config: LlamaConfig, path: str) -> None:
     """``tie_word_embeddings`` must agree with the weights: an untied model needs ``lm_head.weight``;
     a tied one may repeat the embedding there, but a different head would be silently dropped."""
-    head = tensors.get("lm_head.weight")
+    head, embed = "lm_head.weight", "model.embed_tokens.weight"
     if not config.tie_word_embeddings:
-        if head is None:
+        if head not in tensors:
             raise ValueError(f"{path}: config.json says tie_word_embeddings false but the weights have no "
                              f"lm_head.weight; set tie_word_embeddings true if the head is the embedding table")
         return
-    if head is not None:
-        embed = tensors.get("model.embed_tokens.weight")
-        if embed is None or head.shape != embed.shape or not np.array_equal(head, embed):
-            raise ValueError(f"{path}: config.json says tie_word_embeddings true but lm_head.weight differs from "
-                             f"model.embed_tokens.weight; set tie_word_embeddings false to use the separate head")
+    if head in tensors and not (embed in tensors and _same_tensor(tensors, head, embed)):
+        raise ValueError(f"{path}: config.json says tie_word_embeddings true but lm_head.weight differs from "
+                         f"model.embed_tokens.weight; set tie_word_embeddings false to use the separate head")
+
+
+def _same_tensor(tensors: SafetensorsFiles, a: str, b: str, block_rows: int = 4096) -> bool:
+    """Equal shapes and values, compared a block of rows at a time (neither table is read whole)."""
+    shape = tensors.shape(a)
+    if shape != tensors.shape(b):
+        return False
+    if len(shape) < 1:
+        return bool(np.array_equal(tensors.get(a), tensors.get(b)))
+    return all(np.array_equal(tensors.get_rows(a, start, min(shape[0], start + block_rows)),
+                              tensors.get_rows(b, start, min(shape[0], start + block_rows)))
+               for start in range(0, shape[0], block_rows))
