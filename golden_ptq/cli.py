@@ -98,10 +98,20 @@ def build_parser() -> argparse.ArgumentParser:
     ana.set_defaults(job="analyze")
 
     tune = sub.add_parser("tune", help="roll back the fewest Linear layers to float so the perplexity ratio "
-                                       "on the validation split meets --target; save that model")
+                                       "on the validation split (or a precision test's score) meets --target; "
+                                       "save that model")
     _calibration_options(tune)
     tune.add_argument("--target", type=positive_float, default=1.01,
-                      help="perplexity ratio to FP32 to reach (default: %(default)s)")
+                      help="score ratio to reach: quantized / FP32 perplexity, or with --task FP32 / quantized "
+                           "accuracy (boolq) or F1 (squad1.1); 1 is the float model (default: %(default)s)")
+    tune.add_argument("--task", choices=("perplexity", "boolq", "squad1.1"), default="perplexity",
+                      help="what a trial is scored on: perplexity of the validation split, or a precision test "
+                           "on --dataset-path (default: %(default)s)")
+    tune.add_argument("--dataset-path", type=existing_file, default=None,
+                      help="the precision test's file for --task boolq (dev.jsonl) or squad1.1 (dev-v1.1.json)")
+    tune.add_argument("--task-samples", type=positive_int, default=200,
+                      help="questions scored per trial with --task; a quarter of them screen a candidate "
+                           "(default: %(default)s)")
     tune.add_argument("--signal", choices=("output_error", "range_parm"), default="output_error",
                       help="sensitivity ranking the search follows (default: %(default)s)")
     tune.add_argument("--output", default=None, help="folder for the trial log, report and best/ model "

@@ -67,7 +67,7 @@ def test_analyze_and_tune(tmp_path, tiny_network_yaml, capsys):
     assert main(["tune", "--network-config", tiny_network_yaml, "--quant-config", "a8w8_smooth", "--target", "1.0",
                  "--calib-samples", "2", "--eval-windows", "2", "--output", str(tuned), *SMALL]) == 0
     printed = capsys.readouterr().out
-    assert "target ratio 1 " in printed and (tuned / "best" / "model.safetensors").exists()
+    assert "target perplexity ratio 1 " in printed and (tuned / "best" / "model.safetensors").exists()
     assert (tuned / "tune_log.json").exists() and (tuned / "tune_report.md").exists()
 
 

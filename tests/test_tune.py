@@ -105,13 +105,13 @@ def test_best_model_on_disk_matches_the_report(whole_run):
     from golden_ptq.eval.corpus import corpus_windows
     from golden_ptq.eval.perplexity import perplexity
     out, printed, _, _ = whole_run
-    assert "target ratio 0.5 NOT reached (the best model tried is saved)" in printed
+    assert "target perplexity ratio 0.5 NOT reached (the best model tried is saved)" in printed
     log = read_log(out)
     best = next(t for t in log["trials"] if [t["variant"], t["level"]] == log["best"])
     network, ptq = load_quantized(str(out / "best"))
     assert sorted(ptq.config.disable_names) == sorted(best["names"])
     val = corpus_windows(_tokenizer(out), "validation", 32, 3, os.path.join(os.path.dirname(whole_run[3]), "text.txt"))
-    ratio = perplexity(network, val.reshape(-1), 32, batch_size=3) / log["reference"]["fp32_ppl"]
+    ratio = perplexity(network, val.reshape(-1), 32, batch_size=3) / log["reference"]["fp32_score"]
     assert ratio == pytest.approx(best["score"], rel=1e-6)
     assert f"ratio {best['score']:.4f} with {best['floats']} float Linear layer(s)" in printed
     assert "msModelSlim standing_high on the same outcomes" in printed
@@ -192,7 +192,7 @@ class FakeJob:
         self.args = SimpleNamespace(target=target, max_float=None, signal="output_error", quiet=True)
         self.log = TrialLog(str(folder), {"target": target})
         self.log.rankings["config"] = [f"layer{i}" for i in range(limit)]
-        self.screen_tokens = np.zeros(1)            # screening on
+        self.screen = np.zeros(1)            # screening on
         self.reject_above = tune_module.default_reject_above(target)
         self.curve, self.search = curve, None
 
@@ -241,3 +241,39 @@ def test_standing_high_count_by_hand():
     assert standing_high_evaluations(10, lambda lv: True) == (1, 0)
     assert standing_high_evaluations(4, lambda lv: False) == (4, None)   # 0, then 2, 3, 4
     assert np.isfinite(tune_module.default_reject_above(1.01))
+
+
+def test_a_precision_test_target_scores_trials_on_the_task(tmp_path, tiny_network_yaml, monkeypatch):
+    """--task boolq: the reference and every trial are BoolQ accuracies on the user's file (ratio FP32 /
+    quantized), screened on the first quarter of the questions; the log and report say so."""
+    from golden_ptq.eval import precision_test
+    rows = [{"question": f"is {w} a word", "title": w, "passage": f"{w} is a word.", "answer": i % 3 != 0}
+            for i, w in enumerate("sea ship whale sail rope deck mast oar".split())]
+    data = tmp_path / "dev.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    seen = []
+    original = precision_test.PrecisionTest.test
+
+    def test(self):
+        result = original(self)
+        seen.append((self.dataset, self.n_samples, result["count"], result["accuracy"]))
+        return result
+
+    monkeypatch.setattr(precision_test.PrecisionTest, "test", test)
+    out = tmp_path / "tuned"
+    assert tune(tiny_network_yaml, out, "--task", "boolq", "--dataset-path", str(data), "--task-samples", "8",
+                "--max-float", "1", target="1.0") == 0
+    log = read_log(out)
+    assert {s[0] for s in seen} == {"boolq"} and {s[1] for s in seen} == {8, 2}
+    assert log["reference"]["fp32_score"] == seen[0][3] and log["settings"]["task"] == "boolq"
+    full = [t for t in log["trials"] if t["kind"] == FULL]
+    assert full, log["trials"]
+    for trial in full:   # FP32 / quantized accuracy, the calls after the two reference ones
+        quantized = [s[3] for s in seen[2:] if s[1] == 8]
+        assert any(trial["score"] == pytest.approx(seen[0][3] / q) for q in quantized if q > 0)
+    assert "boolq accuracy ratio" in (out / "tune_report.md").read_text()
+
+
+def test_task_settings_are_checked(tmp_path, tiny_network_yaml, capsys):
+    assert tune(tiny_network_yaml, tmp_path / "t", "--task", "boolq") == 2
+    assert "--task boolq needs --dataset-path" in capsys.readouterr().err

@@ -1,5 +1,7 @@
 """``golden-ptq tune``: the fewest float Linears (and, if need be, another outlier method) for a
-perplexity-ratio target, scored on the validation split, resumable, best model always on disk.
+score-ratio target, resumable, best model always on disk. A trial is scored by the perplexity
+ratio on the validation split (quantized / FP32), or with ``--task`` by a precision test on the
+user's file (FP32 / quantized BoolQ accuracy or SQuAD F1): either way lower is better and 1 is float.
 
 Per method variant (the config as given, then each of ``--methods`` while the target is not
 reached): calibrate once with the float cells kept, rank the Linears by sensitivity, and search the
@@ -22,6 +24,8 @@ from golden_ptq.commands.tune_trials import (FULL, REJECTED, Trial, TrialLog, ou
 
 BEST_DIR = "best"
 BASE_VARIANT = "config"
+#: the PrecisionTest result each --task is scored by (higher is better)
+TASK_METRICS = {"boolq": "accuracy", "squad1.1": "f1"}
 
 
 def default_reject_above(target: float) -> float:
@@ -40,7 +44,12 @@ def check_tune_args(args) -> None:
     if args.screen_windows is None:
         args.screen_windows = default_screen_windows(args.eval_windows)
     if not math.isfinite(args.target) or args.target <= 0:
-        raise ValueError(f"tune: --target {args.target} must be a finite perplexity ratio > 0")
+        raise ValueError(f"tune: --target {args.target} must be a finite score ratio > 0")
+    task = getattr(args, "task", "perplexity")
+    if task != "perplexity" and getattr(args, "dataset_path", None) is None:
+        raise ValueError(f"tune: --task {task} needs --dataset-path (the test's file; nothing is downloaded)")
+    if task == "perplexity" and getattr(args, "dataset_path", None) is not None:
+        raise ValueError("tune: --dataset-path is for --task boolq or squad1.1; perplexity is scored on --text")
     if args.eval_windows < 1:
         raise ValueError("tune: --eval-windows must be >= 1 (the full score needs windows)")
     if args.screen_windows >= args.eval_windows:
@@ -120,8 +129,8 @@ class VariantSearch:
         self.set_level(level)
         names = self.ranking[:level]
         floats = len(self.already) + level
-        screen = job.ratio(self.network, screen=True) if job.screen_tokens is not None else math.nan
-        if job.screen_tokens is not None and not screen <= job.reject_above:   # NaN: garbled too
+        screen = job.ratio(self.network, screen=True) if job.screen is not None else math.nan
+        if job.screen is not None and not screen <= job.reject_above:   # NaN: garbled too
             trial = Trial(self.label, level, floats, REJECTED, screen, None, False, names)
         else:
             score = job.ratio(self.network, screen=False)
@@ -146,11 +155,14 @@ class TuneJob:
         self.name = quant_config_name(self.config_path) + "-tuned"
         self.output = args.output or os.path.join(OUTPUT_ROOT, self.name)
         self.reject_above = args.reject_above if args.reject_above is not None else default_reject_above(args.target)
+        self.task = getattr(args, "task", "perplexity")
+        self.task_samples = getattr(args, "task_samples", 200) if self.task != "perplexity" else None
         settings = {"quant_config": self.config.to_dict(), "network_config": _file_text(args.network_config),
                     "text": _file_text(args.text), "target": args.target, "signal": args.signal,
                     "calib_samples": args.calib_samples, "seq_length": args.seq_length,
                     "eval_windows": args.eval_windows, "screen_windows": args.screen_windows,
-                    "reject_above": self.reject_above, "max_float": args.max_float,
+                    "reject_above": self.reject_above, "max_float": args.max_float, "task": self.task,
+                    "dataset": _file_text(getattr(args, "dataset_path", None)), "task_samples": self.task_samples,
                     "methods": [label for label, _ in self.variants]}
         os.makedirs(self.output, exist_ok=True)
         self.log = TrialLog(self.output, settings)
@@ -159,35 +171,58 @@ class TuneJob:
         self.calib = list(split_windows(self.tokenizer, "calibration", args.seq_length, args.calib_samples, args.text))
         val = split_windows(self.tokenizer, "validation", args.seq_length, args.eval_windows, args.text)
         self.val_tokens = val.reshape(-1)
-        self.screen_tokens = val[:args.screen_windows].reshape(-1) if args.screen_windows else None
+        #: what a candidate is screened on (None: no screen): the first validation windows' tokens, or with
+        #: --task the number of questions (the first quarter; none with --screen-windows 0)
+        if self.task == "perplexity":
+            self.screen = val[:args.screen_windows].reshape(-1) if args.screen_windows else None
+        else:
+            screen = self.task_samples // 4 if args.screen_windows else 0
+            self.screen = screen or None
         self.scored_now = 0
 
     def stage(self, text: str) -> None:
         self.stages.set_description(text[:22])
 
+    @property
+    def score_name(self) -> str:
+        return "perplexity" if self.task == "perplexity" else f"{self.task} {TASK_METRICS[self.task]}"
+
     def float_network(self):
         network = self.helper.create_network()
-        if "fp32_ppl" not in self.log.reference:   # the reference scores, once per output folder
-            from golden_ptq.eval.perplexity import perplexity
-            self.stage("FP32 perplexity")
-            seq, batch = self.args.seq_length, self.args.batch_size
-            self.log.reference["fp32_ppl"] = perplexity(network, self.val_tokens, seq, batch_size=batch)
-            if self.screen_tokens is not None:
-                self.log.reference["fp32_screen_ppl"] = perplexity(network, self.screen_tokens, seq, batch_size=batch)
+        if "fp32_score" not in self.log.reference:   # the reference scores, once per output folder
+            self.stage(f"FP32 {self.score_name}"[:22])
+            self.log.reference["fp32_score"] = self._score(network, screen=False)
+            if self.screen is not None:
+                self.log.reference["fp32_screen_score"] = self._score(network, screen=True)
             self.log.save()
         return network
 
+    def _score(self, network, screen: bool) -> float:
+        """Perplexity of the validation windows, or the precision test's metric (the screen: its first part)."""
+        if self.task == "perplexity":
+            from golden_ptq.eval.perplexity import perplexity
+            tokens = self.screen if screen else self.val_tokens
+            return perplexity(network, tokens, self.args.seq_length, batch_size=self.args.batch_size)
+        from golden_ptq.eval.precision_test import PrecisionTest
+        samples = self.screen if screen else self.task_samples
+        result = PrecisionTest(network, self.tokenizer, self.task, batch_size=self.args.batch_size,
+                               dataset_path=self.args.dataset_path, n_samples=samples,
+                               seq_length=self.args.seq_length, verbose=False).test()
+        return float(result[TASK_METRICS[self.task]])
+
     def ratio(self, network, screen: bool) -> float:
-        from golden_ptq.eval.perplexity import perplexity
-        tokens = self.screen_tokens if screen else self.val_tokens
-        reference = self.log.reference["fp32_screen_ppl" if screen else "fp32_ppl"]
-        return perplexity(network, tokens, self.args.seq_length, batch_size=self.args.batch_size) / reference
+        """The trial's score against FP32's: lower is better, 1 is the float model."""
+        reference = self.log.reference["fp32_screen_score" if screen else "fp32_score"]
+        score = self._score(network, screen)
+        if self.task == "perplexity":
+            return score / reference
+        return reference / score if score > 0 else math.inf   # accuracy / F1: higher is better
 
     def save_best(self, search: VariantSearch) -> None:
         from golden_ptq.commands.common import report_writers
         from golden_ptq.deploy import save_quantized
         best = self.log.best
-        facts = [f"golden-ptq tune: {best.variant}, {best.floats} float Linear(s), validation perplexity ratio "
+        facts = [f"golden-ptq tune: {best.variant}, {best.floats} float Linear(s), {self.score_name} ratio "
                  f"{best.score:.6g} (target {self.args.target:g})"]
         report = report_writers(search.ptq, f"golden-ptq tune: {self.name}", facts)["report.md"]  # no chart: every trial
         save_quantized(search.network, search.ptq, os.path.join(self.output, BEST_DIR), tokenizer=self.tokenizer,
@@ -230,8 +265,10 @@ class TuneJob:
         screens = sum(t.kind == REJECTED for t in self.log.trials)
         comparison = (f"full evaluations: {ours} (plus {screens} candidate(s) rejected on {self.args.screen_windows} "
                       f"screen window(s)); msModelSlim standing_high on the same outcomes: {standing}")
-        facts = [f"target perplexity ratio {self.args.target:g} on {self.val_tokens.size} validation tokens "
-                 f"(FP32 perplexity {self.log.reference.get('fp32_ppl', float('nan')):.4f}): {verdict}",
+        scored_on = (f"{self.val_tokens.size} validation tokens" if self.task == "perplexity"
+                     else f"{self.task_samples} questions of {self.args.dataset_path}")
+        facts = [f"target {self.score_name} ratio {self.args.target:g} on {scored_on} "
+                 f"(FP32 {self.score_name} {self.log.reference.get('fp32_score', float('nan')):.4f}): {verdict}",
                  comparison,
                  f"standing_high: level 0, then a binary search of the rollback level over the ranked Linears, "
                  f"one full evaluation each, per method tried; its pass/fail at a level this run did not score is "
@@ -241,8 +278,11 @@ class TuneJob:
             facts.append(f"best: {best.variant}, {best.floats} float Linear(s), ratio {best.score:.6g}: "
                          f"{', '.join(best.names) or '-'}")
         png = importlib.util.find_spec("matplotlib") is not None
-        paths = write_tune_report(self.output, self.log, facts, png=png)
-        lines = [f"tuned {quant_config_name(self.config_path)}: target ratio {self.args.target:g} {verdict}"]
+        label = ("perplexity ratio to FP32 (validation)" if self.task == "perplexity"
+                 else f"FP32 / quantized {self.score_name}")
+        paths = write_tune_report(self.output, self.log, facts, png=png, score_label=label)
+        lines = [f"tuned {quant_config_name(self.config_path)}: target {self.score_name} ratio {self.args.target:g} "
+                 f"{verdict}"]
         if best is not None:
             lines.append(f"best: {best.variant}, ratio {best.score:.4f} with {best.floats} float Linear layer(s)")
         lines += [comparison, f"trials: {len(self.log.trials)} ({self.scored_now} scored in this run"

@@ -14,7 +14,8 @@ def _fmt(value) -> str:
     return "" if value is None else f"{value:.6g}"
 
 
-def write_tune_report(folder: str, log: TrialLog, facts: List[str], png: bool = True) -> Dict[str, str]:
+def write_tune_report(folder: str, log: TrialLog, facts: List[str], png: bool = True,
+                      score_label: str = "perplexity ratio to FP32 (validation)") -> Dict[str, str]:
     """Write ``tune_report.md`` (facts, then one row per trial in the order they ran) and, with
     ``png``, ``tune_trials.png``. Returns the written paths by kind."""
     from golden_ptq.io.atomic import atomic_write, atomic_write_text
@@ -33,11 +34,12 @@ def write_tune_report(folder: str, log: TrialLog, facts: List[str], png: bool = 
     atomic_write_text(paths["markdown"], "\n".join(lines) + "\n")
     if png:
         paths["png"] = os.path.join(folder, CHART_FILE)
-        atomic_write(paths["png"], lambda tmp: trial_chart(log.trials, log.best, target, tmp))
+        atomic_write(paths["png"], lambda tmp: trial_chart(log.trials, log.best, target, tmp, score_label))
     return paths
 
 
-def trial_chart(trials: List[Trial], best, target: float, path: str) -> None:
+def trial_chart(trials: List[Trial], best, target: float, path: str,
+                score_label: str = "perplexity ratio to FP32 (validation)") -> None:
     """Each trial's ratio against its number of float Linears (full score; a rejected trial at its
     screen score, hollow), the target as a line, the saved best ringed."""
     try:
@@ -60,7 +62,7 @@ def trial_chart(trials: List[Trial], best, target: float, path: str) -> None:
         axis.scatter([best.floats], [best.score], s=220, facecolors="none", edgecolors="black", label="best (saved)")
     axis.axhline(target, color="gray", linestyle="--", label=f"target {target:g}")
     axis.set_xlabel("float Linear layers")
-    axis.set_ylabel("perplexity ratio to FP32 (validation)")
+    axis.set_ylabel(score_label)
     axis.set_title("golden-ptq tune: each trial")
     axis.legend(fontsize=7)
     fig.tight_layout()
