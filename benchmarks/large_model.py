@@ -3,6 +3,7 @@
     python benchmarks/large_model.py --layers 2 --json                  # CI-sized: 2 decoder layers
     python benchmarks/large_model.py --json                             # the full 32 layers (13.4 GB bf16)
     python benchmarks/large_model.py --synthetic-quantized --steps deploy --json  # DEPLOY a synthetic int8 folder
+    python benchmarks/large_model.py --float default --steps static,deploy,tp2 --json  # the same steps on SmolLM2
 
 Steps (``--steps``, comma separated; default all):
 
@@ -194,8 +195,8 @@ def write_synthetic_quantized(folder: str, layers: int, kind: str = "static", se
 # ----- quantize -----------------------------------------------------------------------------------
 def calibration_rows(folder: str, samples: int, length: int):
     from golden_ptq.eval.corpus import corpus_windows
-    from golden_ptq.networks.tokenizer import Tokenizer
-    windows = corpus_windows(Tokenizer.from_hf_dir(folder), "calibration", length, samples)
+    from golden_ptq.streaming.float_source import open_float_source
+    windows = corpus_windows(open_float_source(folder).tokenizer(), "calibration", length, samples)
     return [np.asarray(window)[None] for window in windows]
 
 
@@ -217,7 +218,8 @@ def quantize(float_folder: str, output: str, kind: str, samples: int, length: in
         from golden_ptq import PTQ
         from golden_ptq.deploy import save_quantized
         from golden_ptq.networks.helper import NetworkHelper
-        helper = NetworkHelper({"model": {"source": "hf", "path": float_folder}})
+        source = "gguf" if float_folder.endswith(".gguf") else "hf"
+        helper = NetworkHelper({"model": {"source": source, "path": float_folder}})
         network = helper.create_network()
         ptq = PTQ(config, calib_batch_size=batch)
         ptq.apply(network, helper, rows)
@@ -226,7 +228,8 @@ def quantize(float_folder: str, output: str, kind: str, samples: int, length: in
         summary = ptq.summary() if hasattr(ptq, "summary") else None
         path = "in-memory"
     seconds = time.time() - start
-    layers = json.load(open(os.path.join(float_folder, "config.json")))["num_hidden_layers"]
+    from golden_ptq.streaming.float_source import open_float_source
+    layers = open_float_source(float_folder).config.num_layers
     return {"available": True, "path": path, "calib_batch_size": batch, "quantize_s": round(seconds, 1),
             "quantize_s_per_layer": round(seconds / layers, 1), "output_bytes": folder_bytes(output),
             "calibration_tokens": sum(int(r.size) for r in rows), "summary": str(summary)[:2000] if summary else None}
@@ -368,6 +371,9 @@ def child_main(step: str, spec_path: str) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--layers", type=int, default=32, help="decoder layers (32: Llama-2-7B; 2: CI-sized)")
+    parser.add_argument("--float", dest="float_model", default=None,
+                        help="quantize this float model (HF folder or GGUF; 'default': the embedded SmolLM2) "
+                             "instead of writing the synthetic one (the write step is skipped)")
     parser.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated subset of {list(STEPS)}")
     parser.add_argument("--workdir", default=None, help="where the folders go (default: a new /tmp folder)")
     parser.add_argument("--keep", action="store_true", help="keep the folders (default: delete them at the end)")
@@ -399,9 +405,19 @@ def main(argv=None) -> int:
     workdir = args.workdir or tempfile.mkdtemp(prefix="large_model_", dir="/tmp")
     os.makedirs(workdir, exist_ok=True)
     paths = {name: os.path.join(workdir, name) for name in ("float", "static", "dynamic", "tp2", "synthetic")}
+    if args.float_model:
+        from golden_ptq.networks.default_model import default_gguf_path
+        paths["float"] = default_gguf_path() if args.float_model == "default" else os.path.abspath(args.float_model)
+        steps = [s for s in steps if s != "write"]
+        if args.tp_source == "split" or args.synthetic_quantized:
+            parser.error("--float: --tp-source split and --synthetic-quantized need the synthetic model's shape")
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu, "cores": os.cpu_count(),
               "layers": args.layers, "shape": SHAPE, "calibration": f"{args.samples} x {args.length} tokens"}
+    if args.float_model:
+        from golden_ptq.streaming.float_source import open_float_source
+        source_config = open_float_source(paths["float"]).config
+        report.update(model=paths["float"], layers=source_config.num_layers, shape=source_config.to_dict())
 
     def say(name, result):
         print(f"[{name}] " + json.dumps(result), flush=True)
@@ -460,7 +476,7 @@ def main(argv=None) -> int:
                 shutil.rmtree(merged, ignore_errors=True)
     finally:
         if not args.keep:
-            for name in ("float", "static", "dynamic", "tp2", "synthetic"):
+            for name in ("static", "dynamic", "tp2", "synthetic") + (() if args.float_model else ("float",)):
                 shutil.rmtree(paths[name], ignore_errors=True)
             if args.workdir is None:
                 shutil.rmtree(workdir, ignore_errors=True)
