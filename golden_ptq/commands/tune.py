@@ -271,8 +271,8 @@ class TuneJob:
                  f"(FP32 {self.score_name} {self.log.reference.get('fp32_score', float('nan')):.4f}): {verdict}",
                  comparison,
                  "standing_high: level 0, then a binary search of the rollback level over the ranked Linears, "
-                 f"one full evaluation each, per method tried; its pass/fail at a level this run did not score is "
-                 f"inferred from the smallest passing level found (more float layers never hurt)",
+                 "one full evaluation each, per method tried; its pass/fail at a level this run did not score is "
+                 "inferred from the smallest passing level found (more float layers never hurt)",
                  f"methods tried: {', '.join(found)}; screen rejects above ratio {self.reject_above:g}"]
         if best is not None:
             facts.append(f"best: {best.variant}, {best.floats} float Linear(s), ratio {best.score:.6g}: "
