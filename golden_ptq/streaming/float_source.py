@@ -54,7 +54,7 @@ class FloatSource:
         if self._fetch_rows is None:
             yield 0, np.ascontiguousarray(self._fetch(name), dtype=np.float32)
             return
-        rows, cols = self._shape_of(name)
+        rows, cols = self.shape(name)
         step = max(1, (block_bytes or BLOCK_BYTES) // (4 * max(1, cols)))
         for start in range(0, rows, step):
             yield start, np.ascontiguousarray(self._fetch_rows(name, start, min(rows, start + step)), dtype=np.float32)
@@ -133,8 +133,8 @@ def _named_source(path: str, tensors, model_config: Optional[LlamaConfig]) -> Fl
 
 
 def _row_reads(tensors, stored: Callable[[str], str]) -> dict:
-    """``shape_of`` / ``fetch_rows`` for a reader that reads row ranges (safetensors), else nothing."""
-    if not hasattr(tensors, "get_rows"):
-        return {}
-    return {"shape_of": lambda name: tensors.shape(stored(name)) if stored(name) in tensors else None,
-            "fetch_rows": lambda name, start, stop: tensors.get_rows(stored(name), start, stop)}
+    """``shape_of`` from a reader's index, and ``fetch_rows`` when it reads row ranges (safetensors)."""
+    reads = {"shape_of": lambda name: tensors.shape(stored(name)) if stored(name) in tensors else None}
+    if hasattr(tensors, "get_rows"):
+        reads["fetch_rows"] = lambda name, start, stop: tensors.get_rows(stored(name), start, stop)
+    return reads
