@@ -9,11 +9,11 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: Small settings for the command-line jobs (the CLI appends $GOLDEN_PTQ_<JOB>_ARGS to a job's options).
 SMALL = {
-    "GOLDEN_PTQ_QUANTIZE_ARGS": "--calib-samples 2 --eval-windows 2 --seq-length 128 --quiet",
-    "GOLDEN_PTQ_EVAL_ARGS": "--eval-windows 2 --seq-length 128 --quiet",
+    "GOLDEN_PTQ_QUANTIZE_ARGS": "--calib-samples 1 --eval-windows 1 --seq-length 64 --quiet",
+    "GOLDEN_PTQ_EVAL_ARGS": "--eval-windows 1 --seq-length 64 --quiet",
     "GOLDEN_PTQ_GENERATE_ARGS": "--max-new-tokens 4 --quiet",
-    "GOLDEN_PTQ_ANALYZE_ARGS": "--calib-samples 2 --seq-length 128 --quiet",
-    "GOLDEN_PTQ_TUNE_ARGS": "--calib-samples 2 --eval-windows 2 --seq-length 128 --quiet",
+    "GOLDEN_PTQ_ANALYZE_ARGS": "--calib-samples 1 --seq-length 64 --quiet",
+    "GOLDEN_PTQ_TUNE_ARGS": "--calib-samples 1 --eval-windows 2 --seq-length 64 --quiet",
 }
 
 
