@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from golden_ptq import PTQ, PTQConfig
+from golden_ptq.algorithm.modules import smooth_transform
 from golden_ptq.algorithm.modules.rotation import RotatedStructure, RotationModule
 from golden_ptq.algorithm.modules.smooth import MappingStats
 from golden_ptq.algorithm.modules.smooth_transform import (PreTransformStats, transform_weight,
@@ -23,7 +24,9 @@ I8 = ms.int8
 ONLINE_SMOOTH = {"rotation_online_smooth": True, "alpha_grid": 3, "beta_grid": 2, "search_rows": 64}
 
 
-def test_pre_transform_stats_match_numpy():
+@pytest.mark.parametrize("chunk", [1024, 3])   # rows transformed at a time: the result does not depend on it
+def test_pre_transform_stats_match_numpy(monkeypatch, chunk):
+    monkeypatch.setattr(smooth_transform, "ROW_CHUNK", chunk)
     rng = np.random.RandomState(0)
     transform = OnlineHadamard(64)
     t = online_matrix(64)

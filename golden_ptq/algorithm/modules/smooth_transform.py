@@ -29,6 +29,7 @@ from golden_ptq.quant_cells.linear import QuantLinear
 from golden_ptq.quant_math.functions import fake_quantize_act, fake_quantize_per_token
 
 EXTREME_ROWS = 64   # rows of largest max |u| kept for the static range of each candidate
+ROW_CHUNK = 1024    # rows of a calibration batch transformed at a time
 
 
 class PreTransformStats:
@@ -43,7 +44,10 @@ class PreTransformStats:
         self.peaks = np.zeros(0)
 
     def __call__(self, x2: np.ndarray) -> None:
-        u = self.transform.apply_numpy(x2)
+        for start in range(0, x2.shape[0], ROW_CHUNK):   # a bounded float64 working set
+            self._update(self.transform.apply_numpy(x2[start:start + ROW_CHUNK]))
+
+    def _update(self, u: np.ndarray) -> None:
         lo, hi = u.min(axis=0), u.max(axis=0)
         self.minimum = lo if self.minimum is None else np.minimum(self.minimum, lo)
         self.maximum = hi if self.maximum is None else np.maximum(self.maximum, hi)
