@@ -14,6 +14,7 @@ so each config runs the model once.
 
     python benchmarks/accuracy.py --windows 4 --calib-samples 2 --configs a16w8      # smoke
     python benchmarks/accuracy.py --windows 16 --json runs/accuracy.json             # the table
+    python benchmarks/accuracy.py --split validation --offset 20 --windows 8         # another held-out slice
 """
 from __future__ import annotations
 
@@ -118,6 +119,9 @@ def main(argv=None) -> int:
     parser.add_argument("--windows", type=int, default=16, help="evaluation windows (default 16)")
     parser.add_argument("--seq-length", type=int, default=512)
     parser.add_argument("--calib-samples", type=int, default=16, help="calibration windows (default 16, as the CLI)")
+    parser.add_argument("--split", default="evaluation", choices=("evaluation", "validation"),
+                        help="held-out split of the packaged text (default evaluation; validation: the middle 30%%)")
+    parser.add_argument("--offset", type=int, default=0, help="skip this many held-out windows first (default 0)")
     parser.add_argument("--json", default=None, help="also write the rows here")
     args = parser.parse_args(argv)
     configs = args.configs or shipped_configs()
@@ -127,11 +131,15 @@ def main(argv=None) -> int:
     weights = {name: p.asnumpy() for name, p in network.parameters_and_names()}
     model_config = network.config
     seq = args.seq_length
-    windows = corpus_windows(tokenizer, "evaluation", seq, args.windows)
+    windows = corpus_windows(tokenizer, args.split, seq, args.offset + args.windows)[args.offset:]
+    if len(windows) < args.windows:
+        raise SystemExit(f"--offset {args.offset} --windows {args.windows}: the {args.split} split has only "
+                         f"{args.offset + len(windows)} windows of {seq} tokens")
     calib = list(corpus_windows(tokenizer, "calibration", seq, args.calib_samples))
     command = "python benchmarks/accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:])
     header = (f"{command}\ndate {datetime.date.today().isoformat()}, CPU {cpu_name()} ({os.cpu_count()} cores); "
-              f"held-out: {len(windows)} x {seq} tokens of the evaluation split; calibration: {len(calib)} x {seq} "
+              f"held-out: {len(windows)} x {seq} tokens of the {args.split} split (from window {args.offset}); "
+              f"calibration: {len(calib)} x {seq} "
               f"tokens of the calibration split")
     print(header, flush=True)
     rows = []

@@ -30,14 +30,15 @@ ALGO_ARGS = {
     "static_scale_dtype": "float32",  # "float16": static input scales rounded up to fp16 values (MindIE stores fp16)
     "rotation_seed": 0,       # rotation: seed of the random signs of the residual-stream Hadamard
     "rotation_online": True,  # rotation: also an online block Hadamard before feed_forward.w2
+    "rotation_online_smooth": False,  # rotation_online: still smooth w3 -> w2, on the channels before it
 }
-# allowed [min, max] of the integer / float algo_args; gptq_act_order and rotation_online are bools
+# allowed [min, max] of the integer / float algo_args; _BOOL_ARGS are bools
 ALGO_ARG_RANGES = {"alpha_grid": (2, 1000), "beta_grid": (2, 1000), "awq_grid": (2, 1000),
                    "awq_clip_grid": (2, 1000), "search_rows": (2, 10_000_000), "hist_bins": (16, 1 << 20),
                    "gptq_block_size": (1, 1 << 16), "rotation_seed": (0, (1 << 32) - 1), "smooth_alpha": (0.0, 1.0),
                    "gptq_damp_percent": (1e-6, 1.0)}
 _FLOAT_ARGS = ("smooth_alpha", "gptq_damp_percent")
-_BOOL_ARGS = ("gptq_act_order", "rotation_online")
+_BOOL_ARGS = ("gptq_act_order", "rotation_online", "rotation_online_smooth")
 _CHOICE_ARGS = {"static_scale_dtype": ("float32", "float16")}
 ROLLBACK_SIGNALS = ("range_parm", "output_error")
 _LEVEL = re.compile(r"^L(\d+)$")
@@ -205,6 +206,9 @@ class PTQConfig:
             if self.weight_quant_dtype is None:
                 raise ConfigError(f"{owner} {code!r} works on quantized weights; set weight_quant_dtype=int8")
             check_scheme(code, W8A8 if self.act_quant_dtype is not None else WEIGHT_ONLY, owner)
+        if self.arg("rotation_online_smooth") and not self.arg("rotation_online"):
+            raise ConfigError("PTQConfig.algo_args['rotation_online_smooth']: true smooths w3 -> w2 through the "
+                              "online Hadamard and needs algo_args['rotation_online']: true")
         if self.act_method not in (1, 2, 3):
             raise ConfigError(f"PTQConfig.act_method: {self.act_method!r} not allowed; allowed: 1 (min-max), "
                               f"2 (histogram), 3 (hybrid)")

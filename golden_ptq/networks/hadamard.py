@@ -121,3 +121,10 @@ class OnlineHadamard(nn.Cell):
         shape = x.shape
         y = ops.matmul(x.reshape(-1, self.block), self.matrix)
         return y.reshape(shape)
+
+    def apply_numpy(self, x: np.ndarray) -> np.ndarray:
+        """``x T`` in float64 on the last axis (numpy; what ``construct`` computes). ``T`` is symmetric
+        and orthogonal, so it is its own inverse: ``apply_numpy`` also undoes itself."""
+        x = np.asarray(x, np.float64)
+        block = sylvester(self.block) / np.sqrt(self.block)
+        return (x.reshape(-1, self.block) @ block).reshape(x.shape)

@@ -17,13 +17,17 @@ class SmoothMapping:
     ``kv_grouped``: ``smooth`` produces KV-head channels that feed ``num_heads / num_kv_heads``
     query heads each (``wv`` -> ``wo`` under GQA), so one scale serves each group.
     ``value_cache``: the KV cache whose stored values ``smooth`` produces (their statistics
-    change with the fold).
+    change with the fold). ``transform``: a run-time transform cell between ``smooth`` and the
+    balance layers (an orthogonal ``T`` with ``apply_numpy``, e.g. the rotation's online Hadamard
+    before ``w2``): the balance layers read ``(smooth output) T``, and the scale is applied on the
+    channels before ``T`` (balance weights become ``W Tᵀ diag(s) T``).
     """
 
     smooth: str
     balance: Tuple[str, ...]
     kv_grouped: bool = False
     value_cache: Optional[str] = None
+    transform: Optional[str] = None
 
 
 LLAMA_SMOOTH_MAPPINGS: Tuple[SmoothMapping, ...] = (

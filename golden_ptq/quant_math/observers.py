@@ -26,10 +26,16 @@ class MinMaxObserver:
         self.maximum: Optional[np.ndarray] = None
         self.rows = 0
         self.shards = None
+        self.stale = False   # the observed tensor changed in a way the statistics cannot follow
 
     def reset(self) -> None:
         """Forget everything seen (before observing the same layer again)."""
-        self.minimum, self.maximum, self.rows = None, None, 0
+        self.minimum, self.maximum, self.rows, self.stale = None, None, 0, False
+
+    def invalidate(self) -> None:
+        """The observed tensor changed in a way no per-channel rescale describes (e.g. a fold through
+        an orthogonal transform): the layer must be observed again (PTQ does it after the module)."""
+        self.stale = True
 
     def update(self, x: np.ndarray) -> None:
         x = np.asarray(x, dtype=np.float32)
@@ -58,6 +64,9 @@ class MinMaxObserver:
 
     def tensor_range(self):
         self._require()
+        if self.stale:
+            raise RuntimeError(f"{type(self).__name__}: the observed tensor changed since it was observed; "
+                               f"observe the layer again")
         lo, hi = float(self.minimum.min()), float(self.maximum.max())
         if self.shards is not None:
             lo, hi = float(self.shards.min(np.array([lo]))[0]), float(self.shards.max(np.array([hi]))[0])
@@ -107,11 +116,10 @@ class HistogramObserver(MinMaxObserver):
         self.symmetric, self.bins, self.candidates = symmetric, bins, candidates
         self.counts: Optional[np.ndarray] = None
         self.edges = (0.0, 0.0)
-        self.stale = False
 
     def reset(self) -> None:
         super().reset()
-        self.counts, self.edges, self.stale = None, (0.0, 0.0), False
+        self.counts, self.edges = None, (0.0, 0.0)
 
     def update(self, x: np.ndarray) -> None:
         super().update(x)

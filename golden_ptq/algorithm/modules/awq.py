@@ -26,6 +26,7 @@ import numpy as np
 from golden_ptq.algorithm.modules.base import INPUT_ROWS, AlgoModule, LayerContext, MethodDeclaration, config_arg
 from golden_ptq.algorithm.modules.smooth import MappingStats, fold_smoothing, mapping_statistics
 from golden_ptq.algorithm.modules.smooth_search import mapping_input, quantized_output_error, reference_outputs
+from golden_ptq.algorithm.modules.smooth_transform import refuse_transform
 from golden_ptq.config.method_names import ANTI_OUTLIER, WEIGHT_ONLY
 from golden_ptq.networks.structure import SmoothMapping
 from golden_ptq.quant_cells.linear import QuantLinear
@@ -59,6 +60,7 @@ class AWQModule(AlgoModule):
         if ctx.layer is None:
             return
         for mapping in (self.mappings if self.mappings is not None else ctx.structure.smooth_mappings):
+            refuse_transform(mapping, self.method.label)
             stats = mapping_statistics(ctx, mapping, needs_act=False)
             if stats is None:
                 continue

@@ -22,7 +22,11 @@ RMSNorm commutes with ``Q`` once its weight ``g`` is folded into the Linears it 
 
 With that online transform, the smoothing methods that run after the rotation (``anti_method``)
 see the layer structure without the ``feed_forward.w3 -> w2`` mapping: a per-channel scale moved across ``T`` would not
-cancel (``T`` mixes the channels), so that pair is not smoothed (:class:`RotatedStructure`).
+cancel (``T`` mixes the channels), so that pair is not smoothed (:class:`RotatedStructure`) — unless
+``algo_args['rotation_online_smooth']``: then the mapping is kept with the transform named, and m1 /
+m2 / m6 smooth the channels *before* ``T`` (w3 rows / s, w2 takes ``(W T) diag(s) T``; see
+:mod:`golden_ptq.algorithm.modules.smooth_transform`). Nothing new is deployed: the fold changes
+only float weights.
 
 A tied ``lm_head`` (SmolLM2) is untied: it becomes ``W diag(g_out) Q``, no longer the embedding
 table, so the network's config says ``tie_word_embeddings: False`` and a saved checkpoint carries
@@ -48,14 +52,23 @@ METHOD = "rotation 'hadamard'"
 ONLINE_TRANSFORMED = ("feed_forward.w2",)   # Linears whose input passes an online transform after rotation
 
 
-class RotatedStructure:
-    """A layer structure as the methods after a rotation see it: ``smooth_mappings`` without those
-    whose balance layers read through an online transform; everything else is ``inner``'s."""
+ONLINE_TRANSFORM = "feed_forward.down_transform"   # the cell holding that transform
 
-    def __init__(self, inner):
+
+class RotatedStructure:
+    """A layer structure as the methods after a rotation see it: the mappings whose balance layers
+    read through the online transform are left out, or (``smooth_online``) kept with the transform
+    named (``SmoothMapping.transform``: the scale acts before it); everything else is ``inner``'s."""
+
+    def __init__(self, inner, smooth_online: bool = False):
         self.inner = inner
-        self.smooth_mappings = tuple(m for m in inner.smooth_mappings
-                                     if not any(b in ONLINE_TRANSFORMED for b in m.balance))
+        mappings = []
+        for m in inner.smooth_mappings:
+            if not any(b in ONLINE_TRANSFORMED for b in m.balance):
+                mappings.append(m)
+            elif smooth_online:
+                mappings.append(dataclasses.replace(m, transform=ONLINE_TRANSFORM))
+        self.smooth_mappings = tuple(mappings)
 
     def __getattr__(self, name: str):
         if name == "inner":   # not set yet (a copy being built): no recursion
@@ -216,15 +229,19 @@ class RotationModule(AlgoModule):
 
     method = MethodDeclaration(
         name="hadamard", alias=None, role=ROTATION, schemes=(WEIGHT_ONLY, W8A8), needs=(WEIGHTS,),
-        algo_args=("rotation_seed", "rotation_online"), tp=False,
+        algo_args=("rotation_seed", "rotation_online", "rotation_online_smooth"), tp=False,
         tp_note="not implemented for sharded networks, in QUANTIZE or DEPLOY; run rotated models at TP size 1")
 
-    def __init__(self, seed: int = 0, online: bool = True):
-        self.seed, self.online = int(seed), bool(online)
+    def __init__(self, seed: int = 0, online: bool = True, online_smooth: bool = False):
+        if online_smooth and not online:
+            raise ValueError("RotationModule: online_smooth (algo_args.rotation_online_smooth) smooths through the "
+                             "online transform and needs online=True (algo_args.rotation_online)")
+        self.seed, self.online, self.online_smooth = int(seed), bool(online), bool(online_smooth)
 
     @classmethod
     def from_config(cls, config=None) -> "RotationModule":
-        return cls(seed=int(config_arg(config, "rotation_seed")), online=bool(config_arg(config, "rotation_online")))
+        return cls(seed=int(config_arg(config, "rotation_seed")), online=bool(config_arg(config, "rotation_online")),
+                   online_smooth=bool(config_arg(config, "rotation_online_smooth")))
 
     def prepare_network(self, network: nn.Cell, quantize: bool) -> None:
         if quantize:
@@ -236,7 +253,7 @@ class RotationModule(AlgoModule):
 
     def _restrict(self, ctx: LayerContext) -> None:
         if self.online and ctx.structure is not None and not isinstance(ctx.structure, RotatedStructure):
-            ctx.structure = RotatedStructure(ctx.structure)
+            ctx.structure = RotatedStructure(ctx.structure, self.online_smooth)
 
     def process(self, ctx: LayerContext) -> None:
         """The weights were rotated before calibration; per layer, the modules after this one (it
@@ -247,4 +264,4 @@ class RotationModule(AlgoModule):
         self._restrict(ctx)
 
     def __repr__(self) -> str:
-        return f"RotationModule(seed={self.seed}, online={self.online})"
+        return f"RotationModule(seed={self.seed}, online={self.online}, online_smooth={self.online_smooth})"

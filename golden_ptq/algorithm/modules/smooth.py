@@ -6,6 +6,8 @@ For each declared mapping ``smooth -> balance``, ``s_j = max|X_j|^alpha / max|W_
 * RMSNorm ``smooth`` (attention_norm -> wq/wk/wv, ffn_norm -> w1/w3): norm weight / s;
 * Linear ``smooth`` (w3 -> w2; wv -> wo): rows (and bias) of the smooth layer / s. Under GQA,
   channels of wo's input that read the same KV head share one scale (max over the group).
+* a mapping through a run-time transform (w3 -> online Hadamard -> w2 after rotation): the scale
+  acts on the channels before the transform (``smooth_transform.py``).
 
 Balance columns are multiplied by s. Observer statistics are rescaled in place, so the Quantize
 module sees the smoothed ranges without another calibration pass (histogram observers, which
@@ -24,6 +26,8 @@ import numpy as np
 from mindspore import Tensor
 
 from golden_ptq.algorithm.modules.base import ACTIVATION_RANGES, AlgoModule, LayerContext, MethodDeclaration, config_arg
+from golden_ptq.algorithm.modules.smooth_transform import (check_unsharded, fold_balance_through, pre_transform_stats,
+                                                           pre_transform_weight)
 from golden_ptq.config.method_names import ANTI_OUTLIER, W8A8
 from golden_ptq.networks.layers import Linear, RMSNorm
 from golden_ptq.networks.structure import SmoothMapping
@@ -47,6 +51,8 @@ class MappingStats:
     weight_max: np.ndarray
     expand: np.ndarray
     smooth_cell: object
+    transform: object = None            # the mapping's run-time transform cell (``smooth_transform.py``)
+    extreme: Optional[np.ndarray] = None   # with a transform: the rows of largest max |u| before it
 
 
 def mapping_statistics(ctx: LayerContext, mapping: SmoothMapping, needs_act: bool = True) -> Optional[MappingStats]:
@@ -56,6 +62,8 @@ def mapping_statistics(ctx: LayerContext, mapping: SmoothMapping, needs_act: boo
     targets = [b for b in balance if isinstance(b, QuantLinear) and (b.spec.act if needs_act else b.spec.weight)]
     if not targets:
         return None
+    if mapping.transform is not None:
+        return _transform_statistics(ctx, mapping, balance, targets)
     observer = targets[0].input_observer
     if not observer.calibrated:
         raise RuntimeError(f"{ctx.name}: smoothing {mapping.smooth} -> {list(mapping.balance)} found no "
@@ -74,6 +82,17 @@ def mapping_statistics(ctx: LayerContext, mapping: SmoothMapping, needs_act: boo
     else:
         expand = np.arange(act.size)
     return MappingStats(balance, act, weight_max, expand, ctx.find(mapping.smooth))
+
+
+def _transform_statistics(ctx: LayerContext, mapping: SmoothMapping, balance: list, targets: list) -> MappingStats:
+    """Statistics of a mapping through a run-time transform: those of the channels before it."""
+    check_unsharded(ctx, balance, mapping)
+    transform = ctx.find(mapping.transform)
+    seen = pre_transform_stats(ctx, targets[0], transform)
+    act = np.maximum(np.abs(seen.minimum), np.abs(seen.maximum)).astype(np.float64)
+    weight_max = np.max([np.abs(pre_transform_weight(b, transform)).max(axis=0) for b in balance], axis=0)
+    return MappingStats(balance, act, weight_max, np.arange(act.size), ctx.find(mapping.smooth),
+                        transform=transform, extreme=seen.extreme)
 
 
 def _reduce_over_ranks(ctx: LayerContext, mapping: SmoothMapping, balance: list, act: np.ndarray,
@@ -130,6 +149,9 @@ def fold_smoothing(ctx: LayerContext, mapping: SmoothMapping, stats: MappingStat
     """Fold ``scale`` (per smooth channel): smooth cell / s, balance columns * s, observers rescaled."""
     _fold_into_smooth(stats.smooth_cell, scale, ctx.name, mapping.smooth, getattr(ctx.structure, "norm_types", ()))
     balance_scale = scale[stats.expand]
+    if stats.transform is not None:
+        fold_balance_through(stats, balance_scale)
+        return
     for cell in stats.balance:
         cell.weight.set_data(Tensor.from_numpy(_rescaled(cell.weight.asnumpy(), column_scale=balance_scale)))
         if isinstance(cell, QuantLinear) and cell.input_observer.calibrated:

@@ -11,7 +11,8 @@ with the layer's own weight quantizer ``Qw`` and activation quantizer ``Qa`` (st
 range from the observer's per-channel min/max after the rescale, or per-token). The identity
 ``s = 1`` is always a candidate, so the choice is never worse than not smoothing on this measure.
 Float balance layers (blacklisted or rolled back) compute exactly whatever ``s`` is and are not
-scored.
+scored. A mapping through a run-time transform (``smooth_transform.py``) is scored on the rows
+before the transform, with the quantized input ``Qa((X / s) T)`` (m2 and m6; m4 refuses it).
 
 m4 (Outlier Suppression+) also shifts: ``z_j = (max_j + min_j) / 2`` per channel makes each
 channel's range symmetric before scaling (``s`` uses the half-ranges). Where the shift goes: the
@@ -31,6 +32,8 @@ from golden_ptq.algorithm.modules.base import (ACTIVATION_RANGES, INPUT_ROWS, Al
                                                config_arg)
 from golden_ptq.algorithm.modules.smooth import (TP_SMOOTHING, MappingStats, fold_smoothing, mapping_statistics,
                                                 smoothing_scale)
+from golden_ptq.algorithm.modules.smooth_transform import (refuse_transform, transformed_output_error,
+                                                           transformed_reference)
 from golden_ptq.config.method_names import ANTI_OUTLIER, W8A8
 from golden_ptq.networks.structure import SmoothMapping
 from golden_ptq.parallel.context import all_reduce_max, all_reduce_min, all_reduce_sum_numpy
@@ -41,10 +44,12 @@ Candidate = Tuple[str, np.ndarray, Optional[np.ndarray]]   # (label, scale per s
 
 
 def mapping_input(ctx: LayerContext, mapping: SmoothMapping, stats: MappingStats) -> np.ndarray:
-    """The recorded calibration rows of the balance layers' (shared) input, float64."""
+    """The recorded calibration rows of the balance layers' (shared) input, float64 (with a run-time
+    transform: the rows before it)."""
     for rel in mapping.balance:
         if rel in ctx.inputs:
-            return ctx.inputs[rel].astype(np.float64)
+            rows = ctx.inputs[rel].astype(np.float64)
+            return rows if stats.transform is None else stats.transform.apply_numpy(rows)
     raise RuntimeError(f"{ctx.name}: no recorded inputs for {list(mapping.balance)}; the module needs "
                        f"needs_layer_inputs=True and a PTQ that records them")
 
@@ -58,6 +63,10 @@ def quantized_output_error(stats: MappingStats, x: np.ndarray, scale_e: np.ndarr
     output columns); a row-parallel layer's partial outputs are summed over the ranks first (each
     holds some input columns). Every rank gets the TP=1 value and so chooses the same candidate.
     """
+    if stats.transform is not None:
+        if shift_e is not None:
+            raise NotImplementedError("a channel shift cannot be folded through a run-time transform")
+        return transformed_output_error(stats, x, scale_e, refs)
     num = den = 0.0
     xs = x / scale_e[None, :]
     if shift_e is not None:
@@ -109,6 +118,8 @@ def _quantize_input(cell: QuantLinear, xs: np.ndarray, scale_e: np.ndarray, shif
 
 def reference_outputs(stats: MappingStats, x: np.ndarray) -> Dict[int, np.ndarray]:
     """Float outputs of the quantized balance layers on ``x`` (whole outputs of row-parallel ones)."""
+    if stats.transform is not None:
+        return transformed_reference(stats, x)
     return {id(c): _whole_output(c, x @ c.weight.asnumpy().astype(np.float64).T)
             for c in stats.balance if isinstance(c, QuantLinear)}
 
@@ -237,6 +248,7 @@ class OutlierSuppressionPlusModule(ScaleSearchModule):
         return (hi + lo) / 2.0, (hi - lo) / 2.0
 
     def candidates(self, ctx, mapping, stats):
+        refuse_transform(mapping, self.method.label)
         shift, half = self.channel_shift(ctx, mapping, stats)
         out = [("identity+shift", np.ones_like(stats.act), shift)]
         out += [(f"alpha={a:.2f}+shift", smoothing_scale(half, stats.weight_max, float(a)), shift) for a in self.alphas]
