@@ -134,6 +134,7 @@ _ENTRY_POINTS = {
     "a8w8_dynamic": ("GpQGemmDynamic", _float32),
     "a8w8_dynamic_absmax": ("GpQGemmDynamicAbsmax", _float32),
     "w8_gemm": ("GpW8Gemm", _float32),
+    "wg_gemm": ("GpWgGemm", _float32),
 }
 
 
