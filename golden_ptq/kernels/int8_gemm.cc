@@ -452,6 +452,11 @@ GP_AVX512 void VnniPanel(const uint8_t* au, int64_t lda, const int8_t* panel, in
   }
 }
 
+// Weight rows are fetched kPrefetchRows ahead: a row is a short stream (K bytes), which the hardware
+// prefetchers pick up too late when the weight does not fit in L2 (the 576 x 49152 head: 4x slower
+// than a float GEMV without this).
+constexpr int64_t kPrefetchRows = 16;
+
 // Splits [0, total) into ``parts`` nearly equal pieces.
 inline int64_t Cut(int64_t total, int parts, int i) { return total * i / parts; }
 
@@ -476,11 +481,19 @@ void I8Gemm(const Codes& codes, const int8_t* b, int64_t m_rows, int64_t n_cols,
       const int tasks = static_cast<int>(std::min<int64_t>(threads, blocks));
       pool.Run(tasks, [&](int t) {
         const int64_t n0 = Cut(blocks, tasks, t) * 4, n1 = std::min(n_cols, Cut(blocks, tasks, t + 1) * 4);
-        int64_t m = 0;
-        for (; m + 4 <= m_rows; m += 4) VnniDotRows<4>(au + m * lda, lda, b, k, n0, n1, ep.Rows(m));
-        if (m_rows - m == 1) VnniDotRows<1>(au + m * lda, lda, b, k, n0, n1, ep.Rows(m));
-        if (m_rows - m == 2) VnniDotRows<2>(au + m * lda, lda, b, k, n0, n1, ep.Rows(m));
-        if (m_rows - m == 3) VnniDotRows<3>(au + m * lda, lda, b, k, n0, n1, ep.Rows(m));
+        // Four weight rows at a time for all input rows (read from memory once), the rows
+        // kPrefetchRows ahead requested meanwhile (see WDot).
+        for (int64_t n = n0; n < n1; n += 4) {
+          const int64_t n_end = std::min(n + 4, n1);
+          const int64_t ahead = std::min(n + kPrefetchRows, n1), ahead_end = std::min(ahead + 4, n1);
+          const char* next = reinterpret_cast<const char*>(b + ahead * k);
+          for (int64_t off = 0; off < (ahead_end - ahead) * k; off += 64) _mm_prefetch(next + off, _MM_HINT_T0);
+          int64_t m = 0;
+          for (; m + 4 <= m_rows; m += 4) VnniDotRows<4>(au + m * lda, lda, b, k, n, n_end, ep.Rows(m));
+          if (m_rows - m == 1) VnniDotRows<1>(au + m * lda, lda, b, k, n, n_end, ep.Rows(m));
+          if (m_rows - m == 2) VnniDotRows<2>(au + m * lda, lda, b, k, n, n_end, ep.Rows(m));
+          if (m_rows - m == 3) VnniDotRows<3>(au + m * lda, lda, b, k, n, n_end, ep.Rows(m));
+        }
       });
       return;
     }
@@ -737,11 +750,6 @@ __attribute__((target("avx2,fma"))) void WDotColsAvx2(const float* x, int64_t k,
 
 // All input rows (in blocks of at most 8) against weight rows [n0, n1): the loop over weight rows is
 // outermost, so each group of four weight rows is read from memory once and reused from L1.
-// Weight rows are fetched kPrefetchRows ahead: a row is a short stream (K bytes), which the hardware
-// prefetchers pick up too late when the weight does not fit in L2 (the 576 x 49152 head: 4x slower
-// than a float GEMV without this).
-constexpr int64_t kPrefetchRows = 16;
-
 template <bool G, bool Avx512>
 void WDot(const float* x, const WeightQ& q, float* out, int64_t m_rows, int64_t n_cols, int64_t k, int64_t n0,
           int64_t n1) {

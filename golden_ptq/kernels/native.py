@@ -153,12 +153,6 @@ def native_ops() -> Optional[Dict[str, ops.Custom]]:
     return _STATE.ops
 
 
-def packed_float_kernels() -> bool:
-    """Whether the weight-only kernel is fast for many rows too (AVX-512); on AVX2 it wins only for
-    a few rows (decode), and many-row products are better served by MindSpore's float GEMM."""
-    return _STATE.lib is not None and _STATE.lib.gp_isa() >= 3
-
-
 def set_native_kernels(enabled: bool) -> None:
     """Switch the native kernels on (default) or off (the MindSpore-op route, e.g. for comparison)."""
     _STATE.enabled = bool(enabled)
