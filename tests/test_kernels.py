@@ -231,23 +231,25 @@ def test_group_kernel_rejects_a_group_size_that_does_not_match_the_scales():
         op(Tensor(x), Tensor(q), Tensor(scale), Tensor(zp), Tensor(np.array([20], np.int32))).asnumpy()
 
 
-def _ragged_group_network(config, bits):
-    """A tiny network quantized A16W{bits} in groups of 40 (hidden 64 = 40 + 24, intermediate 96 = 40 + 40 + 16)."""
+def _group_network(config, bits, group_size):
+    """A tiny network quantized A16W{bits} in groups (of 40: ragged, hidden 64 = 40 + 24 and intermediate
+    96 = 40 + 40 + 16; of 32: dividing both)."""
     network = LlamaForCausalLM(config, seed=3)
     network.set_train(False)
     rng = np.random.RandomState(0)
-    ptq = PTQ(PTQConfig(weight_quant_granularity=QuantGranularity.PER_GROUP, group_size=40, weight_symmetric=False,
-                        weight_bits=bits))
+    ptq = PTQ(PTQConfig(weight_quant_granularity=QuantGranularity.PER_GROUP, group_size=group_size,
+                        weight_symmetric=False, weight_bits=bits))
     ptq.apply(network, None, [rng.randint(0, config.vocab_size, 16) for _ in range(2)])
     ptq.convert(network)
     return network
 
 
 @needs_native
-@pytest.mark.parametrize("bits", [4, 8])
-def test_quantized_network_binds_the_native_group_kernel_and_matches_the_mindspore_route(tiny_config, bits):
+@pytest.mark.parametrize("bits,group_size", [(4, 40), (8, 40), (4, 32)])
+def test_quantized_network_binds_the_native_group_kernel_and_matches_the_mindspore_route(tiny_config, bits,
+                                                                                         group_size):
     tiny_config.num_layers = 1
-    network = _ragged_group_network(tiny_config, bits)
+    network = _group_network(tiny_config, bits, group_size)
     ids = np.random.RandomState(4).randint(0, tiny_config.vocab_size, (2, 9))
 
     def decode():
@@ -262,11 +264,12 @@ def test_quantized_network_binds_the_native_group_kernel_and_matches_the_mindspo
     assert layers and network.compiled_decode
     for layer in layers:
         assert layer.bound_kernel is kernels.native_ops()["wg_gemm"]
-        assert layer.kernel_extra.asnumpy().tolist() == [40]
+        assert layer.kernel_extra.asnumpy().tolist() == [group_size]
     kernels.set_native_kernels(False)
     try:
         route_logits = decode()   # rebinds: the MindSpore-op route, compiled into the graph
-        assert all(layer.bound_kernel is linear_kernels._w8a16_group and layer.kernel_extra == 40 for layer in layers)
+        assert all(layer.bound_kernel is linear_kernels._w8a16_group and layer.kernel_extra == group_size
+                   for layer in layers)
         assert network.compiled_decode
     finally:
         kernels.set_native_kernels(True)
