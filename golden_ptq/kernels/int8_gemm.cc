@@ -452,6 +452,11 @@ GP_AVX512 void VnniPanel(const uint8_t* au, int64_t lda, const int8_t* panel, in
   }
 }
 
+// Weight rows are fetched kPrefetchRows ahead: a row is a short stream (K bytes), which the hardware
+// prefetchers pick up too late when the weight does not fit in L2 (the 576 x 49152 head: 4x slower
+// than a float GEMV without this).
+constexpr int64_t kPrefetchRows = 16;
+
 // Splits [0, total) into ``parts`` nearly equal pieces.
 inline int64_t Cut(int64_t total, int parts, int i) { return total * i / parts; }
 
@@ -476,11 +481,19 @@ void I8Gemm(const Codes& codes, const int8_t* b, int64_t m_rows, int64_t n_cols,
       const int tasks = static_cast<int>(std::min<int64_t>(threads, blocks));
       pool.Run(tasks, [&](int t) {
         const int64_t n0 = Cut(blocks, tasks, t) * 4, n1 = std::min(n_cols, Cut(blocks, tasks, t + 1) * 4);
-        int64_t m = 0;
-        for (; m + 4 <= m_rows; m += 4) VnniDotRows<4>(au + m * lda, lda, b, k, n0, n1, ep.Rows(m));
-        if (m_rows - m == 1) VnniDotRows<1>(au + m * lda, lda, b, k, n0, n1, ep.Rows(m));
-        if (m_rows - m == 2) VnniDotRows<2>(au + m * lda, lda, b, k, n0, n1, ep.Rows(m));
-        if (m_rows - m == 3) VnniDotRows<3>(au + m * lda, lda, b, k, n0, n1, ep.Rows(m));
+        // Four weight rows at a time for all input rows (read from memory once), the rows
+        // kPrefetchRows ahead requested meanwhile (see WDot).
+        for (int64_t n = n0; n < n1; n += 4) {
+          const int64_t n_end = std::min(n + 4, n1);
+          const int64_t ahead = std::min(n + kPrefetchRows, n1), ahead_end = std::min(ahead + 4, n1);
+          const char* next = reinterpret_cast<const char*>(b + ahead * k);
+          for (int64_t off = 0; off < (ahead_end - ahead) * k; off += 64) _mm_prefetch(next + off, _MM_HINT_T0);
+          int64_t m = 0;
+          for (; m + 4 <= m_rows; m += 4) VnniDotRows<4>(au + m * lda, lda, b, k, n, n_end, ep.Rows(m));
+          if (m_rows - m == 1) VnniDotRows<1>(au + m * lda, lda, b, k, n, n_end, ep.Rows(m));
+          if (m_rows - m == 2) VnniDotRows<2>(au + m * lda, lda, b, k, n, n_end, ep.Rows(m));
+          if (m_rows - m == 3) VnniDotRows<3>(au + m * lda, lda, b, k, n, n_end, ep.Rows(m));
+        }
       });
       return;
     }
@@ -541,17 +554,50 @@ void I8Gemm(const Codes& codes, const int8_t* b, int64_t m_rows, int64_t n_cols,
   });
 }
 
-// ----- float x int8 weight (A16W8) --------------------------------------------------------------
-void W8Scalar(const float* x, const int8_t* w, const float* ws, float* out, int64_t m_rows, int64_t n_cols,
-              int64_t k, int64_t n0, int64_t n1) {
+// ----- float x int8 weight (A16W8, A16W4 in the int8 container) ----------------------------------
+// Two weight forms share these kernels:
+//   per channel, symmetric   out[m, n] = (sum_k x[m, k] * float(w[n, k])) * scale[n]
+//   per group (or asymmetric) out[m, n] = sum_k x[m, k] * ((float(w[n, k]) - zp[n, g]) * scale[n, g]),
+//                             g = k / group_size; the last group may be shorter (ragged).
+// The grouped form dequantizes each weight element exactly as the MindSpore-op route does
+// ((w - zp) exact in float, one rounding for * scale), so the two differ only in summation order.
+// Nothing of the weight is ever held as float beyond a register (few rows) or an L2-sized panel.
+struct WeightQ {
+  const int8_t* w;      // [N, K]
+  const float* scale;   // [N] per channel, or [N, groups]
+  const float* zp;      // [N, groups] (grouped), else null
+  int64_t groups;       // grouped: groups per row (1 for per-channel asymmetric)
+  int64_t gs;           // grouped: input channels per group
+};
+
+// Range [t0, t1) of group g of a row of k channels (one group of all k when not grouped).
+template <bool G>
+inline void GroupRange(const WeightQ& q, int64_t k, int64_t g, int64_t* t0, int64_t* t1) {
+  *t0 = G ? g * q.gs : 0;
+  *t1 = G ? std::min(k, *t0 + q.gs) : k;
+}
+
+template <bool G>
+void WScalar(const float* x, const WeightQ& q, float* out, int64_t m_rows, int64_t n_cols, int64_t k, int64_t n0,
+             int64_t n1) {
+  const int64_t groups = G ? q.groups : 1;
   for (int64_t n = n0; n < n1; ++n)
     for (int64_t m = 0; m < m_rows; ++m) {
       float acc = 0.0f;
-      for (int64_t i = 0; i < k; ++i) acc += x[m * k + i] * static_cast<float>(w[n * k + i]);
-      out[m * n_cols + n] = acc * ws[n];
+      for (int64_t g = 0; g < groups; ++g) {
+        int64_t t0, t1;
+        GroupRange<G>(q, k, g, &t0, &t1);
+        const float s = G ? q.scale[n * groups + g] : 1.0f, z = G ? q.zp[n * groups + g] : 0.0f;
+        for (int64_t t = t0; t < t1; ++t) {
+          const float wf = static_cast<float>(q.w[n * k + t]);
+          acc += x[m * k + t] * (G ? (wf - z) * s : wf);
+        }
+      }
+      out[m * n_cols + n] = G ? acc : acc * q.scale[n];
     }
 }
 
+// ---- few input rows (decode): dot products from the int8 rows, MB input rows x NB weight rows ----
 __attribute__((target("avx2,fma"))) inline float HSum256f(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -559,97 +605,210 @@ __attribute__((target("avx2,fma"))) inline float HSum256f(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// Dot products from the int8 rows, 4 weight rows x up to 4 input rows per block.
-__attribute__((target("avx2,fma"))) void W8Avx2Dot(const float* x, const int8_t* w, const float* ws, float* out,
-                                                   int64_t m_rows, int64_t n_cols, int64_t k, int64_t n0,
-                                                   int64_t n1) {
-  const int64_t k8 = k & ~int64_t(7);
-  for (int64_t n = n0; n < n1; n += 4) {
-    const int nb = static_cast<int>(std::min<int64_t>(4, n1 - n));
-    for (int64_t m0 = 0; m0 < m_rows; m0 += 4) {
-      const int mb = static_cast<int>(std::min<int64_t>(4, m_rows - m0));
-      __m256 acc[4][4];
-      for (int i = 0; i < 4; ++i)
-        for (int j = 0; j < 4; ++j) acc[i][j] = _mm256_setzero_ps();
-      for (int64_t i0 = 0; i0 < k8; i0 += 8) {
-        __m256 bv[4];
-        for (int j = 0; j < nb; ++j) {
-          __m128i raw = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(w + (n + j) * k + i0));
-          bv[j] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(raw));
-        }
-        for (int i = 0; i < mb; ++i) {
-          __m256 av = _mm256_loadu_ps(x + (m0 + i) * k + i0);
-          for (int j = 0; j < nb; ++j) acc[i][j] = _mm256_fmadd_ps(av, bv[j], acc[i][j]);
-        }
-      }
-      for (int i = 0; i < mb; ++i)
-        for (int j = 0; j < nb; ++j) {
-          float s = HSum256f(acc[i][j]);
-          for (int64_t t = k8; t < k; ++t) s += x[(m0 + i) * k + t] * static_cast<float>(w[(n + j) * k + t]);
-          out[(m0 + i) * n_cols + n + j] = s * ws[n + j];
-        }
+template <int MB, int NB, bool G>
+__attribute__((target("avx2,fma"))) void WDotBlockAvx2(const float* x, int64_t k, const WeightQ& q, float* out,
+                                                       int64_t n_cols, int64_t m0, int64_t n) {
+  __m256 acc[MB][NB];
+  float tail[MB][NB];
+  for (int i = 0; i < MB; ++i)
+    for (int j = 0; j < NB; ++j) {
+      acc[i][j] = _mm256_setzero_ps();
+      tail[i][j] = 0.0f;
     }
+  const int64_t groups = G ? q.groups : 1;
+  for (int64_t g = 0; g < groups; ++g) {
+    int64_t t0, t1;
+    GroupRange<G>(q, k, g, &t0, &t1);
+    __m256 vs[NB], vz[NB];
+    float ss[NB], zz[NB];
+    for (int j = 0; j < NB; ++j) {
+      ss[j] = G ? q.scale[(n + j) * groups + g] : 1.0f;
+      zz[j] = G ? q.zp[(n + j) * groups + g] : 0.0f;
+      vs[j] = _mm256_set1_ps(ss[j]);
+      vz[j] = _mm256_set1_ps(zz[j]);
+    }
+    int64_t t = t0;
+    for (; t + 8 <= t1; t += 8) {
+      __m256 bv[NB];
+      for (int j = 0; j < NB; ++j) {
+        __m128i raw = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(q.w + (n + j) * k + t));
+        bv[j] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(raw));
+        if (G) bv[j] = _mm256_mul_ps(_mm256_sub_ps(bv[j], vz[j]), vs[j]);
+      }
+      for (int i = 0; i < MB; ++i) {
+        const __m256 av = _mm256_loadu_ps(x + (m0 + i) * k + t);
+        for (int j = 0; j < NB; ++j) acc[i][j] = _mm256_fmadd_ps(av, bv[j], acc[i][j]);
+      }
+    }
+    for (; t < t1; ++t)
+      for (int j = 0; j < NB; ++j) {
+        const float wf = static_cast<float>(q.w[(n + j) * k + t]);
+        const float wd = G ? (wf - zz[j]) * ss[j] : wf;
+        for (int i = 0; i < MB; ++i) tail[i][j] += x[(m0 + i) * k + t] * wd;
+      }
   }
+  for (int i = 0; i < MB; ++i)
+    for (int j = 0; j < NB; ++j) {
+      const float s = HSum256f(acc[i][j]) + tail[i][j];
+      out[(m0 + i) * n_cols + n + j] = G ? s : s * q.scale[n + j];
+    }
 }
 
-// The same on AVX-512: MB input rows x NB weight rows, 16 k per step.
-template <int MB, int NB>
-GP_AVX512 void W8DotBlock(const float* x, const int8_t* w, const float* ws, float* out, int64_t n_cols, int64_t k,
-                          int64_t m0, int64_t n) {
+#define GP_AVX512F __attribute__((target("avx512f,avx512bw,avx512vl")))
+
+GP_AVX512F inline __m256 High256(__m512 a) {
+  return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1));
+}
+
+// Sums of the 16 lanes of each of a[0..3], as lanes 0..3 of the result (a transposing add tree,
+// cheaper than four separate horizontal reductions).
+GP_AVX512F inline __m128 Reduce4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
+  // 512 -> 256: add the halves
+  const __m256 b0 = _mm256_add_ps(_mm512_castps512_ps256(a0), High256(a0));
+  const __m256 b1 = _mm256_add_ps(_mm512_castps512_ps256(a1), High256(a1));
+  const __m256 b2 = _mm256_add_ps(_mm512_castps512_ps256(a2), High256(a2));
+  const __m256 b3 = _mm256_add_ps(_mm512_castps512_ps256(a3), High256(a3));
+  const __m256 h01 = _mm256_hadd_ps(b0, b1);   // b0 pairs, b1 pairs (per 128-bit lane)
+  const __m256 h23 = _mm256_hadd_ps(b2, b3);
+  const __m256 h = _mm256_hadd_ps(h01, h23);   // per 128-bit lane: [s0 s1 s2 s3] partial
+  return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+template <int MB, int NB, bool G>
+GP_AVX512F void WDotBlock512(const float* x, int64_t k, const WeightQ& q, float* out, int64_t n_cols, int64_t m0,
+                             int64_t n) {
   __m512 acc[MB][NB];
   for (int i = 0; i < MB; ++i)
     for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_setzero_ps();
-  for (int64_t t = 0; t < k; t += 16) {
-    const __mmask16 mask = k - t >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (k - t)) - 1);
-    __m512 bv[NB];
-    for (int j = 0; j < NB; ++j)
-      bv[j] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, w + (n + j) * k + t)));
-    for (int i = 0; i < MB; ++i) {
-      __m512 av = _mm512_maskz_loadu_ps(mask, x + (m0 + i) * k + t);
-      for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_fmadd_ps(av, bv[j], acc[i][j]);
+  const int64_t groups = G ? q.groups : 1;
+  for (int64_t g = 0; g < groups; ++g) {
+    int64_t t0, t1;
+    GroupRange<G>(q, k, g, &t0, &t1);
+    __m512 vs[NB], vz[NB];
+    if (G)
+      for (int j = 0; j < NB; ++j) {
+        vs[j] = _mm512_set1_ps(q.scale[(n + j) * groups + g]);
+        vz[j] = _mm512_set1_ps(q.zp[(n + j) * groups + g]);
+      }
+    for (int64_t t = t0; t < t1; t += 16) {
+      const __mmask16 mask = t1 - t >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (t1 - t)) - 1);
+      __m512 bv[NB];
+      for (int j = 0; j < NB; ++j) {
+        bv[j] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, q.w + (n + j) * k + t)));
+        if (G) bv[j] = _mm512_mul_ps(_mm512_sub_ps(bv[j], vz[j]), vs[j]);   // masked lanes meet x = 0
+      }
+      for (int i = 0; i < MB; ++i) {
+        const __m512 av = _mm512_maskz_loadu_ps(mask, x + (m0 + i) * k + t);
+        for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_fmadd_ps(av, bv[j], acc[i][j]);
+      }
     }
   }
+  if constexpr (NB == 4) {
+    const __m128 cs = G ? _mm_set1_ps(1.0f) : _mm_loadu_ps(q.scale + n);
+    for (int i = 0; i < MB; ++i) {
+      __m128 s = Reduce4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]);
+      if (!G) s = _mm_mul_ps(s, cs);
+      _mm_storeu_ps(out + (m0 + i) * n_cols + n, s);
+    }
+    return;
+  }
   for (int i = 0; i < MB; ++i)
-    for (int j = 0; j < NB; ++j) out[(m0 + i) * n_cols + n + j] = _mm512_reduce_add_ps(acc[i][j]) * ws[n + j];
+    for (int j = 0; j < NB; ++j) {
+      const float s = _mm512_reduce_add_ps(acc[i][j]);
+      out[(m0 + i) * n_cols + n + j] = G ? s : s * q.scale[n + j];
+    }
 }
 
-template <int MB>
-GP_AVX512 void W8DotRows(const float* x, const int8_t* w, const float* ws, float* out, int64_t n_cols, int64_t k,
-                         int64_t m0, int64_t n0, int64_t n1) {
-  int64_t n = n0;
-  for (; n + 4 <= n1; n += 4) W8DotBlock<MB, 4>(x, w, ws, out, n_cols, k, m0, n);
-  switch (n1 - n) {
-    case 3: W8DotBlock<MB, 3>(x, w, ws, out, n_cols, k, m0, n); break;
-    case 2: W8DotBlock<MB, 2>(x, w, ws, out, n_cols, k, m0, n); break;
-    case 1: W8DotBlock<MB, 1>(x, w, ws, out, n_cols, k, m0, n); break;
-    default: break;
+// Weight rows [n, n + nb), nb <= 4, against input rows [m0, m0 + MB): blocks of at most 16 accumulators.
+template <int MB, bool G>
+GP_AVX512F void WDotCols512(const float* x, int64_t k, const WeightQ& q, float* out, int64_t n_cols, int64_t m0,
+                            int64_t n, int nb) {
+  if constexpr (MB <= 4) {
+    if (nb == 4) {
+      WDotBlock512<MB, 4, G>(x, k, q, out, n_cols, m0, n);
+      return;
+    }
+  }
+  int j = 0;
+  for (; j + 2 <= nb; j += 2) WDotBlock512<MB, 2, G>(x, k, q, out, n_cols, m0, n + j);
+  if (j < nb) WDotBlock512<MB, 1, G>(x, k, q, out, n_cols, m0, n + j);
+}
+
+template <int MB, bool G>
+__attribute__((target("avx2,fma"))) void WDotColsAvx2(const float* x, int64_t k, const WeightQ& q, float* out,
+                                                      int64_t n_cols, int64_t m0, int64_t n, int nb) {
+  if constexpr (MB <= 4) {
+    if (nb == 4) {
+      WDotBlockAvx2<MB, 4, G>(x, k, q, out, n_cols, m0, n);
+      return;
+    }
+  }
+  int j = 0;
+  for (; j + 2 <= nb; j += 2) WDotBlockAvx2<MB, 2, G>(x, k, q, out, n_cols, m0, n + j);
+  if (j < nb) WDotBlockAvx2<MB, 1, G>(x, k, q, out, n_cols, m0, n + j);
+}
+
+// All input rows (in blocks of at most 8) against weight rows [n0, n1): the loop over weight rows is
+// outermost, so each group of four weight rows is read from memory once and reused from L1.
+template <bool G, bool Avx512>
+void WDot(const float* x, const WeightQ& q, float* out, int64_t m_rows, int64_t n_cols, int64_t k, int64_t n0,
+          int64_t n1) {
+  for (int64_t n = n0; n < n1; n += 4) {
+    const int nb = static_cast<int>(std::min<int64_t>(4, n1 - n));
+    const int64_t ahead = std::min(n + kPrefetchRows, n1), ahead_end = std::min(ahead + 4, n1);
+    const char* next = reinterpret_cast<const char*>(q.w + ahead * k);
+    for (int64_t off = 0; off < (ahead_end - ahead) * k; off += 64) _mm_prefetch(next + off, _MM_HINT_T0);
+    for (int64_t m = 0; m < m_rows; m += 8) {
+      const int mb = static_cast<int>(std::min<int64_t>(8, m_rows - m));
+#define GP_WDOT_CASE(R) \
+  case R:               \
+    if (Avx512) WDotCols512<R, G>(x, k, q, out, n_cols, m, n, nb); else WDotColsAvx2<R, G>(x, k, q, out, n_cols, m, n, nb); \
+    break;
+      switch (mb) {
+        GP_WDOT_CASE(1) GP_WDOT_CASE(2) GP_WDOT_CASE(3) GP_WDOT_CASE(4)
+        GP_WDOT_CASE(5) GP_WDOT_CASE(6) GP_WDOT_CASE(7) GP_WDOT_CASE(8)
+        default: break;
+      }
+#undef GP_WDOT_CASE
+    }
   }
 }
 
-GP_AVX512 void W8Avx512Dot(const float* x, const int8_t* w, const float* ws, float* out, int64_t m_rows,
-                           int64_t n_cols, int64_t k, int64_t n0, int64_t n1) {
-  int64_t m = 0;
-  for (; m + 4 <= m_rows; m += 4) W8DotRows<4>(x, w, ws, out, n_cols, k, m, n0, n1);
-  if (m_rows - m == 1) W8DotRows<1>(x, w, ws, out, n_cols, k, m, n0, n1);
-  if (m_rows - m == 2) W8DotRows<2>(x, w, ws, out, n_cols, k, m, n0, n1);
-  if (m_rows - m == 3) W8DotRows<3>(x, w, ws, out, n_cols, k, m, n0, n1);
+// ---- many input rows (prefill): a panel of weight rows dequantized to float, k-major, in L2 ----
+constexpr int kWn = 32;   // weight rows per AVX-512 panel (two 16-lane vectors)
+constexpr int kWn2 = 16;  // weight rows per AVX2 panel (two 8-lane vectors)
+constexpr int kWDotRows = 16;  // up to this many input rows: dot products, no panel
+
+// panel[t * width + j] = dequantized w[n + j, t] (zero beyond the matrix), t < k.
+template <bool G>
+void DequantPanel(const WeightQ& q, int64_t n_cols, int64_t k, int64_t n, int width, float* panel) {
+  const int64_t groups = G ? q.groups : 1;
+  for (int j = 0; j < width; ++j) {
+    if (n + j >= n_cols) {
+      for (int64_t t = 0; t < k; ++t) panel[t * width + j] = 0.0f;
+      continue;
+    }
+    const int8_t* row = q.w + (n + j) * k;
+    for (int64_t g = 0; g < groups; ++g) {
+      int64_t t0, t1;
+      GroupRange<G>(q, k, g, &t0, &t1);
+      const float s = G ? q.scale[(n + j) * groups + g] : 1.0f, z = G ? q.zp[(n + j) * groups + g] : 0.0f;
+      for (int64_t t = t0; t < t1; ++t) {
+        const float wf = static_cast<float>(row[t]);
+        panel[t * width + j] = G ? (wf - z) * s : wf;
+      }
+    }
+  }
 }
 
-// Many input rows: a panel of 32 weight rows dequantized to float (k-major), then an 8 x 32
-// register block of FMAs; the float panel is the only copy and stays in L2.
-constexpr int kWn = 32;
-constexpr int kW8DotRows = 16;  // up to this many input rows: dot products, no float panel
-
 template <int MR>
-__attribute__((target("avx512f,avx512bw,avx512vl"))) inline void W8Block(const float* x, int64_t k,
-                                                                         const float* panel, int64_t m0,
-                                                                         float* tmp) {
+GP_AVX512F inline void WBlock512(const float* x, int64_t k, const float* panel, int64_t m0, float* tmp) {
   __m512 acc[MR][2];
   for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
   for (int64_t t = 0; t < k; ++t) {
-    __m512 b0 = _mm512_loadu_ps(panel + t * kWn), b1 = _mm512_loadu_ps(panel + t * kWn + 16);
+    const __m512 b0 = _mm512_loadu_ps(panel + t * kWn), b1 = _mm512_loadu_ps(panel + t * kWn + 16);
     for (int i = 0; i < MR; ++i) {
-      __m512 av = _mm512_set1_ps(x[(m0 + i) * k + t]);
+      const __m512 av = _mm512_set1_ps(x[(m0 + i) * k + t]);
       acc[i][0] = _mm512_fmadd_ps(av, b0, acc[i][0]);
       acc[i][1] = _mm512_fmadd_ps(av, b1, acc[i][1]);
     }
@@ -660,49 +819,76 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) inline void W8Block(const f
   }
 }
 
-__attribute__((target("avx512f,avx512bw,avx512vl"))) void W8Avx512Panel(const float* x, const int8_t* w,
-                                                                        const float* ws, float* out,
-                                                                        int64_t m_begin, int64_t m_end,
-                                                                        int64_t n_cols, int64_t k, int64_t n,
-                                                                        float* panel) {
-  const int nvalid = static_cast<int>(std::min<int64_t>(kWn, n_cols - n));
-  for (int64_t t = 0; t < k; ++t)
-    for (int j = 0; j < kWn; ++j) panel[t * kWn + j] = j < nvalid ? static_cast<float>(w[(n + j) * k + t]) : 0.0f;
-  alignas(64) float tmp[kMr * kWn];
-  for (int64_t m = m_begin; m < m_end; m += kMr) {
-    const int mb = static_cast<int>(std::min<int64_t>(kMr, m_end - m));
-    switch (mb) {
-      case 8: W8Block<8>(x, k, panel, m, tmp); break;
-      case 7: W8Block<7>(x, k, panel, m, tmp); break;
-      case 6: W8Block<6>(x, k, panel, m, tmp); break;
-      case 5: W8Block<5>(x, k, panel, m, tmp); break;
-      case 4: W8Block<4>(x, k, panel, m, tmp); break;
-      case 3: W8Block<3>(x, k, panel, m, tmp); break;
-      case 2: W8Block<2>(x, k, panel, m, tmp); break;
-      default: W8Block<1>(x, k, panel, m, tmp); break;
+template <int MR>
+__attribute__((target("avx2,fma"))) inline void WBlockAvx2(const float* x, int64_t k, const float* panel, int64_t m0,
+                                                           float* tmp) {
+  __m256 acc[MR][2];
+  for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+  for (int64_t t = 0; t < k; ++t) {
+    const __m256 b0 = _mm256_loadu_ps(panel + t * kWn2), b1 = _mm256_loadu_ps(panel + t * kWn2 + 8);
+    for (int i = 0; i < MR; ++i) {
+      const __m256 av = _mm256_broadcast_ss(x + (m0 + i) * k + t);
+      acc[i][0] = _mm256_fmadd_ps(av, b0, acc[i][0]);
+      acc[i][1] = _mm256_fmadd_ps(av, b1, acc[i][1]);
     }
-    for (int i = 0; i < mb; ++i)
-      for (int j = 0; j < nvalid; ++j) out[(m + i) * n_cols + n + j] = tmp[i * kWn + j] * ws[n + j];
+  }
+  for (int i = 0; i < MR; ++i) {
+    _mm256_storeu_ps(tmp + i * kWn2, acc[i][0]);
+    _mm256_storeu_ps(tmp + i * kWn2 + 8, acc[i][1]);
   }
 }
 
-void W8Gemm(const float* x, const int8_t* w, const float* ws, float* out, int64_t m_rows, int64_t n_cols,
-            int64_t k) {
+// Rows [m_begin, m_end) against the dequantized panel of weight rows [n, n + width).
+template <bool G, bool Avx512>
+void WPanelRows(const float* x, const WeightQ& q, float* out, int64_t m_begin, int64_t m_end, int64_t n_cols,
+                int64_t k, int64_t n, const float* panel) {
+  constexpr int width = Avx512 ? kWn : kWn2;
+  constexpr int rows = Avx512 ? 8 : 6;   // register block: rows x two vectors
+  const int nvalid = static_cast<int>(std::min<int64_t>(width, n_cols - n));
+  alignas(64) float tmp[8 * kWn];
+  for (int64_t m = m_begin; m < m_end; m += rows) {
+    const int mb = static_cast<int>(std::min<int64_t>(rows, m_end - m));
+#define GP_WBLOCK_CASE(R) \
+  case R:                 \
+    if (Avx512) WBlock512<R>(x, k, panel, m, tmp); else WBlockAvx2<R>(x, k, panel, m, tmp); \
+    break;
+    switch (mb) {
+      GP_WBLOCK_CASE(8) GP_WBLOCK_CASE(7) GP_WBLOCK_CASE(6) GP_WBLOCK_CASE(5)
+      GP_WBLOCK_CASE(4) GP_WBLOCK_CASE(3) GP_WBLOCK_CASE(2) GP_WBLOCK_CASE(1)
+      default: break;
+    }
+#undef GP_WBLOCK_CASE
+    for (int i = 0; i < mb; ++i)
+      for (int j = 0; j < nvalid; ++j)
+        out[(m + i) * n_cols + n + j] = G ? tmp[i * width + j] : tmp[i * width + j] * q.scale[n + j];
+  }
+}
+
+template <bool G>
+void WGemm(const float* x, const WeightQ& q, float* out, int64_t m_rows, int64_t n_cols, int64_t k) {
   Pool& pool = ThePool();
-  const int threads = m_rows * n_cols * k >= kParallelWork ? pool.size() : 1;
-  if (g_isa >= kAvx512Vnni && m_rows > kW8DotRows) {
-    const int64_t panels = (n_cols + kWn - 1) / kWn;
+  const int threads = ThreadsFor(m_rows * n_cols * k);
+  if (g_isa >= kAvx2 && m_rows > kWDotRows) {
+    const bool wide = g_isa >= kAvx512Vnni;
+    const int width = wide ? kWn : kWn2;
+    const int rows = wide ? 8 : 6;
+    const int64_t panels = (n_cols + width - 1) / width;
     const int m_parts = panels >= 2 * threads ? 1 : threads;
-    const int64_t m_blocks = (m_rows + kMr - 1) / kMr;
+    const int64_t m_blocks = (m_rows + rows - 1) / rows;
     pool.Run(static_cast<int>(panels * m_parts), [&](int t) {
       const int64_t p = t / m_parts;
       const int part = t % m_parts;
-      const int64_t m_begin = std::min(m_rows, Cut(m_blocks, m_parts, part) * kMr);
-      const int64_t m_end = std::min(m_rows, Cut(m_blocks, m_parts, part + 1) * kMr);
+      const int64_t m_begin = std::min(m_rows, Cut(m_blocks, m_parts, part) * rows);
+      const int64_t m_end = std::min(m_rows, Cut(m_blocks, m_parts, part + 1) * rows);
       if (m_begin >= m_end) return;
       thread_local std::vector<float> panel;
-      panel.resize(static_cast<size_t>(k * kWn));
-      W8Avx512Panel(x, w, ws, out, m_begin, m_end, n_cols, k, p * kWn, panel.data());
+      panel.resize(static_cast<size_t>(k * width));
+      DequantPanel<G>(q, n_cols, k, p * width, width, panel.data());
+      if (wide) {
+        WPanelRows<G, true>(x, q, out, m_begin, m_end, n_cols, k, p * width, panel.data());
+      } else {
+        WPanelRows<G, false>(x, q, out, m_begin, m_end, n_cols, k, p * width, panel.data());
+      }
     });
     return;
   }
@@ -711,11 +897,11 @@ void W8Gemm(const float* x, const int8_t* w, const float* ws, float* out, int64_
   pool.Run(tasks, [&](int t) {
     const int64_t n0 = Cut(blocks, tasks, t) * 4, n1 = std::min(n_cols, Cut(blocks, tasks, t + 1) * 4);
     if (g_isa >= kAvx512Vnni) {
-      W8Avx512Dot(x, w, ws, out, m_rows, n_cols, k, n0, n1);
+      WDot<G, true>(x, q, out, m_rows, n_cols, k, n0, n1);
     } else if (g_isa >= kAvx2) {
-      W8Avx2Dot(x, w, ws, out, m_rows, n_cols, k, n0, n1);
+      WDot<G, false>(x, q, out, m_rows, n_cols, k, n0, n1);
     } else {
-      W8Scalar(x, w, ws, out, m_rows, n_cols, k, n0, n1);
+      WScalar<G>(x, q, out, m_rows, n_cols, k, n0, n1);
     }
   });
 }
@@ -822,9 +1008,32 @@ int GpQGemmDynamicAbsmax(int nparam, void** params, int* ndims, int64_t** shapes
 // (x f32 [M, K], w int8 [N, K], weight_scale f32 [N]) -> f32 [M, N]
 int GpW8Gemm(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
   int64_t m, n, k;
-  if (!Dims(nparam, 4, ndims, shapes, &m, &n, &k) || !Is(dtypes[0], "float32") || !Is(dtypes[1], "int8")) return 1;
-  W8Gemm(static_cast<const float*>(params[0]), static_cast<const int8_t*>(params[1]),
-         static_cast<const float*>(params[2]), static_cast<float*>(params[3]), m, n, k);
+  if (!Dims(nparam, 4, ndims, shapes, &m, &n, &k) || !Is(dtypes[0], "float32") || !Is(dtypes[1], "int8") ||
+      ndims[2] != 1 || shapes[2][0] != n) {
+    return 1;
+  }
+  const WeightQ q{static_cast<const int8_t*>(params[1]), static_cast<const float*>(params[2]), nullptr, 1, k};
+  WGemm<false>(static_cast<const float*>(params[0]), q, static_cast<float*>(params[3]), m, n, k);
+  return 0;
+}
+
+// (x f32 [M, K], w int8 [N, K], weight_scale f32 [N, G] or [N], weight_zp f32 (same shape),
+//  group_size int32 [1]) -> f32 [M, N]; G = ceil(K / group_size), or 1 (one group of all K).
+int GpWgGemm(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
+  int64_t m, n, k;
+  if (!Dims(nparam, 6, ndims, shapes, &m, &n, &k) || !Is(dtypes[0], "float32") || !Is(dtypes[1], "int8") ||
+      !Is(dtypes[2], "float32") || !Is(dtypes[3], "float32") || !Is(dtypes[4], "int32")) {
+    return 1;
+  }
+  if (ndims[2] < 1 || ndims[2] > 2 || ndims[3] != ndims[2] || shapes[2][0] != n || shapes[3][0] != n) return 1;
+  const int64_t groups = ndims[2] == 2 ? shapes[2][1] : 1;
+  if (ndims[2] == 2 && shapes[3][1] != groups) return 1;
+  if (ndims[4] != 1 || shapes[4][0] != 1) return 1;
+  const int64_t gs = groups == 1 ? k : static_cast<int64_t>(*static_cast<const int32_t*>(params[4]));
+  if (gs < 1 || (k + gs - 1) / gs != groups) return 1;
+  const WeightQ q{static_cast<const int8_t*>(params[1]), static_cast<const float*>(params[2]),
+                  static_cast<const float*>(params[3]), groups, gs};
+  WGemm<true>(static_cast<const float*>(params[0]), q, static_cast<float*>(params[5]), m, n, k);
   return 0;
 }
 

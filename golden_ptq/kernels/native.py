@@ -134,6 +134,7 @@ _ENTRY_POINTS = {
     "a8w8_dynamic": ("GpQGemmDynamic", _float32),
     "a8w8_dynamic_absmax": ("GpQGemmDynamicAbsmax", _float32),
     "w8_gemm": ("GpW8Gemm", _float32),
+    "wg_gemm": ("GpWgGemm", _float32),
 }
 
 
@@ -150,12 +151,6 @@ def native_ops() -> Optional[Dict[str, ops.Custom]]:
                                        func_type="aot")
                       for name, (symbol, dtype) in _ENTRY_POINTS.items()}
     return _STATE.ops
-
-
-def packed_float_kernels() -> bool:
-    """Whether the weight-only kernel is fast for many rows too (AVX-512); on AVX2 it wins only for
-    a few rows (decode), and many-row products are better served by MindSpore's float GEMM."""
-    return _STATE.lib is not None and _STATE.lib.gp_isa() >= 3
 
 
 def set_native_kernels(enabled: bool) -> None:

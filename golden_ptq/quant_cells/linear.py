@@ -22,7 +22,6 @@ from golden_ptq.quant_cells.spec import LayerQuantSpec
 from golden_ptq.quant_math import MinMaxObserver, quantize_weight, symmetric_scale
 from golden_ptq.quant_math.functions import quantize, static_act_params
 from golden_ptq.quant_math.functions import dequantize_weight, fake_quantize_weight, group_count
-from golden_ptq.quant_cells.ragged_groups import w8a16_dequant_ragged
 
 
 class QuantLinear(QuantCell):
@@ -43,6 +42,7 @@ class QuantLinear(QuantCell):
         self.has_input_shift = False         # deployed form carries input_shift / shift_bias
         self.recorder = None                 # callable(x2 numpy) fed every input, when set
         self.bound_kernel = None             # set by bind_kernel() for compiled graphs
+        self.kernel_extra = None             # the bound kernel's trailing operand (the group size), if any
         self.weight_preset = None            # (codes, scale, zero point) chosen by GPTQ: quantize() deploys them
         self.act_scale_dtype = "float32"     # "float16": static input scales rounded up to fp16 values
 
@@ -86,11 +86,8 @@ class QuantLinear(QuantCell):
         elif self.spec.act:
             y = kernels.a8w8_static(x2, self.weight, self.input_scale, self.input_zp, self.quant_bias,
                                     self.deq_scale)
-        elif self.spec.group_size and self.in_features % self.spec.group_size:
-            y = w8a16_dequant_ragged(x2, self.weight, self.weight_scale, self.weight_zp, self.spec.group_size)
         elif self.spec.group_size or not self.spec.weight_symmetric:
-            y = kernels.w8a16_dequant(x2, self.weight, self.weight_scale.reshape(self.out_features, -1),
-                                      self.weight_zp.reshape(self.out_features, -1))
+            y = kernels.w8a16_group(x2, self.weight, self.weight_scale, self.weight_zp, self.spec.group_size)
         else:
             y = kernels.w8a16_channel(x2, self.weight, self.weight_scale)
         if self.has_input_shift and self.quantized:
@@ -110,10 +107,10 @@ class QuantLinear(QuantCell):
             return
         form = self._kernel_form()
         if form is not None:
-            self.bound_kernel = kernels.resolve(form)
+            self.bound_kernel, self.kernel_extra = kernels.resolve(form, self.in_features, self.spec.group_size)
 
     def unbind_kernel(self) -> None:
-        self.bound_kernel = None
+        self.bound_kernel = self.kernel_extra = None
 
     def _kernel_form(self):
         spec = self.spec
@@ -122,7 +119,7 @@ class QuantLinear(QuantCell):
         if spec.act:
             return "a8w8_static"
         if spec.group_size or not spec.weight_symmetric:
-            return None
+            return "w8a16_group"
         return "w8a16_channel"
 
     def _kernel_args(self, x2: Tensor):
@@ -133,6 +130,8 @@ class QuantLinear(QuantCell):
             return self.weight, self.weight_scale
         if self.spec.act:
             return self.weight, self.input_scale, self.input_zp, self.quant_bias, self.deq_scale
+        if self.spec.group_size or not self.spec.weight_symmetric:
+            return self.weight, self.weight_scale, self.weight_zp, self.kernel_extra
         return self.weight, self.weight_scale
 
     def _whole_row_absmax(self, x2: Tensor) -> Tensor:

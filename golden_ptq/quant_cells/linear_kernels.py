@@ -9,19 +9,26 @@ the result equals exact int8 x int8 -> int32 accumulation, at float32 GEMM speed
 
 That MindSpore-op route is the fallback. Where the native kernels of :mod:`golden_ptq.kernels`
 run (x86-64 with AVX2 and a C++ compiler), each form is one fused operator instead: the input is
-quantized, multiplied in integers (AVX-512 VNNI or AVX2) and rescaled in one pass, and A16W8
-multiplies by the int8 weight directly. Both routes give the same int8 codes and int32 sums.
+quantized, multiplied in integers (AVX-512 VNNI or AVX2) and rescaled in one pass, and A16W8 /
+A16W4 (per channel, per group with a possibly ragged last group, symmetric or asymmetric)
+multiply by the int8 codes directly, dequantizing them in registers or an L2-sized panel. Both
+routes give the same int8 codes and int32 sums; the weight-only forms agree up to float summation
+order (the dequantized weight values are the same).
 """
 from __future__ import annotations
 
 import mindspore as ms
 from mindspore import Tensor, ops
 
-from golden_ptq.kernels import native_ops, packed_float_kernels
+from typing import Union
+
+import numpy as np
+
+from golden_ptq.kernels import native_ops
 from golden_ptq.networks.layers import compiled_for_large_inputs
+from golden_ptq.quant_cells.ragged_groups import w8a16_dequant_ragged
 
 EXACT_CHUNK = 1024
-DOT_ROWS = 16   # the native kernels' row count up to which A16W8 reads the weight unpacked (kDotRows)
 
 
 def int_matmul(xq: Tensor, wq: Tensor) -> Tensor:
@@ -68,7 +75,8 @@ def _w8a16_channel(x: Tensor, wq: Tensor, weight_scale: Tensor) -> Tensor:
 
 
 def _w8a16_dequant(x: Tensor, wq: Tensor, weight_scale: Tensor, weight_zp: Tensor) -> Tensor:
-    """Group-wise or asymmetric weights: dequantize the weight, then a float matmul."""
+    """Group-wise or asymmetric weights (``[out, groups]`` dividing the input width): dequantize the
+    weight, then a float matmul."""
     out_features, in_features = wq.shape
     groups = weight_scale.shape[1]
     w = wq.astype(ms.float32).reshape(out_features, groups, in_features // groups)
@@ -111,22 +119,60 @@ def a8w8_dynamic_absmax(x: Tensor, wq: Tensor, weight_scale: Tensor, absmax: Ten
     return _a8w8_dynamic_absmax_ops(x, wq, weight_scale, absmax)
 
 
+def _w8a16_group(x: Tensor, wq: Tensor, weight_scale: Tensor, weight_zp: Tensor, group_size: int) -> Tensor:
+    """The MindSpore-op route of :func:`w8a16_group` (a float copy of the weight per call)."""
+    out_features, in_features = wq.shape
+    if group_size and in_features % group_size:
+        return w8a16_dequant_ragged(x, wq, weight_scale, weight_zp, group_size)
+    return w8a16_dequant(x, wq, weight_scale.reshape(out_features, -1), weight_zp.reshape(out_features, -1))
+
+
 def w8a16_channel(x: Tensor, wq: Tensor, weight_scale: Tensor) -> Tensor:
     """Float input, int8 weight with one scale per output channel: ``(x @ wq.T) * weight_scale``."""
     native = native_ops()
-    if native is not None and (x.shape[0] <= DOT_ROWS or packed_float_kernels()):
+    if native is not None:
         return native["w8_gemm"](x, wq, weight_scale)
     return _w8a16_channel_ops(x, wq, weight_scale)
 
 
-_GRAPH_ROUTES = {"a8w8_static": _a8w8_static, "a8w8_dynamic": _a8w8_dynamic,
-                 "a8w8_dynamic_absmax": _a8w8_dynamic_absmax, "w8a16_channel": _w8a16_channel}
-_NATIVE_NAMES = {"a8w8_static": "a8w8_static", "a8w8_dynamic": "a8w8_dynamic",
-                 "a8w8_dynamic_absmax": "a8w8_dynamic_absmax", "w8a16_channel": "w8_gemm"}
+_GROUP_SIZE_TENSORS = {}
 
 
-def resolve(form: str):
-    """The product for ``form`` (a key of ``_GRAPH_ROUTES``) as one callable a graph can hold: the
-    native operator where available, else the plain MindSpore-op function (the graph compiles it)."""
+def _group_size_tensor(group_size: int) -> Tensor:
+    """The native operator's ``group_size`` operand, int32 ``[1]`` (one tensor per size, reused)."""
+    if group_size not in _GROUP_SIZE_TENSORS:
+        _GROUP_SIZE_TENSORS[group_size] = Tensor(np.array([group_size], np.int32))
+    return _GROUP_SIZE_TENSORS[group_size]
+
+
+def w8a16_group(x: Tensor, wq: Tensor, weight_scale: Tensor, weight_zp: Tensor, group_size: int) -> Tensor:
+    """Float input, int8 weight (8- or 4-bit codes) with a scale and zero point per group of
+    ``group_size`` input channels (the last group is shorter when it does not divide the input
+    width) or, ``group_size`` 0, per output channel: ``x @ ((wq - zp) * scale).T``.
+    ``weight_scale`` / ``weight_zp`` are ``[out, groups]`` or ``[out]``."""
     native = native_ops()
-    return native[_NATIVE_NAMES[form]] if native is not None else _GRAPH_ROUTES[form]
+    if native is not None:
+        return native["wg_gemm"](x, wq, weight_scale, weight_zp, _group_size_tensor(group_size or wq.shape[1]))
+    return _w8a16_group(x, wq, weight_scale, weight_zp, group_size)
+
+
+_GRAPH_ROUTES = {"a8w8_static": _a8w8_static, "a8w8_dynamic": _a8w8_dynamic,
+                 "a8w8_dynamic_absmax": _a8w8_dynamic_absmax, "w8a16_channel": _w8a16_channel,
+                 "w8a16_group": _w8a16_group}
+_NATIVE_NAMES = {"a8w8_static": "a8w8_static", "a8w8_dynamic": "a8w8_dynamic",
+                 "a8w8_dynamic_absmax": "a8w8_dynamic_absmax", "w8a16_channel": "w8_gemm",
+                 "w8a16_group": "wg_gemm"}
+
+
+def resolve(form: str, in_features: int = 0, group_size: int = 0):
+    """``(product, extra)`` for ``form`` (a key of ``_GRAPH_ROUTES``): ``product`` is one callable a
+    graph can hold, the native operator where available, else the plain MindSpore-op function (the
+    graph compiles it); ``extra`` is its trailing operand after the layer's parameters, for
+    ``"w8a16_group"`` the group size (an int32 tensor for the native operator, a Python int for the
+    graph route, which needs it as a constant), else None."""
+    native = native_ops()
+    product = native[_NATIVE_NAMES[form]] if native is not None else _GRAPH_ROUTES[form]
+    extra: Union[Tensor, int, None] = None
+    if form == "w8a16_group":
+        extra = _group_size_tensor(group_size or in_features) if native is not None else group_size
+    return product, extra

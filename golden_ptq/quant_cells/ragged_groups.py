@@ -4,6 +4,10 @@ A row of ``in`` input channels splits into ``ceil(in / group_size)`` groups; the
 shorter (576 channels in groups of 128: four of 128 and one of 64). The deployed parameters are
 the ordinary per-group ones (``weight`` int8 ``[out, in]``, ``weight_scale``/``weight_zp``
 ``[out, groups]``); only the dequantization needs the group size to know where groups end.
+
+This is the MindSpore-op route (a float copy of the weight per call), used where the native
+kernel (``GpWgGemm`` in :mod:`golden_ptq.kernels`, which takes the group size as an operand)
+cannot run; :func:`golden_ptq.quant_cells.linear_kernels.w8a16_group` chooses.
 """
 from __future__ import annotations
 
