@@ -2,7 +2,8 @@
 
 Per quantized Linear, with ``H = 2 X^T X / n`` over every calibration row of its input ``X``
 (accumulated in one extra pass over the layer's calibration batches, after any outlier
-suppression has been folded, so ``X`` is the input the quantized weight will see), the weight
+suppression has been folded, so ``X`` is the input the quantized weight will see; in the
+calibration pass itself when no module before GPTQ changes the weights), the weight
 is rounded one input column at a time and each column's rounding error is spread over the
 columns not yet rounded so as to minimise ``|| X (W - Q)^T ||^2``:
 
