@@ -77,3 +77,17 @@ def test_perplexity_rejects_bad_windows():
         perplexity(UniformNet(5), np.arange(20), 8, stride=9)
     with pytest.raises(ValueError, match="at least seq_length"):
         perplexity(UniformNet(5), np.arange(4), 8)
+
+
+def test_log_softmax_nll_in_chunks_equals_the_whole_array_at_once():
+    from golden_ptq.eval.perplexity import NLL_ROWS
+    rng = np.random.RandomState(0)
+    logits = (rng.randn(2, 2 * NLL_ROWS + 5, 300) * 4).astype(np.float32)   # a ragged last chunk
+    targets = rng.randint(0, 300, logits.shape[:-1])
+    wide = logits.astype(np.float64)
+    top = wide.max(axis=-1, keepdims=True)
+    expected = (np.log(np.exp(wide - top).sum(axis=-1)) + top[..., 0]
+                - np.take_along_axis(wide, targets[..., None], axis=-1)[..., 0])
+    got = log_softmax_nll(logits, targets)
+    assert got.shape == targets.shape and got.dtype == np.float64
+    np.testing.assert_array_equal(got, expected)

@@ -9,6 +9,7 @@ code, which is what makes the two paths bit-identical.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Dict, Iterable, Iterator, List, Sequence, Tuple
 
@@ -24,6 +25,7 @@ from golden_ptq.parallel.context import all_gather_numpy
 from golden_ptq.quant_cells import QuantCell
 from golden_ptq.quant_cells.embedding import QuantEmbedding
 from golden_ptq.quant_cells.linear import QuantLinear
+from golden_ptq.quant_math.input_sharing import sharing
 
 
 class LayerSource:
@@ -87,6 +89,31 @@ class InMemoryLayers(LayerSource):
         return self._heads
 
 
+def grams_in_calibration_pass(pipeline: Sequence[AlgoModule]) -> bool:
+    """Whether the calibration pass can record the input grams a module needs (INPUT_GRAM): no
+    module before it changes the layer's float weights, so its inputs would be the very same."""
+    for module in pipeline:
+        if INPUT_GRAM in getattr(module.method, "needs", ()):
+            return True
+        if not module.keeps_layer_weights:
+            return False
+    return False
+
+
+@contextlib.contextmanager
+def unread_outputs(cells: Dict[str, QuantCell], names: Sequence[str]) -> Iterator[None]:
+    """The QuantLinears of ``cells`` named in ``names`` (relative) skip their product in the block:
+    a pass that only feeds observers and recorders reads none of their outputs."""
+    chosen = [c for rel, c in cells.items() if rel in names and isinstance(c, QuantLinear)]
+    for cell in chosen:
+        cell.output_unread = True
+    try:
+        yield
+    finally:
+        for cell in chosen:
+            cell.output_unread = False
+
+
 class CalibrationDriver:
     """Calibrates every unit of a source through ``pipeline``: the first layer's inputs are captured
     once, each layer is observed on them, the pipeline runs, and the *quantized* layer's outputs feed
@@ -118,6 +145,8 @@ class CalibrationDriver:
         inputs = [i for _, i in states]
         del states
         needs_inputs = any(m.needs_layer_inputs for m in self.pipeline)
+        early_grams = grams_in_calibration_pass(self.pipeline)
+        unread = tuple(getattr(structure, "unread_output_linears", ()))
         keep_rows = int(self.config.arg("search_rows"))
         stride = max(1, -(-self.calibration_tokens // keep_rows))  # ceil: the sample spans every batch
         for lname, layer in tqdm(source.decoder_layers(), total=source.num_layers(), desc="calibrate",
@@ -127,18 +156,28 @@ class CalibrationDriver:
             def run(layer=layer, hidden=hidden):
                 return [structure.run_layer(layer, h, i) for h, i in zip(hidden, inputs)]
 
+            def feed(layer=layer, hidden=hidden, cells=cells) -> None:
+                with sharing(), unread_outputs(cells, unread):
+                    for h, i in zip(hidden, inputs):
+                        structure.run_layer(layer, h, i)
+
             if cells:
-                recorders = self._attach_recorders(cells, stride, keep_rows) if needs_inputs else {}
+                recorders = (self._attach_recorders(cells, stride, keep_rows if needs_inputs else 0, grams=early_grams)
+                             if needs_inputs or early_grams else {})
                 try:
-                    self._observe(cells, run)
+                    self._observe(cells, feed)
                 finally:
                     self._attach_recorders(cells, 0, 0, detach=True)
-                self._run_pipeline(LayerContext(lname, layer, cells, structure, network, config=self.config,
-                                                inputs={rel: r.rows() for rel, r in recorders.items()},
-                                                runner=run, range_parms=self.range_parms))
+                self._run_pipeline(LayerContext(
+                    lname, layer, cells, structure, network, config=self.config,
+                    inputs={rel: r.rows() for rel, r in recorders.items()} if needs_inputs else {},
+                    runner=run, feeder=feed, range_parms=self.range_parms,
+                    grams={rel: (r.gram, r.gram_rows) for rel, r in recorders.items() if r.gram is not None}))
             recorders = self._attach_recorders(cells, stride, keep_rows) if cells and self.measuring else {}
             try:
-                hidden = source.boundary((structure.run_layer(layer, h, i) for h, i in zip(hidden, inputs)), hidden)
+                with sharing():
+                    hidden = source.boundary((structure.run_layer(layer, h, i) for h, i in zip(hidden, inputs)),
+                                             hidden)
             finally:
                 self._attach_recorders(cells, 0, 0, detach=True)
             self._measure_errors({f"{lname}.{rel}": (cells[rel], r.rows()) for rel, r in recorders.items()})
@@ -174,12 +213,14 @@ class CalibrationDriver:
         self.calibration_seconds = time.time() - start
 
     @staticmethod
-    def _attach_recorders(cells, stride: int, rows: int, detach: bool = False) -> Dict[str, InputRecorder]:
-        """Give each QuantLinear of ``cells`` an InputRecorder (or take them away with ``detach``)."""
+    def _attach_recorders(cells, stride: int, rows: int, detach: bool = False,
+                          grams: bool = False) -> Dict[str, InputRecorder]:
+        """Give each QuantLinear of ``cells`` an InputRecorder (or take them away with ``detach``);
+        ``grams``: those that quantize weights also sum their input's gram."""
         recorders: Dict[str, InputRecorder] = {}
         for rel, cell in cells.items():
             if isinstance(cell, QuantLinear):
-                cell.recorder = None if detach else InputRecorder(stride, rows)
+                cell.recorder = None if detach else InputRecorder(stride, rows, gram=grams and cell.spec.weight)
                 if not detach:
                     recorders[rel] = cell.recorder
         return recorders

@@ -52,6 +52,7 @@ def run(args, stages) -> List[str]:
         stages.set_description("calibrate (streamed)")
         ptq = quantize_streamed(source, config, calib, output, progress=progress, tokenizer=tokenizer,
                                 runtime=runtime, extra_files=lambda done: report_writers(done, title, facts(done)))
+        clock.lap("calibrate and save (streamed)")
         fp_ppl = None
         stages.update()
         stages.update()
@@ -61,11 +62,13 @@ def run(args, stages) -> List[str]:
         if network.tp.parallel and not args.output:
             raise ValueError(f"quantize under msrun ({network.tp.size} ranks): pass --output FOLDER, the folder "
                              f"every rank writes its rank_<i>/ set into")
+        clock.lap("load")
         stages.update()
         stages.set_description("FP32 perplexity")
         fp_ppl = perplexity(network, eval_windows.reshape(-1), seq, batch_size=args.batch_size, progress=progress,
                             desc="FP32 eval")
         fp16_bytes = sum(p.size for _, p in network.parameters_and_names()) * 2
+        clock.lap("FP32 eval")
         stages.update()
         stages.set_description("calibrate")
         # No output-error measurement here: it costs memory (`golden-ptq analyze` does it); the report
@@ -73,18 +76,22 @@ def run(args, stages) -> List[str]:
         ptq = PTQ(config, progress=progress)
         ptq.apply(network, helper, calib)
         ptq.convert(network)
+        clock.lap("calibrate")
         stages.update()
         stages.set_description("save")
         save_quantized(network, ptq, output, tokenizer=tokenizer, runtime=runtime,
                        extra_files=report_writers(ptq, title, facts(ptq)))
         del network
+        clock.lap("save")
     stages.update()
     stages.set_description("reload (DEPLOY)")
     deployed, _ = load_quantized(output)
+    clock.lap("reload")
     stages.update()
     stages.set_description("quantized perplexity")
     q_ppl = perplexity(deployed, eval_windows.reshape(-1), seq, batch_size=args.batch_size, progress=progress,
                        desc="quantized eval")
+    clock.lap("quantized eval")
     stages.update()
     size = folder_bytes(output)
     tp = deployed.tp
@@ -97,7 +104,7 @@ def run(args, stages) -> List[str]:
          f"perplexity on {eval_windows.size} held-out tokens: quantized {q_ppl:.4f} (FP32 not measured: --stream "
          f"never holds the float model)"),
         f"saved: {human_bytes(size)} ({size / fp16_bytes:.3f} x the fp16 parameters, {human_bytes(fp16_bytes)})",
-        f"time: {clock.seconds():.0f} s",
+        f"time: {clock.seconds():.0f} s ({clock.breakdown()})",
         f"output: {where}",
         f"  report.md has every layer; use it with: golden-ptq eval --model {output} | golden-ptq generate "
         f"--model {output} \"Call me\"",

@@ -9,13 +9,26 @@ from tqdm import tqdm
 from golden_ptq.datasets.windows import window_starts
 
 
+NLL_ROWS = 32   # positions whose float64 logits are worked on at once: a few MB that stay in cache
+
+
 def log_softmax_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """Negative log-likelihood of ``targets`` ``[..., T]`` under ``logits`` ``[..., T, V]`` (float64)."""
-    logits = logits.astype(np.float64)
-    top = logits.max(axis=-1, keepdims=True)
-    log_norm = np.log(np.exp(logits - top).sum(axis=-1)) + top[..., 0]
-    picked = np.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    return log_norm - picked
+    """Negative log-likelihood of ``targets`` ``[..., T]`` under ``logits`` ``[..., T, V]`` (float64).
+
+    Computed ``NLL_ROWS`` positions at a time: every reduction runs along one position's row, so the
+    values are those of the whole array at once, at a fraction of the memory traffic."""
+    logits = np.asarray(logits)
+    flat = logits.reshape(-1, logits.shape[-1])
+    picks = np.asarray(targets).reshape(-1)
+    out = np.empty(flat.shape[0], np.float64)
+    for first in range(0, flat.shape[0], NLL_ROWS):
+        rows = flat[first:first + NLL_ROWS].astype(np.float64)
+        top = rows.max(axis=-1, keepdims=True)
+        picked = np.take_along_axis(rows, picks[first:first + NLL_ROWS, None], axis=-1)[:, 0]
+        rows -= top
+        np.exp(rows, out=rows)
+        out[first:first + NLL_ROWS] = np.log(rows.sum(axis=-1)) + top[:, 0] - picked
+    return out.reshape(logits.shape[:-1])
 
 
 def perplexity(network, token_ids: np.ndarray, seq_length: int, stride: Optional[int] = None,
@@ -41,7 +54,7 @@ def perplexity(network, token_ids: np.ndarray, seq_length: int, stride: Optional
         chunk = starts[first:first + batch_size]
         windows = np.stack([tokens[s:s + seq_length] for s in chunk])
         logits = network(windows).asnumpy()
-        # one row at a time in float64: [T, V] at a time instead of [B, T, V]
+        # one window at a time (each a contiguous [T, V]; log_softmax_nll works through it in chunks)
         nll = [log_softmax_nll(logits[row, :-1], windows[row, 1:]) for row in range(len(chunk))]
         del logits
         for row, start in enumerate(chunk):

@@ -42,6 +42,9 @@ class LlamaStructure:
     """Layer-wise access to :class:`~golden_ptq.networks.llama.LlamaForCausalLM`."""
 
     smooth_mappings: Sequence[SmoothMapping] = LLAMA_SMOOTH_MAPPINGS
+    #: Linears whose output nothing in the layer reads but its residual add: a calibration pass that
+    #: only feeds observers and recorders skips their product (w2: a quarter of the layer's products)
+    unread_output_linears: Tuple[str, ...] = ("feed_forward.w2",)
 
     def decoder_layers(self, network) -> List[Tuple[str, nn.Cell]]:
         return [(f"model.layers.{i}", layer) for i, layer in enumerate(network.model.layers)]

@@ -22,6 +22,7 @@ from golden_ptq.quant_cells.spec import LayerQuantSpec
 from golden_ptq.quant_math import MinMaxObserver, quantize_weight, symmetric_scale
 from golden_ptq.quant_math.functions import quantize, static_act_params
 from golden_ptq.quant_math.functions import dequantize_weight, fake_quantize_weight, group_count
+from golden_ptq.quant_math.input_sharing import shared
 
 
 class QuantLinear(QuantCell):
@@ -41,6 +42,7 @@ class QuantLinear(QuantCell):
         self.input_shift_value = None        # per input channel shift (m4), set before quantize()
         self.has_input_shift = False         # deployed form carries input_shift / shift_bias
         self.recorder = None                 # callable(x2 numpy) fed every input, when set
+        self.output_unread = False           # a calibration pass that reads no output of this layer: no product
         self.bound_kernel = None             # set by bind_kernel() for compiled graphs
         self.kernel_extra = None             # the bound kernel's trailing operand (the group size), if any
         self.weight_preset = None            # (codes, scale, zero point) chosen by GPTQ: quantize() deploys them
@@ -69,15 +71,17 @@ class QuantLinear(QuantCell):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         if self.recorder is not None:
-            self.recorder(x2.asnumpy())
+            self.recorder(self._host_rows(x, x2))
         if self.has_input_shift and self.quantized:
             x2 = x2 - self.input_shift
         if self.bound_kernel is not None:  # compiled graphs: the route chosen before compiling
             y = self.bound_kernel(x2, *self._kernel_args(x2))
         elif not self.quantized:
             if self.observing:
-                seen = x2.asnumpy()
+                seen = self._host_rows(x, x2)
                 self.input_observer.update(seen if self.input_shift_value is None else seen - self.input_shift_value)
+            if self.output_unread:   # observers and recorders have their input; nothing reads the product
+                return ops.zeros(lead + (self.out_features,), x.dtype)
             y = ops.MatMul(transpose_b=True)(x2, self.weight)
         elif self.spec.act and self.spec.act_dynamic and self.shard == "row":
             y = kernels.a8w8_dynamic_absmax(x2, self.weight, self.weight_scale, self._whole_row_absmax(x2))
@@ -97,6 +101,12 @@ class QuantLinear(QuantCell):
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(lead + (self.out_features,))
+
+    @staticmethod
+    def _host_rows(x: Tensor, x2: Tensor) -> np.ndarray:
+        """``x2`` (``x`` as rows) in host memory; one copy per input tensor however many layers read it
+        inside :func:`~golden_ptq.quant_math.input_sharing.sharing`."""
+        return shared(x, "host rows", x2.asnumpy)
 
     def bind_kernel(self) -> None:
         """Fix this layer's product (native operator or MindSpore-op route, :mod:`linear_kernels`)

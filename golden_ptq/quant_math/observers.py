@@ -5,6 +5,8 @@ from typing import Optional
 
 import numpy as np
 
+from golden_ptq.quant_math.input_sharing import shared
+
 
 class MinMaxObserver:
     """Per-channel running min / max over every row seen (the last axis is the channel).
@@ -40,9 +42,9 @@ class MinMaxObserver:
     def update(self, x: np.ndarray) -> None:
         x = np.asarray(x, dtype=np.float32)
         flat = x.reshape(-1, x.shape[-1])
-        lo, hi = flat.min(axis=0), flat.max(axis=0)
+        lo, hi = shared(x, "channel range", lambda: (flat.min(axis=0), flat.max(axis=0)))
         if self.minimum is None:
-            self.minimum, self.maximum = lo, hi
+            self.minimum, self.maximum = lo.copy(), hi.copy()   # copies: other observers may hold the shared pair
         else:
             self.minimum = np.minimum(self.minimum, lo)
             self.maximum = np.maximum(self.maximum, hi)

@@ -25,7 +25,7 @@ import numpy as np
 
 from golden_ptq.algorithm.modules.base import INPUT_ROWS, AlgoModule, LayerContext, MethodDeclaration, config_arg
 from golden_ptq.algorithm.modules.smooth import MappingStats, fold_smoothing, mapping_statistics
-from golden_ptq.algorithm.modules.smooth_search import mapping_input, quantized_output_error, reference_outputs
+from golden_ptq.algorithm.modules.smooth_search import CandidateScorer, mapping_input
 from golden_ptq.algorithm.modules.smooth_transform import refuse_transform
 from golden_ptq.config.method_names import ANTI_OUTLIER, WEIGHT_ONLY
 from golden_ptq.networks.structure import SmoothMapping
@@ -80,12 +80,12 @@ class AWQModule(AlgoModule):
             heads, kv_heads, head_dim = ctx.structure.num_heads(ctx.network)
             mean = mean.reshape(kv_heads, heads // kv_heads, head_dim).mean(axis=1).reshape(-1)
         mean = np.maximum(mean, 1e-8)
-        refs = reference_outputs(stats, x)
+        scorer = CandidateScorer(stats, x)
         best = None
         for r in self.ratios:
             scale = mean ** r
             scale = scale / np.sqrt(scale.max() * scale.min())
-            err = quantized_output_error(stats, x, scale[stats.expand], None, refs)
+            err = scorer.error(scale[stats.expand])
             if best is None or err < best[0]:
                 best = (err, float(r), scale)
             if r == 0:

@@ -9,6 +9,7 @@ from mindspore import nn
 
 from golden_ptq.config.ptq_config import ALGO_ARGS
 from golden_ptq.quant_cells.base import QuantCell
+from golden_ptq.quant_math.input_sharing import shared
 
 # what a method needs from calibration (MethodDeclaration.needs); all methods are gradient-free
 ACTIVATION_RANGES = "activation ranges"    # the observers' per-channel min/max of the calibration pass
@@ -61,8 +62,12 @@ class LayerContext:
     observers hold the statistics of the calibration pass just run. ``inputs`` holds, for modules
     with ``needs_layer_inputs``, a row sample of each quantized Linear's input from that same pass
     (``[rows, in_features]``, float32). ``run_layer()`` runs the unit again on its calibration
-    batches (with the current weights) and returns its outputs. ``range_parms`` is the PTQ's
-    dict of full layer name -> range_parm, filled by the Quantize module.
+    batches (with the current weights) and returns its outputs; ``feed_layer()`` runs it only for
+    what its recorders and observers see (no outputs, cheaper). ``grams`` holds, when the driver
+    could record them in the calibration pass (no module before the first that needs them changes
+    the layer's weights), ``(sum x^T x, rows)`` of each weight-quantized Linear's input by relative
+    name. ``range_parms`` is the PTQ's dict of full layer name -> range_parm, filled by the
+    Quantize module.
     """
 
     name: str
@@ -75,6 +80,8 @@ class LayerContext:
     inputs: Dict[str, np.ndarray] = field(default_factory=dict)
     runner: Optional[Callable[[], List]] = None
     range_parms: Dict[str, float] = field(default_factory=dict)
+    feeder: Optional[Callable[[], None]] = None
+    grams: Dict[str, Tuple[np.ndarray, int]] = field(default_factory=dict)
 
     def full_name(self, relative: str) -> str:
         """The network-wide name of a cell of this unit (units without ``layer`` use full names)."""
@@ -85,6 +92,14 @@ class LayerContext:
         if self.runner is None:
             raise RuntimeError(f"{self.name}: this unit has no calibration batches to re-run")
         return self.runner()
+
+    def feed_layer(self) -> None:
+        """Run the unit on its calibration batches for its recorders and observers only: products
+        nothing in the unit reads are skipped and no outputs are returned."""
+        if self.feeder is None:
+            self.run_layer()
+        else:
+            self.feeder()
 
     def refresh_observers(self) -> List[str]:
         """Observe again the activation observers made stale by a per-channel rescale (histograms).
@@ -100,7 +115,7 @@ class LayerContext:
             cell.input_observer.reset()
             cell.observing = True
         try:
-            self.run_layer()
+            self.feed_layer()
         finally:
             for cell in stale.values():
                 cell.observing = False
@@ -128,6 +143,8 @@ class AlgoModule:
 
     name = "module"
     needs_layer_inputs = False   # True: PTQ records the Linear inputs of the calibration pass into ctx.inputs
+    keeps_layer_weights = False  # True: process() changes no float weight of the unit (so modules after it
+                                 # may be given the calibration pass's input grams instead of a new pass)
     method: Optional[MethodDeclaration] = None   # set by the registered accuracy methods
 
     def __init_subclass__(cls, **kwargs):
@@ -166,8 +183,9 @@ class InputRecorder:
     def __call__(self, x2: np.ndarray) -> None:
         if self.gram_rows is not None:
             x32 = np.asarray(x2, np.float32)
-            part = (x32.T @ x32).astype(np.float64)   # float32 GEMM per batch, summed in float64
-            self.gram = part if self.gram is None else self.gram + part
+            # float32 GEMM per batch, summed in float64; once per input however many layers read it
+            part = shared(x2, "gram", lambda: (x32.T @ x32).astype(np.float64))
+            self.gram = part.copy() if self.gram is None else self.gram + part   # a copy: part may be shared
             self.gram_rows += x32.shape[0]
         if self.max_rows is not None and self.kept >= self.max_rows:
             return

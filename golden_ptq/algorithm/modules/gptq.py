@@ -2,7 +2,8 @@
 
 Per quantized Linear, with ``H = 2 X^T X / n`` over every calibration row of its input ``X``
 (accumulated in one extra pass over the layer's calibration batches, after any outlier
-suppression has been folded, so ``X`` is the input the quantized weight will see), the weight
+suppression has been folded, so ``X`` is the input the quantized weight will see; in the
+calibration pass itself when no module before GPTQ changes the weights), the weight
 is rounded one input column at a time and each column's rounding error is spread over the
 columns not yet rounded so as to minimise ``|| X (W - Q)^T ||^2``:
 
@@ -22,7 +23,7 @@ points (``QuantLinear.weight_preset``). Groups of any size work, the last one ra
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -54,51 +55,83 @@ def gptq_quantize(weight: np.ndarray, hessian: np.ndarray, group_size: int = 0, 
     ``[out, ceil(in / group_size)]`` per group). ``clip_ratio`` (that shape) shrinks each
     channel's / group's range as ``quantize_weight`` does (AWQ's clip search, m3, sets it).
     """
+    in_features = np.shape(weight)[1]
+    if np.shape(hessian) != (in_features, in_features):
+        raise ValueError(f"GPTQ: hessian shape {np.shape(hessian)} does not match the weight's {in_features} "
+                         f"input columns")
+    return gptq_round(weight, HessianFactor(hessian, damp_percent, act_order), group_size, symmetric, bits,
+                      block_size, clip_ratio)
+
+
+class HessianFactor:
+    """What GPTQ needs of a Hessian, whatever weight it rounds: the column order (``act_order``:
+    decreasing ``H_jj``) and the upper Cholesky factor ``u`` of ``(H + damp I)^-1`` in that order.
+    Layers reading one input (wq/wk/wv) share it."""
+
+    def __init__(self, hessian: np.ndarray, damp_percent: float = 0.01, act_order: bool = False):
+        h = np.array(hessian, dtype=np.float64)
+        in_features = h.shape[0]
+        dead = np.diag(h) == 0            # inputs never seen: nothing to compensate against
+        h[dead, dead] = 1.0
+        self.act_order = act_order
+        self.perm = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(in_features)
+        h = h[np.ix_(self.perm, self.perm)]
+        h[np.diag_indices(in_features)] += damp_percent * float(np.mean(np.diag(h)))
+        self.u = np.linalg.cholesky(np.linalg.inv(h)).T   # upper factor of the inverse
+
+
+def gptq_round(weight: np.ndarray, factor: HessianFactor, group_size: int = 0, symmetric: bool = True,
+               bits: int = 8, block_size: int = 128, clip_ratio: Optional[np.ndarray] = None) -> Params:
+    """:func:`gptq_quantize` with the Hessian already factored.
+
+    The columns of a block are worked on transposed (one contiguous row per input column), the
+    arithmetic element by element as the formulas in the module docstring say.
+    """
     w = np.array(weight, dtype=np.float64)
     out_features, in_features = w.shape
-    h = np.array(hessian, dtype=np.float64)
-    if h.shape != (in_features, in_features):
-        raise ValueError(f"GPTQ: hessian shape {h.shape} does not match the weight's {in_features} input columns")
+    act_order, perm, u = factor.act_order, factor.perm, factor.u
+    if u.shape != (in_features, in_features):
+        raise ValueError(f"GPTQ: hessian shape {u.shape} does not match the weight's {in_features} input columns")
     qmin, qmax = weight_qrange(bits, symmetric)
-    dead = np.diag(h) == 0            # inputs never seen: nothing to compensate against
-    h[dead, dead] = 1.0
     groups = group_count(in_features, group_size)
-    scale = np.zeros((out_features, groups))
-    zero = np.zeros((out_features, groups))
+    scale = np.zeros((groups, out_features))   # per group (or the one per-channel range), by output row
+    zero = np.zeros((groups, out_features))
     clip = None if clip_ratio is None else np.asarray(clip_ratio, np.float64).reshape(out_features, groups)
     if not group_size or act_order:   # ranges fixed from the original weight
         width = group_size or in_features
         for g in range(groups):
-            scale[:, g], zero[:, g] = _column_params(w[:, g * width:(g + 1) * width], symmetric, bits,
-                                                     None if clip is None else clip[:, g])
-    perm = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(in_features)
-    w, h = w[:, perm], h[np.ix_(perm, perm)]
-    h[np.diag_indices(in_features)] += damp_percent * float(np.mean(np.diag(h)))
-    u = np.linalg.cholesky(np.linalg.inv(h)).T   # upper factor of the inverse
+            scale[g], zero[g] = _column_params(w[:, g * width:(g + 1) * width], symmetric, bits,
+                                               None if clip is None else clip[:, g])
+    w = w[:, perm]
     if group_size and not act_order:  # a group must lie within one block: its range is taken when it starts
         block_size = group_size * max(1, block_size // group_size)
-    codes = np.zeros_like(w)
+    codes_t = np.empty((in_features, out_features))
     for start in range(0, in_features, block_size):
         stop = min(start + block_size, in_features)
-        block = w[:, start:stop].copy()
-        errors = np.zeros_like(block)
+        block_t = np.ascontiguousarray(w[:, start:stop].T)   # [columns, rows]
+        errors_t = np.empty_like(block_t)
         for i in range(stop - start):
             col = start + i
             g = perm[col] // group_size if group_size else 0
             if group_size and not act_order and col % group_size == 0:
-                scale[:, g], zero[:, g] = _column_params(block[:, i:i + group_size], symmetric, bits,
-                                                         None if clip is None else clip[:, g])
-            q = np.clip(np.round(block[:, i] / scale[:, g]) + zero[:, g], qmin, qmax)
-            codes[:, col] = q
-            err = (block[:, i] - (q - zero[:, g]) * scale[:, g]) / u[col, col]
-            block[:, i:] -= np.outer(err, u[col, start + i:stop])
-            errors[:, i] = err
-        w[:, stop:] -= errors @ u[start:stop, stop:]
-    codes = codes[:, np.argsort(perm)]
+                scale[g], zero[g] = _column_params(block_t[i:i + group_size].T, symmetric, bits,
+                                                   None if clip is None else clip[:, g])
+            column, s, z = block_t[i], scale[g], zero[g]
+            q = np.round(column / s)
+            q += z
+            np.clip(q, qmin, qmax, out=q)
+            codes_t[col] = q
+            err = (column - (q - z) * s) / u[col, col]
+            errors_t[i] = err
+            if i + 1 < stop - start:   # the later columns of the block take this column's error
+                block_t[i + 1:] -= np.multiply.outer(u[col, col + 1:stop], err)
+        w[:, stop:] -= np.ascontiguousarray(errors_t.T) @ u[start:stop, stop:]
+    codes = codes_t[np.argsort(perm)].T
+    scale, zero = scale.T, zero.T
     if not group_size:
         scale, zero = scale[:, 0], zero[:, 0]
-    return (codes.astype(np.int8), scale.astype(np.float32),
-            None if symmetric else zero.astype(np.float32))
+    return (codes.astype(np.int8), np.ascontiguousarray(scale, np.float32),
+            None if symmetric else np.ascontiguousarray(zero, np.float32))
 
 
 class GPTQModule(AlgoModule):
@@ -108,6 +141,8 @@ class GPTQModule(AlgoModule):
         name="gptq", alias=None, role=PRECISION_RECOVERY, schemes=(WEIGHT_ONLY, W8A8), needs=(INPUT_GRAM,),
         algo_args=("gptq_damp_percent", "gptq_block_size", "gptq_act_order"), tp=False,
         tp_note="a row-parallel layer's Hessian and error compensation span every rank's input columns")
+
+    keeps_layer_weights = True   # it chooses codes (weight_preset); the float weights stay
 
     def __init__(self, damp_percent: float = 0.01, block_size: int = 128, act_order: bool = False):
         if not 0.0 < damp_percent <= 1.0:
@@ -130,22 +165,29 @@ class GPTQModule(AlgoModule):
         if not cells or ctx.runner is None:
             return
         grams = self._input_grams(ctx, cells)
+        factors: List[Tuple[np.ndarray, HessianFactor]] = []   # one per distinct Hessian of the unit
         for rel, cell in cells.items():
             gram, rows = grams[rel]
             hessian = gram * (2.0 / max(rows, 1))
-            w = cell.weight.asnumpy()
+            factor = next((f for h, f in factors if h.shape == hessian.shape and np.array_equal(h, hessian)), None)
+            if factor is None:
+                factor = HessianFactor(hessian, self.damp_percent, self.act_order)
+                factors.append((hessian, factor))
             spec = cell.spec
-            cell.weight_preset = gptq_quantize(w, hessian, spec.group_size, spec.weight_symmetric, cell.weight_bits,
-                                               self.block_size, self.damp_percent, self.act_order, cell.weight_clip)
+            cell.weight_preset = gptq_round(cell.weight.asnumpy(), factor, spec.group_size, spec.weight_symmetric,
+                                            cell.weight_bits, self.block_size, cell.weight_clip)
 
     @staticmethod
     def _input_grams(ctx: LayerContext, cells: Dict[str, QuantLinear]) -> Dict[str, Tuple[np.ndarray, int]]:
-        """``(sum x^T x, rows)`` of each cell's input over the unit's calibration batches (one pass)."""
+        """``(sum x^T x, rows)`` of each cell's input over the unit's calibration batches: those the
+        calibration pass recorded (``ctx.grams``), else from one more (feeding) pass."""
+        if all(rel in ctx.grams for rel in cells):
+            return {rel: ctx.grams[rel] for rel in cells}
         recorders = {}
         for rel, cell in cells.items():
             recorders[rel] = cell.recorder = InputRecorder(max_rows=0, gram=True)
         try:
-            ctx.run_layer()
+            ctx.feed_layer()
         finally:
             for cell in cells.values():
                 cell.recorder = None

@@ -232,6 +232,8 @@ class RotationModule(AlgoModule):
         algo_args=("rotation_seed", "rotation_online", "rotation_online_smooth"), tp=False,
         tp_note="not implemented for sharded networks, in QUANTIZE or DEPLOY; run rotated models at TP size 1")
 
+    keeps_layer_weights = True   # the weights are rotated before calibration; per layer it changes none
+
     def __init__(self, seed: int = 0, online: bool = True, online_smooth: bool = False):
         if online_smooth and not online:
             raise ValueError("RotationModule: online_smooth (algo_args.rotation_online_smooth) smooths through the "

@@ -62,31 +62,82 @@ def quantized_output_error(stats: MappingStats, x: np.ndarray, scale_e: np.ndarr
     Tensor parallel: a column-parallel layer's error sums are added over the ranks (each holds some
     output columns); a row-parallel layer's partial outputs are summed over the ranks first (each
     holds some input columns). Every rank gets the TP=1 value and so chooses the same candidate.
+    A search scoring many candidates of one mapping uses a :class:`CandidateScorer` (same values).
     """
-    if stats.transform is not None:
+    return CandidateScorer(stats, x, refs).error(scale_e, shift_e)
+
+
+class CandidateScorer:
+    """:func:`quantized_output_error` of one mapping's candidates on rows ``x``: what no candidate
+    changes (the balance layers' float64 weights, float outputs and their squared sums) is computed
+    once, and balance layers that quantize their shared input alike (wq/wk/wv, w1/w3) quantize it
+    once per candidate. The values are those of computing every candidate on its own. A mapping
+    through a run-time transform is scored by :func:`transformed_output_error` (its references once)."""
+
+    def __init__(self, stats: MappingStats, x: np.ndarray, refs: Optional[Dict[int, np.ndarray]] = None):
+        self.stats, self.x = stats, x
+        if stats.transform is not None:
+            self.refs = refs if refs is not None else transformed_reference(stats, x)
+            return
+        self.cells = [c for c in stats.balance if isinstance(c, QuantLinear)]
+        self.weights = {id(c): c.weight.asnumpy().astype(np.float64) for c in self.cells}
+        self.refs = {id(c): refs[id(c)] if refs is not None and id(c) in refs
+                     else _whole_output(c, x @ self.weights[id(c)].T) for c in self.cells}
+        self.ref_squares = {key: (ref ** 2).sum() for key, ref in self.refs.items()}
+
+    def error(self, scale_e: np.ndarray, shift_e: Optional[np.ndarray] = None) -> float:
+        if self.stats.transform is not None:
+            if shift_e is not None:
+                raise NotImplementedError("a channel shift cannot be folded through a run-time transform")
+            return transformed_output_error(self.stats, self.x, scale_e, self.refs)
+        num = den = 0.0
+        xs = self.x / scale_e[None, :]
         if shift_e is not None:
-            raise NotImplementedError("a channel shift cannot be folded through a run-time transform")
-        return transformed_output_error(stats, x, scale_e, refs)
-    num = den = 0.0
-    xs = x / scale_e[None, :]
+            xs = xs - shift_e[None, :]
+        quantized_inputs: Dict[tuple, np.ndarray] = {}
+        for cell in self.cells:
+            ref = self.refs[id(cell)]
+            ws = self.weights[id(cell)] * scale_e[None, :]
+            wq = cell.fake_quantized_weight(ws)
+            key = _input_quantizer(cell, scale_e, shift_e)
+            if key is None:   # row-parallel: its collectives run for every layer, as on every rank
+                xq = _quantize_input(cell, xs, scale_e, shift_e)
+            else:
+                if key not in quantized_inputs:
+                    quantized_inputs[key] = _quantize_input(cell, xs, scale_e, shift_e)
+                xq = quantized_inputs[key]
+            y = xq @ wq.T
+            if shift_e is not None:
+                y = y + wq @ shift_e
+            sums = np.array([((_whole_output(cell, y) - ref) ** 2).sum(), self.ref_squares[id(cell)]])
+            if _sharded(cell) == "column":
+                sums = all_reduce_sum_numpy(sums, cell.tp)
+            num += float(sums[0])
+            den += float(sums[1])
+        return num / max(den, 1e-30)
+
+
+def _input_quantizer(cell: QuantLinear, scale_e: np.ndarray, shift_e: Optional[np.ndarray]) -> Optional[tuple]:
+    """What :func:`_quantize_input` of ``cell`` depends on besides the rows (equal keys: equal
+    quantized rows), or None for a row-parallel layer (not shared)."""
+    spec = cell.spec
+    if not spec.act:
+        return ("float",)
+    if _sharded(cell) == "row":
+        return None
+    if spec.act_dynamic:
+        return ("per_token",)
+    lo, hi = _static_range(cell, scale_e, shift_e)
+    return ("static", lo, hi, bool(spec.act_symmetric))
+
+
+def _static_range(cell: QuantLinear, scale_e: np.ndarray, shift_e: Optional[np.ndarray]) -> Tuple[float, float]:
+    """The per-tensor range of ``cell``'s observed input after the rescale (and shift), this rank's."""
+    obs = cell.input_observer
+    lo_c, hi_c = obs.minimum / scale_e, obs.maximum / scale_e
     if shift_e is not None:
-        xs = xs - shift_e[None, :]
-    for cell in stats.balance:
-        if not isinstance(cell, QuantLinear):
-            continue
-        w = cell.weight.asnumpy().astype(np.float64)
-        ref = refs[id(cell)] if refs is not None and id(cell) in refs else _whole_output(cell, x @ w.T)
-        ws = w * scale_e[None, :]
-        wq = cell.fake_quantized_weight(ws)
-        y = _quantize_input(cell, xs, scale_e, shift_e) @ wq.T
-        if shift_e is not None:
-            y = y + wq @ shift_e
-        sums = np.array([((_whole_output(cell, y) - ref) ** 2).sum(), (ref ** 2).sum()])
-        if _sharded(cell) == "column":
-            sums = all_reduce_sum_numpy(sums, cell.tp)
-        num += float(sums[0])
-        den += float(sums[1])
-    return num / max(den, 1e-30)
+        lo_c, hi_c = lo_c - shift_e, hi_c - shift_e
+    return float(lo_c.min()), float(hi_c.max())
 
 
 def _sharded(cell) -> Optional[str]:
@@ -106,22 +157,10 @@ def _quantize_input(cell: QuantLinear, xs: np.ndarray, scale_e: np.ndarray, shif
     row = _sharded(cell) == "row"
     if spec.act_dynamic:
         return fake_quantize_per_token(xs, all_reduce_max(np.abs(xs).max(axis=1), cell.tp) if row else None)
-    obs = cell.input_observer
-    lo_c, hi_c = obs.minimum / scale_e, obs.maximum / scale_e
-    if shift_e is not None:
-        lo_c, hi_c = lo_c - shift_e, hi_c - shift_e
-    lo, hi = float(lo_c.min()), float(hi_c.max())
+    lo, hi = _static_range(cell, scale_e, shift_e)
     if row:
         lo, hi = float(all_reduce_min(np.array([lo]), cell.tp)[0]), float(all_reduce_max(np.array([hi]), cell.tp)[0])
     return fake_quantize_act(xs, lo, hi, spec.act_symmetric)
-
-
-def reference_outputs(stats: MappingStats, x: np.ndarray) -> Dict[int, np.ndarray]:
-    """Float outputs of the quantized balance layers on ``x`` (whole outputs of row-parallel ones)."""
-    if stats.transform is not None:
-        return transformed_reference(stats, x)
-    return {id(c): _whole_output(c, x @ c.weight.asnumpy().astype(np.float64).T)
-            for c in stats.balance if isinstance(c, QuantLinear)}
 
 
 class ScaleSearchModule(AlgoModule):
@@ -145,12 +184,11 @@ class ScaleSearchModule(AlgoModule):
             stats = mapping_statistics(ctx, mapping)
             if stats is None:
                 continue
-            x = mapping_input(ctx, mapping, stats)
-            refs = reference_outputs(stats, x)
+            scorer = CandidateScorer(stats, mapping_input(ctx, mapping, stats))
             scored = []
             for label, scale, shift in self.candidates(ctx, mapping, stats):
                 shift_e = None if shift is None else (shift / scale)[stats.expand]
-                scored.append((quantized_output_error(stats, x, scale[stats.expand], shift_e, refs), label, scale, shift))
+                scored.append((scorer.error(scale[stats.expand], shift_e), label, scale, shift))
             best = min(scored, key=lambda item: item[0])  # first of equals: candidates are ordered
             identity = next(err for err, label, _, _ in scored if label.startswith("identity"))
             key = f"{ctx.name}.{mapping.smooth}"
