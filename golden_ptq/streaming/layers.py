@@ -121,21 +121,30 @@ class StreamedLayers(LayerSource):
             param.set_data(Tensor(np.ascontiguousarray(array, dtype=np.float32)))
             del array
 
-    def _read_table(self, name: str, shape: Tuple[int, int]) -> np.ndarray:
+    @property
+    def _vocab_shape(self) -> Tuple[int, int]:
+        """The shape of a vocabulary table (embedding, lm_head): replicated under TP, so whole."""
+        return self.config.vocab_size, self.config.hidden_size
+
+    def _check_table(self, name: str, stored: Optional[Tuple[int, ...]]) -> None:
+        """One-line errors for a vocabulary table that the source lacks or holds in another shape."""
+        if stored is None:
+            raise MissingTensorError(f"{self.source.path}: tensor for parameter '{name}' (expected shape "
+                                     f"{self._vocab_shape}) is missing")
+        if tuple(stored) != self._vocab_shape:
+            raise ValueError(f"{self.source.path}: tensor for parameter '{name}' has shape {tuple(stored)}, "
+                             f"expected {self._vocab_shape}")
+
+    def _read_table(self, name: str) -> np.ndarray:
         """A vocabulary-sized float table from the source, checked, as contiguous float32."""
         array = self.source.get(name)
-        if array is None:
-            raise MissingTensorError(f"{self.source.path}: tensor for parameter '{name}' (expected shape {shape}) "
-                                     f"is missing")
-        if tuple(array.shape) != shape:
-            raise ValueError(f"{self.source.path}: tensor for parameter '{name}' has shape {tuple(array.shape)}, "
-                             f"expected {shape}")
+        self._check_table(name, None if array is None else array.shape)
         return np.ascontiguousarray(array, dtype=np.float32)
 
-    def _table(self, name: str, shape: Tuple[int, int]) -> Parameter:
+    def _table(self, name: str) -> Parameter:
         """A vocabulary-sized float table as a Parameter made straight from the array read: building
         the cell at full size first would hold a zero table beside it (3 copies at the peak, not 2)."""
-        return self._shared_parameter(self._read_table(name, shape), name.rsplit(".", 1)[1])
+        return self._shared_parameter(self._read_table(name), name.rsplit(".", 1)[1])
 
     def _shared_parameter(self, array: np.ndarray, name: str) -> Parameter:
         """A Parameter holding ``array`` itself: ``set_data(Tensor.from_numpy(...))`` shares the memory
@@ -150,16 +159,10 @@ class StreamedLayers(LayerSource):
         entry = self.ptq.registry.lookup(cell)
         return entry is None or bool(self.ptq.layer_spec(name, entry["kind"]).skip_reason)
 
-    def _copied_table(self, name: str, shape: Tuple[int, int]) -> ChunkedTensor:
+    def _copied_table(self, name: str) -> ChunkedTensor:
         """A float table written straight from the source, block by block (checked now)."""
-        stored = self.source.shape(name)
-        if stored is None:
-            raise MissingTensorError(f"{self.source.path}: tensor for parameter '{name}' (expected shape {shape}) "
-                                     f"is missing")
-        if tuple(stored) != shape:
-            raise ValueError(f"{self.source.path}: tensor for parameter '{name}' has shape {tuple(stored)}, "
-                             f"expected {shape}")
-        return ChunkedTensor(shape, np.float32, lambda: (block for _, block in self.source.row_blocks(name)))
+        self._check_table(name, self.source.shape(name))
+        return ChunkedTensor(self._vocab_shape, np.float32, lambda: (block for _, block in self.source.row_blocks(name)))
 
     def _table_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
         """Rows ``rows`` (sorted, unique) of a float table, read block by block."""
@@ -171,14 +174,13 @@ class StreamedLayers(LayerSource):
 
     def _embedding(self) -> Embedding:
         cell = Embedding(1, self.config.hidden_size)   # replicated under TP: the whole table
-        cell.embedding_weight = self._table(f"{EMBEDDING}.embedding_weight",
-                                            (self.config.vocab_size, self.config.hidden_size))
+        cell.embedding_weight = self._table(EMBEDDING_TABLE)
         return cell
 
     def _head(self) -> Linear:
         cell = Linear(self.config.hidden_size, 1)      # replicated under TP: the whole table
         cell.out_features = self.config.vocab_size
-        cell.weight = self._table("lm_head.weight", (self.config.vocab_size, self.config.hidden_size))
+        cell.weight = self._table(HEAD_TABLE)
         return cell
 
     # ----- writing ------------------------------------------------------------------------------
@@ -222,10 +224,9 @@ class StreamedLayers(LayerSource):
 
     # ----- LayerSource --------------------------------------------------------------------------
     def embedding_cells(self) -> Dict[str, QuantCell]:
-        shape = (self.config.vocab_size, self.config.hidden_size)
         probe = Embedding(1, self.config.hidden_size)
         if self.rotation is None and self.token_ids is not None and self._stays_float(probe, EMBEDDING):
-            self._copies[EMBEDDING_TABLE] = self._copied_table(EMBEDDING_TABLE, shape)
+            self._copies[EMBEDDING_TABLE] = self._copied_table(EMBEDDING_TABLE)
             probe.embedding_weight = self._shared_parameter(self._table_rows(EMBEDDING_TABLE, self.token_ids),
                                                             "embedding_weight")
             self.network.embedding_rows = self.token_ids
@@ -236,7 +237,7 @@ class StreamedLayers(LayerSource):
             embedding = self._embedding()
         else:   # rotated as read: E Q is the only table held
             embedding = Embedding(1, self.config.hidden_size)
-            table = self._read_table(f"{EMBEDDING}.embedding_weight", (self.config.vocab_size, self.config.hidden_size))
+            table = self._read_table(EMBEDDING_TABLE)
             embedding.embedding_weight = self._shared_parameter(rotate_embedding(table, self.rotation[0]),
                                                                 "embedding_weight")
             del table
@@ -290,20 +291,19 @@ class StreamedLayers(LayerSource):
         shell.model.norm_out = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self._load(shell.model.norm_out, "model.norm_out")
         if self.rotation is not None:   # the rotated head is untied: the final norm folded in, then Q
-            table = self._read_table(f"{EMBEDDING}.embedding_weight" if config.tie_word_embeddings
-                                     else "lm_head.weight", (config.vocab_size, config.hidden_size))
+            table = self._read_table(EMBEDDING_TABLE if config.tie_word_embeddings else HEAD_TABLE)
             rotated = rotate_head(table, shell.model.norm_out.weight.asnumpy(), self.rotation[0])
             del table
             shell.model.norm_out.weight.set_data(Tensor(rotated["model.norm_out.weight"]))
             shell.lm_head = Linear(config.hidden_size, 1)
             shell.lm_head.out_features = config.vocab_size
-            shell.lm_head.weight = self._shared_parameter(rotated.pop("lm_head.weight"), "weight")
+            shell.lm_head.weight = self._shared_parameter(rotated.pop(HEAD_TABLE), "weight")
         elif self.token_ids is not None and self._stays_float(Linear(config.hidden_size, 1), "lm_head"):
             # a float head is only copied through; tied to a float embedding, it *is* that table (written there)
             embedding_float = self._stays_float(Embedding(1, config.hidden_size), EMBEDDING)
             if not config.tie_word_embeddings or not embedding_float:
-                self._copies[HEAD_TABLE] = self._copied_table(
-                    EMBEDDING_TABLE if config.tie_word_embeddings else HEAD_TABLE, (config.vocab_size, config.hidden_size))
+                self._copies[HEAD_TABLE] = self._copied_table(EMBEDDING_TABLE if config.tie_word_embeddings
+                                                              else HEAD_TABLE)
             shell.lm_head = Linear(config.hidden_size, 1)   # a placeholder standing for the head in the records
             shell.lm_head.out_features = config.vocab_size
             self._head_copied = True
@@ -325,11 +325,10 @@ class StreamedLayers(LayerSource):
     def _embedding_as_written(self, embedding: Embedding) -> nn.Cell:
         """The embedding in the form its shard holds (quantized again: deterministic), so that a tied
         head shares or keeps parameters exactly as in the in-memory network."""
-        spec = self.ptq.layer_spec(EMBEDDING, "embedding")
-        entry = self.ptq.registry.lookup(embedding)
-        if spec.skip_reason or entry is None:
+        if self._stays_float(embedding, EMBEDDING):
             return embedding
-        cell = entry["quant_type"](embedding, spec)
+        entry = self.ptq.registry.lookup(embedding)
+        cell = entry["quant_type"](embedding, self.ptq.layer_spec(EMBEDDING, entry["kind"]))
         cell.quantize()
         return cell
 
