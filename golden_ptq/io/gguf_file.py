@@ -1,7 +1,7 @@
 """GGUF files (llama.cpp): metadata, lazily dequantized tensors, and the model config they describe."""
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
@@ -34,10 +34,15 @@ class GGUFFile:
         if tensor is None:
             return None
         array = dequantize(tensor.data, tensor.tensor_type)
-        return np.asarray(array, dtype=np.float32).reshape(tuple(int(d) for d in reversed(tensor.shape)))
+        return np.asarray(array, dtype=np.float32).reshape(self.shape(name))
 
     def has(self, name: str) -> bool:
         return name in self._tensors
+
+    def shape(self, name: str) -> Optional[Tuple[int, ...]]:
+        """The shape ``get`` returns (numpy order), from the header alone; None when absent."""
+        tensor = self._tensors.get(name)
+        return None if tensor is None else tuple(int(d) for d in reversed(tensor.shape))
 
 
 # Tensors of the first block the network has no place for (its biases are q/k/v only).

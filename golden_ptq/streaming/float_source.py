@@ -27,8 +27,9 @@ BLOCK_BYTES = 64 << 20
 class FloatSource:
     """``get(name)`` -> float array (or None) by our parameter name; ``config``; ``tokenizer()``.
 
-    A source that can read a tensor's rows alone (safetensors) also gives ``shape_of`` and
-    ``fetch_rows``; then :meth:`row_blocks` never holds more than one block of a table."""
+    ``shape_of`` gives a tensor's shape from the file's index or header (without it, :meth:`shape`
+    reads the tensor); a source that reads a tensor's rows alone (safetensors) also gives
+    ``fetch_rows``, and then :meth:`row_blocks` never holds more than one block of a table."""
 
     def __init__(self, path: str, config: LlamaConfig, fetch: Callable[[str], Optional[np.ndarray]],
                  tokenizer: Callable[[], object], check_head: Callable[[], None] = lambda: None,
@@ -96,11 +97,12 @@ def _is_gguf(path: str) -> bool:
 
 def _gguf_source(path: str) -> FloatSource:
     from golden_ptq.io.gguf_file import GGUFFile, gguf_config
-    from golden_ptq.networks.loaders.gguf_loader import gguf_fetcher
+    from golden_ptq.networks.loaders.gguf_loader import gguf_fetcher, gguf_shapes
     from golden_ptq.networks.tokenizer import Tokenizer
     file = GGUFFile(path)
     config = gguf_config(file)
-    return FloatSource(path, config, gguf_fetcher(file, config), lambda: Tokenizer.from_gguf_metadata(file.metadata))
+    return FloatSource(path, config, gguf_fetcher(file, config), lambda: Tokenizer.from_gguf_metadata(file.metadata),
+                       shape_of=gguf_shapes(file, config))
 
 
 def _named_source(path: str, tensors, model_config: Optional[LlamaConfig]) -> FloatSource:

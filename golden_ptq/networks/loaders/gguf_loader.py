@@ -30,6 +30,12 @@ def load_gguf(path: str, max_position_embeddings: Optional[int] = None,
     return network, Tokenizer.from_gguf_metadata(file.metadata)
 
 
+def gguf_shapes(file: GGUFFile, config: LlamaConfig) -> Callable[[str], Optional[Tuple[int, ...]]]:
+    """``shape(our parameter name)``: the shape ``gguf_fetcher`` returns for it, from the header alone."""
+    mapping = name_map(config.num_layers, GGUF_PER_LAYER, GGUF_GLOBAL)
+    return lambda name: file.shape(mapping.get(name, name))
+
+
 def gguf_fetcher(file: GGUFFile, config: LlamaConfig) -> Callable[[str], Optional[np.ndarray]]:
     """``fetch(our parameter name)``: the float32 tensor of ``file`` (None when absent), llama's q/k row
     permutation undone; one tensor dequantized per call."""
