@@ -271,7 +271,8 @@ def test_a_precision_test_target_scores_trials_on_the_task(tmp_path, tiny_networ
     for trial in full:   # FP32 / quantized accuracy, the calls after the two reference ones
         quantized = [s[3] for s in seen[2:] if s[1] == 8]
         assert any(trial["score"] == pytest.approx(seen[0][3] / q) for q in quantized if q > 0)
-    assert "boolq accuracy ratio" in (out / "tune_report.md").read_text()
+    report = (out / "tune_report.md").read_text()
+    assert "boolq accuracy ratio" in report and "rejected on 2 screen question(s)" in report
 
 
 def test_task_settings_are_checked(tmp_path, tiny_network_yaml, capsys):

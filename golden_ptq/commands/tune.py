@@ -45,10 +45,9 @@ def check_tune_args(args) -> None:
         args.screen_windows = default_screen_windows(args.eval_windows)
     if not math.isfinite(args.target) or args.target <= 0:
         raise ValueError(f"tune: --target {args.target} must be a finite score ratio > 0")
-    task = getattr(args, "task", "perplexity")
-    if task != "perplexity" and getattr(args, "dataset_path", None) is None:
-        raise ValueError(f"tune: --task {task} needs --dataset-path (the test's file; nothing is downloaded)")
-    if task == "perplexity" and getattr(args, "dataset_path", None) is not None:
+    if args.task != "perplexity" and args.dataset_path is None:
+        raise ValueError(f"tune: --task {args.task} needs --dataset-path (the test's file; nothing is downloaded)")
+    if args.task == "perplexity" and args.dataset_path is not None:
         raise ValueError("tune: --dataset-path is for --task boolq or squad1.1; perplexity is scored on --text")
     if args.eval_windows < 1:
         raise ValueError("tune: --eval-windows must be >= 1 (the full score needs windows)")
@@ -155,14 +154,14 @@ class TuneJob:
         self.name = quant_config_name(self.config_path) + "-tuned"
         self.output = args.output or os.path.join(OUTPUT_ROOT, self.name)
         self.reject_above = args.reject_above if args.reject_above is not None else default_reject_above(args.target)
-        self.task = getattr(args, "task", "perplexity")
-        self.task_samples = getattr(args, "task_samples", 200) if self.task != "perplexity" else None
+        self.task = args.task
+        self.task_samples = args.task_samples if self.task != "perplexity" else None
         settings = {"quant_config": self.config.to_dict(), "network_config": _file_text(args.network_config),
                     "text": _file_text(args.text), "target": args.target, "signal": args.signal,
                     "calib_samples": args.calib_samples, "seq_length": args.seq_length,
                     "eval_windows": args.eval_windows, "screen_windows": args.screen_windows,
                     "reject_above": self.reject_above, "max_float": args.max_float, "task": self.task,
-                    "dataset": _file_text(getattr(args, "dataset_path", None)), "task_samples": self.task_samples,
+                    "dataset": _file_text(args.dataset_path), "task_samples": self.task_samples,
                     "methods": [label for label, _ in self.variants]}
         os.makedirs(self.output, exist_ok=True)
         self.log = TrialLog(self.output, settings)
@@ -258,13 +257,15 @@ class TuneJob:
 
     def finish(self, found, ours: int, standing: int, clock: Stopwatch) -> List[str]:
         import importlib.util
-        from golden_ptq.commands.tune_report import write_tune_report
+        from golden_ptq.commands.tune_report import PERPLEXITY_LABEL, write_tune_report
         best = self.log.best
         reached = best is not None and best.meets
         verdict = "reached" if reached else "NOT reached (the best model tried is saved)"
         screens = sum(t.kind == REJECTED for t in self.log.trials)
-        comparison = (f"full evaluations: {ours} (plus {screens} candidate(s) rejected on {self.args.screen_windows} "
-                      f"screen window(s)); msModelSlim standing_high on the same outcomes: {standing}")
+        screened_on = (f"{self.args.screen_windows} screen window(s)" if self.task == "perplexity"
+                       else f"{self.screen or 0} screen question(s)")
+        comparison = (f"full evaluations: {ours} (plus {screens} candidate(s) rejected on {screened_on}); "
+                      f"msModelSlim standing_high on the same outcomes: {standing}")
         scored_on = (f"{self.val_tokens.size} validation tokens" if self.task == "perplexity"
                      else f"{self.task_samples} questions of {self.args.dataset_path}")
         facts = [f"target {self.score_name} ratio {self.args.target:g} on {scored_on} "
@@ -278,8 +279,7 @@ class TuneJob:
             facts.append(f"best: {best.variant}, {best.floats} float Linear(s), ratio {best.score:.6g}: "
                          f"{', '.join(best.names) or '-'}")
         png = importlib.util.find_spec("matplotlib") is not None
-        label = ("perplexity ratio to FP32 (validation)" if self.task == "perplexity"
-                 else f"FP32 / quantized {self.score_name}")
+        label = PERPLEXITY_LABEL if self.task == "perplexity" else f"FP32 / quantized {self.score_name}"
         paths = write_tune_report(self.output, self.log, facts, png=png, score_label=label)
         lines = [f"tuned {quant_config_name(self.config_path)}: target {self.score_name} ratio {self.args.target:g} "
                  f"{verdict}"]

@@ -14,8 +14,12 @@ def _fmt(value) -> str:
     return "" if value is None else f"{value:.6g}"
 
 
+#: the chart's axis label for a perplexity target (``golden-ptq tune --task`` gives its own)
+PERPLEXITY_LABEL = "perplexity ratio to FP32 (validation)"
+
+
 def write_tune_report(folder: str, log: TrialLog, facts: List[str], png: bool = True,
-                      score_label: str = "perplexity ratio to FP32 (validation)") -> Dict[str, str]:
+                      score_label: str = PERPLEXITY_LABEL) -> Dict[str, str]:
     """Write ``tune_report.md`` (facts, then one row per trial in the order they ran) and, with
     ``png``, ``tune_trials.png``. Returns the written paths by kind."""
     from golden_ptq.io.atomic import atomic_write, atomic_write_text
@@ -38,8 +42,7 @@ def write_tune_report(folder: str, log: TrialLog, facts: List[str], png: bool = 
     return paths
 
 
-def trial_chart(trials: List[Trial], best, target: float, path: str,
-                score_label: str = "perplexity ratio to FP32 (validation)") -> None:
+def trial_chart(trials: List[Trial], best, target: float, path: str, score_label: str = PERPLEXITY_LABEL) -> None:
     """Each trial's ratio against its number of float Linears (full score; a rejected trial at its
     screen score, hollow), the target as a line, the saved best ringed."""
     try:
