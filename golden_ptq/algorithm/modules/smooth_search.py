@@ -32,8 +32,8 @@ from golden_ptq.algorithm.modules.base import (ACTIVATION_RANGES, INPUT_ROWS, Al
                                                config_arg)
 from golden_ptq.algorithm.modules.smooth import (TP_SMOOTHING, MappingStats, fold_smoothing, mapping_statistics,
                                                 smoothing_scale)
-from golden_ptq.algorithm.modules.smooth_transform import (refuse_transform, transformed_output_error,
-                                                           transformed_reference)
+from golden_ptq.algorithm.modules.smooth_transform import (pre_transform_weights, refuse_transform,
+                                                           transformed_output_error, transformed_reference)
 from golden_ptq.config.method_names import ANTI_OUTLIER, W8A8
 from golden_ptq.networks.structure import SmoothMapping
 from golden_ptq.parallel.context import all_reduce_max, all_reduce_min, all_reduce_sum_numpy
@@ -77,7 +77,8 @@ class CandidateScorer:
     def __init__(self, stats: MappingStats, x: np.ndarray, refs: Optional[Dict[int, np.ndarray]] = None):
         self.stats, self.x = stats, x
         if stats.transform is not None:
-            self.refs = refs if refs is not None else transformed_reference(stats, x)
+            self.w_pres = pre_transform_weights(stats)
+            self.refs = refs if refs is not None else transformed_reference(stats, x, self.w_pres)
             return
         self.cells = [c for c in stats.balance if isinstance(c, QuantLinear)]
         self.weights = {id(c): c.weight.asnumpy().astype(np.float64) for c in self.cells}
@@ -89,7 +90,7 @@ class CandidateScorer:
         if self.stats.transform is not None:
             if shift_e is not None:
                 raise NotImplementedError("a channel shift cannot be folded through a run-time transform")
-            return transformed_output_error(self.stats, self.x, scale_e, self.refs)
+            return transformed_output_error(self.stats, self.x, scale_e, self.refs, self.w_pres)
         num = den = 0.0
         xs = self.x / scale_e[None, :]
         if shift_e is not None:

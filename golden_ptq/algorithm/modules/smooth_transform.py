@@ -72,11 +72,11 @@ def check_unsharded(ctx, balance: list, mapping: SmoothMapping) -> None:
 
 
 def pre_transform_stats(ctx, cell: QuantLinear, transform) -> PreTransformStats:
-    """One pass of the layer with ``cell``'s input recorded before ``transform``."""
+    """One (feeding) pass of the layer with ``cell``'s input recorded before ``transform``."""
     recorder = PreTransformStats(transform)
     previous, cell.recorder = cell.recorder, recorder
     try:
-        ctx.run_layer()
+        ctx.feed_layer()
     finally:
         cell.recorder = previous
     return recorder
@@ -101,22 +101,31 @@ def transform_weight(transform, w_pre: np.ndarray, scale_e: np.ndarray) -> np.nd
     return transform.apply_numpy(w_pre * scale_e[None, :])
 
 
-def transformed_reference(stats, x: np.ndarray) -> Dict[int, np.ndarray]:
+def pre_transform_weights(stats) -> Dict[int, np.ndarray]:
+    """``Wc T`` of each quantized balance layer (by ``id``): what no candidate scale changes."""
+    return {id(c): pre_transform_weight(c, stats.transform) for c in stats.balance if isinstance(c, QuantLinear)}
+
+
+def transformed_reference(stats, x: np.ndarray,
+                          w_pres: Optional[Dict[int, np.ndarray]] = None) -> Dict[int, np.ndarray]:
     """Float outputs ``u Wpreᵀ`` of the quantized balance layers on pre-transform rows ``x``."""
-    return {id(c): x @ pre_transform_weight(c, stats.transform).T for c in stats.balance if isinstance(c, QuantLinear)}
+    w_pres = pre_transform_weights(stats) if w_pres is None else w_pres
+    return {key: x @ w_pre.T for key, w_pre in w_pres.items()}
 
 
 def transformed_output_error(stats, x: np.ndarray, scale_e: np.ndarray,
-                             refs: Optional[Dict[int, np.ndarray]] = None) -> float:
+                             refs: Optional[Dict[int, np.ndarray]] = None,
+                             w_pres: Optional[Dict[int, np.ndarray]] = None) -> float:
     """Relative output error of the quantized balance layers reading ``(x / s) T`` with weights
-    ``(Wpre diag(s)) T``; a static range spans the candidate's transformed rows and extreme rows."""
+    ``(Wpre diag(s)) T``; a static range spans the candidate's transformed rows and extreme rows.
+    ``refs`` / ``w_pres``: the float outputs and ``Wpre`` when already computed for this mapping."""
     transform = stats.transform
     z = transform.apply_numpy(x / scale_e[None, :])
     num = den = 0.0
     for cell in stats.balance:
         if not isinstance(cell, QuantLinear):
             continue
-        w_pre = pre_transform_weight(cell, transform)
+        w_pre = w_pres[id(cell)] if w_pres is not None else pre_transform_weight(cell, transform)
         ref = refs[id(cell)] if refs is not None and id(cell) in refs else x @ w_pre.T
         wq = cell.fake_quantized_weight(transform_weight(transform, w_pre, scale_e))
         spec = cell.spec
