@@ -17,12 +17,11 @@ order (the dequantized weight values are the same).
 """
 from __future__ import annotations
 
-import mindspore as ms
-from mindspore import Tensor, ops
-
 from typing import Union
 
+import mindspore as ms
 import numpy as np
+from mindspore import Tensor, ops
 
 from golden_ptq.kernels import native_ops
 from golden_ptq.networks.layers import compiled_for_large_inputs
@@ -138,8 +137,10 @@ def w8a16_channel(x: Tensor, wq: Tensor, weight_scale: Tensor) -> Tensor:
 _GROUP_SIZE_TENSORS = {}
 
 
-def _group_size_tensor(group_size: int) -> Tensor:
-    """The native operator's ``group_size`` operand, int32 ``[1]`` (one tensor per size, reused)."""
+def _group_size_tensor(group_size: int, in_features: int) -> Tensor:
+    """The native operator's ``group_size`` operand, int32 ``[1]`` (one tensor per size, reused);
+    per output channel (``group_size`` 0) it is one group of the whole row."""
+    group_size = group_size or in_features
     if group_size not in _GROUP_SIZE_TENSORS:
         _GROUP_SIZE_TENSORS[group_size] = Tensor(np.array([group_size], np.int32))
     return _GROUP_SIZE_TENSORS[group_size]
@@ -152,7 +153,7 @@ def w8a16_group(x: Tensor, wq: Tensor, weight_scale: Tensor, weight_zp: Tensor, 
     ``weight_scale`` / ``weight_zp`` are ``[out, groups]`` or ``[out]``."""
     native = native_ops()
     if native is not None:
-        return native["wg_gemm"](x, wq, weight_scale, weight_zp, _group_size_tensor(group_size or wq.shape[1]))
+        return native["wg_gemm"](x, wq, weight_scale, weight_zp, _group_size_tensor(group_size, wq.shape[1]))
     return _w8a16_group(x, wq, weight_scale, weight_zp, group_size)
 
 
@@ -174,5 +175,5 @@ def resolve(form: str, in_features: int = 0, group_size: int = 0):
     product = native[_NATIVE_NAMES[form]] if native is not None else _GRAPH_ROUTES[form]
     extra: Union[Tensor, int, None] = None
     if form == "w8a16_group":
-        extra = _group_size_tensor(group_size or in_features) if native is not None else group_size
+        extra = _group_size_tensor(group_size, in_features) if native is not None else group_size
     return product, extra
