@@ -20,6 +20,10 @@ CT_SCHEMES = {
     "w4a16_g32": (dict(weight_bits=4, **G32), 1e-5),
     "a8w8_smooth": (dict(act_quant_dtype="int8", outliers_suppression="SMOOTH", opname_blacklist=["w2"]), 1e-5),
     "a8w8_dynamic": (dict(act_quant_dtype="int8", act_quant_granularity="PER_TOKEN"), 3e-2),
+    # an offline rotation is other float weights (norms folded, head untied, int8 embedding rows)
+    "a8w8_smooth_rotated": (dict(act_quant_dtype="int8", outliers_suppression="SMOOTH", opname_blacklist=["w2"],
+                                 embedding_quant_dtype="int8", rotation="hadamard",
+                                 algo_args={"rotation_online": False}), 1e-5),
 }
 
 

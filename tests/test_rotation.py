@@ -293,16 +293,31 @@ def test_saving_refuses_a_pipeline_that_disagrees_with_the_rotation_config(tmp_p
             save_quantized(net, ptq, str(tmp_path / "q"))
 
 
-def test_export_refuses_a_rotated_folder(tmp_path):
+def test_export_takes_an_offline_rotation_and_refuses_the_online_one(tmp_path):
+    from golden_ptq.export import export_model
+    from golden_ptq.export.import_ct import import_compressed_tensors
     from golden_ptq.export.saved_model import NotRepresentableError, SavedModel
     config = tiny()
-    net = LlamaForCausalLM(config, seed=0)
-    ptq = PTQ(PTQConfig(rotation="hadamard"))
-    ptq.apply(net, None, calibration(config))
-    ptq.convert(net)
-    save_quantized(net, ptq, str(tmp_path / "q"))
-    with pytest.raises(NotRepresentableError, match="rotation 'hadamard'.*online Hadamard"):
-        SavedModel(str(tmp_path / "q"))
+    config.tie_word_embeddings = True   # rotation unties the head; the export must carry it apart
+    ids = calibration(config)[0]
+    for online in (True, False):
+        net = LlamaForCausalLM(config, seed=0)
+        ptq = PTQ(PTQConfig(rotation="hadamard", act_quant_dtype="int8", act_quant_granularity="PER_TOKEN",
+                            algo_args={"rotation_online": online}))
+        ptq.apply(net, None, calibration(config))
+        ptq.convert(net)
+        folder = str(tmp_path / f"q{online}")
+        save_quantized(net, ptq, folder)
+        if online:
+            with pytest.raises(NotRepresentableError, match="rotation 'hadamard' and algo_args rotation_online: "
+                                                            "true.*online Hadamard.*rotation_online: false"):
+                SavedModel(folder)
+            continue
+        assert SavedModel(folder).head_is_separate
+        export_model(folder, "compressed-tensors", str(tmp_path / "ct"))
+        imported, _, _ = import_compressed_tensors(str(tmp_path / "ct"))
+        deployed, _ = load_quantized(folder)
+        np.testing.assert_array_equal(imported(ids).asnumpy(), deployed(ids).asnumpy())
 
 
 @pytest.mark.slow

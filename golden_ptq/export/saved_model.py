@@ -132,10 +132,13 @@ class SavedModel:
             self.desc: Dict[str, str] = json.load(handle)
         from golden_ptq.config import PTQConfig
         self.ptq_config = PTQConfig.load(os.path.join(folder, CONFIG_FILE))
-        if self.ptq_config.rotation_method is not None:
-            raise NotRepresentableError(f"{folder}: quantized with rotation {self.ptq_config.rotation!r}, whose "
-                                        f"online Hadamard before feed_forward.w2 no export format holds; export a "
-                                        f"model quantized with rotation: none")
+        if self.ptq_config.rotation_method is not None and self.ptq_config.arg("rotation_online"):
+            # an offline rotation is only other float weights; the online transform is a new op
+            raise NotRepresentableError(f"{folder}: quantized with rotation {self.ptq_config.rotation!r} and "
+                                        f"algo_args rotation_online: true, whose online Hadamard before "
+                                        f"feed_forward.w2 no export format holds; quantize with algo_args "
+                                        f"{{rotation_online: false}} (the rotation then folds into the weights) "
+                                        f"or rotation: none")
         self.tensors: Dict[str, np.ndarray] = read_checkpoint(find_checkpoint(folder))
         missing = sorted(set(self.desc) ^ set(self.tensors))
         if missing:
