@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import platform
 import tempfile
@@ -21,7 +22,7 @@ import time
 import numpy as np
 
 from golden_ptq import PTQ, PTQConfig
-from golden_ptq.deploy import default_network_config, load_quantized, save_quantized
+from golden_ptq.deploy import default_network_config, load_quantized, packaged_quant_config, save_quantized
 from golden_ptq.eval.corpus import corpus_windows
 from golden_ptq.eval.perplexity import log_softmax_nll
 from golden_ptq.export import SavedModel, export_model
@@ -33,9 +34,27 @@ SCHEMES = {
                      ["compressed-tensors", "compressed-tensors@absmax/127", "self@1e-6", "self@1e-4"]),
     "a8w8_static": (dict(act_quant_dtype="int8", outliers_suppression="SMOOTH", opname_blacklist=["w2", "lm_head"]),
                     ["compressed-tensors", "msmodelslim", "self@1e-6", "self@1e-4"]),
+    # shipped configs with the rotation kept offline (the online Hadamard before w2 has no export form)
+    "a8w8_dynamic_rotated": (dict(base="a8w8_dynamic", algo_args={"rotation_online": False}),
+                             ["compressed-tensors", "self@1e-6"]),
+    "a8w8_static_rotated": (dict(base="a8w8_static", algo_args={"rotation_online": False,
+                                                                "rotation_online_smooth": False}),
+                            ["compressed-tensors", "msmodelslim", "self@1e-6"]),
     "a16w8": (dict(), ["compressed-tensors"]),
     "a16w8_g32": (dict(**G32), ["compressed-tensors", "gguf"]),
 }
+
+
+def make_config(kwargs: dict) -> PTQConfig:
+    """``PTQConfig(**kwargs)``, or with ``base``: that shipped config with the other fields replaced
+    (``algo_args`` updated, not replaced)."""
+    kwargs = dict(kwargs)
+    base = kwargs.pop("base", None)
+    if base is None:
+        return PTQConfig(**kwargs)
+    config = PTQConfig.load(packaged_quant_config(base))
+    kwargs["algo_args"] = {**config.algo_args, **kwargs.get("algo_args", {})}
+    return dataclasses.replace(config, **kwargs)
 
 
 def nll_and_top1(logits: np.ndarray, windows: np.ndarray):
@@ -160,7 +179,7 @@ def main() -> None:
         for scheme in args.schemes:
             kwargs, formats = SCHEMES[scheme]
             network = helper.create_network()
-            ptq = PTQ(PTQConfig(**kwargs))
+            ptq = PTQ(make_config(kwargs))
             ptq.apply(network, helper, calib)
             ptq.convert(network)
             folder = os.path.join(tmp, scheme)

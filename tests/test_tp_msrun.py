@@ -42,6 +42,9 @@ VARIANTS = [
     {"name": "dynamic_m6", "config": {},
      "ptq": dict(act_quant_dtype=ms.int8, act_quant_granularity=QuantGranularity.PER_TOKEN, anti_method="m6",
                  algo_args=SMALL_GRIDS, **FLOAT_HEAD)},
+    # weight-only, groups of 16 with zero points (the group kernel on row-parallel input slices)
+    {"name": "a16w8_g16_asym", "config": {},
+     "ptq": dict(weight_quant_granularity=QuantGranularity.PER_GROUP, group_size=16, weight_symmetric=False)},
 ]
 
 
@@ -182,3 +185,14 @@ def test_deploy_tp2_logits_equal_tp1_deploy(job):
     for logits, in_process in zip(job["ranks"]("deploy_ranks"), quant):  # per-rank checkpoints
         np.testing.assert_allclose(logits, in_process, atol=1e-6, rtol=0)
         np.testing.assert_allclose(logits, job["tp1"]["deploy"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("what", ["fp", "deploy_ranks"] + [f"{v['name']}_quant" for v in VARIANTS])
+def test_compiled_equals_eager_under_tp2(job, what):
+    """Whole-network graphs (prefill and decode steps, collectives inside) against PyNative, on each rank."""
+    for rank in range(2):
+        run = np.load(os.path.join(job["dir"], f"{what}_compiled_rank{rank}.npz"))
+        assert bool(run["ran"]), f"{what} rank {rank}: the compiled path fell back to PyNative"
+        scale = np.abs(run["eager"]).max()
+        assert np.abs(run["compiled"] - run["eager"]).max() <= 1e-4 * scale
+        np.testing.assert_array_equal(run["tokens"], run["eager_tokens"])

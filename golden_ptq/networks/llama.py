@@ -317,6 +317,12 @@ class LlamaForCausalLM(nn.Cell):
 
     # ----- forward ----------------------------------------------------------------------------
     def construct(self, input_ids, attention_mask=None) -> Tensor:
+        # The graph parser reads this method whenever a compiled graph reaches the network cell (the
+        # graphs hold it), and it cannot parse ``try``: the body lives in a plain method.
+        return self.logits(input_ids, attention_mask)
+
+    def logits(self, input_ids, attention_mask=None) -> Tensor:
+        """Logits ``[B, T, V]`` of a full forward (compiled when ``set_compiled(forward=True)``)."""
         ids = _as_numpy(input_ids)
         mask = np.ones_like(ids) if attention_mask is None else _as_numpy(attention_mask)
         if self.compiled_forward and self._compilable():
@@ -412,10 +418,7 @@ class LlamaForCausalLM(nn.Cell):
         return [layer.attention.kv_cache for layer in self.model.layers]
 
     def _compilable(self) -> bool:
-        """Nothing in the network needs Python during a forward (observers, input recorders), and
-        no tensor parallelism (its collectives run eagerly)."""
-        if self.tp.parallel:
-            return False
+        """Nothing in the network needs Python during a forward (observers, input recorders)."""
         return not any(getattr(cell, "observing", False) or getattr(cell, "recorder", None) is not None
                        for _, cell in self.cells_and_names())
 

@@ -31,9 +31,22 @@ def main(workdir: str) -> None:
     def save(what: str, logits) -> None:
         np.save(os.path.join(workdir, f"{what}_rank{ctx.rank}.npy"), logits.asnumpy())
 
+    def save_compiled(what: str, net) -> None:
+        """Eager and compiled forward logits and greedy tokens; the compiled run must use its graphs."""
+        net.set_compiled(decode=False, forward=False)
+        eager, eager_tokens = net(ids).asnumpy(), np.asarray(net.generate(ids, max_length=ids.shape[1] + 6))
+        net.set_compiled(decode=True, forward=True)
+        net.compile_min_new_tokens = 1
+        compiled, tokens = net(ids).asnumpy(), np.asarray(net.generate(ids, max_length=ids.shape[1] + 6))
+        ran = bool(net.compiled_forward and net._decode_shapes)   # False after a fallback to PyNative
+        net.set_compiled()
+        np.savez(os.path.join(workdir, f"{what}_compiled_rank{ctx.rank}.npz"), eager=eager, compiled=compiled,
+                 eager_tokens=eager_tokens, tokens=tokens, ran=ran)
+
     helper = NetworkHelper(job["network"])
     network = helper.create_network()
     save("fp", network(ids))
+    save_compiled("fp", network)
     ptq = PTQ(PTQConfig.from_dict(job["ptq"]))
     ptq.apply(network, helper, calib)
     ptq.convert(network)
@@ -42,6 +55,7 @@ def main(workdir: str) -> None:
     barrier(ctx)
     deployed, _ = load_quantized(os.path.join(workdir, "tp2"), helper)
     save("deploy_ranks", deployed(ids))
+    save_compiled("deploy_ranks", deployed)
     deployed, _ = load_quantized(job["full_folder"], helper)
     save("deploy_full", deployed(ids))
     # more networks and PTQ settings (uneven query heads, replicated KV heads, searched smoothing,
@@ -53,6 +67,7 @@ def main(workdir: str) -> None:
         ptq.apply(net, None, calib)
         ptq.convert(net)
         save(f"{variant['name']}_quant", net(ids))
+        save_compiled(f"{variant['name']}_quant", net)
         with open(os.path.join(workdir, f"{variant['name']}_tuning_rank{ctx.rank}.json"), "w", encoding="utf-8") as f:
             json.dump({"rolled_back": ptq.rolled_back, "range_parms": ptq.range_parms,
                        "output_errors": ptq.output_errors}, f)
