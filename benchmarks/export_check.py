@@ -40,6 +40,11 @@ SCHEMES = {
     "a8w8_static_rotated": (dict(base="a8w8_static", algo_args={"rotation_online": False,
                                                                 "rotation_online_smooth": False}),
                             ["compressed-tensors", "msmodelslim", "self@1e-6"]),
+    # float16 static scales (the msModelSlim layout's input_scale dtype) for MindIE
+    "a8w8_static_rotated_fp16": (dict(base="a8w8_static", algo_args={"rotation_online": False,
+                                                                     "rotation_online_smooth": False,
+                                                                     "static_scale_dtype": "float16"}),
+                                 ["msmodelslim"]),
     "a16w8": (dict(), ["compressed-tensors"]),
     "a16w8_g32": (dict(**G32), ["compressed-tensors", "gguf"]),
 }

@@ -105,6 +105,14 @@ def online_matrix(width: int) -> np.ndarray:
     return np.kron(np.eye(width // block), sylvester(block) / np.sqrt(block))
 
 
+def times_online(x: np.ndarray) -> np.ndarray:
+    """``x T`` on the last axis in float64, ``T = online_matrix(x.shape[-1])`` applied block by block
+    (``T`` is block-diagonal: the dense product would do ``width / block`` times the work)."""
+    x = np.asarray(x, np.float64)
+    block = online_block(x.shape[-1])
+    return (x.reshape(-1, block) @ (sylvester(block) / np.sqrt(block))).reshape(x.shape)
+
+
 class OnlineHadamard(nn.Cell):
     """``y = x T`` on the last axis, ``T`` block-diagonal with normalised Sylvester blocks.
 
@@ -125,6 +133,4 @@ class OnlineHadamard(nn.Cell):
     def apply_numpy(self, x: np.ndarray) -> np.ndarray:
         """``x T`` in float64 on the last axis (numpy; what ``construct`` computes). ``T`` is symmetric
         and orthogonal, so it is its own inverse: ``apply_numpy`` also undoes itself."""
-        x = np.asarray(x, np.float64)
-        block = sylvester(self.block) / np.sqrt(self.block)
-        return (x.reshape(-1, self.block) @ block).reshape(x.shape)
+        return times_online(x)

@@ -44,7 +44,7 @@ from mindspore import Parameter, Tensor, nn
 
 from golden_ptq.algorithm.modules.base import WEIGHTS, AlgoModule, LayerContext, MethodDeclaration, config_arg
 from golden_ptq.config.method_names import ROTATION, W8A8, WEIGHT_ONLY
-from golden_ptq.networks.hadamard import OnlineHadamard, online_matrix, random_orthogonal
+from golden_ptq.networks.hadamard import OnlineHadamard, random_orthogonal, times_online
 from golden_ptq.networks.llama import LlamaForCausalLM
 from golden_ptq.quant_cells.base import QuantCell
 
@@ -150,7 +150,7 @@ def rotate_layer(arrays: Dict[str, np.ndarray], mats: RotationMatrices, online: 
     wo = (wo.reshape(wo.shape[0], -1, head_dim) @ hv).reshape(wo.shape)
     out["attention.wo.weight"] = q.T @ wo
     w2 = arr("feed_forward.w2.weight")
-    out["feed_forward.w2.weight"] = q.T @ (w2 @ online_matrix(w2.shape[1]) if online else w2)
+    out["feed_forward.w2.weight"] = q.T @ (times_online(w2) if online else w2)
     for norm in ("attention_norm", "ffn_norm"):
         out[f"{norm}.weight"] = np.ones(q.shape[0])
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
