@@ -22,6 +22,7 @@ setup(
         "tokenizers",
         "tqdm",
         "psutil",
+        "scipy",
     ],
     extras_require={"test": ["pytest", "matplotlib"], "report": ["matplotlib"],
                     # benchmarks/speed.py's side-by-side column: SmolLM2 in transformers on CPU

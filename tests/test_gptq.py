@@ -6,6 +6,7 @@ import pytest
 
 from golden_ptq import PTQ, PTQConfig, PTQMode, QuantGranularity
 from golden_ptq.algorithm.modules import GPTQModule, QuantizeModule, gptq_quantize
+from golden_ptq.algorithm.modules.gptq import upper_factor_of_inverse
 from golden_ptq.io.checkpoint import load_checkpoint, save_checkpoint
 from golden_ptq.networks.llama import LlamaForCausalLM
 from golden_ptq.quant_cells.linear import QuantLinear
@@ -50,6 +51,15 @@ def reference_gptq(w, h, group_size, symmetric, bits, damp, act_order, clip=None
         w[:, left] -= np.outer(err, hinv[j, left])
         hinv = hinv - np.outer(hinv[:, j], hinv[j, :]) / hinv[j, j]
     return codes, scale if group_size else scale[:, 0], zero if group_size else zero[:, 0]
+
+
+def test_upper_factor_of_the_inverse(rng):
+    _, h, _ = problem(rng)
+    h[5, 5] = 1.0
+    u = upper_factor_of_inverse(h)
+    assert np.array_equal(u, np.triu(u)) and (np.diag(u) > 0).all()
+    np.testing.assert_allclose(u.T @ u, np.linalg.inv(h), rtol=1e-10, atol=1e-12 * np.abs(np.linalg.inv(h)).max())
+    np.testing.assert_allclose(u, np.linalg.cholesky(np.linalg.inv(h)).T, rtol=1e-9, atol=1e-12)
 
 
 def problem(rng, out_features=12, in_features=20, rows=200):

@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
+from scipy.linalg import lapack
 
 from golden_ptq.algorithm.modules.base import (INPUT_GRAM, AlgoModule, InputRecorder, LayerContext, MethodDeclaration,
                                                config_arg)
@@ -77,7 +78,18 @@ class HessianFactor:
         self.perm = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(in_features)
         h = h[np.ix_(self.perm, self.perm)]
         h[np.diag_indices(in_features)] += damp_percent * float(np.mean(np.diag(h)))
-        self.u = np.linalg.cholesky(np.linalg.inv(h)).T   # upper factor of the inverse
+        self.u = upper_factor_of_inverse(h)
+
+
+def upper_factor_of_inverse(h: np.ndarray) -> np.ndarray:
+    """Upper-triangular ``U`` with ``U^T U = h^-1`` (``h`` symmetric positive definite), without forming
+    the inverse: with ``P`` the order reversal and ``P h P = M M^T`` (Cholesky), ``U = P M^-1 P``.
+    One factorisation and one triangular inverse: about half the work of ``cholesky(inv(h)).T``."""
+    lower = np.linalg.cholesky(h[::-1, ::-1])
+    inverse, info = lapack.dtrtri(lower, lower=1)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"GPTQ: the damped Hessian's Cholesky factor is singular (dtrtri info {info})")
+    return np.ascontiguousarray(inverse[::-1, ::-1])
 
 
 def gptq_round(weight: np.ndarray, factor: HessianFactor, group_size: int = 0, symmetric: bool = True,
