@@ -7,6 +7,7 @@ report (:mod:`.report`). PTQ is the public class tying them together, as Golden 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -126,8 +127,10 @@ class PTQ(CompAlgo):
                 guards.check_calibration_rows(rows, net_config.vocab_size,
                                               getattr(net_config, "max_position_embeddings", None))
         self.range_parms, self.output_errors, self.rolled_back = {}, {}, []  # this network's only
+        started = time.perf_counter()
         for module in self.pipeline:   # whole-network steps (rotation) before any layer is swapped
             module.prepare_network(network, quantize=self.config.mode is PTQMode.QUANTIZE)
+        prepare_seconds = time.perf_counter() - started
         self._swap_in_quant_cells(network)
         if self.config.mode is PTQMode.DEPLOY:
             self._prepare_deploy(network, structure)
@@ -136,6 +139,7 @@ class PTQ(CompAlgo):
         else:
             try:
                 self._calibrate(network, structure, rows)
+                self.calibration_seconds += prepare_seconds   # the rotation is part of calibrating
             except BaseException as err:
                 guards.mark_failed(network, f"PTQ.apply failed on this network ({type(err).__name__}: {err}); "
                                             f"it is half quantized: build a fresh float network")
