@@ -17,6 +17,7 @@ SCHEMES = {
     "a8w8": dict(act_quant_dtype=I8),
     "a8w8-dynamic": dict(act_quant_dtype=I8, act_quant_granularity=QuantGranularity.PER_TOKEN),
     "c8": dict(weight_quant_dtype=None, kvcache_quant_dtype=I8),
+    "c8-token-values": dict(weight_quant_dtype=None, kvcache_quant_dtype=I8, algo_args={"kvcache_scheme": "token_values"}),
     "a16w8-c8": dict(kvcache_quant_dtype=I8),
     "a8w8-smooth-c8": dict(act_quant_dtype=I8, kvcache_quant_dtype=I8,
                            outliers_suppression=OutliersSuppressionType.SMOOTH),

@@ -1,15 +1,34 @@
-"""``QuantKVCache``: int8 key/value history with static per-channel scales (C8)."""
+"""``QuantKVCache``: int8 key/value history (C8), in one of two layouts (``KV_SCHEMES``).
+
+``static`` (msModelSlim's C8 layout): keys and values ``[B, Hkv, S, D]`` int8 with static symmetric
+per-channel (KV head x head dim) scales ``key_scale`` / ``value_scale`` ``[Hkv*D]`` from the
+calibration abs-max.
+
+``token_values``: keys as above but asymmetric (``key_scale`` and integer ``key_zero_point``
+``[Hkv*D]`` from the calibration min/max); values get one scale per token and head, set as they are
+written, so a token with large values no longer coarsens every other token's codes (measured on
+SmolLM2: the KL to FP32 of C8 drops from 1.0e-3 to about 4e-4, most of what is left being the keys).
+A value row is stored as ``D + 1`` int8: ``D`` symmetric codes and an exponent ``e`` giving the
+row's scale ``value_token_base[head] * 2**(e/16) / 127`` (the smallest step of 2**(1/16) that covers
+the row's abs-max). ``value_token_base`` ``[Hkv]`` is the head's calibration abs-max (times
+``2**(1/32)``); it only places the exponent's range (``2**-8 .. 2**7.9`` times it), so values beyond
+calibration are not clipped until about 245x the calibrated abs-max.
+"""
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Tuple
 
 import mindspore as ms
 import numpy as np
 from mindspore import Tensor, ops
 
+from golden_ptq.config.ptq_config import KVCACHE_SCHEMES as KV_SCHEMES
 from golden_ptq.networks.layers import KVCache, compiled_for_large_inputs
 from golden_ptq.quant_cells.base import QuantCell
-from golden_ptq.quant_math import MinMaxObserver, symmetric_scale
+from golden_ptq.quant_math import MinMaxObserver, asymmetric_params, symmetric_scale
+
+EXPONENT_STEPS = 16          # token scale exponents per octave
+_EXP_MIN, _EXP_MAX = -128.0, 127.0
 
 
 def _encode(x: Tensor, scale: Tensor) -> Tensor:
@@ -20,29 +39,64 @@ def _decode(q: Tensor, scale: Tensor) -> Tensor:
     return ops.mul(q.astype(ms.float32), scale)
 
 
+def _encode_asym(x: Tensor, scale: Tensor, zero_point: Tensor) -> Tensor:
+    return ops.clip_by_value(ops.add(ops.round(ops.div(x, scale)), zero_point), -128.0, 127.0).astype(ms.int8)
+
+
+def _decode_asym(q: Tensor, scale: Tensor, zero_point: Tensor) -> Tensor:
+    return ops.mul(ops.sub(q.astype(ms.float32), zero_point), scale)
+
+
+def _token_scale(exponent: Tensor, base: Tensor) -> Tensor:
+    return ops.mul(ops.exp2(ops.mul(exponent, 1.0 / EXPONENT_STEPS)), ops.mul(base, 1.0 / 127.0))
+
+
+def _encode_tokens(x: Tensor, base: Tensor) -> Tensor:
+    """``[.., D]`` floats -> ``[.., D + 1]`` int8: the codes, then the row's scale exponent."""
+    ratio = ops.div(ops.abs(x).max(axis=-1, keepdims=True), base)
+    exponent = ops.ceil(ops.mul(ops.log2(ops.maximum(ratio, 1e-30)), float(EXPONENT_STEPS)))
+    exponent = ops.clip_by_value(exponent, _EXP_MIN, _EXP_MAX)
+    codes = ops.clip_by_value(ops.round(ops.div(x, _token_scale(exponent, base))), -127.0, 127.0)
+    return ops.concat((codes, exponent), -1).astype(ms.int8)
+
+
+def _decode_tokens(stored: Tensor, base: Tensor) -> Tensor:
+    # cast first, then slice: a slice taken of the static buffer Parameter itself inside a compiled
+    # decode step was read before that step's write (wrong logits); the cast keeps the order
+    rows = stored.astype(ms.float32)
+    width = rows.shape[-1] - 1
+    return ops.mul(rows[..., :width], _token_scale(rows[..., width:], base))
+
+
 # Keyed on the batch x heads rows of the 4-D cache tensors; decode steps stay eager.
 _encode_auto = compiled_for_large_inputs(_encode)
 _decode_auto = compiled_for_large_inputs(_decode)
+_encode_asym_auto = compiled_for_large_inputs(_encode_asym)
+_decode_asym_auto = compiled_for_large_inputs(_decode_asym)
+_encode_tokens_auto = compiled_for_large_inputs(_encode_tokens)
+_decode_tokens_auto = compiled_for_large_inputs(_decode_tokens)
 
 
 class QuantKVCache(KVCache, QuantCell):
-    """Keys/values stored as int8 ``[B, Hkv, S, D]``; ``key_scale``/``value_scale`` are ``[Hkv*D]``.
-
-    Scales are per channel (KV head x head dim), symmetric, from the calibration max of the keys
-    (after rotary embedding) and values.
-    """
+    """Keys/values stored as int8 ``[B, Hkv, S, D]`` (values ``D + 1`` wide in ``token_values``);
+    the scheme (``spec.kvcache_scheme``, one of ``KV_SCHEMES``) is described in the module docstring."""
 
     def __init__(self, cache: KVCache, spec):
         QuantCell.__init__(self, spec)
         self.num_kv_heads, self.head_dim = cache.num_kv_heads, cache.head_dim
+        self.scheme = spec.kvcache_scheme
+        if self.scheme not in KV_SCHEMES:
+            raise ValueError(f"QuantKVCache: kvcache_scheme {self.scheme!r} not allowed; allowed: {list(KV_SCHEMES)}")
         self._history = {}
         self._static = []
         self._static_pool = {}
         self.observers = {"key": MinMaxObserver(), "value": MinMaxObserver()}
 
-    def _scale4d(self, kind: str) -> Tensor:
-        scale = self.key_scale if kind == "key" else self.value_scale
-        return scale.reshape(1, self.num_kv_heads, 1, self.head_dim)
+    def _channels4d(self, param) -> Tensor:
+        return param.reshape(1, self.num_kv_heads, 1, self.head_dim)
+
+    def _base4d(self) -> Tensor:
+        return self.value_token_base.reshape(1, self.num_kv_heads, 1, 1)
 
     def encode(self, x: Tensor, kind: str) -> Tensor:
         if not self.quantized:
@@ -50,27 +104,59 @@ class QuantKVCache(KVCache, QuantCell):
                 # channels = (head, dim): move heads next to dim, flatten the rest
                 self.observers[kind].update(x.asnumpy().transpose(0, 2, 1, 3).reshape(-1, x.shape[1] * x.shape[3]))
             return x
-        return _encode_auto(x, self._scale4d(kind))
-
-    def stored_dtype(self) -> np.dtype:
-        return np.dtype(np.int8 if self.quantized else np.float32)
+        if self.scheme == "static":
+            scale = self.key_scale if kind == "key" else self.value_scale
+            return _encode_auto(x, self._channels4d(scale))
+        if kind == "key":
+            return _encode_asym_auto(x, self._channels4d(self.key_scale), self._channels4d(self.key_zero_point))
+        return _encode_tokens_auto(x, self._base4d())
 
     def decode(self, stored: Tensor, kind: str) -> Tensor:
         if not self.quantized:
             return stored
-        return _decode_auto(stored, self._scale4d(kind))
+        if self.scheme == "static":
+            scale = self.key_scale if kind == "key" else self.value_scale
+            return _decode_auto(stored, self._channels4d(scale))
+        if kind == "key":
+            return _decode_asym_auto(stored, self._channels4d(self.key_scale), self._channels4d(self.key_zero_point))
+        return _decode_tokens_auto(stored, self._base4d())
+
+    def stored_dtype(self) -> np.dtype:
+        return np.dtype(np.int8 if self.quantized else np.float32)
+
+    def stored_widths(self) -> Tuple[int, int]:
+        if self.quantized and self.scheme == "token_values":
+            return self.head_dim, self.head_dim + 1
+        return self.head_dim, self.head_dim
 
     def quantize(self) -> None:
-        self._set_param("key_scale", symmetric_scale(self.observers["key"].absmax()))
-        self._set_param("value_scale", symmetric_scale(self.observers["value"].absmax()))
+        keys, values = self.observers["key"], self.observers["value"]
+        if self.scheme == "static":
+            self._set_param("key_scale", symmetric_scale(keys.absmax()))
+            self._set_param("value_scale", symmetric_scale(values.absmax()))
+        else:
+            scale, zero_point = asymmetric_params(keys.minimum, keys.maximum)
+            self._set_param("key_scale", scale)
+            self._set_param("key_zero_point", zero_point)
+            head_absmax = values.absmax().reshape(self.num_kv_heads, self.head_dim).max(axis=1)
+            # half an exponent step above the abs-max: rows as large as calibration's largest are then
+            # not on an exponent boundary, where rounding noise would flip a whole row's scale (in the
+            # first layer values depend on the token alone, so such rows recur exactly)
+            half_step = 2.0 ** (0.5 / EXPONENT_STEPS)
+            self._set_param("value_token_base", (symmetric_scale(head_absmax) * (127.0 * half_step)).astype(np.float32))
         self.quantized = True
         self.observing = False
 
     def deploy_placeholders(self) -> None:
         width = self.num_kv_heads * self.head_dim
-        self._set_param("key_scale", np.ones(width, np.float32))
-        self._set_param("value_scale", np.ones(width, np.float32))
+        for name, shape in self._param_shapes(width).items():
+            self._set_param(name, np.ones(shape, np.float32))
         self.quantized = True
 
+    def _param_shapes(self, width: int) -> Dict[str, Tuple[int, ...]]:
+        if self.scheme == "static":
+            return {"key_scale": (width,), "value_scale": (width,)}
+        return {"key_scale": (width,), "key_zero_point": (width,), "value_token_base": (self.num_kv_heads,)}
+
     def param_quant_types(self) -> Dict[str, str]:
-        return {"key_scale": "C8", "value_scale": "C8"}
+        return {name: "C8" for name in self._param_shapes(0)}
