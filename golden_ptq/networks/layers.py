@@ -296,20 +296,30 @@ class KVCache(nn.Cell):
 
     def prefill_static(self, key: Tensor, value: Tensor, slots: Tensor) -> Tuple[Tensor, Tensor]:
         """Encode and store a prompt's keys/values in place; returns them decoded (this call's only)."""
-        k_stored, v_stored = self.encode(key, "key"), self.encode(value, "value")
+        k_stored, v_stored = self.encode_in_graph(key, "key"), self.encode_in_graph(value, "value")
         self._static[0].write(k_stored, v_stored, slots)
-        return self.decode(k_stored, "key"), self.decode(v_stored, "value")
+        return self.decode_in_graph(k_stored, "key"), self.decode_in_graph(v_stored, "value")
 
     def write_static(self, key: Tensor, value: Tensor, slots: Tensor) -> Tuple[Tensor, Tensor]:
         """Encode and store this step's keys/values in place; returns the decoded whole buffers."""
-        k_all, v_all = self._static[0].write(self.encode(key, "key"), self.encode(value, "value"), slots)
-        return self.decode(k_all, "key"), self.decode(v_all, "value")
+        k_all, v_all = self._static[0].write(self.encode_in_graph(key, "key"), self.encode_in_graph(value, "value"),
+                                             slots)
+        return self.decode_in_graph(k_all, "key"), self.decode_in_graph(v_all, "value")
 
     def encode(self, x: Tensor, kind: str) -> Tensor:
+        """Stored form of ``x`` (eager calls: :meth:`construct`)."""
         return x
 
     def decode(self, stored: Tensor, kind: str) -> Tensor:
         return stored
+
+    def encode_in_graph(self, x: Tensor, kind: str) -> Tensor:
+        """:meth:`encode` with graph-compilable ops only (the static-buffer calls of compiled
+        graphs); must give the same bits."""
+        return self.encode(x, kind)
+
+    def decode_in_graph(self, stored: Tensor, kind: str) -> Tensor:
+        return self.decode(stored, kind)
 
     def construct(self, key: Tensor, value: Tensor, mode: int = CacheMode.NONE) -> Tuple[Tensor, Tensor]:
         k_stored = self.encode(key, "key")

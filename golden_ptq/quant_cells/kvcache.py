@@ -18,63 +18,14 @@ from __future__ import annotations
 
 from typing import Dict, Tuple
 
-import mindspore as ms
 import numpy as np
-from mindspore import Tensor, ops
+from mindspore import Tensor
 
 from golden_ptq.config.ptq_config import KVCACHE_SCHEMES as KV_SCHEMES
-from golden_ptq.networks.layers import KVCache, compiled_for_large_inputs
+from golden_ptq.networks.layers import KVCache
+from golden_ptq.quant_cells import kv_codecs as codecs
 from golden_ptq.quant_cells.base import QuantCell
 from golden_ptq.quant_math import MinMaxObserver, asymmetric_params, symmetric_scale
-
-EXPONENT_STEPS = 16          # token scale exponents per octave
-_EXP_MIN, _EXP_MAX = -128.0, 127.0
-
-
-def _encode(x: Tensor, scale: Tensor) -> Tensor:
-    return ops.clip_by_value(ops.round(ops.div(x, scale)), -127.0, 127.0).astype(ms.int8)
-
-
-def _decode(q: Tensor, scale: Tensor) -> Tensor:
-    return ops.mul(q.astype(ms.float32), scale)
-
-
-def _encode_asym(x: Tensor, scale: Tensor, zero_point: Tensor) -> Tensor:
-    return ops.clip_by_value(ops.add(ops.round(ops.div(x, scale)), zero_point), -128.0, 127.0).astype(ms.int8)
-
-
-def _decode_asym(q: Tensor, scale: Tensor, zero_point: Tensor) -> Tensor:
-    return ops.mul(ops.sub(q.astype(ms.float32), zero_point), scale)
-
-
-def _token_scale(exponent: Tensor, base: Tensor) -> Tensor:
-    return ops.mul(ops.exp2(ops.mul(exponent, 1.0 / EXPONENT_STEPS)), ops.mul(base, 1.0 / 127.0))
-
-
-def _encode_tokens(x: Tensor, base: Tensor) -> Tensor:
-    """``[.., D]`` floats -> ``[.., D + 1]`` int8: the codes, then the row's scale exponent."""
-    ratio = ops.div(ops.abs(x).max(axis=-1, keepdims=True), base)
-    exponent = ops.ceil(ops.mul(ops.log2(ops.maximum(ratio, 1e-30)), float(EXPONENT_STEPS)))
-    exponent = ops.clip_by_value(exponent, _EXP_MIN, _EXP_MAX)
-    codes = ops.clip_by_value(ops.round(ops.div(x, _token_scale(exponent, base))), -127.0, 127.0)
-    return ops.concat((codes, exponent), -1).astype(ms.int8)
-
-
-def _decode_tokens(stored: Tensor, base: Tensor) -> Tensor:
-    # cast first, then slice: a slice taken of the static buffer Parameter itself inside a compiled
-    # decode step was read before that step's write (wrong logits); the cast keeps the order
-    rows = stored.astype(ms.float32)
-    width = rows.shape[-1] - 1
-    return ops.mul(rows[..., :width], _token_scale(rows[..., width:], base))
-
-
-# Keyed on the batch x heads rows of the 4-D cache tensors; decode steps stay eager.
-_encode_auto = compiled_for_large_inputs(_encode)
-_decode_auto = compiled_for_large_inputs(_decode)
-_encode_asym_auto = compiled_for_large_inputs(_encode_asym)
-_decode_asym_auto = compiled_for_large_inputs(_decode_asym)
-_encode_tokens_auto = compiled_for_large_inputs(_encode_tokens)
-_decode_tokens_auto = compiled_for_large_inputs(_decode_tokens)
 
 
 class QuantKVCache(KVCache, QuantCell):
@@ -92,11 +43,20 @@ class QuantKVCache(KVCache, QuantCell):
         self._static_pool = {}
         self.observers = {"key": MinMaxObserver(), "value": MinMaxObserver()}
 
-    def _channels4d(self, param) -> Tensor:
-        return param.reshape(1, self.num_kv_heads, 1, self.head_dim)
+    def _codec_params(self, kind: str):
+        """This scheme's parameters for ``kind``, shaped to broadcast over ``[B, Hkv, S, D]``."""
+        heads, dim = self.num_kv_heads, self.head_dim
+        if self.scheme == "static":
+            scale = self.key_scale if kind == "key" else self.value_scale
+            return (scale.reshape(1, heads, 1, dim),)
+        if kind == "key":
+            return self.key_scale.reshape(1, heads, 1, dim), self.key_zero_point.reshape(1, heads, 1, dim)
+        return (self.value_token_base.reshape(1, heads, 1, 1),)
 
-    def _base4d(self) -> Tensor:
-        return self.value_token_base.reshape(1, self.num_kv_heads, 1, 1)
+    def _codec(self, kind: str) -> str:
+        if self.scheme == "static":
+            return "symmetric"
+        return "asymmetric" if kind == "key" else "tokens"
 
     def encode(self, x: Tensor, kind: str) -> Tensor:
         if not self.quantized:
@@ -104,22 +64,32 @@ class QuantKVCache(KVCache, QuantCell):
                 # channels = (head, dim): move heads next to dim, flatten the rest
                 self.observers[kind].update(x.asnumpy().transpose(0, 2, 1, 3).reshape(-1, x.shape[1] * x.shape[3]))
             return x
-        if self.scheme == "static":
-            scale = self.key_scale if kind == "key" else self.value_scale
-            return _encode_auto(x, self._channels4d(scale))
-        if kind == "key":
-            return _encode_asym_auto(x, self._channels4d(self.key_scale), self._channels4d(self.key_zero_point))
-        return _encode_tokens_auto(x, self._base4d())
+        encode = getattr(codecs, "np_encode_" + self._codec(kind))
+        return Tensor(encode(x.asnumpy(), *(p.asnumpy() for p in self._codec_params(kind))))
 
     def decode(self, stored: Tensor, kind: str) -> Tensor:
         if not self.quantized:
             return stored
+        decode = getattr(codecs, "np_decode_" + self._codec(kind))
+        return Tensor(decode(stored.asnumpy(), *(p.asnumpy() for p in self._codec_params(kind))))
+
+    def encode_in_graph(self, x: Tensor, kind: str) -> Tensor:
+        if not self.quantized:
+            return x
         if self.scheme == "static":
-            scale = self.key_scale if kind == "key" else self.value_scale
-            return _decode_auto(stored, self._channels4d(scale))
+            return codecs.encode_symmetric(x, *self._codec_params(kind))
         if kind == "key":
-            return _decode_asym_auto(stored, self._channels4d(self.key_scale), self._channels4d(self.key_zero_point))
-        return _decode_tokens_auto(stored, self._base4d())
+            return codecs.encode_asymmetric(x, *self._codec_params(kind))
+        return codecs.encode_tokens(x, *self._codec_params(kind))
+
+    def decode_in_graph(self, stored: Tensor, kind: str) -> Tensor:
+        if not self.quantized:
+            return stored
+        if self.scheme == "static":
+            return codecs.decode_symmetric(stored, *self._codec_params(kind))
+        if kind == "key":
+            return codecs.decode_asymmetric(stored, *self._codec_params(kind))
+        return codecs.decode_tokens(stored, *self._codec_params(kind))
 
     def stored_dtype(self) -> np.dtype:
         return np.dtype(np.int8 if self.quantized else np.float32)
@@ -142,7 +112,7 @@ class QuantKVCache(KVCache, QuantCell):
             # half an exponent step above the abs-max: rows as large as calibration's largest are then
             # not on an exponent boundary, where rounding noise would flip a whole row's scale (in the
             # first layer values depend on the token alone, so such rows recur exactly)
-            half_step = 2.0 ** (0.5 / EXPONENT_STEPS)
+            half_step = 2.0 ** (0.5 / codecs.EXPONENT_STEPS)
             self._set_param("value_token_base", (symmetric_scale(head_absmax) * (127.0 * half_step)).astype(np.float32))
         self.quantized = True
         self.observing = False
