@@ -306,6 +306,14 @@ class KVCache(nn.Cell):
                                              slots)
         return self.decode_in_graph(k_all, "key"), self.decode_in_graph(v_all, "value")
 
+    def write_static_codes(self, key: Tensor, value: Tensor, slots: Tensor):
+        """:meth:`write_static` for a compiled decode step, as ``(keys, values, fold)``: an int8
+        cache may return its whole buffers as codes (cast to float, no per-element scaling) with the
+        factors that attention applies to the query, probabilities and context instead (``fold``,
+        see ``golden_ptq.networks.llama._attention_core``); None here (already decoded)."""
+        k_all, v_all = self.write_static(key, value, slots)
+        return k_all, v_all, None
+
     def encode(self, x: Tensor, kind: str) -> Tensor:
         """Stored form of ``x`` (eager calls: :meth:`construct`)."""
         return x

@@ -59,13 +59,17 @@ def encode_tokens(x: Tensor, base: Tensor) -> Tensor:
     return ops.concat((codes, exponent), -1).astype(ms.int8)
 
 
+def token_scales(rows: Tensor, base: Tensor) -> Tensor:
+    """Each stored row's scale ``[.., 1]`` from ``rows``, the stored rows already cast to float."""
+    width = rows.shape[-1] - 1
+    return _token_scale(ops.sub(rows[..., width:], float(EXPONENT_MIN)).astype(ms.int32), base)
+
+
 def decode_tokens(stored: Tensor, base: Tensor) -> Tensor:
     # cast first, then slice: a slice taken of the static buffer Parameter itself inside a compiled
     # decode step was read before that step's write (wrong logits); the cast keeps the order
     rows = stored.astype(ms.float32)
-    width = rows.shape[-1] - 1
-    index = ops.sub(rows[..., width:], float(EXPONENT_MIN)).astype(ms.int32)
-    return ops.mul(rows[..., :width], _token_scale(index, base))
+    return ops.mul(rows[..., :rows.shape[-1] - 1], token_scales(rows, base))
 
 
 # ----- numpy twins (eager calls) ------------------------------------------------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Dict, Tuple
 
+import mindspore as ms
 import numpy as np
 from mindspore import Tensor
 
@@ -90,6 +91,26 @@ class QuantKVCache(KVCache, QuantCell):
         if kind == "key":
             return codecs.decode_asymmetric(stored, *self._codec_params(kind))
         return codecs.decode_tokens(stored, *self._codec_params(kind))
+
+    def write_static_codes(self, key: Tensor, value: Tensor, slots: Tensor):
+        """The whole buffers as float codes and the factors attention applies instead of decoding them:
+        dequantizing ``[B, Hkv, capacity, D]`` every decode step cost more than the attention itself
+        (MindSpore's broadcasting multiply). Keys: the query is scaled by ``key_scale``; an asymmetric
+        key's zero point adds the same ``-q.(scale*zero_point)`` to every score of a query, which
+        softmax ignores, so it is left out. Values: the context is scaled by ``value_scale``, or the
+        probabilities by each position's token scale. Same math as decoding; the float rounding
+        differs (logits agree to ~1e-6 relative, not bit for bit)."""
+        if not self.quantized:
+            return KVCache.write_static_codes(self, key, value, slots)
+        k_all, v_all = self._static[0].write(self.encode_in_graph(key, "key"), self.encode_in_graph(value, "value"),
+                                             slots)
+        # cast before any slicing: see kv_codecs.decode_tokens
+        k_codes, v_codes = k_all.astype(ms.float32), v_all.astype(ms.float32)
+        query_scale = self._codec_params("key")[0]
+        if self.scheme == "static":
+            return k_codes, v_codes, (query_scale, None, self._codec_params("value")[0])
+        probs_scale = codecs.token_scales(v_codes, *self._codec_params("value")).transpose(0, 1, 3, 2)
+        return k_codes, v_codes, (query_scale, probs_scale, None)
 
     def stored_dtype(self) -> np.dtype:
         return np.dtype(np.int8 if self.quantized else np.float32)
