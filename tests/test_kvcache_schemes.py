@@ -10,7 +10,6 @@ from golden_ptq.io.checkpoint import CheckpointMismatchError, load_checkpoint, q
 from golden_ptq.networks.llama import LlamaForCausalLM
 from golden_ptq.parallel import TPContext
 from golden_ptq.parallel.sharding import TPLayout, rule_for
-from golden_ptq.quant_cells import QuantKVCache
 
 I8 = ms.int8
 TOKEN = dict(weight_quant_dtype=None, kvcache_quant_dtype=I8, algo_args={"kvcache_scheme": "token_values"})

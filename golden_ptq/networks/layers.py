@@ -250,8 +250,8 @@ class KVCache(nn.Cell):
         pool_key = (batch, capacity, key_width, value_width, dtype.str)
         if pool_key not in self._static_pool:
             name = f"static_kv_{id(self)}_{batch}x{capacity}_{dtype.name}"
-            self._static_pool[pool_key] = StaticKVBuffers((batch, self.num_kv_heads, capacity, key_width),
-                                                          (batch, self.num_kv_heads, capacity, value_width), dtype, name)
+            rows = (batch, self.num_kv_heads, capacity)
+            self._static_pool[pool_key] = StaticKVBuffers(rows + (key_width,), rows + (value_width,), dtype, name)
         return self._static_pool[pool_key]
 
     def start_static(self, batch: int, capacity: int) -> None:
