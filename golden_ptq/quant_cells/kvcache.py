@@ -109,7 +109,8 @@ class QuantKVCache(KVCache, QuantCell):
         query_scale = self._codec_params("key")[0]
         if self.scheme == "static":
             return k_codes, v_codes, (query_scale, None, self._codec_params("value")[0])
-        probs_scale = codecs.token_scales(v_codes, *self._codec_params("value")).transpose(0, 1, 3, 2)
+        scales = codecs.token_scales(v_codes, *self._codec_params("value"))      # [B, Hkv, S, 1]
+        probs_scale = scales.reshape(scales.shape[0], scales.shape[1], 1, scales.shape[2])
         return k_codes, v_codes, (query_scale, probs_scale, None)
 
     def stored_dtype(self) -> np.dtype:
