@@ -1,5 +1,7 @@
 """Compiled decoding with a static KV cache: the same logits as eager (PyNative) decoding and as a
 full recomputation, for the float network and every deploy form (tiny random networks)."""
+from types import SimpleNamespace
+
 import numpy as np
 import mindspore as ms
 import pytest
@@ -17,6 +19,8 @@ SCHEMES = {
     "a8w8": dict(act_quant_dtype=I8),
     "a8w8-dynamic": dict(act_quant_dtype=I8, act_quant_granularity=QuantGranularity.PER_TOKEN),
     "c8": dict(weight_quant_dtype=None, kvcache_quant_dtype=I8),
+    "c8-token-values": dict(weight_quant_dtype=None, kvcache_quant_dtype=I8,
+                            algo_args={"kvcache_scheme": "token_values"}),
     "a16w8-c8": dict(kvcache_quant_dtype=I8),
     "a8w8-smooth-c8": dict(act_quant_dtype=I8, kvcache_quant_dtype=I8,
                            outliers_suppression=OutliersSuppressionType.SMOOTH),
@@ -179,3 +183,22 @@ def test_a_graph_that_fails_to_compile_falls_back_to_eager(config, monkeypatch, 
     got = _decode(network, ids, 3, compiled=True, forward=forward)
     _assert_close(got, eager, "after falling back")
     assert not network.compiled_decode and not network.compiled_forward
+
+
+@pytest.mark.parametrize("scheme", ["c8", "c8-token-values"])
+def test_compiled_c8_decoding_with_replicated_kv_heads(config, scheme):
+    """The layout of a TP rank that keeps every KV head (``num_kv_heads % tp != 0``, SmolLM2's 3 on 2
+    ranks): each query head reads its KV head through a gather, the int8 cache's folded factors
+    (``write_static_codes``) too. Forced here on one process: query head h reads KV head h // group."""
+    network = _network(config, scheme)
+    ids = np.random.RandomState(12).randint(0, config.vocab_size, (2, 9))
+    expected = _decode(network, ids, 4, compiled=False)
+    group = config.num_heads // config.num_kv_heads
+    for layer in network.model.layers:
+        layer.attention._kv_index = ms.Tensor(np.arange(config.num_heads, dtype=np.int32) // group)
+        layer.attention._core_kv_heads = config.num_heads
+    network.tp_layout = SimpleNamespace(local_heads=config.num_heads, local_kv_heads=config.num_kv_heads,
+                                        kv_split=False)   # masks shaped per query head
+    _assert_close(_decode(network, ids, 4, compiled=True), expected, f"{scheme} replicated KV heads, compiled")
+    assert network.compiled_decode, "the compiled decode step failed and fell back to eager"
+    _assert_close(_decode(network, ids, 4, compiled=False), expected, f"{scheme} replicated KV heads, eager")

@@ -190,7 +190,8 @@ def test_gguf_source_unpermutes_and_keeps_its_tokenizer(tmp_path):
     weights = {k: v.asnumpy() for k, v in LlamaForCausalLM(config, seed=6).parameters_and_names()}
     write_gguf(tmp_path / "m.gguf", config, weights, tokens, merges)
     network, tokenizer = load_gguf(str(tmp_path / "m.gguf"))
-    quant = PTQConfig(act_quant_dtype=I8, kvcache_quant_dtype=I8, anti_method="m1")
+    quant = PTQConfig(act_quant_dtype=I8, kvcache_quant_dtype=I8, anti_method="m1",
+                      algo_args={"kvcache_scheme": "token_values"})
     data = calibration(len(tokens))
     in_memory(network, quant, data, tmp_path / "memory", tokenizer)
     quantize_streamed(str(tmp_path / "m.gguf"), quant, data, str(tmp_path / "streamed"), progress=False)

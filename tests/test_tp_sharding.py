@@ -104,8 +104,10 @@ def quantized_tp1(config, **kwargs):
     return net, ptq
 
 
-def test_split_then_merge_reproduces_a_quantized_checkpoint(tmp_path, tiny_config):
-    kwargs = dict(act_quant_dtype=I8, kvcache_quant_dtype=I8, outliers_suppression=OutliersSuppressionType.SMOOTH)
+@pytest.mark.parametrize("kv_scheme", ["static", "token_values"])
+def test_split_then_merge_reproduces_a_quantized_checkpoint(tmp_path, tiny_config, kv_scheme):
+    kwargs = dict(act_quant_dtype=I8, kvcache_quant_dtype=I8, outliers_suppression=OutliersSuppressionType.SMOOTH,
+                  algo_args={"kvcache_scheme": kv_scheme})
     net, ptq = quantized_tp1(tiny_config, **kwargs)
     full = state(net)
     assert rule_for("model.layers.0.attention.wo.quant_bias", 1, True)[0] == "partial"

@@ -25,7 +25,7 @@ def layer_spec(config: PTQConfig, name: str, kind: str) -> LayerQuantSpec:
     if kind == "kvcache":
         if config.kvcache_quant_dtype is None:
             return LayerQuantSpec(skip_reason="kvcache_quant_dtype=None")
-        return LayerQuantSpec(kvcache=True)
+        return LayerQuantSpec(kvcache=True, kvcache_scheme=config.arg("kvcache_scheme"))
     if kind == "embedding":
         if config.embedding_quant_dtype is None:
             return LayerQuantSpec(skip_reason="embedding_quant_dtype=None")

@@ -31,7 +31,11 @@ ALGO_ARGS = {
     "rotation_seed": 0,       # rotation: seed of the random signs of the residual-stream Hadamard
     "rotation_online": True,  # rotation: also an online block Hadamard before feed_forward.w2
     "rotation_online_smooth": False,  # rotation_online: still smooth w3 -> w2, on the channels before it
+    "kvcache_scheme": "static",  # int8 KV cache layout, one of KVCACHE_SCHEMES (golden_ptq.quant_cells.kvcache)
 }
+#: ``static``: symmetric per-channel keys and values (msModelSlim's C8); ``token_values``: asymmetric
+#: per-channel keys, values with one scale per token and head
+KVCACHE_SCHEMES = ("static", "token_values")
 # allowed [min, max] of the integer / float algo_args; _BOOL_ARGS are bools
 ALGO_ARG_RANGES = {"alpha_grid": (2, 1000), "beta_grid": (2, 1000), "awq_grid": (2, 1000),
                    "awq_clip_grid": (2, 1000), "search_rows": (2, 10_000_000), "hist_bins": (16, 1 << 20),
@@ -39,7 +43,7 @@ ALGO_ARG_RANGES = {"alpha_grid": (2, 1000), "beta_grid": (2, 1000), "awq_grid": 
                    "gptq_damp_percent": (1e-6, 1.0)}
 _FLOAT_ARGS = ("smooth_alpha", "gptq_damp_percent")
 _BOOL_ARGS = ("gptq_act_order", "rotation_online", "rotation_online_smooth")
-_CHOICE_ARGS = {"static_scale_dtype": ("float32", "float16")}
+_CHOICE_ARGS = {"static_scale_dtype": ("float32", "float16"), "kvcache_scheme": KVCACHE_SCHEMES}
 ROLLBACK_SIGNALS = ("range_parm", "output_error")
 _LEVEL = re.compile(r"^L(\d+)$")
 

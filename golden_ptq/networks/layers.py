@@ -180,14 +180,14 @@ class CacheMode:
 
 
 class StaticKVBuffers(nn.Cell):
-    """Preallocated key/value buffers ``[B, num_kv_heads, capacity, head_dim]`` (the stored dtype),
+    """Preallocated key/value buffers ``[B, num_kv_heads, capacity, width]`` (the stored dtype and widths),
     written in place one slot range per call; for compiled decoding."""
 
-    def __init__(self, shape: Tuple[int, ...], dtype, name: str):
+    def __init__(self, key_shape: Tuple[int, ...], value_shape: Tuple[int, ...], dtype, name: str):
         super().__init__()
-        zeros = np.zeros(shape, dtype)
-        self.key = Parameter(Tensor(zeros), name=f"{name}.key", requires_grad=False)   # graph names must be unique
-        self.value = Parameter(Tensor(zeros), name=f"{name}.value", requires_grad=False)
+        # graph names must be unique
+        self.key = Parameter(Tensor(np.zeros(key_shape, dtype)), name=f"{name}.key", requires_grad=False)
+        self.value = Parameter(Tensor(np.zeros(value_shape, dtype)), name=f"{name}.value", requires_grad=False)
         self.length = 0               # filled slots (host side)
         self.scatter = ops.ScatterNdUpdate()
 
@@ -241,16 +241,22 @@ class KVCache(nn.Cell):
         """dtype of the stored history (the int8 cache overrides)."""
         return np.dtype(np.float32)
 
-    def _pooled_buffers(self, shape: Tuple[int, ...], dtype: np.dtype) -> StaticKVBuffers:
-        pool_key = (shape, dtype.str)
+    def stored_widths(self) -> Tuple[int, int]:
+        """Last-axis widths of the stored keys and values (the int8 cache may store more than ``head_dim``)."""
+        return self.head_dim, self.head_dim
+
+    def _pooled_buffers(self, batch: int, capacity: int, dtype: np.dtype) -> StaticKVBuffers:
+        key_width, value_width = self.stored_widths()
+        pool_key = (batch, capacity, key_width, value_width, dtype.str)
         if pool_key not in self._static_pool:
-            name = f"static_kv_{id(self)}_{shape[0]}x{shape[2]}_{dtype.name}"
-            self._static_pool[pool_key] = StaticKVBuffers(shape, dtype, name)
+            name = f"static_kv_{id(self)}_{batch}x{capacity}_{dtype.name}"
+            rows = (batch, self.num_kv_heads, capacity)
+            self._static_pool[pool_key] = StaticKVBuffers(rows + (key_width,), rows + (value_width,), dtype, name)
         return self._static_pool[pool_key]
 
     def start_static(self, batch: int, capacity: int) -> None:
         """Begin a history in static buffers (a compiled prefill writes it); the old one is dropped."""
-        buffers = self._pooled_buffers((batch, self.num_kv_heads, capacity, self.head_dim), self.stored_dtype())
+        buffers = self._pooled_buffers(batch, capacity, self.stored_dtype())
         buffers.length = 0
         self._static = [buffers]
         self._history = {}
@@ -268,11 +274,10 @@ class KVCache(nn.Cell):
             raise RuntimeError("KVCache: decode step before prefill; call prefill first")
         if capacity < length:
             raise ValueError(f"KVCache.to_static: capacity {capacity} < {length} cached positions")
-        shape = (key.shape[0], key.shape[1], capacity, key.shape[3])
-        buffers = self._pooled_buffers(shape, key.dtype)
+        buffers = self._pooled_buffers(key.shape[0], capacity, key.dtype)
         # In place (the graphs read these Parameters); slots past ``length`` keep stale values that
         # the attention mask hides until decoding overwrites them.
-        buffers.write(Tensor(key), Tensor(value), Tensor(cache_slots(shape[0], shape[1], 0, length)))
+        buffers.write(Tensor(key), Tensor(value), Tensor(cache_slots(key.shape[0], key.shape[1], 0, length)))
         buffers.length = length
         self._static = [buffers]
         self._history = {}
@@ -291,20 +296,38 @@ class KVCache(nn.Cell):
 
     def prefill_static(self, key: Tensor, value: Tensor, slots: Tensor) -> Tuple[Tensor, Tensor]:
         """Encode and store a prompt's keys/values in place; returns them decoded (this call's only)."""
-        k_stored, v_stored = self.encode(key, "key"), self.encode(value, "value")
+        k_stored, v_stored = self.encode_in_graph(key, "key"), self.encode_in_graph(value, "value")
         self._static[0].write(k_stored, v_stored, slots)
-        return self.decode(k_stored, "key"), self.decode(v_stored, "value")
+        return self.decode_in_graph(k_stored, "key"), self.decode_in_graph(v_stored, "value")
 
     def write_static(self, key: Tensor, value: Tensor, slots: Tensor) -> Tuple[Tensor, Tensor]:
         """Encode and store this step's keys/values in place; returns the decoded whole buffers."""
-        k_all, v_all = self._static[0].write(self.encode(key, "key"), self.encode(value, "value"), slots)
-        return self.decode(k_all, "key"), self.decode(v_all, "value")
+        k_all, v_all = self._static[0].write(self.encode_in_graph(key, "key"), self.encode_in_graph(value, "value"),
+                                             slots)
+        return self.decode_in_graph(k_all, "key"), self.decode_in_graph(v_all, "value")
+
+    def write_static_codes(self, key: Tensor, value: Tensor, slots: Tensor):
+        """:meth:`write_static` for a compiled decode step, as ``(keys, values, fold)``: an int8
+        cache may return its whole buffers as codes (cast to float, no per-element scaling) with the
+        factors that attention applies to the query, probabilities and context instead (``fold``,
+        see ``golden_ptq.networks.llama._attention_core``); None here (already decoded)."""
+        k_all, v_all = self.write_static(key, value, slots)
+        return k_all, v_all, None
 
     def encode(self, x: Tensor, kind: str) -> Tensor:
+        """Stored form of ``x`` (eager calls: :meth:`construct`)."""
         return x
 
     def decode(self, stored: Tensor, kind: str) -> Tensor:
         return stored
+
+    def encode_in_graph(self, x: Tensor, kind: str) -> Tensor:
+        """:meth:`encode` with graph-compilable ops only (the static-buffer calls of compiled
+        graphs); must give the same bits."""
+        return self.encode(x, kind)
+
+    def decode_in_graph(self, stored: Tensor, kind: str) -> Tensor:
+        return self.decode(stored, kind)
 
     def construct(self, key: Tensor, value: Tensor, mode: int = CacheMode.NONE) -> Tuple[Tensor, Tensor]:
         k_stored = self.encode(key, "key")
@@ -328,6 +351,5 @@ class KVCache(nn.Cell):
         buffers, the filled positions."""
         if self._static:
             buffers = self._static[0]
-            key = buffers.key
-            return 2 * int(key.nbytes) * buffers.length // int(key.shape[2])
+            return (int(buffers.key.nbytes) + int(buffers.value.nbytes)) * buffers.length // int(buffers.key.shape[2])
         return sum(int(t.nbytes) for t in self._history.values())

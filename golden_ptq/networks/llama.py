@@ -34,18 +34,34 @@ FORWARD_LENGTH_STEP = 64   # compiled forwards pad prompts to a multiple of this
 COMPILE_MIN_NEW_TOKENS = 64  # default of LlamaForCausalLM.compile_min_new_tokens
 
 
-def _attention_core(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, num_kv_heads: int, head_dim: int) -> Tensor:
+def _attention_core(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, num_kv_heads: int, head_dim: int,
+                    fold=None) -> Tensor:
     """Softmax attention for query ``[B, T, H*D]`` (rope and 1/sqrt(D) applied) over ``k``/``v`` ``[B, Hkv, S, D]``.
 
     Query head ``h`` reads KV head ``h // group``: the group is folded into the query length, so no
     KV copies are made. ``mask`` ``[B, Hkv, group*T, S]`` is additive and already full-shape.
+
+    ``fold``: None, or the factors ``(query, probabilities, context)`` (each None or a Tensor
+    broadcasting over the query ``[B, Hkv, group*T, D]``, the probabilities ``[.., S]`` and the
+    context) of an int8 cache whose ``k``/``v`` are its codes as floats
+    (:meth:`~golden_ptq.networks.layers.KVCache.write_static_codes`); ``v`` may be wider than
+    ``head_dim`` (the extra columns of the context are dropped).
     """
     batch, length, width = q.shape
     group = width // (num_kv_heads * head_dim)
     q = q.reshape(batch, length, num_kv_heads, group, head_dim).transpose(0, 2, 3, 1, 4)
     q = q.reshape(batch, num_kv_heads, group * length, head_dim)
+    if fold is not None and fold[0] is not None:
+        q = ops.mul(q, fold[0])
     scores = ops.add(ops.BatchMatMul(transpose_b=True)(q, k), mask)
-    context = ops.BatchMatMul()(ops.softmax(scores, -1), v)
+    probs = ops.softmax(scores, -1)
+    if fold is not None and fold[1] is not None:
+        probs = ops.mul(probs, fold[1])
+    context = ops.BatchMatMul()(probs, v)
+    if v.shape[-1] != head_dim:
+        context = context[..., :head_dim]
+    if fold is not None and fold[2] is not None:
+        context = ops.mul(context, fold[2])
     context = context.reshape(batch, num_kv_heads, group, length, head_dim).transpose(0, 3, 1, 2, 4)
     return context.reshape(batch, length, width)
 
@@ -98,8 +114,8 @@ class Attention(nn.Cell):
         """One compiled decode step: keys/values go into the static cache at ``slots``; attention
         reads the whole buffers (``mask`` hides the unfilled positions)."""
         q, k, v = self._project(x, cos_q, sin_q, cos_k, sin_k, index_q, index_k)
-        k, v = self.kv_cache.write_static(k, v, slots)
-        return self._attend(q, k, v, mask)
+        k, v, fold = self.kv_cache.write_static_codes(k, v, slots)
+        return self._attend(q, k, v, mask, fold)
 
     def forward_static(self, x: Tensor, cos_q: Tensor, sin_q: Tensor, cos_k: Tensor, sin_k: Tensor, index_q: Tensor,
                        index_k: Tensor, mask: Tensor, slots: Tensor) -> Tensor:
@@ -115,10 +131,12 @@ class Attention(nn.Cell):
         v = _to_heads(self.wv(x), self.num_kv_heads, self.head_dim)
         return q, k, v
 
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor, fold=None) -> Tensor:
         if self._kv_index is not None:  # replicated KV heads: the one each local query head reads
             k, v = ops.gather(k, self._kv_index, 1), ops.gather(v, self._kv_index, 1)
-        return self.wo(_attention_core_auto(q, k, v, mask, self._core_kv_heads, self.head_dim))
+            if fold is not None:
+                fold = tuple(None if f is None else ops.gather(f, self._kv_index, 1) for f in fold)
+        return self.wo(_attention_core_auto(q, k, v, mask, self._core_kv_heads, self.head_dim, fold))
 
 
 class FeedForward(nn.Cell):

@@ -16,6 +16,7 @@ class LayerQuantSpec:
     weight_symmetric: bool = True
     group_size: int = 0              # 0: per output channel
     kvcache: bool = False
+    kvcache_scheme: str = "static"   # int8 KV cache layout (PTQConfig.algo_args['kvcache_scheme'])
     skip_reason: Optional[str] = None
 
     @property
