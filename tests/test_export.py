@@ -242,6 +242,12 @@ def test_refusals_name_the_problem(tmp_path, tiny_config):
     config_file.write_text(json.dumps(config))
     with pytest.raises(UnsupportedSchemeError, match="weights .*'type': 'float'.* supported: int, 4 or 8 bits"):
         import_compressed_tensors(str(tmp_path / "ct"))
+    quantize_tiny(tmp_path / "tv", export_config(tiny_config), act_quant_dtype="int8", kvcache_quant_dtype="int8",
+                  algo_args={"kvcache_scheme": "token_values"})
+    with pytest.raises(NotRepresentableError, match="msModelSlim's C8: the KV cache layout kvcache_scheme "
+                                                    "'token_values' has per-token value scales.*kvcache_scheme: static"):
+        export_model(str(tmp_path / "tv"), "msmodelslim", str(tmp_path / "tv_ms"))
+    assert not (tmp_path / "tv_ms").exists()
     with pytest.raises(ValueError, match="is the quantized folder itself"):
         export_model(str(tmp_path / "q"), "msmodelslim", str(tmp_path / "q"))
     with pytest.raises(ValueError, match="export format 'onnx' is not one of"):

@@ -38,10 +38,12 @@ VARIANTS = [
     {"name": "replicated_kv_m2_hybrid_rollback", "config": {"hidden_size": 48, "num_heads": 3, "num_kv_heads": 1},
      "ptq": dict(act_quant_dtype=ms.int8, kvcache_quant_dtype=ms.int8, anti_method="m2", act_method=3,
                  disable_level="L2", rollback_signal="output_error", algo_args=SMALL_GRIDS, **FLOAT_HEAD)},
-    # dynamic per-token activations (row-parallel inputs take the whole row's range) and m6
+    # dynamic per-token activations (row-parallel inputs take the whole row's range) and m6; the int8 KV
+    # cache with per-token value scales, its KV heads split over the ranks
     {"name": "dynamic_m6", "config": {},
      "ptq": dict(act_quant_dtype=ms.int8, act_quant_granularity=QuantGranularity.PER_TOKEN, anti_method="m6",
-                 algo_args=SMALL_GRIDS, **FLOAT_HEAD)},
+                 kvcache_quant_dtype=ms.int8, algo_args=dict(SMALL_GRIDS, kvcache_scheme="token_values"),
+                 **FLOAT_HEAD)},
     # weight-only, groups of 16 with zero points (the group kernel on row-parallel input slices)
     {"name": "a16w8_g16_asym", "config": {},
      "ptq": dict(weight_quant_granularity=QuantGranularity.PER_GROUP, group_size=16, weight_symmetric=False)},

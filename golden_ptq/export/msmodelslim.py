@@ -101,6 +101,11 @@ def export_msmodelslim(model: SavedModel, folder: str, dtype: str = "float16") -
     if dtype != "float16":
         raise ValueError(f"msmodelslim export: float dtype {dtype!r} is not supported; 'float16' (deq_scale as "
                          f"int64-encoded float32, as for fp16 models) is")
+    if model.has_kv_quant and model.kv_cache_scheme != "static":
+        raise NotRepresentableError(f"not representable in msModelSlim's C8: the KV cache layout kvcache_scheme "
+                                    f"{model.kv_cache_scheme!r} has per-token value scales, C8 holds per-channel "
+                                    f"kv_cache_scale/kv_cache_offset only; quantize with algo_args "
+                                    f"{{kvcache_scheme: static}}")
     config = model.config
     names = name_map(config.num_layers, HF_PER_LAYER, HF_GLOBAL)
     layers = model.linears()

@@ -175,11 +175,19 @@ class SavedModel:
         return [self.linear(name) for name in self.linear_names()]
 
     def kv_scales(self, layer: int) -> Optional[Tuple[np.ndarray, np.ndarray]]:
-        """(key_scale, value_scale) ``[Hkv*D]`` of a C8 layer, or None."""
+        """(key_scale, value_scale) ``[Hkv*D]`` of a C8 layer of the 'static' layout, or None."""
+        if self.kv_cache_scheme != "static":
+            raise NotRepresentableError(f"{self.folder}: KV cache layout {self.kv_cache_scheme!r} has no per-channel "
+                                        f"value scales")
         base = f"model.layers.{layer}.attention.kv_cache."
         if base + "key_scale" not in self.tensors:
             return None
         return self.tensors[base + "key_scale"], self.tensors[base + "value_scale"]
+
+    @property
+    def kv_cache_scheme(self) -> str:
+        """The int8 KV cache layout (``algo_args['kvcache_scheme']``): 'static' is per-channel key/value scales."""
+        return str(self.ptq_config.arg("kvcache_scheme"))
 
     @property
     def has_kv_quant(self) -> bool:
