@@ -442,24 +442,63 @@ GP_AVX512 void VnniDotCols(const uint8_t* au, int64_t lda, const int8_t* b, int6
   }
 }
 
+// In place: lane j of r[i] becomes lane i of r[j] (a 16 x 16 transpose of dwords).
+GP_AVX512 inline void Transpose16(__m512i r[16]) {
+  __m512i t[16], u[16];
+  GP_UNROLL
+  for (int i = 0; i < 8; ++i) {   // per 128-bit lane L: t[2i] = (r2i, r2i+1)[4L], [4L+1]; t[2i+1]: [4L+2], [4L+3]
+    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  GP_UNROLL
+  for (int q = 0; q < 4; ++q) {   // u[4q + e], lane L: element 4L + e of rows 4q .. 4q + 3
+    u[4 * q] = _mm512_unpacklo_epi64(t[4 * q], t[4 * q + 2]);
+    u[4 * q + 1] = _mm512_unpackhi_epi64(t[4 * q], t[4 * q + 2]);
+    u[4 * q + 2] = _mm512_unpacklo_epi64(t[4 * q + 1], t[4 * q + 3]);
+    u[4 * q + 3] = _mm512_unpackhi_epi64(t[4 * q + 1], t[4 * q + 3]);
+  }
+  GP_UNROLL
+  for (int e = 0; e < 4; ++e) {   // lane L of u[e], u[4 + e], u[8 + e], u[12 + e] form element 4L + e
+    const __m512i v = _mm512_shuffle_i32x4(u[e], u[4 + e], 0x88), w = _mm512_shuffle_i32x4(u[e], u[4 + e], 0xDD);
+    const __m512i v2 = _mm512_shuffle_i32x4(u[8 + e], u[12 + e], 0x88);
+    const __m512i w2 = _mm512_shuffle_i32x4(u[8 + e], u[12 + e], 0xDD);
+    r[e] = _mm512_shuffle_i32x4(v, v2, 0x88);
+    r[4 + e] = _mm512_shuffle_i32x4(w, w2, 0x88);
+    r[8 + e] = _mm512_shuffle_i32x4(v, v2, 0xDD);
+    r[12 + e] = _mm512_shuffle_i32x4(w, w2, 0xDD);
+  }
+}
+
 // Packs weight rows [n, n + kNr) in groups of four k: panel[g][j][0..3] = w[n + j][4g .. 4g + 3],
-// zero beyond the matrix; bias[j] = nbias[n + j] - 128 * sum_k w[n + j][k]; cs[j] = ep.cs[n + j].
-void PackPanel(const int8_t* b, int64_t n_cols, int64_t k, int64_t n, int64_t kg, const Epilogue& ep,
-               int8_t* panel, int32_t* bias, float* cs) {
-  std::memset(panel, 0, static_cast<size_t>(kg) * kNr * 4);
-  const int64_t k4 = k & ~int64_t(3);
-  for (int j = 0; j < kNr; ++j) {
-    int32_t s = 0;
-    bias[j] = 0;
-    cs[j] = 1.0f;
-    if (n + j >= n_cols) continue;
-    const int8_t* row = b + (n + j) * k;
-    int32_t* dst = reinterpret_cast<int32_t*>(panel) + j;
-    for (int64_t i = 0; i < k4; i += 4) std::memcpy(dst + (i >> 2) * kNr, row + i, 4);
-    for (int64_t i = k4; i < k; ++i) panel[(i >> 2) * kNr * 4 + j * 4 + (i & 3)] = row[i];
-    for (int64_t i = 0; i < k; ++i) s += row[i];
-    bias[j] = (ep.nbias ? ep.nbias[n + j] : 0) - 128 * s;
-    if (ep.cs) cs[j] = ep.cs[n + j];
+// zero beyond the matrix; bias[j] = nbias[n + j] - 128 * sum_k w[n + j][k]; cs[j] = ep.cs[n + j] (1
+// beyond the matrix). Sixteen rows x 64 bytes at a time, transposed as dwords; the column sums are
+// dot products of the packed groups with ones.
+GP_AVX512 void PackPanel(const int8_t* b, int64_t n_cols, int64_t k, int64_t n, int64_t kg, const Epilogue& ep,
+                         int8_t* panel, int32_t* bias, float* cs) {
+  const __m512i ones = _mm512_set1_epi8(1), zero = _mm512_setzero_si512();
+  for (int c = 0; c < kNr / 16; ++c) {
+    const int64_t j0 = n + 16 * c;
+    const int rows = static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(16, n_cols - j0)));
+    __m512i sums = zero;
+    for (int64_t s = 0; s < k; s += 64) {
+      const __mmask64 mask = k - s >= 64 ? ~__mmask64(0) : ((__mmask64(1) << (k - s)) - 1);
+      __m512i r[16];
+      GP_UNROLL
+      for (int i = 0; i < 16; ++i) r[i] = i < rows ? _mm512_maskz_loadu_epi8(mask, b + (j0 + i) * k + s) : zero;
+      Transpose16(r);
+      const int64_t g0 = s / 4, groups = std::min<int64_t>(16, kg - g0);
+      GP_UNROLL
+      for (int e = 0; e < 16; ++e) {
+        if (e >= groups) continue;
+        _mm512_storeu_si512(panel + (g0 + e) * kNr * 4 + 64 * c, r[e]);
+        sums = _mm512_dpbusd_epi32(sums, ones, r[e]);
+      }
+    }
+    const __mmask16 valid = static_cast<__mmask16>((1u << rows) - 1);
+    const __m512i nb = ep.nbias ? _mm512_maskz_loadu_epi32(valid, ep.nbias + j0) : zero;
+    _mm512_storeu_si512(bias + 16 * c, _mm512_sub_epi32(nb, _mm512_slli_epi32(sums, 7)));
+    const __m512 one = _mm512_set1_ps(1.0f);
+    _mm512_storeu_ps(cs + 16 * c, ep.cs ? _mm512_mask_loadu_ps(one, valid, ep.cs + j0) : one);
   }
 }
 
