@@ -45,13 +45,13 @@ int DetectIsa() {
 }
 
 const int g_detected = DetectIsa();
+int g_isa = g_detected;
 
 // Register blocks keep their accumulators in arrays indexed by loop counters: unless those loops are
 // unrolled before GCC's scalar replacement runs, the arrays stay in memory and every multiply-add
 // step reloads and stores its accumulator (VNNI 8x48 block: 2.2x slower). GP_UNROLL in front of
 // each such loop unrolls it early; it changes no arithmetic (same operations, same order).
 #define GP_UNROLL _Pragma("GCC unroll 16")
-int g_isa = g_detected;
 
 // ----- a small persistent thread pool ------------------------------------------------------------
 class Pool {
