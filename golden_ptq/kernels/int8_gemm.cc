@@ -69,6 +69,10 @@ class Pool {
     wanted_ = std::max(1, threads);
   }
 
+  // Runs fn(0 .. tasks - 1) on the caller and up to (threads - 1) helpers; returns when every task
+  // has run. The caller waits only for tasks a helper has claimed, never for a helper to wake up:
+  // under contention (other processes, MindSpore's own threads) a woken helper may get a core late,
+  // and the caller then runs the remaining tasks itself.
   void Run(int tasks, const std::function<void(int)>& fn) {
     int helpers = std::min(wanted_, tasks) - 1;
     if (helpers <= 0) {
@@ -76,39 +80,59 @@ class Pool {
       return;
     }
     std::lock_guard<std::mutex> serial(run_mu_);
+    uint32_t gen;
     {
       std::lock_guard<std::mutex> lock(mu_);
+      gen = static_cast<uint32_t>(++generation_);
       fn_ = &fn;
       tasks_ = tasks;
-      next_.store(0);
       helpers_ = helpers;
-      pending_ = helpers;
-      ++generation_;
+      completed_.store(0);
+      ticket_.store(uint64_t(gen) << 32);   // task 0 of this generation is next
     }
     cv_.notify_all();
-    Drain();
+    Work(gen, tasks, &fn);
     std::unique_lock<std::mutex> lock(mu_);
-    done_.wait(lock, [this] { return pending_ == 0; });
-    fn_ = nullptr;
+    done_.wait(lock, [&] { return completed_.load() == tasks; });
   }
 
  private:
-  void Drain() {
-    for (int t = next_.fetch_add(1); t < tasks_; t = next_.fetch_add(1)) (*fn_)(t);
+  // The next task of generation ``gen``, or -1 when none is left or another generation has begun.
+  int Claim(uint32_t gen, int tasks) {
+    uint64_t v = ticket_.load();
+    for (;;) {
+      if (static_cast<uint32_t>(v >> 32) != gen || static_cast<int>(v & 0xFFFFFFFFu) >= tasks) return -1;
+      if (ticket_.compare_exchange_weak(v, v + 1)) return static_cast<int>(v & 0xFFFFFFFFu);
+    }
+  }
+
+  // ``fn`` stays valid while one of its tasks is claimed and not completed (Run waits for them).
+  void Work(uint32_t gen, int tasks, const std::function<void(int)>* fn) {
+    for (int t = Claim(gen, tasks); t >= 0; t = Claim(gen, tasks)) {
+      (*fn)(t);
+      if (completed_.fetch_add(1) + 1 == tasks) {
+        std::lock_guard<std::mutex> lock(mu_);
+        done_.notify_one();
+      }
+    }
   }
 
   void Loop(int id) {
     uint64_t seen = 0;
     for (;;) {
+      uint32_t gen;
+      int tasks;
+      const std::function<void(int)>* fn;
       {
         std::unique_lock<std::mutex> lock(mu_);
         cv_.wait(lock, [&] { return generation_ != seen; });
         seen = generation_;
         if (id >= helpers_) continue;
+        gen = static_cast<uint32_t>(seen);
+        tasks = tasks_;
+        fn = fn_;
       }
-      Drain();
-      std::lock_guard<std::mutex> lock(mu_);
-      if (--pending_ == 0) done_.notify_one();
+      Work(gen, tasks, fn);
     }
   }
 
@@ -116,8 +140,9 @@ class Pool {
   std::mutex mu_, run_mu_;
   std::condition_variable cv_, done_;
   const std::function<void(int)>* fn_ = nullptr;
-  int tasks_ = 0, helpers_ = 0, pending_ = 0, wanted_ = 1;
-  std::atomic<int> next_{0};
+  int tasks_ = 0, helpers_ = 0, wanted_ = 1;
+  std::atomic<uint64_t> ticket_{0};   // generation (high 32 bits), next task index (low 32 bits)
+  std::atomic<int> completed_{0};
   uint64_t generation_ = 0;
 };
 
@@ -134,6 +159,11 @@ Pool& ThePool() {
 
 // Below this many multiply-adds a call runs on the calling thread only.
 constexpr int64_t kParallelWork = 1 << 19;
+// The few-row int8 products split over threads only from this many weight bytes: below it a second
+// thread saves less than waking it costs (1..16 rows x 576 x 1536, weight in L2: the same time on
+// 1 and 2 threads; in a compiled decode graph beside MindSpore's own threads, 1 thread 25-30 %
+// faster), while the 576 x 49152 head runs 1.7-1.9x faster on 2.
+constexpr int64_t kParallelDotWeight = int64_t(4) << 20;
 
 // ----- epilogue: out[m, n] = (float(acc + nbias[n]) * rs[m]) * cs[n], or int32 acc + nbias[n] ---
 struct Epilogue {
@@ -577,7 +607,8 @@ void I8Gemm(const Codes& codes, const int8_t* b, int64_t m_rows, int64_t n_cols,
     const int64_t lda = codes.ld;
     if (m_rows <= kDotRows) {
       const int64_t blocks = (n_cols + 3) / 4;
-      const int tasks = static_cast<int>(std::min<int64_t>(threads, blocks));
+      const int dot_threads = n_cols * k >= kParallelDotWeight ? threads : 1;
+      const int tasks = static_cast<int>(std::min<int64_t>(dot_threads, blocks));
       pool.Run(tasks, [&](int t) {
         const int64_t n0 = Cut(blocks, tasks, t) * 4, n1 = std::min(n_cols, Cut(blocks, tasks, t + 1) * 4);
         // Four weight rows at a time for all input rows (read from memory once), the rows
