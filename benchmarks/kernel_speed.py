@@ -1,11 +1,12 @@
-"""Weight-only products alone on SmolLM2-135M's Linear shapes: FP32 MatMul vs A16W8 / A16W4.
+"""Quantized products alone on SmolLM2-135M's Linear shapes: FP32 MatMul vs A16W8 / A16W4 / W8A8.
 
 Each product is ``x [M, K] @ w [N, K].T`` as the quantized Linear dispatches it
 (:mod:`golden_ptq.quant_cells.linear_kernels`): ``a16w8`` per-channel int8, ``a16w4_g128``
-4-bit asymmetric codes in groups of 128 (576 is not a multiple: the last group holds 64), both
-through the native kernels when available; ``--route mindspore`` switches the native kernels off
-(the MindSpore-op route: a float copy of the weight per call for the group-wise form). FP32 is
-MindSpore's ``MatMul(transpose_b=True)`` on the float weight.
+4-bit asymmetric codes in groups of 128 (576 is not a multiple: the last group holds 64),
+``a8w8_static`` (input quantized per tensor) and ``a8w8_dynamic`` (per token), all through the
+native kernels when available; ``--route mindspore`` switches the native kernels off (the
+MindSpore-op route: a float copy of the weight per call for the group-wise form). FP32 is
+MindSpore's ``MatMul(transpose_b=True)`` on the float weight. ``--forms`` picks some of them.
 
 Rounds are interleaved (every form of a shape, then the next shape, then the next round), so each
 ratio compares calls taken close together; the table gives milliseconds per call, min (median)
@@ -44,12 +45,17 @@ def make_products(k: int, n: int, rng: np.random.RandomState) -> Dict[str, Tuple
     q4 = rng.randint(-8, 8, (n, k)).astype(np.int8)
     s4 = (rng.rand(n, groups) * 0.01 + 1e-3).astype(np.float32)
     z4 = rng.randint(-8, 8, (n, groups)).astype(np.float32)
+    input_scale, input_zp = Tensor(np.array([0.02], np.float32)), Tensor(np.array([3.0], np.float32))
+    quant_bias = Tensor((-3 * q8.astype(np.int64).sum(axis=1)).astype(np.int32))
+    deq_scale = Tensor((0.02 * s8).astype(np.float32))
     matmul = ops.MatMul(transpose_b=True)
     return {
         "fp32": (matmul, (Tensor(w),)),
         "a16w8": (linear_kernels.w8a16_channel, (Tensor(q8), Tensor(s8))),
         "a16w4_g128": (lambda x, q, s, z: linear_kernels.w8a16_group(x, q, s, z, GROUP),
                        (Tensor(q4), Tensor(s4), Tensor(z4))),
+        "a8w8_static": (linear_kernels.a8w8_static, (Tensor(q8), input_scale, input_zp, quant_bias, deq_scale)),
+        "a8w8_dynamic": (linear_kernels.a8w8_dynamic, (Tensor(q8), Tensor(s8))),
     }
 
 
@@ -75,6 +81,9 @@ def main(argv=None) -> int:
     parser.add_argument("--route", choices=["native", "mindspore"], default="native")
     parser.add_argument("--isa", choices=["avx512_vnni", "avx2", "portable"], default=None,
                         help="cap the native kernels' instruction set (comparisons on one machine)")
+    parser.add_argument("--forms", nargs="*", default=None,
+                        help="quantized forms to time beside fp32 (default: all of a16w8 a16w4_g128 a8w8_static "
+                             "a8w8_dynamic)")
     parser.add_argument("--head-rows-max", type=int, default=16, help="skip lm_head above this many rows")
     args = parser.parse_args(argv)
     if args.route == "mindspore":
@@ -86,6 +95,11 @@ def main(argv=None) -> int:
     cases = []
     for name, k, n in SHAPES:
         products = make_products(k, n, rng)
+        if args.forms is not None:
+            unknown = sorted(set(args.forms) - set(products) - {"fp32"})
+            if unknown:
+                parser.error(f"--forms: unknown {unknown}; choose from {sorted(set(products) - {'fp32'})}")
+            products = {f: p for f, p in products.items() if f == "fp32" or f in args.forms}
         for m in args.rows:
             if name == "lm_head" and m > args.head_rows_max:
                 continue

@@ -16,10 +16,11 @@ from golden_ptq.quant_math.functions import dequantize_weight
 INFO = kernels.kernel_info()
 needs_native = pytest.mark.skipif(not INFO.available, reason=f"native kernels unavailable here: {INFO.reason}")
 
-# Shapes that reach every code path: the dot-product paths (<= 16 rows) and the packed-panel paths,
-# tails in K (not a multiple of 4, 16, 64) and in N (not a multiple of 4, 32, 48).
-SHAPES = [(1, 64, 8), (1, 577, 50), (3, 130, 7), (4, 100, 49), (9, 67, 97), (17, 200, 96), (33, 576, 53),
-          (70, 129, 130)]
+# Shapes that reach every code path: the dot-product paths (<= 16 rows, in blocks of four rows and
+# four weight rows) and the packed-panel paths (panels of 48 weight rows packed 16 at a time), tails in
+# K (not a multiple of 4, 16, 64), in N (not a multiple of 4, 16, 32, 48) and in M.
+SHAPES = [(1, 64, 8), (1, 577, 50), (3, 130, 7), (4, 100, 49), (6, 300, 70), (9, 67, 97), (16, 70, 22),
+          (17, 200, 96), (33, 576, 53), (70, 129, 130)]
 
 
 def _cpu_flags():

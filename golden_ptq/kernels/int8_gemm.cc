@@ -47,6 +47,12 @@ int DetectIsa() {
 const int g_detected = DetectIsa();
 int g_isa = g_detected;
 
+// Register blocks keep their accumulators in arrays indexed by loop counters: unless those loops are
+// unrolled before GCC's scalar replacement runs, the arrays stay in memory and every multiply-add
+// step reloads and stores its accumulator (VNNI 8x48 block: 2.2x slower). GP_UNROLL in front of
+// each such loop unrolls it early; it changes no arithmetic (same operations, same order).
+#define GP_UNROLL _Pragma("GCC unroll 16")
+
 // ----- a small persistent thread pool ------------------------------------------------------------
 class Pool {
  public:
@@ -63,6 +69,10 @@ class Pool {
     wanted_ = std::max(1, threads);
   }
 
+  // Runs fn(0 .. tasks - 1) on the caller and up to (threads - 1) helpers; returns when every task
+  // has run. The caller waits only for tasks a helper has claimed, never for a helper to wake up:
+  // under contention (other processes, MindSpore's own threads) a woken helper may get a core late,
+  // and the caller then runs the remaining tasks itself.
   void Run(int tasks, const std::function<void(int)>& fn) {
     int helpers = std::min(wanted_, tasks) - 1;
     if (helpers <= 0) {
@@ -70,39 +80,59 @@ class Pool {
       return;
     }
     std::lock_guard<std::mutex> serial(run_mu_);
+    uint32_t gen;
     {
       std::lock_guard<std::mutex> lock(mu_);
+      gen = static_cast<uint32_t>(++generation_);
       fn_ = &fn;
       tasks_ = tasks;
-      next_.store(0);
       helpers_ = helpers;
-      pending_ = helpers;
-      ++generation_;
+      completed_.store(0);
+      ticket_.store(uint64_t(gen) << 32);   // task 0 of this generation is next
     }
     cv_.notify_all();
-    Drain();
+    Work(gen, tasks, &fn);
     std::unique_lock<std::mutex> lock(mu_);
-    done_.wait(lock, [this] { return pending_ == 0; });
-    fn_ = nullptr;
+    done_.wait(lock, [&] { return completed_.load() == tasks; });
   }
 
  private:
-  void Drain() {
-    for (int t = next_.fetch_add(1); t < tasks_; t = next_.fetch_add(1)) (*fn_)(t);
+  // The next task of generation ``gen``, or -1 when none is left or another generation has begun.
+  int Claim(uint32_t gen, int tasks) {
+    uint64_t v = ticket_.load();
+    for (;;) {
+      if (static_cast<uint32_t>(v >> 32) != gen || static_cast<int>(v & 0xFFFFFFFFu) >= tasks) return -1;
+      if (ticket_.compare_exchange_weak(v, v + 1)) return static_cast<int>(v & 0xFFFFFFFFu);
+    }
+  }
+
+  // ``fn`` stays valid while one of its tasks is claimed and not completed (Run waits for them).
+  void Work(uint32_t gen, int tasks, const std::function<void(int)>* fn) {
+    for (int t = Claim(gen, tasks); t >= 0; t = Claim(gen, tasks)) {
+      (*fn)(t);
+      if (completed_.fetch_add(1) + 1 == tasks) {
+        std::lock_guard<std::mutex> lock(mu_);
+        done_.notify_one();
+      }
+    }
   }
 
   void Loop(int id) {
     uint64_t seen = 0;
     for (;;) {
+      uint32_t gen;
+      int tasks;
+      const std::function<void(int)>* fn;
       {
         std::unique_lock<std::mutex> lock(mu_);
         cv_.wait(lock, [&] { return generation_ != seen; });
         seen = generation_;
         if (id >= helpers_) continue;
+        gen = static_cast<uint32_t>(seen);
+        tasks = tasks_;
+        fn = fn_;
       }
-      Drain();
-      std::lock_guard<std::mutex> lock(mu_);
-      if (--pending_ == 0) done_.notify_one();
+      Work(gen, tasks, fn);
     }
   }
 
@@ -110,8 +140,9 @@ class Pool {
   std::mutex mu_, run_mu_;
   std::condition_variable cv_, done_;
   const std::function<void(int)>* fn_ = nullptr;
-  int tasks_ = 0, helpers_ = 0, pending_ = 0, wanted_ = 1;
-  std::atomic<int> next_{0};
+  int tasks_ = 0, helpers_ = 0, wanted_ = 1;
+  std::atomic<uint64_t> ticket_{0};   // generation (high 32 bits), next task index (low 32 bits)
+  std::atomic<int> completed_{0};
   uint64_t generation_ = 0;
 };
 
@@ -128,6 +159,11 @@ Pool& ThePool() {
 
 // Below this many multiply-adds a call runs on the calling thread only.
 constexpr int64_t kParallelWork = 1 << 19;
+// The few-row int8 products split over threads only from this many weight bytes: below it a second
+// thread saves less than waking it costs (1..16 rows x 576 x 1536, weight in L2: the same time on
+// 1 and 2 threads; in a compiled decode graph beside MindSpore's own threads, 1 thread 25-30 %
+// faster), while the 576 x 49152 head runs 1.7-1.9x faster on 2.
+constexpr int64_t kParallelDotWeight = int64_t(4) << 20;
 
 // ----- epilogue: out[m, n] = (float(acc + nbias[n]) * rs[m]) * cs[n], or int32 acc + nbias[n] ---
 struct Epilogue {
@@ -292,10 +328,12 @@ __attribute__((target("avx2,fma"))) void Avx2Block(const int16_t* a16, int64_t l
                                                    int64_t kp, int64_t m0, int64_t n, int nvalid,
                                                    const Epilogue& ep) {
   __m256i acc[MR][2];
+  GP_UNROLL
   for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_si256();
   for (int64_t g = 0; g < kp; ++g) {
     const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(panel + g * kNr2 * 2));
     const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(panel + g * kNr2 * 2 + 16));
+    GP_UNROLL
     for (int i = 0; i < MR; ++i) {
       int32_t word;
       std::memcpy(&word, a16 + (m0 + i) * lda + 2 * g, 4);
@@ -305,6 +343,7 @@ __attribute__((target("avx2,fma"))) void Avx2Block(const int16_t* a16, int64_t l
     }
   }
   alignas(32) int32_t tmp[kNr2];
+  GP_UNROLL
   for (int i = 0; i < MR; ++i) {
     _mm256_store_si256(reinterpret_cast<__m256i*>(tmp), acc[i][0]);
     _mm256_store_si256(reinterpret_cast<__m256i*>(tmp + 8), acc[i][1]);
@@ -350,63 +389,146 @@ GP_AVX512 inline void Store16(const Epilogue& ep, int64_t m, int64_t n, int coun
   _mm512_mask_storeu_ps(ep.outf + m * ep.n_total + n, mask, f);
 }
 
-// Few input rows: dot products straight from MB x NB weight rows (memory bound, no packing).
-template <int MB, int NB>
+// Lanes 0..3 of the result: the sums of the 16 lanes of a0..a3 (a transposing add tree; integer
+// adds, so exact in any order).
+GP_AVX512 inline __m128i Reduce4i(__m512i a0, __m512i a1, __m512i a2, __m512i a3) {
+  const __m256i b0 = _mm256_add_epi32(_mm512_castsi512_si256(a0), _mm512_extracti64x4_epi64(a0, 1));
+  const __m256i b1 = _mm256_add_epi32(_mm512_castsi512_si256(a1), _mm512_extracti64x4_epi64(a1, 1));
+  const __m256i b2 = _mm256_add_epi32(_mm512_castsi512_si256(a2), _mm512_extracti64x4_epi64(a2, 1));
+  const __m256i b3 = _mm256_add_epi32(_mm512_castsi512_si256(a3), _mm512_extracti64x4_epi64(a3, 1));
+  const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(b0, b1), _mm256_hadd_epi32(b2, b3));
+  return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
+// Writes columns [n, n + count), count <= 4, of row m: as Store16, for four lanes.
+GP_AVX512 inline void Store4(const Epilogue& ep, int64_t m, int64_t n, int count, __m128i v) {
+  const __mmask8 mask = static_cast<__mmask8>((1u << count) - 1);
+  if (ep.outi) {
+    _mm_mask_storeu_epi32(ep.outi + m * ep.n_total + n, mask, v);
+    return;
+  }
+  __m128 f = _mm_cvtepi32_ps(v);
+  if (ep.rs) f = _mm_mul_ps(f, _mm_set1_ps(ep.rs[m]));
+  if (ep.cs) f = _mm_mul_ps(f, _mm_maskz_loadu_ps(mask, ep.cs + n));
+  _mm_mask_storeu_ps(ep.outf + m * ep.n_total + n, mask, f);
+}
+
+// Few input rows: dot products of MB input rows with NB <= 4 weight rows [n, n + NB) read straight
+// from the weight (memory bound, no packing). ``bias`` lane j is nbias[n + j] - 128 * sum_k w[n + j][k];
+// the first block of rows (kSum) computes it for the others.
+template <int MB, int NB, bool kSum>
 GP_AVX512 void VnniDotBlock(const uint8_t* au, int64_t lda, const int8_t* b, int64_t k, int64_t n,
-                            const Epilogue& ep) {
-  const __m512i ones = _mm512_set1_epi8(1);
-  __m512i acc[MB][NB], sum[NB];
-  for (int j = 0; j < NB; ++j) {
-    sum[j] = _mm512_setzero_si512();
-    for (int i = 0; i < MB; ++i) acc[i][j] = _mm512_setzero_si512();
+                            const Epilogue& ep, __m128i* bias) {
+  const __m512i ones = _mm512_set1_epi8(1), zero = _mm512_setzero_si512();
+  __m512i acc[MB][4], sum[4];
+  GP_UNROLL
+  for (int j = 0; j < 4; ++j) {
+    sum[j] = zero;
+    GP_UNROLL
+    for (int i = 0; i < MB; ++i) acc[i][j] = zero;
   }
   for (int64_t s = 0; s < k; s += 64) {
     const __mmask64 mask = k - s >= 64 ? ~__mmask64(0) : ((__mmask64(1) << (k - s)) - 1);
     __m512i av[MB];
+    GP_UNROLL
     for (int i = 0; i < MB; ++i) av[i] = _mm512_loadu_si512(au + i * lda + s);
+    GP_UNROLL
     for (int j = 0; j < NB; ++j) {
-      __m512i bv = _mm512_maskz_loadu_epi8(mask, b + (n + j) * k + s);
-      sum[j] = _mm512_dpbusd_epi32(sum[j], ones, bv);
+      const __m512i bv = _mm512_maskz_loadu_epi8(mask, b + (n + j) * k + s);
+      if (kSum) sum[j] = _mm512_dpbusd_epi32(sum[j], ones, bv);
+      GP_UNROLL
       for (int i = 0; i < MB; ++i) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], av[i], bv);
     }
   }
-  for (int j = 0; j < NB; ++j) {
-    const int32_t corr = -128 * _mm512_reduce_add_epi32(sum[j]);
-    for (int i = 0; i < MB; ++i) ep.Put(i, n + j, _mm512_reduce_add_epi32(acc[i][j]) + corr);
+  if (kSum) {
+    const __mmask8 mask = static_cast<__mmask8>((1u << NB) - 1);
+    const __m128i nb = ep.nbias ? _mm_maskz_loadu_epi32(mask, ep.nbias + n) : _mm_setzero_si128();
+    *bias = _mm_sub_epi32(nb, _mm_slli_epi32(Reduce4i(sum[0], sum[1], sum[2], sum[3]), 7));
   }
+  GP_UNROLL
+  for (int i = 0; i < MB; ++i)
+    Store4(ep, i, n, NB, _mm_add_epi32(Reduce4i(acc[i][0], acc[i][1], acc[i][2], acc[i][3]), *bias));
 }
 
-template <int MB>
-GP_AVX512 void VnniDotRows(const uint8_t* au, int64_t lda, const int8_t* b, int64_t k, int64_t n0, int64_t n1,
+// All ``m_rows`` (<= kDotRows) input rows against weight rows [n, n + NB), in blocks of four rows.
+template <int NB>
+GP_AVX512 void VnniDotCols(const uint8_t* au, int64_t lda, const int8_t* b, int64_t k, int64_t n, int64_t m_rows,
                            const Epilogue& ep) {
-  int64_t n = n0;
-  for (; n + 4 <= n1; n += 4) VnniDotBlock<MB, 4>(au, lda, b, k, n, ep);
-  switch (n1 - n) {
-    case 3: VnniDotBlock<MB, 3>(au, lda, b, k, n, ep); break;
-    case 2: VnniDotBlock<MB, 2>(au, lda, b, k, n, ep); break;
-    case 1: VnniDotBlock<MB, 1>(au, lda, b, k, n, ep); break;
+  __m128i bias;
+  const int64_t first = std::min<int64_t>(4, m_rows);
+  switch (first) {
+    case 4: VnniDotBlock<4, NB, true>(au, lda, b, k, n, ep, &bias); break;
+    case 3: VnniDotBlock<3, NB, true>(au, lda, b, k, n, ep, &bias); break;
+    case 2: VnniDotBlock<2, NB, true>(au, lda, b, k, n, ep, &bias); break;
+    default: VnniDotBlock<1, NB, true>(au, lda, b, k, n, ep, &bias); break;
+  }
+  int64_t m = first;
+  for (; m + 4 <= m_rows; m += 4) VnniDotBlock<4, NB, false>(au + m * lda, lda, b, k, n, ep.Rows(m), &bias);
+  switch (m_rows - m) {
+    case 3: VnniDotBlock<3, NB, false>(au + m * lda, lda, b, k, n, ep.Rows(m), &bias); break;
+    case 2: VnniDotBlock<2, NB, false>(au + m * lda, lda, b, k, n, ep.Rows(m), &bias); break;
+    case 1: VnniDotBlock<1, NB, false>(au + m * lda, lda, b, k, n, ep.Rows(m), &bias); break;
     default: break;
   }
 }
 
+// In place: lane j of r[i] becomes lane i of r[j] (a 16 x 16 transpose of dwords).
+GP_AVX512 inline void Transpose16(__m512i r[16]) {
+  __m512i t[16], u[16];
+  GP_UNROLL
+  for (int i = 0; i < 8; ++i) {   // per 128-bit lane L: t[2i] = (r2i, r2i+1)[4L], [4L+1]; t[2i+1]: [4L+2], [4L+3]
+    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  GP_UNROLL
+  for (int q = 0; q < 4; ++q) {   // u[4q + e], lane L: element 4L + e of rows 4q .. 4q + 3
+    u[4 * q] = _mm512_unpacklo_epi64(t[4 * q], t[4 * q + 2]);
+    u[4 * q + 1] = _mm512_unpackhi_epi64(t[4 * q], t[4 * q + 2]);
+    u[4 * q + 2] = _mm512_unpacklo_epi64(t[4 * q + 1], t[4 * q + 3]);
+    u[4 * q + 3] = _mm512_unpackhi_epi64(t[4 * q + 1], t[4 * q + 3]);
+  }
+  GP_UNROLL
+  for (int e = 0; e < 4; ++e) {   // lane L of u[e], u[4 + e], u[8 + e], u[12 + e] form element 4L + e
+    const __m512i v = _mm512_shuffle_i32x4(u[e], u[4 + e], 0x88), w = _mm512_shuffle_i32x4(u[e], u[4 + e], 0xDD);
+    const __m512i v2 = _mm512_shuffle_i32x4(u[8 + e], u[12 + e], 0x88);
+    const __m512i w2 = _mm512_shuffle_i32x4(u[8 + e], u[12 + e], 0xDD);
+    r[e] = _mm512_shuffle_i32x4(v, v2, 0x88);
+    r[4 + e] = _mm512_shuffle_i32x4(w, w2, 0x88);
+    r[8 + e] = _mm512_shuffle_i32x4(v, v2, 0xDD);
+    r[12 + e] = _mm512_shuffle_i32x4(w, w2, 0xDD);
+  }
+}
+
 // Packs weight rows [n, n + kNr) in groups of four k: panel[g][j][0..3] = w[n + j][4g .. 4g + 3],
-// zero beyond the matrix; bias[j] = nbias[n + j] - 128 * sum_k w[n + j][k]; cs[j] = ep.cs[n + j].
-void PackPanel(const int8_t* b, int64_t n_cols, int64_t k, int64_t n, int64_t kg, const Epilogue& ep,
-               int8_t* panel, int32_t* bias, float* cs) {
-  std::memset(panel, 0, static_cast<size_t>(kg) * kNr * 4);
-  const int64_t k4 = k & ~int64_t(3);
-  for (int j = 0; j < kNr; ++j) {
-    int32_t s = 0;
-    bias[j] = 0;
-    cs[j] = 1.0f;
-    if (n + j >= n_cols) continue;
-    const int8_t* row = b + (n + j) * k;
-    int32_t* dst = reinterpret_cast<int32_t*>(panel) + j;
-    for (int64_t i = 0; i < k4; i += 4) std::memcpy(dst + (i >> 2) * kNr, row + i, 4);
-    for (int64_t i = k4; i < k; ++i) panel[(i >> 2) * kNr * 4 + j * 4 + (i & 3)] = row[i];
-    for (int64_t i = 0; i < k; ++i) s += row[i];
-    bias[j] = (ep.nbias ? ep.nbias[n + j] : 0) - 128 * s;
-    if (ep.cs) cs[j] = ep.cs[n + j];
+// zero beyond the matrix; bias[j] = nbias[n + j] - 128 * sum_k w[n + j][k]; cs[j] = ep.cs[n + j] (1
+// beyond the matrix). Sixteen rows x 64 bytes at a time, transposed as dwords; the column sums are
+// dot products of the packed groups with ones.
+GP_AVX512 void PackPanel(const int8_t* b, int64_t n_cols, int64_t k, int64_t n, int64_t kg, const Epilogue& ep,
+                         int8_t* panel, int32_t* bias, float* cs) {
+  const __m512i ones = _mm512_set1_epi8(1), zero = _mm512_setzero_si512();
+  for (int c = 0; c < kNr / 16; ++c) {
+    const int64_t j0 = n + 16 * c;
+    const int rows = static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(16, n_cols - j0)));
+    __m512i sums = zero;
+    for (int64_t s = 0; s < k; s += 64) {
+      const __mmask64 mask = k - s >= 64 ? ~__mmask64(0) : ((__mmask64(1) << (k - s)) - 1);
+      __m512i r[16];
+      GP_UNROLL
+      for (int i = 0; i < 16; ++i) r[i] = i < rows ? _mm512_maskz_loadu_epi8(mask, b + (j0 + i) * k + s) : zero;
+      Transpose16(r);
+      const int64_t g0 = s / 4, groups = std::min<int64_t>(16, kg - g0);
+      GP_UNROLL
+      for (int e = 0; e < 16; ++e) {
+        if (e >= groups) continue;
+        _mm512_storeu_si512(panel + (g0 + e) * kNr * 4 + 64 * c, r[e]);
+        sums = _mm512_dpbusd_epi32(sums, ones, r[e]);
+      }
+    }
+    const __mmask16 valid = static_cast<__mmask16>((1u << rows) - 1);
+    const __m512i nb = ep.nbias ? _mm512_maskz_loadu_epi32(valid, ep.nbias + j0) : zero;
+    _mm512_storeu_si512(bias + 16 * c, _mm512_sub_epi32(nb, _mm512_slli_epi32(sums, 7)));
+    const __m512 one = _mm512_set1_ps(1.0f);
+    _mm512_storeu_ps(cs + 16 * c, ep.cs ? _mm512_mask_loadu_ps(one, valid, ep.cs + j0) : one);
   }
 }
 
@@ -414,11 +536,14 @@ template <int MR>
 GP_AVX512 inline void VnniBlock(const uint8_t* au, int64_t lda, const int8_t* panel, int64_t kg, int64_t m0,
                                 int64_t n, int nvalid, const int32_t* bias, const float* cs, const Epilogue& ep) {
   __m512i acc[MR][3];
+GP_UNROLL
   for (int i = 0; i < MR; ++i)
+GP_UNROLL
     for (int c = 0; c < 3; ++c) acc[i][c] = _mm512_setzero_si512();
   for (int64_t g = 0; g < kg; ++g) {
     const int8_t* p = panel + g * kNr * 4;
     __m512i b0 = _mm512_loadu_si512(p), b1 = _mm512_loadu_si512(p + 64), b2 = _mm512_loadu_si512(p + 128);
+GP_UNROLL
     for (int i = 0; i < MR; ++i) {
       int32_t word;
       std::memcpy(&word, au + (m0 + i) * lda + g * 4, 4);
@@ -428,9 +553,13 @@ GP_AVX512 inline void VnniBlock(const uint8_t* au, int64_t lda, const int8_t* pa
       acc[i][2] = _mm512_dpbusd_epi32(acc[i][2], av, b2);
     }
   }
-  for (int c = 0; c < 3 && 16 * c < nvalid; ++c) {
+  // A constant trip count (the test inside), so it unrolls too.
+GP_UNROLL
+  for (int c = 0; c < 3; ++c) {
+    if (16 * c >= nvalid) continue;
     const __m512i vb = _mm512_loadu_si512(bias + 16 * c);
     const __m512 vc = _mm512_loadu_ps(cs + 16 * c);
+GP_UNROLL
     for (int i = 0; i < MR; ++i) Store16(ep, m0 + i, n + 16 * c, nvalid - 16 * c, acc[i][c], vb, vc);
   }
 }
@@ -478,7 +607,8 @@ void I8Gemm(const Codes& codes, const int8_t* b, int64_t m_rows, int64_t n_cols,
     const int64_t lda = codes.ld;
     if (m_rows <= kDotRows) {
       const int64_t blocks = (n_cols + 3) / 4;
-      const int tasks = static_cast<int>(std::min<int64_t>(threads, blocks));
+      const int dot_threads = n_cols * k >= kParallelDotWeight ? threads : 1;
+      const int tasks = static_cast<int>(std::min<int64_t>(dot_threads, blocks));
       pool.Run(tasks, [&](int t) {
         const int64_t n0 = Cut(blocks, tasks, t) * 4, n1 = std::min(n_cols, Cut(blocks, tasks, t + 1) * 4);
         // Four weight rows at a time for all input rows (read from memory once), the rows
@@ -488,11 +618,12 @@ void I8Gemm(const Codes& codes, const int8_t* b, int64_t m_rows, int64_t n_cols,
           const int64_t ahead = std::min(n + kPrefetchRows, n1), ahead_end = std::min(ahead + 4, n1);
           const char* next = reinterpret_cast<const char*>(b + ahead * k);
           for (int64_t off = 0; off < (ahead_end - ahead) * k; off += 64) _mm_prefetch(next + off, _MM_HINT_T0);
-          int64_t m = 0;
-          for (; m + 4 <= m_rows; m += 4) VnniDotRows<4>(au + m * lda, lda, b, k, n, n_end, ep.Rows(m));
-          if (m_rows - m == 1) VnniDotRows<1>(au + m * lda, lda, b, k, n, n_end, ep.Rows(m));
-          if (m_rows - m == 2) VnniDotRows<2>(au + m * lda, lda, b, k, n, n_end, ep.Rows(m));
-          if (m_rows - m == 3) VnniDotRows<3>(au + m * lda, lda, b, k, n, n_end, ep.Rows(m));
+          switch (n_end - n) {
+            case 4: VnniDotCols<4>(au, lda, b, k, n, m_rows, ep); break;
+            case 3: VnniDotCols<3>(au, lda, b, k, n, m_rows, ep); break;
+            case 2: VnniDotCols<2>(au, lda, b, k, n, m_rows, ep); break;
+            default: VnniDotCols<1>(au, lda, b, k, n, m_rows, ep); break;
+          }
         }
       });
       return;
@@ -610,7 +741,9 @@ __attribute__((target("avx2,fma"))) void WDotBlockAvx2(const float* x, int64_t k
                                                        int64_t n_cols, int64_t m0, int64_t n) {
   __m256 acc[MB][NB];
   float tail[MB][NB];
+  GP_UNROLL
   for (int i = 0; i < MB; ++i)
+    GP_UNROLL
     for (int j = 0; j < NB; ++j) {
       acc[i][j] = _mm256_setzero_ps();
       tail[i][j] = 0.0f;
@@ -621,6 +754,7 @@ __attribute__((target("avx2,fma"))) void WDotBlockAvx2(const float* x, int64_t k
     GroupRange<G>(q, k, g, &t0, &t1);
     __m256 vs[NB], vz[NB];
     float ss[NB], zz[NB];
+    GP_UNROLL
     for (int j = 0; j < NB; ++j) {
       ss[j] = G ? q.scale[(n + j) * groups + g] : 1.0f;
       zz[j] = G ? q.zp[(n + j) * groups + g] : 0.0f;
@@ -630,24 +764,31 @@ __attribute__((target("avx2,fma"))) void WDotBlockAvx2(const float* x, int64_t k
     int64_t t = t0;
     for (; t + 8 <= t1; t += 8) {
       __m256 bv[NB];
+      GP_UNROLL
       for (int j = 0; j < NB; ++j) {
         __m128i raw = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(q.w + (n + j) * k + t));
         bv[j] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(raw));
         if (G) bv[j] = _mm256_mul_ps(_mm256_sub_ps(bv[j], vz[j]), vs[j]);
       }
+      GP_UNROLL
       for (int i = 0; i < MB; ++i) {
         const __m256 av = _mm256_loadu_ps(x + (m0 + i) * k + t);
+        GP_UNROLL
         for (int j = 0; j < NB; ++j) acc[i][j] = _mm256_fmadd_ps(av, bv[j], acc[i][j]);
       }
     }
     for (; t < t1; ++t)
+      GP_UNROLL
       for (int j = 0; j < NB; ++j) {
         const float wf = static_cast<float>(q.w[(n + j) * k + t]);
         const float wd = G ? (wf - zz[j]) * ss[j] : wf;
+        GP_UNROLL
         for (int i = 0; i < MB; ++i) tail[i][j] += x[(m0 + i) * k + t] * wd;
       }
   }
+  GP_UNROLL
   for (int i = 0; i < MB; ++i)
+    GP_UNROLL
     for (int j = 0; j < NB; ++j) {
       const float s = HSum256f(acc[i][j]) + tail[i][j];
       out[(m0 + i) * n_cols + n + j] = G ? s : s * q.scale[n + j];
@@ -678,7 +819,9 @@ template <int MB, int NB, bool G>
 GP_AVX512F void WDotBlock512(const float* x, int64_t k, const WeightQ& q, float* out, int64_t n_cols, int64_t m0,
                              int64_t n) {
   __m512 acc[MB][NB];
+  GP_UNROLL
   for (int i = 0; i < MB; ++i)
+    GP_UNROLL
     for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_setzero_ps();
   const int64_t groups = G ? q.groups : 1;
   for (int64_t g = 0; g < groups; ++g) {
@@ -686,6 +829,7 @@ GP_AVX512F void WDotBlock512(const float* x, int64_t k, const WeightQ& q, float*
     GroupRange<G>(q, k, g, &t0, &t1);
     __m512 vs[NB], vz[NB];
     if (G)
+      GP_UNROLL
       for (int j = 0; j < NB; ++j) {
         vs[j] = _mm512_set1_ps(q.scale[(n + j) * groups + g]);
         vz[j] = _mm512_set1_ps(q.zp[(n + j) * groups + g]);
@@ -693,18 +837,22 @@ GP_AVX512F void WDotBlock512(const float* x, int64_t k, const WeightQ& q, float*
     for (int64_t t = t0; t < t1; t += 16) {
       const __mmask16 mask = t1 - t >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (t1 - t)) - 1);
       __m512 bv[NB];
+      GP_UNROLL
       for (int j = 0; j < NB; ++j) {
         bv[j] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, q.w + (n + j) * k + t)));
         if (G) bv[j] = _mm512_mul_ps(_mm512_sub_ps(bv[j], vz[j]), vs[j]);   // masked lanes meet x = 0
       }
+      GP_UNROLL
       for (int i = 0; i < MB; ++i) {
         const __m512 av = _mm512_maskz_loadu_ps(mask, x + (m0 + i) * k + t);
+        GP_UNROLL
         for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_fmadd_ps(av, bv[j], acc[i][j]);
       }
     }
   }
   if constexpr (NB == 4) {
     const __m128 cs = G ? _mm_set1_ps(1.0f) : _mm_loadu_ps(q.scale + n);
+    GP_UNROLL
     for (int i = 0; i < MB; ++i) {
       __m128 s = Reduce4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]);
       if (!G) s = _mm_mul_ps(s, cs);
@@ -712,7 +860,9 @@ GP_AVX512F void WDotBlock512(const float* x, int64_t k, const WeightQ& q, float*
     }
     return;
   }
+  GP_UNROLL
   for (int i = 0; i < MB; ++i)
+    GP_UNROLL
     for (int j = 0; j < NB; ++j) {
       const float s = _mm512_reduce_add_ps(acc[i][j]);
       out[(m0 + i) * n_cols + n + j] = G ? s : s * q.scale[n + j];
@@ -804,15 +954,18 @@ void DequantPanel(const WeightQ& q, int64_t n_cols, int64_t k, int64_t n, int wi
 template <int MR>
 GP_AVX512F inline void WBlock512(const float* x, int64_t k, const float* panel, int64_t m0, float* tmp) {
   __m512 acc[MR][2];
+  GP_UNROLL
   for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
   for (int64_t t = 0; t < k; ++t) {
     const __m512 b0 = _mm512_loadu_ps(panel + t * kWn), b1 = _mm512_loadu_ps(panel + t * kWn + 16);
+    GP_UNROLL
     for (int i = 0; i < MR; ++i) {
       const __m512 av = _mm512_set1_ps(x[(m0 + i) * k + t]);
       acc[i][0] = _mm512_fmadd_ps(av, b0, acc[i][0]);
       acc[i][1] = _mm512_fmadd_ps(av, b1, acc[i][1]);
     }
   }
+  GP_UNROLL
   for (int i = 0; i < MR; ++i) {
     _mm512_storeu_ps(tmp + i * kWn, acc[i][0]);
     _mm512_storeu_ps(tmp + i * kWn + 16, acc[i][1]);
@@ -823,15 +976,18 @@ template <int MR>
 __attribute__((target("avx2,fma"))) inline void WBlockAvx2(const float* x, int64_t k, const float* panel, int64_t m0,
                                                            float* tmp) {
   __m256 acc[MR][2];
+  GP_UNROLL
   for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
   for (int64_t t = 0; t < k; ++t) {
     const __m256 b0 = _mm256_loadu_ps(panel + t * kWn2), b1 = _mm256_loadu_ps(panel + t * kWn2 + 8);
+    GP_UNROLL
     for (int i = 0; i < MR; ++i) {
       const __m256 av = _mm256_broadcast_ss(x + (m0 + i) * k + t);
       acc[i][0] = _mm256_fmadd_ps(av, b0, acc[i][0]);
       acc[i][1] = _mm256_fmadd_ps(av, b1, acc[i][1]);
     }
   }
+  GP_UNROLL
   for (int i = 0; i < MR; ++i) {
     _mm256_storeu_ps(tmp + i * kWn2, acc[i][0]);
     _mm256_storeu_ps(tmp + i * kWn2 + 8, acc[i][1]);
