@@ -24,7 +24,7 @@ from mindspore import Tensor
 
 from golden_ptq.config.ptq_config import KVCACHE_SCHEMES as KV_SCHEMES
 from golden_ptq.networks.layers import KVCache
-from golden_ptq.quant_cells import kv_codecs as codecs
+import golden_ptq.quant_cells.kv_codecs as codecs
 from golden_ptq.quant_cells.base import QuantCell
 from golden_ptq.quant_math import MinMaxObserver, asymmetric_params, symmetric_scale
 
