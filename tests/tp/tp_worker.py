@@ -46,7 +46,6 @@ def main(workdir: str) -> None:
     helper = NetworkHelper(job["network"])
     network = helper.create_network()
     save("fp", network(ids))
-    save_compiled("fp", network)
     ptq = PTQ(PTQConfig.from_dict(job["ptq"]))
     ptq.apply(network, helper, calib)
     ptq.convert(network)
@@ -67,7 +66,8 @@ def main(workdir: str) -> None:
         ptq.apply(net, None, calib)
         ptq.convert(net)
         save(f"{variant['name']}_quant", net(ids))
-        save_compiled(f"{variant['name']}_quant", net)
+        if variant.get("compiled"):
+            save_compiled(f"{variant['name']}_quant", net)
         with open(os.path.join(workdir, f"{variant['name']}_tuning_rank{ctx.rank}.json"), "w", encoding="utf-8") as f:
             json.dump({"rolled_back": ptq.rolled_back, "range_parms": ptq.range_parms,
                        "output_errors": ptq.output_errors}, f)
