@@ -24,7 +24,7 @@ setup(
         "psutil",
         "scipy",
     ],
-    extras_require={"test": ["pytest", "matplotlib"], "report": ["matplotlib"],
+    extras_require={"test": ["pytest", "pytest-xdist", "matplotlib"], "report": ["matplotlib"],
                     # benchmarks/speed.py's side-by-side column: SmolLM2 in transformers on CPU
                     # (torch pinned: 2.13.0 is the CPU build; an unpinned torch pulls a CUDA build of several GB)
                     "bench": ["transformers", "torch==2.13.0", "accelerate"],
