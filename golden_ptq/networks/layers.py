@@ -214,7 +214,7 @@ class KVCache(nn.Cell):
     incremental decoding sees.
 
     Compiled decoding moves the history into preallocated :class:`StaticKVBuffers`
-    (:meth:`to_static`) and appends with :meth:`write_static`. Buffers are kept per (batch,
+    (:meth:`to_static`) and appends with :meth:`write_static_codes`. Buffers are kept per (batch,
     capacity) and reused by later prompts, because a compiled graph holds the very Parameter objects
     it was compiled with; they sit in plain containers, so they are not parameters of the network
     (never saved, never loaded). :meth:`release_static` frees them.
@@ -300,19 +300,15 @@ class KVCache(nn.Cell):
         self._static[0].write(k_stored, v_stored, slots)
         return self.decode_in_graph(k_stored, "key"), self.decode_in_graph(v_stored, "value")
 
-    def write_static(self, key: Tensor, value: Tensor, slots: Tensor) -> Tuple[Tensor, Tensor]:
-        """Encode and store this step's keys/values in place; returns the decoded whole buffers."""
+    def write_static_codes(self, key: Tensor, value: Tensor, slots: Tensor):
+        """Encode and store a compiled decode step's keys/values in place; returns the whole buffers
+        as ``(keys, values, fold)``: decoded here (``fold`` None). An int8 cache may return its
+        codes instead (cast to float, no per-element scaling) with the factors that attention
+        applies to the query, probabilities and context (``fold``, see
+        ``golden_ptq.networks.llama._attention_core``)."""
         k_all, v_all = self._static[0].write(self.encode_in_graph(key, "key"), self.encode_in_graph(value, "value"),
                                              slots)
-        return self.decode_in_graph(k_all, "key"), self.decode_in_graph(v_all, "value")
-
-    def write_static_codes(self, key: Tensor, value: Tensor, slots: Tensor):
-        """:meth:`write_static` for a compiled decode step, as ``(keys, values, fold)``: an int8
-        cache may return its whole buffers as codes (cast to float, no per-element scaling) with the
-        factors that attention applies to the query, probabilities and context instead (``fold``,
-        see ``golden_ptq.networks.llama._attention_core``); None here (already decoded)."""
-        k_all, v_all = self.write_static(key, value, slots)
-        return k_all, v_all, None
+        return self.decode_in_graph(k_all, "key"), self.decode_in_graph(v_all, "value"), None
 
     def encode(self, x: Tensor, kind: str) -> Tensor:
         """Stored form of ``x`` (eager calls: :meth:`construct`)."""
