@@ -175,10 +175,8 @@ class SavedModel:
         return [self.linear(name) for name in self.linear_names()]
 
     def kv_scales(self, layer: int) -> Optional[Tuple[np.ndarray, np.ndarray]]:
-        """(key_scale, value_scale) ``[Hkv*D]`` of a C8 layer of the 'static' layout, or None."""
-        if self.kv_cache_scheme != "static":
-            raise NotRepresentableError(f"{self.folder}: KV cache layout {self.kv_cache_scheme!r} has no per-channel "
-                                        f"value scales")
+        """(key_scale, value_scale) ``[Hkv*D]`` of a C8 layer, or None; the 'static' layout only
+        (:attr:`kv_cache_scheme`: the exporters refuse the others before reading)."""
         base = f"model.layers.{layer}.attention.kv_cache."
         if base + "key_scale" not in self.tensors:
             return None
