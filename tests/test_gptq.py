@@ -4,10 +4,11 @@ import mindspore as ms
 import numpy as np
 import pytest
 
-from golden_ptq import PTQ, PTQConfig, PTQMode, QuantGranularity
+from golden_ptq import PTQ, PTQConfig, PTQMode, QuantGranularity, kernels
 from golden_ptq.algorithm.modules import GPTQModule, QuantizeModule, gptq_quantize
 from golden_ptq.algorithm.modules.gptq import upper_factor_of_inverse
 from golden_ptq.io.checkpoint import load_checkpoint, save_checkpoint
+from golden_ptq.kernels.native import gptq_columns
 from golden_ptq.networks.llama import LlamaForCausalLM
 from golden_ptq.quant_cells.linear import QuantLinear
 from golden_ptq.quant_math.functions import dequantize_weight, fake_quantize_weight, quantize_weight, weight_qrange
@@ -87,6 +88,32 @@ def test_blocked_gptq_matches_the_reference(rng, group_size, symmetric, bits, ac
         np.testing.assert_array_equal(zp, ref_zero)
     assert np.mean(codes == ref_codes) > 0.99   # a rounding tie may fall differently in float
     assert np.abs(codes.astype(int) - ref_codes).max() <= 1
+
+
+@pytest.mark.parametrize("group_size, symmetric, bits, act_order, clipped", [
+    (0, True, 8, False, False), (0, True, 8, True, False), (8, False, 4, False, True), (8, True, 4, True, False),
+    (6, False, 8, False, False),   # groups do not divide the 8-column blocks: blocks widen to 6
+])
+def test_native_column_loop_gives_the_numpy_loops_bits(rng, group_size, symmetric, bits, act_order, clipped):
+    if kernels.kernel_info().available is False:
+        pytest.skip("native kernels unavailable here (no g++ or no AVX2): only the numpy loop runs")
+    w, h, _ = problem(rng, out_features=33, in_features=47)
+    groups = -(-47 // group_size) if group_size else 1
+    clip = rng.uniform(0.6, 1.0, (w.shape[0], groups)) if clipped else None
+    args = (w, h, group_size, symmetric, bits, 8, 0.01, act_order, clip)
+    native = gptq_quantize(*args)
+    kernels.set_native_kernels(False)
+    try:
+        assert gptq_columns() is None
+        numpy = gptq_quantize(*args)
+    finally:
+        kernels.set_native_kernels(True)
+    assert gptq_columns() is not None
+    for got, want in zip(native, numpy):
+        if want is None:
+            assert got is None
+        else:
+            np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("group_size, bits, ratio", [(0, 8, 0.8), (8, 4, 0.8), (0, 4, 0.98)])

@@ -130,7 +130,7 @@ def test_switching_native_kernels_off_uses_the_mindspore_route():
 def test_failed_build_falls_back_with_a_warning(tmp_path, monkeypatch, caplog):
     broken = tmp_path / "broken.cc"
     broken.write_text("this is not C++\n")
-    monkeypatch.setattr(native, "SOURCE", str(broken))
+    monkeypatch.setattr(native, "SOURCES", [str(broken)])
     monkeypatch.setattr(native, "_STATE", native._State())
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     with caplog.at_level(logging.WARNING, logger=native.__name__):

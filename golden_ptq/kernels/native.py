@@ -1,8 +1,9 @@
-"""Build, load and wrap ``int8_gemm.cc`` as MindSpore ``ops.Custom`` operators.
+"""Build and load the native CPU kernels: ``int8_gemm.cc`` wrapped as MindSpore ``ops.Custom``
+operators, and ``gptq_columns.cc`` called through ctypes on numpy arrays.
 
-The source ships inside the package; the first use compiles it with the system ``g++`` into a
+The sources ship inside the package; the first use compiles them with the system ``g++`` into a
 per-user cache (``$XDG_CACHE_HOME/golden_ptq/kernels``, or ``~/.cache/...``), named by a hash of
-the source and the compiler so an upgrade rebuilds. One shared library serves every CPU: the
+the sources and the compiler so an upgrade rebuilds. One shared library serves every CPU: the
 vector paths are compiled with per-function target attributes and chosen at run time from the
 CPU's flags (AVX-512 VNNI, else AVX2); without AVX2, or when compilation fails, the caller keeps
 the MindSpore-op route and a warning names the reason once.
@@ -26,7 +27,8 @@ from mindspore import ops
 
 logger = logging.getLogger(__name__)
 
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "int8_gemm.cc")
+_HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCES = [os.path.join(_HERE, name) for name in ("int8_gemm.cc", "gptq_columns.cc")]   # one library
 FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread"]
 ISA_NAMES = {0: "portable", 1: "avx2", 3: "avx512_vnni"}
 _MIN_ISA = 1   # the portable C++ path is a test reference, slower than MindSpore's float ops
@@ -75,8 +77,10 @@ def _build() -> str:
     cxx = shutil.which("g++") or shutil.which("c++")
     if cxx is None:
         raise RuntimeError("no C++ compiler (g++) on PATH")
-    with open(SOURCE, "rb") as handle:
-        source = handle.read()
+    source = b""
+    for name in SOURCES:
+        with open(name, "rb") as handle:
+            source += handle.read()
     key = hashlib.sha256(source + " ".join(FLAGS).encode() + _compiler_version(cxx).encode()).hexdigest()[:16]
     folder = _cache_dir()
     path = os.path.join(folder, f"int8_gemm-{key}.so")
@@ -86,9 +90,9 @@ def _build() -> str:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
     os.close(fd)
     try:
-        done = subprocess.run([cxx, *FLAGS, "-o", tmp, SOURCE], capture_output=True, text=True)
+        done = subprocess.run([cxx, *FLAGS, "-o", tmp, *SOURCES], capture_output=True, text=True)
         if done.returncode != 0:
-            raise RuntimeError(f"{cxx} failed on {SOURCE}: {done.stderr.strip()[:400]}")
+            raise RuntimeError(f"{cxx} failed on {SOURCES}: {done.stderr.strip()[:400]}")
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -190,3 +194,21 @@ def kernel_info() -> KernelInfo:
         return KernelInfo(False, _STATE.enabled, "none", "none", 0, None, _STATE.reason)
     return KernelInfo(True, _STATE.enabled, ISA_NAMES.get(lib.gp_isa(), "?"), ISA_NAMES.get(lib.gp_detected_isa(), "?"),
                       lib.gp_threads(), _STATE.path, "")
+
+
+def gptq_columns():
+    """The native GPTQ column loop (``gp_gptq_columns`` of ``gptq_columns.cc``) as a ctypes function,
+    or None (switched off, or the library is unavailable): the caller then runs its numpy loop,
+    which gives the same bits."""
+    if not _STATE.enabled:
+        return None
+    _load()
+    if _STATE.lib is None:
+        return None
+    fn = _STATE.lib.gp_gptq_columns
+    if fn.argtypes is None:
+        double_p, long_p, i64 = ctypes.POINTER(ctypes.c_double), ctypes.POINTER(ctypes.c_int64), ctypes.c_int64
+        fn.argtypes = [double_p, i64, i64, i64, i64, double_p, i64, i64, long_p, double_p, double_p,
+                       ctypes.c_double, ctypes.c_double, double_p, double_p]
+        fn.restype = ctypes.c_int
+    return fn

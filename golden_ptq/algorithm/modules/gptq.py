@@ -23,6 +23,8 @@ points (``QuantLinear.weight_preset``). Groups of any size work, the last one ra
 """
 from __future__ import annotations
 
+import ctypes
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -31,6 +33,7 @@ from scipy.linalg import lapack
 from golden_ptq.algorithm.modules.base import (INPUT_GRAM, AlgoModule, InputRecorder, LayerContext, MethodDeclaration,
                                                config_arg)
 from golden_ptq.config.method_names import PRECISION_RECOVERY, W8A8, WEIGHT_ONLY
+from golden_ptq.kernels.native import gptq_columns
 from golden_ptq.quant_cells.linear import QuantLinear
 from golden_ptq.quant_math.functions import group_count, quantize_weight, weight_qrange
 
@@ -97,7 +100,8 @@ def gptq_round(weight: np.ndarray, factor: HessianFactor, group_size: int = 0, s
     """:func:`gptq_quantize` with the Hessian already factored.
 
     The columns of a block are worked on transposed (one contiguous row per input column), the
-    arithmetic element by element as the formulas in the module docstring say.
+    arithmetic element by element as the formulas in the module docstring say; in C++ when the
+    native kernels are available (same bits), else in numpy.
     """
     w = np.array(weight, dtype=np.float64)
     out_features, in_features = w.shape
@@ -118,25 +122,22 @@ def gptq_round(weight: np.ndarray, factor: HessianFactor, group_size: int = 0, s
     if group_size and not act_order:  # a group must lie within one block: its range is taken when it starts
         block_size = group_size * max(1, block_size // group_size)
     codes_t = np.empty((in_features, out_features))
+    round_columns = native_round_columns if gptq_columns() is not None else numpy_round_columns
     for start in range(0, in_features, block_size):
         stop = min(start + block_size, in_features)
         block_t = np.ascontiguousarray(w[:, start:stop].T)   # [columns, rows]
         errors_t = np.empty_like(block_t)
-        for i in range(stop - start):
-            col = start + i
-            g = perm[col] // group_size if group_size else 0
-            if group_size and not act_order and col % group_size == 0:
-                scale[g], zero[g] = _column_params(block_t[i:i + group_size].T, symmetric, bits,
+        group_of = (perm[start:stop] // group_size if group_size else np.zeros(stop - start, np.int64)).astype(np.int64)
+        # without act_order a group's range is taken from its columns when GPTQ reaches it
+        starts = [i for i in range(stop - start) if group_size and not act_order and (start + i) % group_size == 0]
+        bounds = sorted(set([0] + starts)) + [stop - start]
+        for begin, end in zip(bounds[:-1], bounds[1:]):
+            if begin in starts:
+                g = group_of[begin]
+                scale[g], zero[g] = _column_params(block_t[begin:begin + group_size].T, symmetric, bits,
                                                    None if clip is None else clip[:, g])
-            column, s, z = block_t[i], scale[g], zero[g]
-            q = np.round(column / s)
-            q += z
-            np.clip(q, qmin, qmax, out=q)
-            codes_t[col] = q
-            err = (column - (q - z) * s) / u[col, col]
-            errors_t[i] = err
-            if i + 1 < stop - start:   # the later columns of the block take this column's error
-                block_t[i + 1:] -= np.multiply.outer(u[col, col + 1:stop], err)
+            round_columns(ColumnBlock(block_t, errors_t, start, group_of, scale, zero, float(qmin), float(qmax)),
+                          begin, end, u, codes_t)
         w[:, stop:] -= np.ascontiguousarray(errors_t.T) @ u[start:stop, stop:]
     codes = codes_t[np.argsort(perm)].T
     scale, zero = scale.T, zero.T
@@ -144,6 +145,54 @@ def gptq_round(weight: np.ndarray, factor: HessianFactor, group_size: int = 0, s
         scale, zero = scale[:, 0], zero[:, 0]
     return (codes.astype(np.int8), np.ascontiguousarray(scale, np.float32),
             None if symmetric else np.ascontiguousarray(zero, np.float32))
+
+
+@dataclass
+class ColumnBlock:
+    """One block of GPTQ's column loop: its columns transposed (``block_t [columns, rows]``, updated
+    in place), their errors, the block's first input column, each column's group and the grid."""
+
+    block_t: np.ndarray
+    errors_t: np.ndarray
+    start: int
+    group_of: np.ndarray
+    scale: np.ndarray      # [groups, rows]
+    zero: np.ndarray       # [groups, rows]
+    qmin: float
+    qmax: float
+
+
+def numpy_round_columns(b: ColumnBlock, begin: int, end: int, u: np.ndarray, codes_t: np.ndarray) -> None:
+    """Round columns ``begin .. end`` of the block, each column's error spread over the block's later
+    columns, element by element as the module docstring's formulas say."""
+    width = b.block_t.shape[0]
+    for i in range(begin, end):
+        col = b.start + i
+        column, s, z = b.block_t[i], b.scale[b.group_of[i]], b.zero[b.group_of[i]]
+        q = np.round(column / s)
+        q += z
+        np.clip(q, b.qmin, b.qmax, out=q)
+        codes_t[col] = q
+        err = (column - (q - z) * s) / u[col, col]
+        b.errors_t[i] = err
+        if i + 1 < width:   # the later columns of the block take this column's error
+            b.block_t[i + 1:] -= np.multiply.outer(u[col, b.start + i + 1:b.start + width], err)
+
+
+def native_round_columns(b: ColumnBlock, begin: int, end: int, u: np.ndarray, codes_t: np.ndarray) -> None:
+    """:func:`numpy_round_columns` in C++ (``kernels/gptq_columns.cc``): the same bits, without a
+    Python step per column."""
+    def ptr(array: np.ndarray, ctype=ctypes.c_double):
+        if not (array.flags.c_contiguous and array.dtype == (np.int64 if ctype is ctypes.c_int64 else np.float64)):
+            raise ValueError("native_round_columns: arrays must be C-contiguous float64 (int64 groups)")
+        return array.ctypes.data_as(ctypes.POINTER(ctype))
+
+    rows = b.block_t.shape[1]
+    status = gptq_columns()(ptr(b.block_t), b.block_t.shape[0], rows, begin, end, ptr(u), u.shape[1], b.start,
+                            ptr(b.group_of, ctypes.c_int64), ptr(b.scale), ptr(b.zero), b.qmin, b.qmax,
+                            ptr(codes_t), ptr(b.errors_t))
+    if status != 0:
+        raise RuntimeError(f"gp_gptq_columns failed (status {status})")
 
 
 class GPTQModule(AlgoModule):
