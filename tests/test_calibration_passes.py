@@ -89,7 +89,8 @@ class MightChangeWeights(AlgoModule):
 @pytest.mark.parametrize("pipeline, expected", [
     ([GPTQModule(), QuantizeModule()], True),
     ([RotationModule(), GPTQModule(), QuantizeModule()], True),
-    ([SmoothSearchModule(), GPTQModule(), QuantizeModule()], False),
+    ([SmoothSearchModule(), GPTQModule(), QuantizeModule()], True),    # it rescales the grams it changes
+    ([OutlierSuppressionPlusModule(), GPTQModule(), QuantizeModule()], True),   # drops them: a gram pass
     ([MightChangeWeights(), GPTQModule(), QuantizeModule()], False),
     ([QuantizeModule()], False),
 ])
@@ -136,6 +137,40 @@ def test_grams_of_the_calibration_pass_equal_those_of_a_pass_of_their_own(tiny_c
     batches = len(length_batches(token_rows(calibration(tiny_config)), 8))   # PTQ's calib_batch_size
     assert early_runs == 2 * batches * tiny_config.num_layers   # calibration pass + output pass
     assert len(runs) == 3 * batches * tiny_config.num_layers    # + the gram pass
+
+
+def _recorded_grams(monkeypatch):
+    seen = []
+    original = GPTQModule._input_grams
+
+    def recording(ctx, cells):
+        grams = original(ctx, cells)
+        seen.append((ctx.name, {rel: (g.copy(), rows) for rel, (g, rows) in grams.items()}))
+        return grams
+
+    monkeypatch.setattr(GPTQModule, "_input_grams", staticmethod(recording))
+    return seen
+
+
+@pytest.mark.parametrize("module, passes", [(SmoothSearchModule, 2), (OutlierSuppressionPlusModule, 3)])
+def test_smoothing_rescales_the_calibration_pass_grams_instead_of_a_gram_pass(tiny_config, monkeypatch, module,
+                                                                              passes):
+    """m2's rescaled grams are those a pass of their own takes (to float rounding); m4 shifts the
+    quantized input, so its layers' grams come from a pass."""
+    config = PTQConfig(act_quant_dtype=I8, act_quant_granularity=PER_TOKEN, precision_recovery="GPTQ")
+    runs, seen = _count_layer_runs(monkeypatch), _recorded_grams(monkeypatch)
+    _calibrated(tiny_config, config, pipeline=[module(alpha_grid=3), GPTQModule(), QuantizeModule()])
+    batches = len(length_batches(token_rows(calibration(tiny_config)), 8))
+    assert len(runs) == passes * batches * tiny_config.num_layers
+    early = dict(seen)
+    seen.clear()
+    _calibrated(tiny_config, config, pipeline=[module(alpha_grid=3), MightChangeWeights(), GPTQModule(),
+                                               QuantizeModule()])
+    layer = "model.layers.0"   # later layers' inputs depend on GPTQ's codes, which may round apart
+    assert sorted(early[layer]) == sorted(dict(seen)[layer])
+    for rel, (gram, rows) in dict(seen)[layer].items():
+        assert early[layer][rel][1] == rows
+        np.testing.assert_allclose(early[layer][rel][0], gram, rtol=2e-5, atol=2e-5 * np.abs(gram).max(), err_msg=rel)
 
 
 class NoUnreadOutputs(LlamaStructure):

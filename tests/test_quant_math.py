@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 
 from golden_ptq.quant_cells.linear_kernels import EXACT_CHUNK, int_matmul
-from golden_ptq.quant_math import (MinMaxObserver, asymmetric_params, dequantize, fake_quantize_weight, quantize,
-                                   quantize_weight, symmetric_scale)
+from golden_ptq.quant_math import (MinMaxObserver, asymmetric_params, dequantize, fake_quantize_act,
+                                   fake_quantize_per_token, fake_quantize_weight, quantize, quantize_weight,
+                                   symmetric_scale)
+from golden_ptq.quant_math.functions import act_codes, integer_product, per_token_codes, weight_codes
 
 
 def test_symmetric_weight_quantization_per_channel():
@@ -107,3 +109,30 @@ def test_float16_static_scales_round_up_to_a_half_value_and_keep_the_range():
     assert codes[1] == zero_point[0] and codes[0] >= -128 and codes[2] <= 127
     with pytest.raises(ValueError, match="allowed"):
         representable_scale(scales, "bfloat16")
+
+
+@pytest.mark.parametrize("k, top", [(7, 127), (1500, 127), (700, 255), (3000, 255)])
+def test_integer_product_is_exact_where_float32_alone_is_not(k, top):
+    rng = np.random.RandomState(k)
+    a = rng.randint(-top, top + 1, size=(6, k)).astype(np.float64)
+    b = rng.randint(-top, top + 1, size=(4, k)).astype(np.float64)
+    a[0], b[0] = top, top   # worst-case sum k * top^2: beyond 2**24 when the span is exceeded
+    got = integer_product(a, b)
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, (a.astype(np.int64) @ b.T.astype(np.int64)).astype(np.float64))
+
+
+def test_factored_quantizers_give_the_fake_quantizers_bits():
+    rng = np.random.RandomState(3)
+    x, w = rng.randn(9, 40) * 3, rng.randn(7, 40)
+    codes, scale = per_token_codes(x)
+    np.testing.assert_array_equal(codes * scale, fake_quantize_per_token(x))
+    assert np.array_equal(codes, np.round(codes)) and np.abs(codes).max() <= 127
+    for symmetric in (True, False):
+        codes, scale = act_codes(x, -2.0, 5.0, symmetric)
+        np.testing.assert_array_equal(codes * scale, fake_quantize_act(x, -2.0, 5.0, symmetric))
+        assert np.array_equal(codes, np.round(codes))
+        for bits in (8, 4):
+            codes, scale = weight_codes(w, symmetric, bits)
+            np.testing.assert_array_equal(codes * scale[:, None], fake_quantize_weight(w, 0, symmetric, bits))
+            assert np.array_equal(codes, np.round(codes))

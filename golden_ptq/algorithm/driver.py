@@ -90,12 +90,12 @@ class InMemoryLayers(LayerSource):
 
 
 def grams_in_calibration_pass(pipeline: Sequence[AlgoModule]) -> bool:
-    """Whether the calibration pass can record the input grams a module needs (INPUT_GRAM): no
-    module before it changes the layer's float weights, so its inputs would be the very same."""
+    """Whether the calibration pass can record the input grams a module needs (INPUT_GRAM): the
+    modules before it change no float weight, or only rescale inputs and the grams with them."""
     for module in pipeline:
         if INPUT_GRAM in getattr(module.method, "needs", ()):
             return True
-        if not module.keeps_layer_weights:
+        if not (module.keeps_layer_weights or module.rescales_input_grams):
             return False
     return False
 

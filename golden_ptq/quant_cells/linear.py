@@ -8,7 +8,7 @@ holds codes in ``[-7, 7]`` (``[-8, 7]`` asymmetric).
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 from mindspore import Tensor, ops
@@ -21,7 +21,7 @@ from golden_ptq.quant_cells.base import QuantCell
 from golden_ptq.quant_cells.spec import LayerQuantSpec
 from golden_ptq.quant_math import MinMaxObserver, quantize_weight, symmetric_scale
 from golden_ptq.quant_math.functions import quantize, static_act_params
-from golden_ptq.quant_math.functions import dequantize_weight, fake_quantize_weight, group_count
+from golden_ptq.quant_math.functions import dequantize_weight, fake_quantize_weight, group_count, weight_codes
 from golden_ptq.quant_math.input_sharing import shared
 
 
@@ -196,6 +196,17 @@ class QuantLinear(QuantCell):
             q, scale, _ = self._quantize_row_shard(np.asarray(w, np.float32))
             return q.astype(np.float64) * scale.astype(np.float64)[:, None]
         return fake_quantize_weight(w, spec.group_size, spec.weight_symmetric, self.weight_bits, self.weight_clip)
+
+    def factored_weight(self, w: np.ndarray) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+        """:meth:`fake_quantized_weight` as ``(codes, scale [out])`` (``codes * scale[:, None]`` gives
+        its bits) when the weight is quantized per output channel; None otherwise (per group, float)."""
+        spec = self.spec
+        if not spec.weight or spec.group_size:
+            return None
+        if self.shard == "row":
+            q, scale, _ = self._quantize_row_shard(np.asarray(w, np.float32))
+            return q.astype(np.float64), scale.astype(np.float64)
+        return weight_codes(w, spec.weight_symmetric, self.weight_bits, self.weight_clip)
 
     def _quantize_row_shard(self, w: np.ndarray):
         """Per-output-channel symmetric int8 of a row-parallel shard: the scale is the full row's absmax."""

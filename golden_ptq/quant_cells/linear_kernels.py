@@ -26,8 +26,9 @@ from mindspore import Tensor, ops
 from golden_ptq.kernels import native_ops
 from golden_ptq.networks.layers import compiled_for_large_inputs
 from golden_ptq.quant_cells.ragged_groups import w8a16_dequant_ragged
+from golden_ptq.quant_math.functions import QMIN, SYM_QMAX, float32_exact_span
 
-EXACT_CHUNK = 1024
+EXACT_CHUNK = float32_exact_span(-QMIN * SYM_QMAX)   # int8 activations x weights: 1032 products
 
 
 def int_matmul(xq: Tensor, wq: Tensor) -> Tensor:

@@ -216,21 +216,75 @@ def dequantize_weight(q: np.ndarray, scale: np.ndarray, zero_point: Optional[np.
     return _unview(view * scale3, in_features)
 
 
-def fake_quantize_act(x: np.ndarray, lo: float, hi: float, symmetric: bool) -> np.ndarray:
-    """Per-tensor int8 fake quantization of ``x`` with the static range ``[lo, hi]`` (float64)."""
+def act_codes(x: np.ndarray, lo: float, hi: float, symmetric: bool) -> Tuple[np.ndarray, float]:
+    """Per-tensor int8 quantization of ``x`` with the static range ``[lo, hi]`` as ``(codes, scale)``:
+    integer-valued float64 codes, zero point already subtracted, so ``codes * scale`` is the
+    dequantized value."""
     x = np.asarray(x, np.float64)
     if symmetric:
         scale = float(symmetric_scale(np.array([max(-lo, hi)]))[0])
-        return np.clip(np.round(x / scale), -SYM_QMAX, SYM_QMAX) * scale
+        return np.clip(np.round(x / scale), -SYM_QMAX, SYM_QMAX), scale
     scale, zp = asymmetric_params(np.array([lo]), np.array([hi]))
     s, z = float(scale[0]), float(zp[0])
-    return (np.clip(np.round(x / s) + z, QMIN, QMAX) - z) * s
+    return np.clip(np.round(x / s) + z, QMIN, QMAX) - z, s
 
 
-def fake_quantize_per_token(x: np.ndarray, row_absmax: Optional[np.ndarray] = None) -> np.ndarray:
-    """Dynamic symmetric per-row int8 fake quantization (what W8A8-dynamic does at run time);
-    ``row_absmax`` overrides each row's ``max |x|`` (a column shard's rows use the whole row's)."""
+def fake_quantize_act(x: np.ndarray, lo: float, hi: float, symmetric: bool) -> np.ndarray:
+    """Per-tensor int8 fake quantization of ``x`` with the static range ``[lo, hi]`` (float64)."""
+    codes, scale = act_codes(x, lo, hi, symmetric)
+    return codes * scale
+
+
+def per_token_codes(x: np.ndarray, row_absmax: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Dynamic symmetric per-row int8 quantization as ``(codes, scale [rows, 1])`` (float64, codes
+    integer-valued); ``row_absmax`` overrides each row's ``max |x|`` (a column shard's rows use the
+    whole row's)."""
     x = np.asarray(x, np.float64)
     absmax = np.abs(x).max(axis=-1, keepdims=True) if row_absmax is None else np.reshape(row_absmax, (-1, 1))
     scale = np.maximum(absmax / SYM_QMAX, _TINY)
-    return np.clip(np.round(x / scale), -SYM_QMAX, SYM_QMAX) * scale
+    return np.clip(np.round(x / scale), -SYM_QMAX, SYM_QMAX), scale
+
+
+def fake_quantize_per_token(x: np.ndarray, row_absmax: Optional[np.ndarray] = None) -> np.ndarray:
+    """Dynamic symmetric per-row int8 fake quantization (what W8A8-dynamic does at run time)."""
+    codes, scale = per_token_codes(x, row_absmax)
+    return codes * scale
+
+
+def weight_codes(weight: np.ndarray, symmetric: bool = True, bits: int = 8,
+                 clip_ratio: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Per-output-channel :func:`quantize_weight` as ``(codes [out, in], scale [out])``, float64, codes
+    integer-valued with the zero point subtracted: ``codes * scale[:, None]`` is
+    :func:`fake_quantize_weight`'s value, bit for bit."""
+    q, scale, zero_point = quantize_weight(weight, 0, symmetric, bits, clip_ratio)
+    codes = q.astype(np.float64)
+    if zero_point is not None:
+        codes = codes - np.asarray(zero_point, np.float64)[:, None]
+    return codes, np.asarray(scale, np.float64)
+
+
+FLOAT32_EXACT = 2 ** 24   # every integer up to this magnitude is a float32
+
+
+def float32_exact_span(bound: float) -> int:
+    """How many products of magnitude at most ``bound`` a float32 sum can add exactly, in any order:
+    no partial sum can pass :data:`FLOAT32_EXACT`."""
+    return max(1, int(FLOAT32_EXACT // max(bound, 1.0)))
+
+
+def integer_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b.T`` of integer-valued matrices (quantization codes), exact, as float64.
+
+    float32 GEMMs over slices of the inner dimension short enough that no partial sum can pass
+    2**24, where float32 stops holding every integer; every addition is then exact whatever order
+    the BLAS uses, and the slices' results are added in float64 (exact below 2**53). Twice as fast
+    as the float64 product and more accurate than multiplying dequantized values."""
+    a32, b32 = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    step = float32_exact_span(float(np.abs(a32).max(initial=0.0)) * float(np.abs(b32).max(initial=0.0)))
+    inner = a32.shape[1]
+    if step >= inner:
+        return (a32 @ b32.T).astype(np.float64)
+    out = np.zeros((a32.shape[0], b32.shape[0]))
+    for k in range(0, inner, step):
+        out += a32[:, k:k + step] @ b32[:, k:k + step].T
+    return out

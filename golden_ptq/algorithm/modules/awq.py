@@ -39,6 +39,8 @@ class AWQModule(AlgoModule):
         algo_args=("awq_grid", "awq_clip_grid", "search_rows"), tp=False,
         tp_note="its scale normalisation and clip search see one shard")
 
+    rescales_input_grams = True   # fold_smoothing; the clip ratios change no float weight
+
     @classmethod
     def from_config(cls, config=None) -> "AWQModule":
         return cls(scale_grid=int(config_arg(config, "awq_grid")), clip_grid=int(config_arg(config, "awq_clip_grid")))

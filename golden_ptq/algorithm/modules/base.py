@@ -64,9 +64,9 @@ class LayerContext:
     (``[rows, in_features]``, float32). ``run_layer()`` runs the unit again on its calibration
     batches (with the current weights) and returns its outputs; ``feed_layer()`` runs it only for
     what its recorders and observers see (no outputs, cheaper). ``grams`` holds, when the driver
-    could record them in the calibration pass (no module before the first that needs them changes
-    the layer's weights), ``(sum x^T x, rows)`` of each weight-quantized Linear's input by relative
-    name. ``range_parms`` is the PTQ's dict of full layer name -> range_parm, filled by the
+    could record them in the calibration pass (the modules before the first that needs them change
+    no weight, or rescale the grams with the weights), ``(sum x^T x, rows)`` of each
+    weight-quantized Linear's input by relative name. ``range_parms`` is the PTQ's dict of full layer name -> range_parm, filled by the
     Quantize module.
     """
 
@@ -145,6 +145,8 @@ class AlgoModule:
     needs_layer_inputs = False   # True: PTQ records the Linear inputs of the calibration pass into ctx.inputs
     keeps_layer_weights = False  # True: process() changes no float weight of the unit (so modules after it
                                  # may be given the calibration pass's input grams instead of a new pass)
+    rescales_input_grams = False  # True: its weight changes only divide Linear inputs by per-channel scales,
+                                  # and it rescales ctx.grams to match (dropping those it cannot)
     method: Optional[MethodDeclaration] = None   # set by the registered accuracy methods
 
     def __init_subclass__(cls, **kwargs):

@@ -151,7 +151,9 @@ def fold_smoothing(ctx: LayerContext, mapping: SmoothMapping, stats: MappingStat
     balance_scale = scale[stats.expand]
     if stats.transform is not None:
         fold_balance_through(stats, balance_scale)
+        drop_input_grams(ctx, mapping.balance)   # no longer a per-channel rescale of the recorded input
         return
+    rescale_input_grams(ctx, mapping.balance, 1.0 / balance_scale)
     for cell in stats.balance:
         cell.weight.set_data(Tensor.from_numpy(_rescaled(cell.weight.asnumpy(), column_scale=balance_scale)))
         if isinstance(cell, QuantLinear) and cell.input_observer.calibrated:
@@ -160,6 +162,22 @@ def fold_smoothing(ctx: LayerContext, mapping: SmoothMapping, stats: MappingStat
         cache = ctx.find(mapping.value_cache)
         if isinstance(cache, QuantKVCache) and cache.observers["value"].calibrated:
             cache.observers["value"].scale_channels(1.0 / scale)
+
+
+def rescale_input_grams(ctx: LayerContext, names, channel_scale: np.ndarray) -> None:
+    """Inputs of the Linears ``names`` now have their channels times ``channel_scale``: their recorded
+    grams ``sum x^T x`` follow (``D G D``), as exact as the observers' rescale, without a new pass."""
+    outer = np.outer(channel_scale, channel_scale)
+    for rel in names:
+        if rel in ctx.grams:
+            gram, rows = ctx.grams[rel]
+            ctx.grams[rel] = (gram * outer, rows)
+
+
+def drop_input_grams(ctx: LayerContext, names) -> None:
+    """The recorded grams of ``names`` no longer describe their inputs: GPTQ takes new ones in a pass."""
+    for rel in names:
+        ctx.grams.pop(rel, None)
 
 
 _ROW_BLOCK = 1024   # rows rescaled at a time: float64 working set of one block, not of the whole weight
@@ -200,6 +218,8 @@ class SmoothModule(AlgoModule):
     method = MethodDeclaration(
         name="smooth", alias="m1", role=ANTI_OUTLIER, schemes=(W8A8,), needs=(ACTIVATION_RANGES,),
         algo_args=("smooth_alpha",), tp=True, tp_note=TP_SMOOTHING)
+
+    rescales_input_grams = True   # fold_smoothing
 
     @classmethod
     def from_config(cls, config=None) -> "SmoothModule":

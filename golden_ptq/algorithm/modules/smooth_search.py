@@ -30,15 +30,15 @@ import numpy as np
 
 from golden_ptq.algorithm.modules.base import (ACTIVATION_RANGES, INPUT_ROWS, AlgoModule, LayerContext, MethodDeclaration,
                                                config_arg)
-from golden_ptq.algorithm.modules.smooth import (TP_SMOOTHING, MappingStats, fold_smoothing, mapping_statistics,
-                                                smoothing_scale)
+from golden_ptq.algorithm.modules.smooth import (TP_SMOOTHING, MappingStats, drop_input_grams, fold_smoothing,
+                                                mapping_statistics, smoothing_scale)
 from golden_ptq.algorithm.modules.smooth_transform import (pre_transform_weights, refuse_transform,
                                                            transformed_output_error, transformed_reference)
 from golden_ptq.config.method_names import ANTI_OUTLIER, W8A8
 from golden_ptq.networks.structure import SmoothMapping
 from golden_ptq.parallel.context import all_reduce_max, all_reduce_min, all_reduce_sum_numpy
 from golden_ptq.quant_cells.linear import QuantLinear
-from golden_ptq.quant_math.functions import fake_quantize_act, fake_quantize_per_token
+from golden_ptq.quant_math.functions import act_codes, integer_product, per_token_codes
 
 Candidate = Tuple[str, np.ndarray, Optional[np.ndarray]]   # (label, scale per smooth channel, shift or None)
 
@@ -95,19 +95,25 @@ class CandidateScorer:
         xs = self.x / scale_e[None, :]
         if shift_e is not None:
             xs = xs - shift_e[None, :]
-        quantized_inputs: Dict[tuple, np.ndarray] = {}
+        quantized_inputs: Dict[tuple, Tuple[np.ndarray, object]] = {}
         for cell in self.cells:
             ref = self.refs[id(cell)]
             ws = self.weights[id(cell)] * scale_e[None, :]
-            wq = cell.fake_quantized_weight(ws)
             key = _input_quantizer(cell, scale_e, shift_e)
             if key is None:   # row-parallel: its collectives run for every layer, as on every rank
-                xq = _quantize_input(cell, xs, scale_e, shift_e)
+                x_codes, x_scale = _quantize_input(cell, xs, scale_e, shift_e)
             else:
                 if key not in quantized_inputs:
                     quantized_inputs[key] = _quantize_input(cell, xs, scale_e, shift_e)
-                xq = quantized_inputs[key]
-            y = xq @ wq.T
+                x_codes, x_scale = quantized_inputs[key]
+            factored = cell.factored_weight(ws) if x_scale is not None else None
+            if factored is not None:   # both sides integer codes: their product exactly, then the scales
+                w_codes, w_scale = factored
+                y = integer_product(x_codes, w_codes) * x_scale * w_scale[None, :]
+                wq = w_codes * w_scale[:, None] if shift_e is not None else None
+            else:
+                wq = cell.fake_quantized_weight(ws)
+                y = (x_codes if x_scale is None else x_codes * x_scale) @ wq.T
             if shift_e is not None:
                 y = y + wq @ shift_e
             sums = np.array([((_whole_output(cell, y) - ref) ** 2).sum(), self.ref_squares[id(cell)]])
@@ -151,17 +157,20 @@ def _whole_output(cell, y: np.ndarray) -> np.ndarray:
     return all_reduce_sum_numpy(y, cell.tp) if _sharded(cell) == "row" else y
 
 
-def _quantize_input(cell: QuantLinear, xs: np.ndarray, scale_e: np.ndarray, shift_e: Optional[np.ndarray]) -> np.ndarray:
+def _quantize_input(cell: QuantLinear, xs: np.ndarray, scale_e: np.ndarray,
+                    shift_e: Optional[np.ndarray]) -> Tuple[np.ndarray, object]:
+    """``cell``'s quantized input as ``(codes, scale)`` (``codes * scale`` the dequantized rows; the
+    scale per row or one number), or ``(xs, None)`` when its activations stay float."""
     spec = cell.spec
     if not spec.act:
-        return xs
+        return xs, None
     row = _sharded(cell) == "row"
     if spec.act_dynamic:
-        return fake_quantize_per_token(xs, all_reduce_max(np.abs(xs).max(axis=1), cell.tp) if row else None)
+        return per_token_codes(xs, all_reduce_max(np.abs(xs).max(axis=1), cell.tp) if row else None)
     lo, hi = _static_range(cell, scale_e, shift_e)
     if row:
         lo, hi = float(all_reduce_min(np.array([lo]), cell.tp)[0]), float(all_reduce_max(np.array([hi]), cell.tp)[0])
-    return fake_quantize_act(xs, lo, hi, spec.act_symmetric)
+    return act_codes(xs, lo, hi, spec.act_symmetric)
 
 
 class ScaleSearchModule(AlgoModule):
@@ -169,6 +178,7 @@ class ScaleSearchModule(AlgoModule):
 
     name = "scale_search"
     needs_layer_inputs = True   # the declared subclasses derive it from their ``method``
+    rescales_input_grams = True   # fold_smoothing (m4's shift drops them)
 
     def __init__(self, mappings: Optional[Sequence[SmoothMapping]] = None):
         self.mappings = mappings
@@ -295,6 +305,7 @@ class OutlierSuppressionPlusModule(ScaleSearchModule):
 
     def apply(self, ctx, mapping, stats, scale, shift):
         fold_smoothing(ctx, mapping, stats, scale)
+        drop_input_grams(ctx, mapping.balance)   # the quantized input is shifted: not a rescale
         shift_e = ((shift / scale)[stats.expand]).astype(np.float32)
         for cell in stats.balance:
             if isinstance(cell, QuantLinear) and cell.spec.act:
