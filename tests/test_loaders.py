@@ -193,3 +193,56 @@ def test_gguf_not_a_file(tmp_path):
     bad.write_bytes(b"not gguf at all")
     with pytest.raises(ValueError, match="x.gguf"):
         load_gguf(str(bad))
+
+
+def test_gguf_header_parser_reads_what_the_gguf_package_reads(tmp_path, rng):
+    """Every metadata value type, string and numeric arrays, float and block-quantized tensors (3-D
+    included), against the ``gguf`` package's own reader; a truncated file is refused by name."""
+    import gguf
+    from gguf.quants import dequantize, quantize
+    from golden_ptq.io.gguf_file import GGUFFile
+    path = tmp_path / "all.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_uint8("t.u8", 200)
+    writer.add_int8("t.i8", -5)
+    writer.add_uint16("t.u16", 60000)
+    writer.add_int16("t.i16", -300)
+    writer.add_uint32("t.u32", 4_000_000_000)
+    writer.add_int32("t.i32", -70000)
+    writer.add_float32("t.f32", 0.125)
+    writer.add_uint64("t.u64", 2 ** 40)
+    writer.add_int64("t.i64", -(2 ** 40))
+    writer.add_float64("t.f64", 1e-300)
+    writer.add_bool("t.bool", True)
+    writer.add_string("t.str", "Ishmael ✓")
+    writer.add_array("t.strings", ["a", "", "ü b"])
+    writer.add_array("t.ints", [1, -2, 3])
+    writer.add_array("t.floats", [0.5, 1.5])
+    tensors = {"f32": rng.randn(3, 5).astype(np.float32), "f16": rng.randn(4, 6).astype(np.float16),
+               "cube": rng.randn(2, 3, 4).astype(np.float32)}
+    for name, array in tensors.items():
+        writer.add_tensor(name, array)
+    q8_source = rng.randn(2, 64).astype(np.float32)
+    q8 = quantize(q8_source, gguf.GGMLQuantizationType.Q8_0)
+    writer.add_tensor("q8", q8, raw_shape=q8.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+    ours, theirs = GGUFFile(str(path)), gguf.GGUFReader(str(path))
+    expected = {k: f.contents() for k, f in theirs.fields.items() if not k.startswith("GGUF.")}
+    assert ours.metadata == expected
+    assert ours.metadata["t.strings"] == ["a", "", "ü b"] and ours.metadata["t.u64"] == 2 ** 40
+    for tensor in theirs.tensors:
+        want = np.asarray(dequantize(tensor.data, tensor.tensor_type), np.float32)
+        got = ours.get(tensor.name)
+        assert got.shape == ours.shape(tensor.name) == tuple(int(d) for d in reversed(tensor.shape))
+        np.testing.assert_array_equal(got, want.reshape(got.shape), err_msg=tensor.name)
+    np.testing.assert_array_equal(ours.get("cube"), tensors["cube"])
+    np.testing.assert_allclose(ours.get("q8"), q8_source, atol=0.02)
+
+    truncated = tmp_path / "cut.gguf"
+    truncated.write_bytes(path.read_bytes()[:-40])
+    with pytest.raises(ValueError, match="cut.gguf.*past the end"):
+        GGUFFile(str(truncated))

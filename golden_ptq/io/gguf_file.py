@@ -1,7 +1,9 @@
 """GGUF files (llama.cpp): metadata, lazily dequantized tensors, and the model config they describe."""
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+import struct
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -11,29 +13,27 @@ SUPPORTED = ("llama", "qwen2")
 
 
 class GGUFFile:
-    """Metadata and lazily dequantized tensors of one GGUF file."""
+    """Metadata and lazily dequantized tensors of one GGUF file.
+
+    The header is parsed here (``gguf_header``): the ``gguf`` package's reader builds a numpy view
+    per value, which for a tokenizer's 100,000 strings took seconds; its dequantizers are used for
+    the tensor data."""
 
     def __init__(self, path: str):
-        import gguf
         self.path = path
         try:
-            self._reader = gguf.GGUFReader(path)
-        except (ValueError, OSError) as err:
+            self._data = np.memmap(path, dtype=np.uint8, mode="r")
+            self.metadata, self._tensors = gguf_header(self._data)
+        except (ValueError, OSError, IndexError, UnicodeDecodeError, struct.error) as err:
             raise ValueError(f"{path}: not a readable GGUF file ({err})") from None
-        self.metadata: Dict[str, object] = {}
-        for key, field in self._reader.fields.items():
-            try:
-                self.metadata[key] = field.contents()
-            except Exception:  # some exotic field types have no python form; we never need them
-                continue
-        self._tensors = {t.name: t for t in self._reader.tensors}
 
     def get(self, name: str) -> Optional[np.ndarray]:
         from gguf.quants import dequantize
-        tensor = self._tensors.get(name)
-        if tensor is None:
+        info = self._tensors.get(name)
+        if info is None:
             return None
-        array = dequantize(tensor.data, tensor.tensor_type)
+        raw = self._data[info.offset:info.offset + info.nbytes].reshape(info.rows, -1)
+        array = dequantize(np.asarray(raw), info.kind)
         return np.asarray(array, dtype=np.float32).reshape(self.shape(name))
 
     def has(self, name: str) -> bool:
@@ -41,8 +41,90 @@ class GGUFFile:
 
     def shape(self, name: str) -> Optional[Tuple[int, ...]]:
         """The shape ``get`` returns (numpy order), from the header alone; None when absent."""
-        tensor = self._tensors.get(name)
-        return None if tensor is None else tuple(int(d) for d in reversed(tensor.shape))
+        info = self._tensors.get(name)
+        return None if info is None else tuple(reversed(info.dims))
+
+
+GGUF_MAGIC = b"GGUF"
+# value type -> struct format of one scalar (8: string, 9: array)
+_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+_STRING, _ARRAY = 8, 9
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor's bytes lie: ``dims`` in GGUF order (fastest first), ``kind`` the ggml type."""
+
+    dims: Tuple[int, ...]
+    kind: int
+    offset: int          # from the start of the file
+    nbytes: int
+    rows: int            # product of all dims but the first
+
+
+class _Cursor:
+    def __init__(self, data: np.ndarray):
+        self.buf, self.pos = memoryview(data), 0
+
+    def scalar(self, fmt: str):
+        value = struct.unpack_from("<" + fmt, self.buf, self.pos)[0]
+        self.pos += struct.calcsize(fmt)
+        return value
+
+    def string(self) -> str:
+        size = self.scalar("Q")
+        text = bytes(self.buf[self.pos:self.pos + size]).decode("utf-8")
+        self.pos += size
+        return text
+
+    def value(self, kind: int):
+        if kind == _STRING:
+            return self.string()
+        if kind == _ARRAY:
+            item, count = self.scalar("I"), self.scalar("Q")
+            if item in _SCALARS:   # a numeric array at once
+                fmt = "<" + _SCALARS[item]
+                width = struct.calcsize(fmt)
+                values = np.frombuffer(self.buf, dtype=np.dtype(fmt), count=count, offset=self.pos).tolist()
+                self.pos += width * count
+                return values
+            return [self.value(item) for _ in range(count)]
+        if kind not in _SCALARS:
+            raise ValueError(f"unknown metadata value type {kind}")
+        return self.scalar(_SCALARS[kind])
+
+
+def gguf_header(data: np.ndarray) -> Tuple[Dict[str, object], Dict[str, TensorInfo]]:
+    """Metadata (python values; arrays as lists) and tensor locations of a GGUF file's bytes."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+    cur = _Cursor(data)
+    if bytes(cur.buf[:4]) != GGUF_MAGIC:
+        raise ValueError("no GGUF magic number")
+    cur.pos = 4
+    version = cur.scalar("I")
+    if version not in (2, 3):
+        raise ValueError(f"GGUF version {version} (supported: 2, 3)")
+    tensor_count, kv_count = cur.scalar("Q"), cur.scalar("Q")
+    metadata: Dict[str, object] = {}
+    for _ in range(kv_count):
+        key = cur.string()
+        metadata[key] = cur.value(cur.scalar("I"))
+    infos: List[Tuple[str, Tuple[int, ...], int, int]] = []
+    for _ in range(tensor_count):
+        name = cur.string()
+        dims = tuple(cur.scalar("Q") for _ in range(cur.scalar("I")))
+        infos.append((name, dims, cur.scalar("I"), cur.scalar("Q")))
+    alignment = int(metadata.get("general.alignment", 32))
+    start = -(-cur.pos // alignment) * alignment
+    tensors: Dict[str, TensorInfo] = {}
+    for name, dims, kind, offset in infos:
+        block, size = GGML_QUANT_SIZES[GGMLQuantizationType(kind)]
+        count = int(np.prod(dims, dtype=np.int64))
+        nbytes = count // block * size
+        if start + offset + nbytes > data.size:
+            raise ValueError(f"tensor {name!r} runs past the end of the file")
+        tensors[name] = TensorInfo(dims, kind, start + offset, nbytes, count // max(dims[0], 1) if dims else 1)
+    return metadata, tensors
 
 
 # Tensors of the first block the network has no place for (its biases are q/k/v only).
