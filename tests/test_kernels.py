@@ -277,3 +277,18 @@ def test_quantized_network_binds_the_native_group_kernel_and_matches_the_mindspo
         network.set_compiled(decode=True)
     scale = np.abs(route_logits).max()
     assert np.abs(native_logits - route_logits).max() <= 1e-4 * scale
+
+
+@pytest.mark.parametrize("top", [127, 255])   # 255: codes minus a zero point no longer fit int8
+def test_codes_product_is_exact_native_or_not(top):
+    rng = np.random.RandomState(top)
+    a = rng.randint(-top - 1 if top == 127 else -top, top + 1, size=(37, 1100)).astype(np.float64)
+    b = rng.randint(-127, 128, size=(19, 1100)).astype(np.float64)
+    a[0], b[0] = -top, -127   # a worst-case sum past float32's exact integers
+    want = (a.astype(np.int64) @ b.T.astype(np.int64)).astype(np.float64)
+    np.testing.assert_array_equal(linear_kernels.codes_product(a, b), want)
+    kernels.set_native_kernels(False)
+    try:
+        np.testing.assert_array_equal(linear_kernels.codes_product(a, b), want)
+    finally:
+        kernels.set_native_kernels(True)

@@ -26,7 +26,7 @@ from mindspore import Tensor, ops
 from golden_ptq.kernels import native_ops
 from golden_ptq.networks.layers import compiled_for_large_inputs
 from golden_ptq.quant_cells.ragged_groups import w8a16_dequant_ragged
-from golden_ptq.quant_math.functions import QMIN, SYM_QMAX, float32_exact_span
+from golden_ptq.quant_math.functions import QMAX, QMIN, SYM_QMAX, float32_exact_span, integer_product
 
 EXACT_CHUNK = float32_exact_span(-QMIN * SYM_QMAX)   # int8 activations x weights: 1032 products
 
@@ -44,6 +44,17 @@ def int_matmul(xq: Tensor, wq: Tensor) -> Tensor:
         part = mm(xq[:, start:stop], w[:, start:stop]).astype(ms.int32)
         acc = part if acc is None else ops.add(acc, part)
     return acc
+
+
+def codes_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b.T`` of integer-valued numpy codes, exact, float64 (calibration's candidate scoring):
+    the native int8 kernel when both fit in int8, else float32 products over exact spans
+    (:func:`golden_ptq.quant_math.functions.integer_product`)."""
+    native = native_ops()
+    if native is not None and min(a.min(initial=0), b.min(initial=0)) >= QMIN and max(a.max(initial=0), b.max(initial=0)) <= QMAX:
+        out = native["i8_gemm"](Tensor(np.ascontiguousarray(a, np.int8)), Tensor(np.ascontiguousarray(b, np.int8)))
+        return out.asnumpy().astype(np.float64)
+    return integer_product(a, b)
 
 
 def _a8w8_static(x: Tensor, wq: Tensor, input_scale: Tensor, input_zp: Tensor, quant_bias: Tensor,

@@ -38,7 +38,8 @@ from golden_ptq.config.method_names import ANTI_OUTLIER, W8A8
 from golden_ptq.networks.structure import SmoothMapping
 from golden_ptq.parallel.context import all_reduce_max, all_reduce_min, all_reduce_sum_numpy
 from golden_ptq.quant_cells.linear import QuantLinear
-from golden_ptq.quant_math.functions import act_codes, integer_product, per_token_codes
+from golden_ptq.quant_cells.linear_kernels import codes_product
+from golden_ptq.quant_math.functions import act_codes, per_token_codes
 
 Candidate = Tuple[str, np.ndarray, Optional[np.ndarray]]   # (label, scale per smooth channel, shift or None)
 
@@ -109,7 +110,7 @@ class CandidateScorer:
             factored = cell.factored_weight(ws) if x_scale is not None else None
             if factored is not None:   # both sides integer codes: their product exactly, then the scales
                 w_codes, w_scale = factored
-                y = integer_product(x_codes, w_codes) * x_scale * w_scale[None, :]
+                y = codes_product(x_codes, w_codes) * x_scale * w_scale[None, :]
                 wq = w_codes * w_scale[:, None] if shift_e is not None else None
             else:
                 wq = cell.fake_quantized_weight(ws)
