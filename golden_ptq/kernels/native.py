@@ -1,8 +1,9 @@
-"""Build, load and wrap ``int8_gemm.cc`` as MindSpore ``ops.Custom`` operators.
+"""Build, load and wrap ``int8_gemm.cc`` (quantized Linear products) and ``kv_attention.cc``
+(decode attention over the int8 KV cache) as MindSpore ``ops.Custom`` operators.
 
-The source ships inside the package; the first use compiles it with the system ``g++`` into a
-per-user cache (``$XDG_CACHE_HOME/golden_ptq/kernels``, or ``~/.cache/...``), named by a hash of
-the source and the compiler so an upgrade rebuilds. One shared library serves every CPU: the
+The sources ship inside the package; the first use compiles them with the system ``g++`` into one
+library in a per-user cache (``$XDG_CACHE_HOME/golden_ptq/kernels``, or ``~/.cache/...``), named by
+a hash of the sources and the compiler so an upgrade rebuilds. One shared library serves every CPU: the
 vector paths are compiled with per-function target attributes and chosen at run time from the
 CPU's flags (AVX-512 VNNI, else AVX2); without AVX2, or when compilation fails, the caller keeps
 the MindSpore-op route and a warning names the reason once.
@@ -26,7 +27,10 @@ from mindspore import ops
 
 logger = logging.getLogger(__name__)
 
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "int8_gemm.cc")
+_HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCE = os.path.join(_HERE, "int8_gemm.cc")                 # defines the runtime of gp_runtime.h
+ATTENTION_SOURCE = os.path.join(_HERE, "kv_attention.cc")
+HEADERS = [os.path.join(_HERE, "gp_runtime.h")]
 FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread"]
 ISA_NAMES = {0: "portable", 1: "avx2", 3: "avx512_vnni"}
 _MIN_ISA = 1   # the portable C++ path is a test reference, slower than MindSpore's float ops
@@ -75,20 +79,23 @@ def _build() -> str:
     cxx = shutil.which("g++") or shutil.which("c++")
     if cxx is None:
         raise RuntimeError("no C++ compiler (g++) on PATH")
-    with open(SOURCE, "rb") as handle:
-        source = handle.read()
+    sources = [SOURCE, ATTENTION_SOURCE]
+    source = b""
+    for name in sources + HEADERS:
+        with open(name, "rb") as handle:
+            source += handle.read()
     key = hashlib.sha256(source + " ".join(FLAGS).encode() + _compiler_version(cxx).encode()).hexdigest()[:16]
     folder = _cache_dir()
-    path = os.path.join(folder, f"int8_gemm-{key}.so")
+    path = os.path.join(folder, f"gp_kernels-{key}.so")
     if os.path.isfile(path):
         return path
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
     os.close(fd)
     try:
-        done = subprocess.run([cxx, *FLAGS, "-o", tmp, SOURCE], capture_output=True, text=True)
+        done = subprocess.run([cxx, *FLAGS, "-o", tmp, *sources], capture_output=True, text=True)
         if done.returncode != 0:
-            raise RuntimeError(f"{cxx} failed on {SOURCE}: {done.stderr.strip()[:400]}")
+            raise RuntimeError(f"{cxx} failed on {' '.join(sources)}: {done.stderr.strip()[:400]}")
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -120,6 +127,10 @@ def _mn_shape(x_shape, w_shape, *_):
     return [x_shape[0], w_shape[0]]
 
 
+def _query_shape(q_shape, *_):
+    return list(q_shape)
+
+
 def _float32(*_):
     return ms.float32
 
@@ -128,13 +139,15 @@ def _int32(*_):
     return ms.int32
 
 
-_ENTRY_POINTS = {
-    "i8_gemm": ("GpI8Gemm", _int32),
-    "a8w8_static": ("GpQGemmStatic", _float32),
-    "a8w8_dynamic": ("GpQGemmDynamic", _float32),
-    "a8w8_dynamic_absmax": ("GpQGemmDynamicAbsmax", _float32),
-    "w8_gemm": ("GpW8Gemm", _float32),
-    "wg_gemm": ("GpWgGemm", _float32),
+_ENTRY_POINTS = {   # name: (symbol, output shape, output dtype)
+    "i8_gemm": ("GpI8Gemm", _mn_shape, _int32),
+    "a8w8_static": ("GpQGemmStatic", _mn_shape, _float32),
+    "a8w8_dynamic": ("GpQGemmDynamic", _mn_shape, _float32),
+    "a8w8_dynamic_absmax": ("GpQGemmDynamicAbsmax", _mn_shape, _float32),
+    "w8_gemm": ("GpW8Gemm", _mn_shape, _float32),
+    "wg_gemm": ("GpWgGemm", _mn_shape, _float32),
+    "kv_attention_static": ("GpKvAttnStatic", _query_shape, _float32),
+    "kv_attention_tokens": ("GpKvAttnTokens", _query_shape, _float32),
 }
 
 
@@ -147,9 +160,9 @@ def native_ops() -> Optional[Dict[str, ops.Custom]]:
     if _STATE.lib is None:
         return None
     if not _STATE.ops:
-        _STATE.ops = {name: ops.Custom(f"{_STATE.path}:{symbol}", out_shape=_mn_shape, out_dtype=dtype,
+        _STATE.ops = {name: ops.Custom(f"{_STATE.path}:{symbol}", out_shape=shape, out_dtype=dtype,
                                        func_type="aot")
-                      for name, (symbol, dtype) in _ENTRY_POINTS.items()}
+                      for name, (symbol, shape, dtype) in _ENTRY_POINTS.items()}
     return _STATE.ops
 
 

@@ -23,10 +23,14 @@ import numpy as np
 from mindspore import Tensor
 
 from golden_ptq.config.ptq_config import KVCACHE_SCHEMES as KV_SCHEMES
+from golden_ptq.kernels import native_ops
 from golden_ptq.networks.layers import KVCache
 import golden_ptq.quant_cells.kv_codecs as codecs
 from golden_ptq.quant_cells.base import QuantCell
 from golden_ptq.quant_math import MinMaxObserver, asymmetric_params, symmetric_scale
+
+
+_TOKEN_STEPS = Tensor(codecs.TOKEN_STEPS)   # the native operator's exponent table operand
 
 
 class QuantKVCache(KVCache, QuantCell):
@@ -42,6 +46,7 @@ class QuantKVCache(KVCache, QuantCell):
         self._history = {}
         self._static = []
         self._static_pool = {}
+        self.bound_attention = None
         self.observers = {"key": MinMaxObserver(), "value": MinMaxObserver()}
 
     def _codec_params(self, kind: str):
@@ -112,6 +117,34 @@ class QuantKVCache(KVCache, QuantCell):
         scales = codecs.token_scales(v_codes, *self._codec_params("value"))      # [B, Hkv, S, 1]
         probs_scale = scales.reshape(scales.shape[0], scales.shape[1], 1, scales.shape[2])
         return k_codes, v_codes, (query_scale, probs_scale, None)
+
+    def bind_kernel(self) -> None:
+        """Fix the decode-attention route for compiled graphs (they cannot run the Python that picks
+        it): the native operator reading the int8 buffers where available, else None (attention
+        with MindSpore ops over :meth:`write_static_codes`)."""
+        self.bound_attention = None
+        if not self.quantized or self.observing:
+            return
+        native = native_ops()
+        if native is not None:
+            self.bound_attention = native["kv_attention_static" if self.scheme == "static" else "kv_attention_tokens"]
+
+    def unbind_kernel(self) -> None:
+        self.bound_attention = None
+
+    def decode_attention(self, q: Tensor, key: Tensor, value: Tensor, slots: Tensor, mask: Tensor,
+                         kv_map: Tensor) -> Tensor:
+        """A compiled decode step's attention by the bound native operator: this step's keys/values
+        are encoded and stored at ``slots``, then the operator attends from the int8 buffers, reading
+        only each row's unmasked span (``golden_ptq/kernels/kv_attention.cc``). ``q`` ``[B, 1, H*D]``
+        (rope and 1/sqrt(D) applied), ``mask`` ``[B, Hm, Gm, capacity]`` with row ``h`` for query
+        head ``h``, ``kv_map`` int32 ``[H]`` the KV head each query head reads. Returns the context
+        ``[B, 1, H*D]``."""
+        k_all, v_all = self._static[0].write(self.encode_in_graph(key, "key"), self.encode_in_graph(value, "value"),
+                                             slots)
+        if self.scheme == "static":
+            return self.bound_attention(q, k_all, v_all, mask, kv_map, self.key_scale, self.value_scale)
+        return self.bound_attention(q, k_all, v_all, mask, kv_map, self.key_scale, self.value_token_base, _TOKEN_STEPS)
 
     def stored_dtype(self) -> np.dtype:
         return np.dtype(np.int8 if self.quantized else np.float32)
