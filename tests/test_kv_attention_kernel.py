@@ -1,7 +1,8 @@
-"""The native decode-attention operator over the int8 KV cache (golden_ptq/kernels/kv_attention.cc):
-the attention of a float reference on decoded keys/values on every instruction set the CPU has, for
-both cache layouts, and compiled C8 decoding with it agreeing with eager decoding (and with the
-MindSpore-op route it replaces when native kernels are off)."""
+"""The native operators of the int8 KV cache: decode-step attention (golden_ptq/kernels/kv_attention.cc)
+against float attention over the decoded cache, and encode / decode (kv_codec.cc) against the numpy
+twins bit for bit, on every instruction set the CPU has and both cache layouts; compiled C8 decoding
+with them agreeing with eager decoding on the numpy route (and with the MindSpore-op route they
+replace when native kernels are off)."""
 import numpy as np
 import pytest
 import mindspore as ms
@@ -145,6 +146,42 @@ def test_kernel_rejects_mismatched_shapes():
         _run(q, k, v[..., :-1].copy(), mask, kv_map, key_scale, value_param, "tokens", group_rows=2)
 
 
+# ----- encode / decode ----------------------------------------------------------------------------
+def _codec_case(rng, codec, shape):
+    heads, dim = shape[1], shape[3]
+    x = (rng.randn(*shape) * rng.choice([1e-4, 0.3, 1.0, 50.0], shape[:3] + (1,))).astype(np.float32)
+    x[0, 0, :2] = 0.0
+    x[..., 1] = np.float32(0.5) * np.float32(0.25)   # halfway cases for some scales
+    if codec == "tokens":
+        return x, (rng.rand(1, heads, 1, 1).astype(np.float32) * 4 + 0.1,)
+    params = ((rng.rand(1, heads, 1, dim) * 0.2 + 1e-3).astype(np.float32),)
+    if codec == "asymmetric":
+        params += (np.round(rng.uniform(-60, 60, (1, heads, 1, dim))).astype(np.float32),)
+    return x, params
+
+
+@needs_native
+@pytest.mark.parametrize("isa", _isas(), indirect=True)
+@pytest.mark.parametrize("codec", ["symmetric", "asymmetric", "tokens"])
+def test_native_codec_gives_the_numpy_twins_bits(isa, codec):
+    rng = np.random.RandomState(10)
+    ops = kernels.native_ops()
+    extra = (Tensor(codecs.TOKEN_STEPS),) if codec == "tokens" else ()
+    # one row per head (decode step), rows not a multiple of the vector width, a prefill-sized tensor
+    for shape in [(2, 3, 1, 16), (1, 2, 37, 20), (4, 3, 300, 64)]:
+        x, params = _codec_case(rng, codec, shape)
+        flat = tuple(Tensor(p.reshape(-1)) for p in params) + extra
+        want = getattr(codecs, "np_encode_" + codec)(x, *params)
+        # the cache's keys/values arrive transposed ([B, T, H, D] -> [B, H, T, D]), maybe as a view
+        xt = Tensor(np.ascontiguousarray(x.transpose(0, 2, 1, 3))).transpose(0, 2, 1, 3)
+        for given in (Tensor(x), xt):
+            np.testing.assert_array_equal(ops["kv_encode_" + codec](given, *flat).asnumpy(), want,
+                                          err_msg=f"{isa} {codec} {shape}")
+        decoded = getattr(codecs, "np_decode_" + codec)(want, *params)
+        np.testing.assert_array_equal(ops["kv_decode_" + codec](Tensor(want), *flat).asnumpy(), decoded,
+                                      err_msg=f"{isa} {codec} {shape}")
+
+
 # ----- compiled decoding on a tiny network --------------------------------------------------------
 def _c8_network(config, scheme):
     network = LlamaForCausalLM(config, seed=2)
@@ -157,8 +194,8 @@ def _c8_network(config, scheme):
     return network
 
 
-def _decode(network, ids, mask, prompt, compiled):
-    network.set_compiled(decode=compiled)
+def _decode(network, ids, mask, prompt, compiled, forward=False):
+    network.set_compiled(decode=compiled, forward=forward)
     out = [network.prefill(ids[:, :prompt], mask[:, :prompt]).asnumpy()]
     for t in range(prompt, ids.shape[1]):
         out.append(network.decode_step(ids[:, t]).asnumpy())
@@ -166,8 +203,7 @@ def _decode(network, ids, mask, prompt, compiled):
     return np.stack(out)
 
 
-@pytest.mark.parametrize("scheme", ["static", "token_values"])
-@pytest.mark.parametrize("group", [1, 3])
+@pytest.mark.parametrize("scheme,group", [("static", 1), ("token_values", 3)])
 def test_compiled_c8_decoding_with_the_kernel_equals_eager(tiny_config, scheme, group):
     tiny_config.num_layers = 1
     tiny_config.num_kv_heads = 2
@@ -179,20 +215,30 @@ def test_compiled_c8_decoding_with_the_kernel_equals_eager(tiny_config, scheme, 
     mask = np.ones_like(ids)
     mask[1, :3] = 0          # left padding
     mask[2, :1] = 0
-    eager = _decode(network, ids, mask, 5, compiled=False)
+    kernels.set_native_kernels(False)
+    try:
+        eager = _decode(network, ids, mask, 5, compiled=False)    # the numpy codecs, MindSpore-op attention
+    finally:
+        kernels.set_native_kernels(True)
     routes = {}
     for native in ([True, False] if INFO.available else [False]):
         kernels.set_native_kernels(native)
         try:
-            routes[native] = _decode(network, ids, mask, 5, compiled=True)
-            caches = [m for _, m in network.cells_and_names() if isinstance(m, QuantKVCache)]
-            assert network.compiled_decode and caches
-            for cache in caches:
-                assert (cache.bound_attention is not None) == native
+            for forward in (False, True):    # eager prefill, or compiled (prefill_static)
+                routes[native, forward] = _decode(network, ids, mask, 5, compiled=True, forward=forward)
+                caches = [m for _, m in network.cells_and_names() if isinstance(m, QuantKVCache)]
+                assert network.compiled_decode and network.compiled_forward == forward and caches
+                for cache in caches:
+                    assert (cache.bound_attention is not None) == native
+                    assert (cache.bound_codecs is not None) == native
+            if native:
+                routes["eager", native] = _decode(network, ids, mask, 5, compiled=False)   # native codecs
         finally:
             kernels.set_native_kernels(True)
     network.set_compiled(decode=True)
-    for native, got in routes.items():
+    if INFO.available:   # the same codes, the same attention ops: the same logits
+        np.testing.assert_array_equal(routes["eager", True], eager)
+    for what, got in routes.items():
         scale = np.abs(eager).max()
-        assert np.abs(got - eager).max() <= 1e-4 * scale, f"native={native}: max diff {np.abs(got - eager).max()}"
+        assert np.abs(got - eager).max() <= 1e-4 * scale, f"{what}: max diff {np.abs(got - eager).max()}"
         np.testing.assert_array_equal(got.argmax(-1), eager.argmax(-1))

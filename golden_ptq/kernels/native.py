@@ -1,5 +1,6 @@
-"""Build, load and wrap ``int8_gemm.cc`` (quantized Linear products) and ``kv_attention.cc``
-(decode attention over the int8 KV cache) as MindSpore ``ops.Custom`` operators.
+"""Build, load and wrap ``int8_gemm.cc`` (quantized Linear products), ``kv_attention.cc`` (decode
+attention over the int8 KV cache) and ``kv_codec.cc`` (its encode / decode) as MindSpore
+``ops.Custom`` operators.
 
 The sources ship inside the package; the first use compiles them with the system ``g++`` into one
 library in a per-user cache (``$XDG_CACHE_HOME/golden_ptq/kernels``, or ``~/.cache/...``), named by
@@ -29,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE = os.path.join(_HERE, "int8_gemm.cc")                 # defines the runtime of gp_runtime.h
-ATTENTION_SOURCE = os.path.join(_HERE, "kv_attention.cc")
+KV_SOURCES = [os.path.join(_HERE, "kv_attention.cc"), os.path.join(_HERE, "kv_codec.cc")]
 HEADERS = [os.path.join(_HERE, "gp_runtime.h")]
 FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread"]
 ISA_NAMES = {0: "portable", 1: "avx2", 3: "avx512_vnni"}
@@ -79,7 +80,7 @@ def _build() -> str:
     cxx = shutil.which("g++") or shutil.which("c++")
     if cxx is None:
         raise RuntimeError("no C++ compiler (g++) on PATH")
-    sources = [SOURCE, ATTENTION_SOURCE]
+    sources = [SOURCE, *KV_SOURCES]
     source = b""
     for name in sources + HEADERS:
         with open(name, "rb") as handle:
@@ -127,8 +128,20 @@ def _mn_shape(x_shape, w_shape, *_):
     return [x_shape[0], w_shape[0]]
 
 
-def _query_shape(q_shape, *_):
-    return list(q_shape)
+def _same_shape(x_shape, *_):
+    return list(x_shape)
+
+
+def _one_wider(x_shape, *_):
+    return list(x_shape[:-1]) + [x_shape[-1] + 1]
+
+
+def _one_narrower(x_shape, *_):
+    return list(x_shape[:-1]) + [x_shape[-1] - 1]
+
+
+def _int8(*_):
+    return ms.int8
 
 
 def _float32(*_):
@@ -146,8 +159,14 @@ _ENTRY_POINTS = {   # name: (symbol, output shape, output dtype)
     "a8w8_dynamic_absmax": ("GpQGemmDynamicAbsmax", _mn_shape, _float32),
     "w8_gemm": ("GpW8Gemm", _mn_shape, _float32),
     "wg_gemm": ("GpWgGemm", _mn_shape, _float32),
-    "kv_attention_static": ("GpKvAttnStatic", _query_shape, _float32),
-    "kv_attention_tokens": ("GpKvAttnTokens", _query_shape, _float32),
+    "kv_attention_static": ("GpKvAttnStatic", _same_shape, _float32),
+    "kv_attention_tokens": ("GpKvAttnTokens", _same_shape, _float32),
+    "kv_encode_symmetric": ("GpKvEncodeSym", _same_shape, _int8),
+    "kv_encode_asymmetric": ("GpKvEncodeAsym", _same_shape, _int8),
+    "kv_encode_tokens": ("GpKvEncodeTokens", _one_wider, _int8),
+    "kv_decode_symmetric": ("GpKvDecodeSym", _same_shape, _float32),
+    "kv_decode_asymmetric": ("GpKvDecodeAsym", _same_shape, _float32),
+    "kv_decode_tokens": ("GpKvDecodeTokens", _one_narrower, _float32),
 }
 
 
