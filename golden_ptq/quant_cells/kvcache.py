@@ -117,8 +117,9 @@ class QuantKVCache(KVCache, QuantCell):
         return codecs.decode_tokens(stored, *self._codec_params(kind))
 
     def write_static_codes(self, key: Tensor, value: Tensor, slots: Tensor):
-        """The whole buffers as float codes and the factors attention applies instead of decoding them:
-        dequantizing ``[B, Hkv, capacity, D]`` every decode step cost more than the attention itself
+        """The MindSpore-op route of a compiled decode step (native kernels off or unavailable; else
+        :meth:`decode_attention`). The whole buffers as float codes and the factors attention applies
+        instead of decoding them: dequantizing ``[B, Hkv, capacity, D]`` every decode step cost more than the attention itself
         (MindSpore's broadcasting multiply). Keys: the query is scaled by ``key_scale``; an asymmetric
         key's zero point adds the same ``-q.(scale*zero_point)`` to every score of a query, which
         softmax ignores, so it is left out. Values: the context is scaled by ``value_scale``, or the
