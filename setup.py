@@ -12,7 +12,7 @@ setup(
     packages=find_packages(include=["golden_ptq", "golden_ptq.*"]),
     # The default configs, the calibration / evaluation text and the int8 kernel source (compiled at
     # first use, golden_ptq.kernels.native) ship inside the package.
-    package_data={"golden_ptq": ["configs/*.yaml", "configs/ptq/*.yaml", "data/*.txt.gz", "kernels/*.cc"]},
+    package_data={"golden_ptq": ["configs/*.yaml", "configs/ptq/*.yaml", "data/*.txt.gz", "kernels/*.cc", "kernels/*.h"]},
     install_requires=[
         "mindspore==2.10.0",
         "numpy<2",

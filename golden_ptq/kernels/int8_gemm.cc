@@ -19,6 +19,8 @@
 #include <immintrin.h>
 #include <sched.h>
 
+#include "gp_runtime.h"
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -32,7 +34,9 @@
 
 namespace {
 
-enum Isa { kScalar = 0, kAvx2 = 1, kAvx512Vnni = 3 };
+using gp::kAvx2;
+using gp::kAvx512Vnni;
+using gp::kScalar;
 
 int DetectIsa() {
   __builtin_cpu_init();
@@ -1099,6 +1103,12 @@ int QGemmDynamic(void** params, int64_t m, int64_t n, int64_t k, const float* ab
 }
 
 }  // namespace
+
+// The shared runtime of gp_runtime.h (the other sources of the library use it).
+namespace gp {
+int CurrentIsa() { return g_isa; }
+void ParallelFor(int tasks, const std::function<void(int)>& fn) { ThePool().Run(tasks, fn); }
+}  // namespace gp
 
 extern "C" {
 

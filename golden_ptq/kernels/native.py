@@ -1,9 +1,11 @@
-"""Build and load the native CPU kernels: ``int8_gemm.cc`` wrapped as MindSpore ``ops.Custom``
-operators, and ``gptq_columns.cc`` called through ctypes on numpy arrays.
+"""Build and load the native CPU kernels: ``int8_gemm.cc`` (quantized Linear products),
+``kv_attention.cc`` (decode attention over the int8 KV cache) and ``kv_codec.cc`` (its encode /
+decode) wrapped as MindSpore ``ops.Custom`` operators, and ``gptq_columns.cc`` (GPTQ's column
+loop) called through ctypes on numpy arrays.
 
-The sources ship inside the package; the first use compiles them with the system ``g++`` into a
-per-user cache (``$XDG_CACHE_HOME/golden_ptq/kernels``, or ``~/.cache/...``), named by a hash of
-the sources and the compiler so an upgrade rebuilds. One shared library serves every CPU: the
+The sources ship inside the package; the first use compiles them with the system ``g++`` into one
+library in a per-user cache (``$XDG_CACHE_HOME/golden_ptq/kernels``, or ``~/.cache/...``), named by
+a hash of the sources and the compiler so an upgrade rebuilds. One shared library serves every CPU: the
 vector paths are compiled with per-function target attributes and chosen at run time from the
 CPU's flags (AVX-512 VNNI, else AVX2); without AVX2, or when compilation fails, the caller keeps
 the MindSpore-op route and a warning names the reason once.
@@ -28,7 +30,9 @@ from mindspore import ops
 logger = logging.getLogger(__name__)
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = [os.path.join(_HERE, name) for name in ("int8_gemm.cc", "gptq_columns.cc")]   # one library
+# one library; int8_gemm.cc defines the runtime of gp_runtime.h
+SOURCES = [os.path.join(_HERE, name) for name in ("int8_gemm.cc", "kv_attention.cc", "kv_codec.cc", "gptq_columns.cc")]
+HEADERS = [os.path.join(_HERE, "gp_runtime.h")]
 FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread"]
 ISA_NAMES = {0: "portable", 1: "avx2", 3: "avx512_vnni"}
 _MIN_ISA = 1   # the portable C++ path is a test reference, slower than MindSpore's float ops
@@ -78,12 +82,12 @@ def _build() -> str:
     if cxx is None:
         raise RuntimeError("no C++ compiler (g++) on PATH")
     source = b""
-    for name in SOURCES:
+    for name in SOURCES + HEADERS:
         with open(name, "rb") as handle:
             source += handle.read()
     key = hashlib.sha256(source + " ".join(FLAGS).encode() + _compiler_version(cxx).encode()).hexdigest()[:16]
     folder = _cache_dir()
-    path = os.path.join(folder, f"int8_gemm-{key}.so")
+    path = os.path.join(folder, f"gp_kernels-{key}.so")
     if os.path.isfile(path):
         return path
     os.makedirs(folder, exist_ok=True)
@@ -92,7 +96,7 @@ def _build() -> str:
     try:
         done = subprocess.run([cxx, *FLAGS, "-o", tmp, *SOURCES], capture_output=True, text=True)
         if done.returncode != 0:
-            raise RuntimeError(f"{cxx} failed on {SOURCES}: {done.stderr.strip()[:400]}")
+            raise RuntimeError(f"{cxx} failed on {' '.join(SOURCES)}: {done.stderr.strip()[:400]}")
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -124,6 +128,22 @@ def _mn_shape(x_shape, w_shape, *_):
     return [x_shape[0], w_shape[0]]
 
 
+def _same_shape(x_shape, *_):
+    return list(x_shape)
+
+
+def _one_wider(x_shape, *_):
+    return list(x_shape[:-1]) + [x_shape[-1] + 1]
+
+
+def _one_narrower(x_shape, *_):
+    return list(x_shape[:-1]) + [x_shape[-1] - 1]
+
+
+def _int8(*_):
+    return ms.int8
+
+
 def _float32(*_):
     return ms.float32
 
@@ -132,13 +152,21 @@ def _int32(*_):
     return ms.int32
 
 
-_ENTRY_POINTS = {
-    "i8_gemm": ("GpI8Gemm", _int32),
-    "a8w8_static": ("GpQGemmStatic", _float32),
-    "a8w8_dynamic": ("GpQGemmDynamic", _float32),
-    "a8w8_dynamic_absmax": ("GpQGemmDynamicAbsmax", _float32),
-    "w8_gemm": ("GpW8Gemm", _float32),
-    "wg_gemm": ("GpWgGemm", _float32),
+_ENTRY_POINTS = {   # name: (symbol, output shape, output dtype)
+    "i8_gemm": ("GpI8Gemm", _mn_shape, _int32),
+    "a8w8_static": ("GpQGemmStatic", _mn_shape, _float32),
+    "a8w8_dynamic": ("GpQGemmDynamic", _mn_shape, _float32),
+    "a8w8_dynamic_absmax": ("GpQGemmDynamicAbsmax", _mn_shape, _float32),
+    "w8_gemm": ("GpW8Gemm", _mn_shape, _float32),
+    "wg_gemm": ("GpWgGemm", _mn_shape, _float32),
+    "kv_attention_static": ("GpKvAttnStatic", _same_shape, _float32),
+    "kv_attention_tokens": ("GpKvAttnTokens", _same_shape, _float32),
+    "kv_encode_symmetric": ("GpKvEncodeSym", _same_shape, _int8),
+    "kv_encode_asymmetric": ("GpKvEncodeAsym", _same_shape, _int8),
+    "kv_encode_tokens": ("GpKvEncodeTokens", _one_wider, _int8),
+    "kv_decode_symmetric": ("GpKvDecodeSym", _same_shape, _float32),
+    "kv_decode_asymmetric": ("GpKvDecodeAsym", _same_shape, _float32),
+    "kv_decode_tokens": ("GpKvDecodeTokens", _one_narrower, _float32),
 }
 
 
@@ -151,9 +179,9 @@ def native_ops() -> Optional[Dict[str, ops.Custom]]:
     if _STATE.lib is None:
         return None
     if not _STATE.ops:
-        _STATE.ops = {name: ops.Custom(f"{_STATE.path}:{symbol}", out_shape=_mn_shape, out_dtype=dtype,
+        _STATE.ops = {name: ops.Custom(f"{_STATE.path}:{symbol}", out_shape=shape, out_dtype=dtype,
                                        func_type="aot")
-                      for name, (symbol, dtype) in _ENTRY_POINTS.items()}
+                      for name, (symbol, shape, dtype) in _ENTRY_POINTS.items()}
     return _STATE.ops
 
 

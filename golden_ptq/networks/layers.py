@@ -227,6 +227,7 @@ class KVCache(nn.Cell):
         self._history = {}
         self._static = []
         self._static_pool = {}
+        self.bound_attention = None   # a native decode-attention operator (the int8 cache binds one)
 
     def reset(self) -> None:
         self._history = {}

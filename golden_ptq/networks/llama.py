@@ -102,6 +102,8 @@ class Attention(nn.Cell):
         kv_index = layout.kv_index()
         self._kv_index = None if kv_index is None else Tensor(kv_index)
         self._core_kv_heads = self.num_kv_heads if kv_index is None else self.num_heads
+        # the KV head of each query head, for a native decode-attention operator
+        self._kv_map = Tensor(np.arange(self.num_heads, dtype=np.int32) // max(1, self.num_heads // self.num_kv_heads))
 
     def construct(self, x: Tensor, inputs: "LayerInputs") -> Tensor:
         q, k, v = self._project(x, inputs.cos_q, inputs.sin_q, inputs.cos_k, inputs.sin_k, inputs.index_q,
@@ -112,8 +114,12 @@ class Attention(nn.Cell):
     def decode_static(self, x: Tensor, cos_q: Tensor, sin_q: Tensor, cos_k: Tensor, sin_k: Tensor, index_q: Tensor,
                       index_k: Tensor, mask: Tensor, slots: Tensor) -> Tensor:
         """One compiled decode step: keys/values go into the static cache at ``slots``; attention
-        reads the whole buffers (``mask`` hides the unfilled positions)."""
+        reads the whole buffers (``mask`` hides the unfilled positions), or a cache's bound native
+        operator reads the filled positions of its buffers (the int8 cache)."""
         q, k, v = self._project(x, cos_q, sin_q, cos_k, sin_k, index_q, index_k)
+        if self.kv_cache.bound_attention is not None:
+            kv_map = self._kv_map if self._kv_index is None else self._kv_index
+            return self.wo(self.kv_cache.decode_attention(q, k, v, slots, mask, kv_map))
         k, v, fold = self.kv_cache.write_static_codes(k, v, slots)
         return self._attend(q, k, v, mask, fold)
 

@@ -23,10 +23,14 @@ import numpy as np
 from mindspore import Tensor
 
 from golden_ptq.config.ptq_config import KVCACHE_SCHEMES as KV_SCHEMES
+from golden_ptq.kernels import native_ops
 from golden_ptq.networks.layers import KVCache
 import golden_ptq.quant_cells.kv_codecs as codecs
 from golden_ptq.quant_cells.base import QuantCell
 from golden_ptq.quant_math import MinMaxObserver, asymmetric_params, symmetric_scale
+
+
+_TOKEN_STEPS = Tensor(codecs.TOKEN_STEPS)   # the native operators' exponent table operand
 
 
 class QuantKVCache(KVCache, QuantCell):
@@ -42,6 +46,8 @@ class QuantKVCache(KVCache, QuantCell):
         self._history = {}
         self._static = []
         self._static_pool = {}
+        self.bound_attention = None
+        self.bound_codecs = None   # native (encode key, encode value, decode key, decode value), for graphs
         self.observers = {"key": MinMaxObserver(), "value": MinMaxObserver()}
 
     def _codec_params(self, kind: str):
@@ -59,24 +65,40 @@ class QuantKVCache(KVCache, QuantCell):
             return "symmetric"
         return "asymmetric" if kind == "key" else "tokens"
 
+    def _native_operands(self, kind: str):
+        """The codec's parameters as the native operators take them (flat), with the exponent table."""
+        if self.scheme == "static":
+            return (self.key_scale if kind == "key" else self.value_scale,)
+        if kind == "key":
+            return self.key_scale, self.key_zero_point
+        return self.value_token_base, _TOKEN_STEPS
+
     def encode(self, x: Tensor, kind: str) -> Tensor:
         if not self.quantized:
             if self.observing:
                 # channels = (head, dim): move heads next to dim, flatten the rest
                 self.observers[kind].update(x.asnumpy().transpose(0, 2, 1, 3).reshape(-1, x.shape[1] * x.shape[3]))
             return x
+        native = native_ops()   # one pass over the tensor (the numpy twin takes several)
+        if native is not None:
+            return native["kv_encode_" + self._codec(kind)](x, *self._native_operands(kind))
         encode = getattr(codecs, "np_encode_" + self._codec(kind))
         return Tensor(encode(x.asnumpy(), *(p.asnumpy() for p in self._codec_params(kind))))
 
     def decode(self, stored: Tensor, kind: str) -> Tensor:
         if not self.quantized:
             return stored
+        native = native_ops()
+        if native is not None:
+            return native["kv_decode_" + self._codec(kind)](stored, *self._native_operands(kind))
         decode = getattr(codecs, "np_decode_" + self._codec(kind))
         return Tensor(decode(stored.asnumpy(), *(p.asnumpy() for p in self._codec_params(kind))))
 
     def encode_in_graph(self, x: Tensor, kind: str) -> Tensor:
         if not self.quantized:
             return x
+        if self.bound_codecs is not None:
+            return self.bound_codecs[0 if kind == "key" else 1](x, *self._native_operands(kind))
         if self.scheme == "static":
             return codecs.encode_symmetric(x, *self._codec_params(kind))
         if kind == "key":
@@ -86,6 +108,8 @@ class QuantKVCache(KVCache, QuantCell):
     def decode_in_graph(self, stored: Tensor, kind: str) -> Tensor:
         if not self.quantized:
             return stored
+        if self.bound_codecs is not None:
+            return self.bound_codecs[2 if kind == "key" else 3](stored, *self._native_operands(kind))
         if self.scheme == "static":
             return codecs.decode_symmetric(stored, *self._codec_params(kind))
         if kind == "key":
@@ -93,8 +117,9 @@ class QuantKVCache(KVCache, QuantCell):
         return codecs.decode_tokens(stored, *self._codec_params(kind))
 
     def write_static_codes(self, key: Tensor, value: Tensor, slots: Tensor):
-        """The whole buffers as float codes and the factors attention applies instead of decoding them:
-        dequantizing ``[B, Hkv, capacity, D]`` every decode step cost more than the attention itself
+        """The MindSpore-op route of a compiled decode step (native kernels off or unavailable; else
+        :meth:`decode_attention`). The whole buffers as float codes and the factors attention applies
+        instead of decoding them: dequantizing ``[B, Hkv, capacity, D]`` every decode step cost more than the attention itself
         (MindSpore's broadcasting multiply). Keys: the query is scaled by ``key_scale``; an asymmetric
         key's zero point adds the same ``-q.(scale*zero_point)`` to every score of a query, which
         softmax ignores, so it is left out. Values: the context is scaled by ``value_scale``, or the
@@ -112,6 +137,37 @@ class QuantKVCache(KVCache, QuantCell):
         scales = codecs.token_scales(v_codes, *self._codec_params("value"))      # [B, Hkv, S, 1]
         probs_scale = scales.reshape(scales.shape[0], scales.shape[1], 1, scales.shape[2])
         return k_codes, v_codes, (query_scale, probs_scale, None)
+
+    def bind_kernel(self) -> None:
+        """Fix the routes of compiled graphs (they cannot run the Python that picks them): the native
+        operators for encoding, decoding and decode-step attention straight from the int8 buffers
+        where available, else None (MindSpore ops; attention over :meth:`write_static_codes`)."""
+        self.unbind_kernel()
+        if not self.quantized or self.observing:
+            return
+        native = native_ops()
+        if native is not None:
+            self.bound_attention = native["kv_attention_static" if self.scheme == "static" else "kv_attention_tokens"]
+            key, value = self._codec("key"), self._codec("value")
+            self.bound_codecs = (native["kv_encode_" + key], native["kv_encode_" + value],
+                                 native["kv_decode_" + key], native["kv_decode_" + value])
+
+    def unbind_kernel(self) -> None:
+        self.bound_attention = self.bound_codecs = None
+
+    def decode_attention(self, q: Tensor, key: Tensor, value: Tensor, slots: Tensor, mask: Tensor,
+                         kv_map: Tensor) -> Tensor:
+        """A compiled decode step's attention by the bound native operator: this step's keys/values
+        are encoded and stored at ``slots``, then the operator attends from the int8 buffers, reading
+        only each row's unmasked span (``golden_ptq/kernels/kv_attention.cc``). ``q`` ``[B, 1, H*D]``
+        (rope and 1/sqrt(D) applied), ``mask`` ``[B, Hm, Gm, capacity]`` with row ``h`` for query
+        head ``h``, ``kv_map`` int32 ``[H]`` the KV head each query head reads. Returns the context
+        ``[B, 1, H*D]``."""
+        k_all, v_all = self._static[0].write(self.encode_in_graph(key, "key"), self.encode_in_graph(value, "value"),
+                                             slots)
+        if self.scheme == "static":
+            return self.bound_attention(q, k_all, v_all, mask, kv_map, self.key_scale, self.value_scale)
+        return self.bound_attention(q, k_all, v_all, mask, kv_map, self.key_scale, self.value_token_base, _TOKEN_STEPS)
 
     def stored_dtype(self) -> np.dtype:
         return np.dtype(np.int8 if self.quantized else np.float32)

@@ -1,0 +1,17 @@
+// What the native kernel sources share, defined once in int8_gemm.cc: the instruction set in use and
+// the thread pool (one library holds every source, so there is one of each per process).
+#pragma once
+
+#include <functional>
+
+namespace gp {
+
+enum Isa { kScalar = 0, kAvx2 = 1, kAvx512Vnni = 3 };
+
+// The instruction set the kernels may use now (gp_set_isa lowers it, for tests).
+int CurrentIsa();
+
+// Runs fn(0 .. tasks - 1) on the calling thread and the pool's helpers; returns when all have run.
+void ParallelFor(int tasks, const std::function<void(int)>& fn);
+
+}  // namespace gp
