@@ -68,27 +68,30 @@ def _compiler_version(cxx: str) -> str:
     return subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True).stdout.splitlines()[0]
 
 
-def _build() -> str:
-    """Path of the compiled library, compiling it if the cache lacks it (written atomically)."""
+def _build(source: Optional[str] = None) -> str:
+    """Path of the compiled library of ``source`` (default ``SOURCE``), compiling it if the cache
+    lacks it (written atomically)."""
+    source = source or SOURCE
     if platform.machine().lower() not in ("x86_64", "amd64"):
         raise RuntimeError(f"machine {platform.machine()} is not x86-64")
     cxx = shutil.which("g++") or shutil.which("c++")
     if cxx is None:
         raise RuntimeError("no C++ compiler (g++) on PATH")
-    with open(SOURCE, "rb") as handle:
-        source = handle.read()
-    key = hashlib.sha256(source + " ".join(FLAGS).encode() + _compiler_version(cxx).encode()).hexdigest()[:16]
+    with open(source, "rb") as handle:
+        text = handle.read()
+    key = hashlib.sha256(text + " ".join(FLAGS).encode() + _compiler_version(cxx).encode()).hexdigest()[:16]
     folder = _cache_dir()
-    path = os.path.join(folder, f"int8_gemm-{key}.so")
+    stem = os.path.splitext(os.path.basename(source))[0]
+    path = os.path.join(folder, f"{stem}-{key}.so")
     if os.path.isfile(path):
         return path
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
     os.close(fd)
     try:
-        done = subprocess.run([cxx, *FLAGS, "-o", tmp, SOURCE], capture_output=True, text=True)
+        done = subprocess.run([cxx, *FLAGS, "-o", tmp, source], capture_output=True, text=True)
         if done.returncode != 0:
-            raise RuntimeError(f"{cxx} failed on {SOURCE}: {done.stderr.strip()[:400]}")
+            raise RuntimeError(f"{cxx} failed on {source}: {done.stderr.strip()[:400]}")
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -153,8 +156,14 @@ def native_ops() -> Optional[Dict[str, ops.Custom]]:
     return _STATE.ops
 
 
+def native_enabled() -> bool:
+    """The :func:`set_native_kernels` switch (it also covers ``golden_ptq.kernels.float_prefill``)."""
+    return _STATE.enabled
+
+
 def set_native_kernels(enabled: bool) -> None:
-    """Switch the native kernels on (default) or off (the MindSpore-op route, e.g. for comparison)."""
+    """Switch the native kernels on (default) or off (the MindSpore-op route, e.g. for comparison);
+    also the float prefill kernels of :mod:`golden_ptq.kernels.float_prefill`."""
     _STATE.enabled = bool(enabled)
 
 

@@ -8,6 +8,7 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Constant, initializer
 
+from golden_ptq.kernels.float_prefill import eps_tensor, float_prefill_ops
 from golden_ptq.parallel.context import TPContext, all_reduce, current_context, shard_mode
 
 
@@ -138,6 +139,27 @@ class RMSNorm(nn.Cell):
 
     def construct(self, x: Tensor) -> Tensor:
         return _rms_norm_auto(x, self.weight, self.eps)
+
+
+def rms_norm_eager(norm: nn.Cell, x: Tensor) -> Tensor:
+    """``norm(x)`` outside compiled graphs: one native operator for an :class:`RMSNorm` where the float
+    prefill kernels run (:mod:`golden_ptq.kernels.float_prefill`), else the cell itself."""
+    kernels = float_prefill_ops()
+    if kernels is None or type(norm) is not RMSNorm:
+        return norm(x)
+    return kernels["rms_norm"](x, norm.weight, eps_tensor(norm.eps))
+
+
+def swiglu_eager(gate: Tensor, up: Tensor) -> Tensor:
+    """:func:`swiglu` outside compiled graphs (the native operator where available)."""
+    kernels = float_prefill_ops()
+    return swiglu(gate, up) if kernels is None else kernels["swiglu"](gate, up)
+
+
+def apply_rope_eager(x: Tensor, cos: Tensor, sin: Tensor, index: Tensor) -> Tensor:
+    """:func:`apply_rope` outside compiled graphs (the native operator where available)."""
+    kernels = float_prefill_ops()
+    return apply_rope(x, cos, sin, index) if kernels is None else kernels["rope"](x, cos, sin, index)
 
 
 class Embedding(nn.Cell):
