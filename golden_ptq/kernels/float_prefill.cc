@@ -94,10 +94,22 @@ void ParallelFor(int tasks, int max_threads, const std::function<void(int)>& fn)
   for (auto& h : helpers) h.join();
 }
 
-// Elementwise calls split over threads from this many floats (below, waking a thread costs more).
+// Elementwise calls split over threads from this many floats (below, waking a thread costs more),
+// in parts of about kPartFloats claimed one at a time: when a helper gets its core late (other
+// processes), the caller does its parts instead of waiting for it.
 constexpr int64_t kParallelFloats = int64_t(1) << 19;
+constexpr int64_t kPartFloats = int64_t(1) << 16;
 
 int ThreadsFor(int64_t floats) { return floats >= kParallelFloats ? g_threads : 1; }
+
+// Runs part(r0, r1) over [0, rows) split in parts of about kPartFloats floats (rows of ``width``).
+void ParallelRows(int64_t rows, int64_t width, const std::function<void(int64_t, int64_t)>& part) {
+  const int threads = ThreadsFor(rows * width);
+  if (threads == 1) return part(0, rows);
+  const int64_t per = std::max<int64_t>(1, kPartFloats / std::max<int64_t>(1, width));
+  const int parts = static_cast<int>((rows + per - 1) / per);
+  ParallelFor(parts, threads, [&](int t) { part(t * per, std::min(rows, (t + 1) * per)); });
+}
 
 // ----- RMSNorm -------------------------------------------------------------------------------------
 GP_CLONES void RmsRows(const float* x, const float* w, float eps, float* out, int64_t r0, int64_t r1, int64_t n) {
@@ -334,8 +346,7 @@ int GpRmsNorm(int nparam, void** params, int* ndims, int64_t** shapes, const cha
   const float* w = static_cast<const float*>(params[1]);
   const float eps = *static_cast<const float*>(params[2]);
   float* out = static_cast<float*>(params[3]);
-  const int threads = ThreadsFor(rows * n);
-  ParallelFor(threads, threads, [&](int t) { RmsRows(x, w, eps, out, rows * t / threads, rows * (t + 1) / threads, n); });
+  ParallelRows(rows, n, [&](int64_t r0, int64_t r1) { RmsRows(x, w, eps, out, r0, r1, n); });
   return 0;
 }
 
@@ -350,11 +361,9 @@ int GpRope(int nparam, void** params, int* ndims, int64_t** shapes, const char**
   for (int64_t i = 0; i < w; ++i)
     if (index[i] < 0 || index[i] >= w) return 1;
   const int64_t rows = Elements(ndims[0], shapes[0]) / w;
-  const int threads = ThreadsFor(rows * w);
-  ParallelFor(threads, threads, [&](int t) {
+  ParallelRows(rows, w, [&](int64_t r0, int64_t r1) {
     RopeRows(static_cast<const float*>(params[0]), static_cast<const float*>(params[1]),
-             static_cast<const float*>(params[2]), index, static_cast<float*>(params[4]), rows * t / threads,
-             rows * (t + 1) / threads, w);
+             static_cast<const float*>(params[2]), index, static_cast<float*>(params[4]), r0, r1, w);
   });
   return 0;
 }
@@ -365,12 +374,10 @@ int GpSwiglu(int nparam, void** params, int* ndims, int64_t** shapes, const char
   if (!SameShape(ndims[0], shapes[0], ndims[1], shapes[1]) || !SameShape(ndims[0], shapes[0], ndims[2], shapes[2]))
     return 1;
   const int64_t n = Elements(ndims[0], shapes[0]);
-  const int threads = ThreadsFor(n);
-  ParallelFor(threads, threads, [&](int t) {
-    // split at multiples of 16 so every part but the last runs whole vectors
-    const int64_t i0 = n * t / threads / 16 * 16, i1 = t + 1 == threads ? n : n * (t + 1) / threads / 16 * 16;
+  // rows of 16 floats, so every part but the last runs whole vectors
+  ParallelRows((n + 15) / 16, 16, [&](int64_t r0, int64_t r1) {
     SwigluRange(static_cast<const float*>(params[0]), static_cast<const float*>(params[1]),
-                static_cast<float*>(params[2]), i0, i1);
+                static_cast<float*>(params[2]), r0 * 16, std::min(n, r1 * 16));
   });
   return 0;
 }
