@@ -315,6 +315,13 @@ void AttentionTask(const AttnArgs& a, int task, std::vector<float>* scratch) {
 
 bool Is(const char* dtype, const char* want) { return std::strcmp(dtype, want) == 0; }
 
+// The first ``count`` operands are float32.
+bool Floats(const char** dtypes, int count) {
+  for (int i = 0; i < count; ++i)
+    if (!Is(dtypes[i], "float32")) return false;
+  return true;
+}
+
 int64_t Elements(int ndim, const int64_t* shape) {
   int64_t n = 1;
   for (int i = 0; i < ndim; ++i) n *= shape[i];
@@ -337,7 +344,7 @@ void gp_prefill_set_threads(int threads) { g_threads = std::max(1, std::min(thre
 
 // (x f32 [..., N], w f32 [N], eps f32 [1]) -> f32 like x
 int GpRmsNorm(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
-  if (nparam != 4 || ndims[0] < 1 || !Is(dtypes[0], "float32") || !Is(dtypes[1], "float32")) return 1;
+  if (nparam != 4 || ndims[0] < 1 || !Floats(dtypes, 3)) return 1;
   const int64_t n = shapes[0][ndims[0] - 1];
   if (ndims[1] != 1 || shapes[1][0] != n || Elements(ndims[2], shapes[2]) != 1) return 1;
   if (!SameShape(ndims[0], shapes[0], ndims[3], shapes[3]) || n == 0) return 1;
@@ -352,7 +359,7 @@ int GpRmsNorm(int nparam, void** params, int* ndims, int64_t** shapes, const cha
 
 // (x f32 [B, T, W], cos f32 [B, T, W], sin f32 [B, T, W], index int32 [W]) -> f32 [B, T, W]
 int GpRope(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
-  if (nparam != 5 || ndims[0] < 1 || !Is(dtypes[3], "int32")) return 1;
+  if (nparam != 5 || ndims[0] < 1 || !Floats(dtypes, 3) || !Is(dtypes[3], "int32")) return 1;
   for (int i : {1, 2, 4})
     if (!SameShape(ndims[0], shapes[0], ndims[i], shapes[i])) return 1;
   const int64_t w = shapes[0][ndims[0] - 1];
@@ -370,7 +377,7 @@ int GpRope(int nparam, void** params, int* ndims, int64_t** shapes, const char**
 
 // (gate f32, up f32 of one shape) -> f32 of that shape
 int GpSwiglu(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
-  if (nparam != 3 || !Is(dtypes[0], "float32") || !Is(dtypes[1], "float32")) return 1;
+  if (nparam != 3 || !Floats(dtypes, 2)) return 1;
   if (!SameShape(ndims[0], shapes[0], ndims[1], shapes[1]) || !SameShape(ndims[0], shapes[0], ndims[2], shapes[2]))
     return 1;
   const int64_t n = Elements(ndims[0], shapes[0]);
@@ -384,7 +391,8 @@ int GpSwiglu(int nparam, void** params, int* ndims, int64_t** shapes, const char
 
 // (q f32 [B, T, H*D], k f32 [B, Hkv, S, D], v f32 [B, Hkv, S, D], key_mask int32 [B, S]) -> f32 [B, T, H*D]
 int GpCausalAttention(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
-  if (nparam != 5 || ndims[0] != 3 || ndims[1] != 4 || ndims[3] != 2 || !Is(dtypes[3], "int32")) return 1;
+  if (nparam != 5 || ndims[0] != 3 || ndims[1] != 4 || ndims[3] != 2 || !Floats(dtypes, 3) || !Is(dtypes[3], "int32"))
+    return 1;
   if (!SameShape(ndims[1], shapes[1], ndims[2], shapes[2]) || !SameShape(ndims[0], shapes[0], ndims[4], shapes[4]))
     return 1;
   AttnArgs a{};
