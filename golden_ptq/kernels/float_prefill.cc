@@ -1,11 +1,13 @@
 // Float kernels of the eager (PyNative) full forward / prefill, as MindSpore ``ops.Custom`` "aot"
-// operators on CPU. Each replaces a chain of MindSpore ops whose broadcasts, copies and separate
-// passes cost more than the arithmetic (RMSNorm's two broadcasting multiplies: ~0.9 ms each on a
-// [512, 576] input; the attention core's head transposes, full-shape mask and softmax passes).
+// operators on CPU. Each replaces MindSpore ops whose broadcasts, copies and separate passes cost
+// more than the arithmetic (RMSNorm's two broadcasting multiplies: ~0.9 ms each on a [512, 576]
+// input; rope's gather and three passes; the attention core's head transposes, full-shape mask and
+// softmax passes).
 //
-//   GpRmsNorm         x [..., N], w [N], eps [1] -> x * rsqrt(mean(x^2) + eps) * w
+//   GpRmsScale        x [..., N], inv_rms [..., 1], w [N] -> (x * inv_rms) * w  (RMSNorm after its
+//                     row statistics, which MindSpore computes: its 3-D ReduceMean sums in an order
+//                     not reproduced here)
 //   GpRope            x, cos, sin [B, T, W], index int32 [W] -> x * cos + x[..., index] * sin
-//   GpSwiglu          gate, up [..., N] -> silu(gate) * up
 //   GpCausalAttention q [B, T, H*D] (rope and 1/sqrt(D) applied), k, v [B, Hkv, S, D], key_mask int32 [B, S]
 //                     -> context [B, T, H*D]. Query row i (absolute position S - T + i) reads the keys
 //                     j <= S - T + i with key_mask[b, j] != 0; query head h reads KV head h / (H / Hkv).
@@ -28,6 +30,10 @@
 
 #define GP_INLINE inline __attribute__((always_inline))
 #define GP_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+// RMSNorm's scaling and rope round every product and sum as MindSpore's separate ops do (no fused
+// multiply-add), so they equal the MindSpore route bit for bit: SmolLM2's 30 layers amplify a
+// last-bit difference in a norm to ~1e-4 of the logits.
+#define GP_NO_FMA __attribute__((optimize("fp-contract=off")))
 
 namespace {
 
@@ -39,7 +45,7 @@ GP_INLINE v16 Load(const float* p) { return *reinterpret_cast<const v16u*>(p); }
 GP_INLINE void Store(float* p, v16 v) { *reinterpret_cast<v16u*>(p) = v; }
 GP_INLINE v16 Splat(float f) { return v16{} + f; }
 
-// exp(x) for x <= 0 (softmax) and moderate positives: 2^n * p(r), |rel err| < 2e-7 on [-87, 88].
+// exp(x) for the softmax (x <= 0): 2^n * p(r), |rel err| < 2e-7 on [-87, 88].
 GP_INLINE v16 Exp(v16 x) {
   const v16 lo = Splat(-87.3f), hi = Splat(88.3f);
   x = x < lo ? lo : x;
@@ -112,19 +118,14 @@ void ParallelRows(int64_t rows, int64_t width, const std::function<void(int64_t,
 }
 
 // ----- RMSNorm -------------------------------------------------------------------------------------
-GP_CLONES void RmsRows(const float* x, const float* w, float eps, float* out, int64_t r0, int64_t r1, int64_t n) {
+// out = (x * inv_rms[row]) * w: the two broadcasting multiplies of MindSpore's route, in its order.
+GP_CLONES GP_NO_FMA void RmsScaleRows(const float* x, const float* inv_rms, const float* w, float* out, int64_t r0,
+                                      int64_t r1, int64_t n) {
   const int64_t nv = n / 16 * 16;
   for (int64_t r = r0; r < r1; ++r) {
     const float* xr = x + r * n;
     float* o = out + r * n;
-    v16 acc{};
-    for (int64_t i = 0; i < nv; i += 16) {
-      v16 a = Load(xr + i);
-      acc += a * a;
-    }
-    float sum = HSum(acc);
-    for (int64_t i = nv; i < n; ++i) sum += xr[i] * xr[i];
-    const float inv = 1.0f / std::sqrt(sum / static_cast<float>(n) + eps);
+    const float inv = inv_rms[r];
     const v16 vinv = Splat(inv);
     for (int64_t i = 0; i < nv; i += 16) Store(o + i, (Load(xr + i) * vinv) * Load(w + i));
     for (int64_t i = nv; i < n; ++i) o[i] = (xr[i] * inv) * w[i];
@@ -132,7 +133,7 @@ GP_CLONES void RmsRows(const float* x, const float* w, float eps, float* out, in
 }
 
 // ----- rotary embedding ----------------------------------------------------------------------------
-GP_CLONES void RopeRows(const float* x, const float* cos, const float* sin, const int32_t* index, float* out,
+GP_CLONES GP_NO_FMA void RopeRows(const float* x, const float* cos, const float* sin, const int32_t* index, float* out,
                         int64_t r0, int64_t r1, int64_t w) {
   std::vector<float> partner(static_cast<size_t>(w));
   const int64_t wv = w / 16 * 16;
@@ -146,16 +147,6 @@ GP_CLONES void RopeRows(const float* x, const float* cos, const float* sin, cons
       Store(o + i, Load(xr + i) * Load(c + i) + Load(partner.data() + i) * Load(s + i));
     for (int64_t i = wv; i < w; ++i) o[i] = xr[i] * c[i] + partner[i] * s[i];
   }
-}
-
-// ----- SwiGLU --------------------------------------------------------------------------------------
-GP_CLONES void SwigluRange(const float* gate, const float* up, float* out, int64_t i0, int64_t i1) {
-  int64_t i = i0;
-  for (; i + 16 <= i1; i += 16) {
-    v16 g = Load(gate + i);
-    Store(out + i, g / (Splat(1.0f) + Exp(-g)) * Load(up + i));
-  }
-  for (; i < i1; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
 }
 
 // ----- causal attention ----------------------------------------------------------------------------
@@ -342,18 +333,18 @@ extern "C" {
 int gp_prefill_threads() { return g_threads; }
 void gp_prefill_set_threads(int threads) { g_threads = std::max(1, std::min(threads, 64)); }
 
-// (x f32 [..., N], w f32 [N], eps f32 [1]) -> f32 like x
-int GpRmsNorm(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
+// (x f32 [..., N], inv_rms f32 [..., 1], w f32 [N]) -> f32 like x
+int GpRmsScale(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
   if (nparam != 4 || ndims[0] < 1 || !Floats(dtypes, 3)) return 1;
   const int64_t n = shapes[0][ndims[0] - 1];
-  if (ndims[1] != 1 || shapes[1][0] != n || Elements(ndims[2], shapes[2]) != 1) return 1;
-  if (!SameShape(ndims[0], shapes[0], ndims[3], shapes[3]) || n == 0) return 1;
+  if (n == 0 || ndims[2] != 1 || shapes[2][0] != n || !SameShape(ndims[0], shapes[0], ndims[3], shapes[3])) return 1;
   const int64_t rows = Elements(ndims[0], shapes[0]) / n;
+  if (ndims[1] != ndims[0] || shapes[1][ndims[1] - 1] != 1 || Elements(ndims[1], shapes[1]) != rows) return 1;
   const float* x = static_cast<const float*>(params[0]);
-  const float* w = static_cast<const float*>(params[1]);
-  const float eps = *static_cast<const float*>(params[2]);
+  const float* inv = static_cast<const float*>(params[1]);
+  const float* w = static_cast<const float*>(params[2]);
   float* out = static_cast<float*>(params[3]);
-  ParallelRows(rows, n, [&](int64_t r0, int64_t r1) { RmsRows(x, w, eps, out, r0, r1, n); });
+  ParallelRows(rows, n, [&](int64_t r0, int64_t r1) { RmsScaleRows(x, inv, w, out, r0, r1, n); });
   return 0;
 }
 
@@ -371,20 +362,6 @@ int GpRope(int nparam, void** params, int* ndims, int64_t** shapes, const char**
   ParallelRows(rows, w, [&](int64_t r0, int64_t r1) {
     RopeRows(static_cast<const float*>(params[0]), static_cast<const float*>(params[1]),
              static_cast<const float*>(params[2]), index, static_cast<float*>(params[4]), r0, r1, w);
-  });
-  return 0;
-}
-
-// (gate f32, up f32 of one shape) -> f32 of that shape
-int GpSwiglu(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
-  if (nparam != 3 || !Floats(dtypes, 2)) return 1;
-  if (!SameShape(ndims[0], shapes[0], ndims[1], shapes[1]) || !SameShape(ndims[0], shapes[0], ndims[2], shapes[2]))
-    return 1;
-  const int64_t n = Elements(ndims[0], shapes[0]);
-  // rows of 16 floats, so every part but the last runs whole vectors
-  ParallelRows((n + 15) / 16, 16, [&](int64_t r0, int64_t r1) {
-    SwigluRange(static_cast<const float*>(params[0]), static_cast<const float*>(params[1]),
-                static_cast<float*>(params[2]), r0 * 16, std::min(n, r1 * 16));
   });
   return 0;
 }

@@ -26,7 +26,7 @@ from golden_ptq.parallel.sharding import TPLayout, full_shape, shard_array
 from golden_ptq.runtime import configure_cpu_runtime
 from golden_ptq.networks.layers import (CacheMode, Embedding, KVCache, Linear, RMSNorm, apply_rope, cache_slots,
                                         compiled_for_large_inputs, rms_norm_eager, rope_tables, rotate_half_index,
-                                        swiglu, swiglu_eager)
+                                        swiglu)
 from golden_ptq.networks.token_ids import check_token_ids
 
 logger = logging.getLogger(__name__)
@@ -180,13 +180,6 @@ class FeedForward(nn.Cell):
             hidden = self.down_transform(hidden)
         return self.w2(hidden)
 
-    def forward_eager(self, x: Tensor) -> Tensor:
-        """:meth:`construct` outside compiled graphs, with the native SwiGLU where available."""
-        hidden = swiglu_eager(self.w1(x), self.w3(x))
-        if self.down_transform is not None:
-            hidden = self.down_transform(hidden)
-        return self.w2(hidden)
-
 
 class LlamaDecodeLayer(nn.Cell):
     """Pre-norm transformer block."""
@@ -202,13 +195,13 @@ class LlamaDecodeLayer(nn.Cell):
         return self.forward_eager(x, inputs)
 
     def forward_eager(self, x: Tensor, inputs: "LayerInputs") -> Tensor:
-        """An eager call; outside decode steps norms and SwiGLU use the float prefill kernels where
-        they run (compiled graphs call :meth:`decode_static` / :meth:`forward_static`)."""
+        """An eager call; outside decode steps the norms use the float prefill kernel where it runs
+        (compiled graphs call :meth:`decode_static` / :meth:`forward_static`)."""
         if inputs.mode == CacheMode.DECODE:
             h = ops.add(x, self.attention(self.attention_norm(x), inputs))
             return ops.add(h, self.feed_forward(self.ffn_norm(h)))
         h = ops.add(x, self.attention(rms_norm_eager(self.attention_norm, x), inputs))
-        return ops.add(h, self.feed_forward.forward_eager(rms_norm_eager(self.ffn_norm, h)))
+        return ops.add(h, self.feed_forward(rms_norm_eager(self.ffn_norm, h)))
 
     def decode_static(self, x: Tensor, cos_q: Tensor, sin_q: Tensor, cos_k: Tensor, sin_k: Tensor, index_q: Tensor,
                       index_k: Tensor, mask: Tensor, slots: Tensor) -> Tensor:
