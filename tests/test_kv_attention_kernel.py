@@ -9,6 +9,7 @@ import mindspore as ms
 from mindspore import Tensor
 
 from golden_ptq import PTQ, PTQConfig, kernels
+from golden_ptq.kernels.float_prefill import set_float_prefill_kernels
 from golden_ptq.networks.llama import LlamaForCausalLM
 from golden_ptq.quant_cells import kv_codecs as codecs
 from golden_ptq.quant_cells.kvcache import QuantKVCache
@@ -231,8 +232,12 @@ def test_compiled_c8_decoding_with_the_kernel_equals_eager(tiny_config, scheme, 
                 for cache in caches:
                     assert (cache.bound_attention is not None) == native
                     assert (cache.bound_codecs is not None) == native
-            if native:
-                routes["eager", native] = _decode(network, ids, mask, 5, compiled=False)   # native codecs
+            if native:   # native codecs; the float prefill kernels off, so attention is the same ops
+                set_float_prefill_kernels(False)
+                try:
+                    routes["eager", native] = _decode(network, ids, mask, 5, compiled=False)
+                finally:
+                    set_float_prefill_kernels(True)
         finally:
             kernels.set_native_kernels(True)
     network.set_compiled(decode=True)

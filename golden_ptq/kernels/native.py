@@ -22,7 +22,7 @@ import subprocess
 import tempfile
 import threading
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import mindspore as ms
 from mindspore import ops
@@ -74,29 +74,34 @@ def _compiler_version(cxx: str) -> str:
     return subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True).stdout.splitlines()[0]
 
 
-def _build() -> str:
-    """Path of the compiled library, compiling it if the cache lacks it (written atomically)."""
+def _build(sources: Optional[List[str]] = None, headers: Optional[List[str]] = None) -> str:
+    """Path of the library compiled from ``sources`` (default: this module's ``SOURCES`` and
+    ``HEADERS``), compiling it if the cache lacks it (written atomically); named after its first
+    source (``float_prefill.cc`` builds its own)."""
+    if sources is None:
+        sources, headers = SOURCES, HEADERS
     if platform.machine().lower() not in ("x86_64", "amd64"):
         raise RuntimeError(f"machine {platform.machine()} is not x86-64")
     cxx = shutil.which("g++") or shutil.which("c++")
     if cxx is None:
         raise RuntimeError("no C++ compiler (g++) on PATH")
-    source = b""
-    for name in SOURCES + HEADERS:
+    text = b""
+    for name in list(sources) + list(headers or []):
         with open(name, "rb") as handle:
-            source += handle.read()
-    key = hashlib.sha256(source + " ".join(FLAGS).encode() + _compiler_version(cxx).encode()).hexdigest()[:16]
+            text += handle.read()
+    key = hashlib.sha256(text + " ".join(FLAGS).encode() + _compiler_version(cxx).encode()).hexdigest()[:16]
     folder = _cache_dir()
-    path = os.path.join(folder, f"gp_kernels-{key}.so")
+    stem = "gp_kernels" if sources is SOURCES else os.path.splitext(os.path.basename(sources[0]))[0]
+    path = os.path.join(folder, f"{stem}-{key}.so")
     if os.path.isfile(path):
         return path
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
     os.close(fd)
     try:
-        done = subprocess.run([cxx, *FLAGS, "-o", tmp, *SOURCES], capture_output=True, text=True)
+        done = subprocess.run([cxx, *FLAGS, "-o", tmp, *sources], capture_output=True, text=True)
         if done.returncode != 0:
-            raise RuntimeError(f"{cxx} failed on {' '.join(SOURCES)}: {done.stderr.strip()[:400]}")
+            raise RuntimeError(f"{cxx} failed on {' '.join(sources)}: {done.stderr.strip()[:400]}")
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -185,8 +190,14 @@ def native_ops() -> Optional[Dict[str, ops.Custom]]:
     return _STATE.ops
 
 
+def native_enabled() -> bool:
+    """The :func:`set_native_kernels` switch (it also covers ``golden_ptq.kernels.float_prefill``)."""
+    return _STATE.enabled
+
+
 def set_native_kernels(enabled: bool) -> None:
-    """Switch the native kernels on (default) or off (the MindSpore-op route, e.g. for comparison)."""
+    """Switch the native kernels on (default) or off (the MindSpore-op route, e.g. for comparison);
+    also the float prefill kernels of :mod:`golden_ptq.kernels.float_prefill`."""
     _STATE.enabled = bool(enabled)
 
 

@@ -8,6 +8,7 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Constant, initializer
 
+from golden_ptq.kernels.float_prefill import float_prefill_ops
 from golden_ptq.parallel.context import TPContext, all_reduce, current_context, shard_mode
 
 
@@ -138,6 +139,23 @@ class RMSNorm(nn.Cell):
 
     def construct(self, x: Tensor) -> Tensor:
         return _rms_norm_auto(x, self.weight, self.eps)
+
+
+def rms_norm_eager(norm: nn.Cell, x: Tensor) -> Tensor:
+    """``norm(x)`` outside compiled graphs: for an :class:`RMSNorm` where the float prefill kernels run
+    (:mod:`golden_ptq.kernels.float_prefill`), MindSpore's row statistics and one native operator for
+    the two broadcasting multiplies (the same bits as the cell), else the cell itself."""
+    kernels = float_prefill_ops()
+    if kernels is None or type(norm) is not RMSNorm:
+        return norm(x)
+    inv_rms = ops.rsqrt(ops.mean(ops.square(x), -1, keep_dims=True) + norm.eps)   # as _rms_norm
+    return kernels["rms_scale"](x, inv_rms, norm.weight)
+
+
+def apply_rope_eager(x: Tensor, cos: Tensor, sin: Tensor, index: Tensor) -> Tensor:
+    """:func:`apply_rope` outside compiled graphs (the native operator where available)."""
+    kernels = float_prefill_ops()
+    return apply_rope(x, cos, sin, index) if kernels is None else kernels["rope"](x, cos, sin, index)
 
 
 class Embedding(nn.Cell):

@@ -19,12 +19,14 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from golden_ptq.config.model_config import LlamaConfig
+from golden_ptq.kernels.float_prefill import attention_supported, float_prefill_ops
 from golden_ptq.networks.compiled import CompiledDecodeStep, CompiledForward, GraphCompileError
 from golden_ptq.parallel.context import TPContext, resolve
 from golden_ptq.parallel.sharding import TPLayout, full_shape, shard_array
 from golden_ptq.runtime import configure_cpu_runtime
 from golden_ptq.networks.layers import (CacheMode, Embedding, KVCache, Linear, RMSNorm, apply_rope, cache_slots,
-                                        compiled_for_large_inputs, rope_tables, rotate_half_index, swiglu)
+                                        compiled_for_large_inputs, rms_norm_eager, rope_tables, rotate_half_index,
+                                        swiglu)
 from golden_ptq.networks.token_ids import check_token_ids
 
 logger = logging.getLogger(__name__)
@@ -106,10 +108,28 @@ class Attention(nn.Cell):
         self._kv_map = Tensor(np.arange(self.num_heads, dtype=np.int32) // max(1, self.num_heads // self.num_kv_heads))
 
     def construct(self, x: Tensor, inputs: "LayerInputs") -> Tensor:
-        q, k, v = self._project(x, inputs.cos_q, inputs.sin_q, inputs.cos_k, inputs.sin_k, inputs.index_q,
-                                inputs.index_k)
+        return self.forward_eager(x, inputs)
+
+    def forward_eager(self, x: Tensor, inputs: "LayerInputs") -> Tensor:
+        """An eager call (full forward, prefill or eager decode step). Outside decode steps the float
+        prefill kernels, where they run, apply rope and compute causal attention from
+        ``inputs.key_mask`` (no full-shape mask, no head transposes of the query or context)."""
+        kernels = None if inputs.mode == CacheMode.DECODE else float_prefill_ops()
+        if kernels is None:
+            q, k, v = self._project(x, inputs.cos_q, inputs.sin_q, inputs.cos_k, inputs.sin_k, inputs.index_q,
+                                    inputs.index_k)
+            k, v = self.kv_cache(k, v, inputs.mode)
+            return self._attend(q, k, v, inputs.mask)
+        rope = kernels["rope"]
+        q = rope(self.wq(x), inputs.cos_q, inputs.sin_q, inputs.index_q)
+        k = _to_heads(rope(self.wk(x), inputs.cos_k, inputs.sin_k, inputs.index_k), self.num_kv_heads, self.head_dim)
+        v = _to_heads(self.wv(x), self.num_kv_heads, self.head_dim)
         k, v = self.kv_cache(k, v, inputs.mode)
-        return self._attend(q, k, v, inputs.mask)
+        if not attention_supported(self.head_dim):
+            return self._attend(q, k, v, inputs.mask)
+        if self._kv_index is not None:  # replicated KV heads: the one each local query head reads
+            k, v = ops.gather(k, self._kv_index, 1), ops.gather(v, self._kv_index, 1)
+        return self.wo(kernels["causal_attention"](q, k, v, inputs.key_mask))
 
     def decode_static(self, x: Tensor, cos_q: Tensor, sin_q: Tensor, cos_k: Tensor, sin_k: Tensor, index_q: Tensor,
                       index_k: Tensor, mask: Tensor, slots: Tensor) -> Tensor:
@@ -178,8 +198,16 @@ class LlamaDecodeLayer(nn.Cell):
         self.feed_forward = FeedForward(config, layout.ctx if layout else None)
 
     def construct(self, x: Tensor, inputs: "LayerInputs") -> Tensor:
-        h = ops.add(x, self.attention(self.attention_norm(x), inputs))
-        return ops.add(h, self.feed_forward(self.ffn_norm(h)))
+        return self.forward_eager(x, inputs)
+
+    def forward_eager(self, x: Tensor, inputs: "LayerInputs") -> Tensor:
+        """An eager call; outside decode steps the norms use the float prefill kernel where it runs
+        (compiled graphs call :meth:`decode_static` / :meth:`forward_static`)."""
+        if inputs.mode == CacheMode.DECODE:
+            h = ops.add(x, self.attention(self.attention_norm(x), inputs))
+            return ops.add(h, self.feed_forward(self.ffn_norm(h)))
+        h = ops.add(x, self.attention(rms_norm_eager(self.attention_norm, x), inputs))
+        return ops.add(h, self.feed_forward(rms_norm_eager(self.ffn_norm, h)))
 
     def decode_static(self, x: Tensor, cos_q: Tensor, sin_q: Tensor, cos_k: Tensor, sin_k: Tensor, index_q: Tensor,
                       index_k: Tensor, mask: Tensor, slots: Tensor) -> Tensor:
@@ -210,12 +238,21 @@ class LayerInputs:
     """Per-call tensors every decoder layer needs, built once per forward in numpy.
 
     Rotary tables are pre-tiled to the projection widths (and the query's carry 1/sqrt(head_dim)),
-    and the additive mask is full-shape, because broadcasting ops are slow on CPU.
+    and the additive mask is full-shape, because broadcasting ops are slow on CPU. ``mask`` may be
+    given as a function that builds it, called on first use (the native attention kernel reads
+    ``key_mask``, the ``[B, S]`` attention mask as int32, instead).
     """
 
-    def __init__(self, cos_q, sin_q, cos_k, sin_k, index_q, index_k, mask, mode: int):
+    def __init__(self, cos_q, sin_q, cos_k, sin_k, index_q, index_k, mask, mode: int, key_mask=None):
         self.cos_q, self.sin_q, self.cos_k, self.sin_k = cos_q, sin_q, cos_k, sin_k
-        self.index_q, self.index_k, self.mask, self.mode = index_q, index_k, mask, mode
+        self.index_q, self.index_k, self.mode, self.key_mask = index_q, index_k, mode, key_mask
+        self._mask = mask
+
+    @property
+    def mask(self) -> Tensor:
+        if callable(self._mask):
+            self._mask = self._mask()
+        return self._mask
 
 
 class LlamaForCausalLM(nn.Cell):
@@ -296,12 +333,19 @@ class LlamaForCausalLM(nn.Cell):
 
         ``attention_mask`` ``[B, S]`` covers the cached history plus the new tokens.
         """
-        arrays = self._layer_arrays(attention_mask, new_tokens)
-        tensors = [Tensor(a) for a in arrays]
-        return LayerInputs(*tensors[:4], self.index_q, self.index_k, tensors[4], mode)
+        lazy = mode != CacheMode.DECODE and float_prefill_ops() is not None   # the kernel reads key_mask
+        arrays = self._layer_arrays(attention_mask, new_tokens, with_mask=not lazy)
+        tensors = [Tensor(a) for a in arrays[:4]]
+        if lazy:
+            mask = lambda: Tensor(self._layer_arrays(attention_mask, new_tokens)[4])   # noqa: E731
+        else:
+            mask = Tensor(arrays[4])
+        key_mask = Tensor((np.asarray(attention_mask) > 0).astype(np.int32)) if lazy else None
+        return LayerInputs(*tensors, self.index_q, self.index_k, mask, mode, key_mask)
 
-    def _layer_arrays(self, attention_mask: np.ndarray, new_tokens: int):
-        """``(cos_q, sin_q, cos_k, sin_k, mask)`` as contiguous float32 arrays (see :meth:`layer_inputs`)."""
+    def _layer_arrays(self, attention_mask: np.ndarray, new_tokens: int, with_mask: bool = True):
+        """``(cos_q, sin_q, cos_k, sin_k, mask)`` as contiguous float32 arrays (see :meth:`layer_inputs`);
+        ``mask`` None unless ``with_mask``."""
         attention_mask = np.asarray(attention_mask, dtype=np.int64)
         batch, total = attention_mask.shape
         if total > self.config.max_position_embeddings:
@@ -316,6 +360,9 @@ class LlamaForCausalLM(nn.Cell):
         sin_q = np.tile(sin, (1, 1, heads)) * self._sign_q * scale
         cos_k = np.tile(cos, (1, 1, kv_heads))
         sin_k = np.tile(sin, (1, 1, kv_heads)) * self._sign_k
+        tables = [np.ascontiguousarray(a, dtype=np.float32) for a in (cos_q, sin_q, cos_k, sin_k)]
+        if not with_mask:
+            return tables + [None]
         query_index = np.arange(total - new_tokens, total)[:, None]
         allowed = (np.arange(total)[None, :] <= query_index)[None] & (attention_mask[:, None, :] > 0)
         core_kv = kv_heads if self.tp_layout.kv_split else heads  # replicated KV: gathered per query head
@@ -323,7 +370,7 @@ class LlamaForCausalLM(nn.Cell):
         mask = np.where(allowed, np.float32(0.0), np.float32(_MASK_VALUE))[:, None, None]  # [B,1,1,T,S]
         mask = np.broadcast_to(mask, (batch, core_kv, group, new_tokens, total))
         mask = mask.reshape(batch, core_kv, group * new_tokens, total)
-        return [np.ascontiguousarray(a, dtype=np.float32) for a in (cos_q, sin_q, cos_k, sin_k, mask)]
+        return tables + [np.ascontiguousarray(mask, dtype=np.float32)]
 
     def embed(self, input_ids) -> Tensor:
         return self.model.tok_embeddings(_as_int_tensor(check_token_ids(input_ids, self.config.vocab_size)))

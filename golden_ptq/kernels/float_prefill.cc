@@ -1,0 +1,413 @@
+// Float kernels of the eager (PyNative) full forward / prefill, as MindSpore ``ops.Custom`` "aot"
+// operators on CPU. Each replaces MindSpore ops whose broadcasts, copies and separate passes cost
+// more than the arithmetic (RMSNorm's two broadcasting multiplies: ~0.9 ms each on a [512, 576]
+// input; rope's gather and three passes; the attention core's head transposes, full-shape mask and
+// softmax passes).
+//
+//   GpRmsScale        x [..., N], inv_rms [..., 1], w [N] -> (x * inv_rms) * w  (RMSNorm after its
+//                     row statistics, which MindSpore computes: its 3-D ReduceMean sums in an order
+//                     not reproduced here)
+//   GpRope            x, cos, sin [B, T, W], index int32 [W] -> x * cos + x[..., index] * sin
+//   GpCausalAttention q [B, T, H*D] (rope and 1/sqrt(D) applied), k, v [B, Hkv, S, D], key_mask int32 [B, S]
+//                     -> context [B, T, H*D]. Query row i (absolute position S - T + i) reads the keys
+//                     j <= S - T + i with key_mask[b, j] != 0; query head h reads KV head h / (H / Hkv).
+//                     A row with no such key (left padding) gets what the MindSpore route's additive
+//                     -1e9 mask gives it: the softmax of (score - 1e9) over all S keys.
+//
+// Vector code is written with GCC vector extensions (16 floats) and compiled per function for
+// AVX-512F, AVX2 and baseline x86-64 (target_clones: resolved from the CPU flags when the library loads).
+#include <sched.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <thread>
+#include <vector>
+
+#define GP_INLINE inline __attribute__((always_inline))
+#define GP_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+// RMSNorm's scaling and rope round every product and sum as MindSpore's separate ops do (no fused
+// multiply-add), so they equal the MindSpore route bit for bit: SmolLM2's 30 layers amplify a
+// last-bit difference in a norm to ~1e-4 of the logits.
+#define GP_NO_FMA __attribute__((optimize("fp-contract=off")))
+
+namespace {
+
+typedef float v16 __attribute__((vector_size(64)));
+typedef float v16u __attribute__((vector_size(64), aligned(4), may_alias));
+typedef int32_t i16v __attribute__((vector_size(64)));
+
+GP_INLINE v16 Load(const float* p) { return *reinterpret_cast<const v16u*>(p); }
+GP_INLINE void Store(float* p, v16 v) { *reinterpret_cast<v16u*>(p) = v; }
+GP_INLINE v16 Splat(float f) { return v16{} + f; }
+
+// exp(x) for the softmax (x <= 0): 2^n * p(r), |rel err| < 2e-7 on [-87, 88].
+GP_INLINE v16 Exp(v16 x) {
+  const v16 lo = Splat(-87.3f), hi = Splat(88.3f);
+  x = x < lo ? lo : x;
+  x = x > hi ? hi : x;
+  const v16 magic = Splat(12582912.0f);   // 1.5 * 2^23: adding it rounds to an integer
+  v16 t = x * Splat(1.44269504088896341f) + magic;
+  v16 n = t - magic;
+  v16 r = x - n * Splat(0.693359375f);
+  r = r - n * Splat(-2.12194440e-4f);
+  v16 p = Splat(1.9875691500e-4f);
+  p = p * r + Splat(1.3981999507e-3f);
+  p = p * r + Splat(8.3334519073e-3f);
+  p = p * r + Splat(4.1665795894e-2f);
+  p = p * r + Splat(1.6666665459e-1f);
+  p = p * r + Splat(5.0000001201e-1f);
+  p = p * r * r + r + Splat(1.0f);
+  i16v e = ((i16v)t - (i16v)magic + 127) << 23;
+  return p * (v16)e;
+}
+
+GP_INLINE float HSum(v16 v) {
+  float s = 0.0f;
+  for (int i = 0; i < 16; ++i) s += v[i];
+  return s;
+}
+
+GP_INLINE float HMax(v16 v) {
+  float m = v[0];
+  for (int i = 1; i < 16; ++i) m = std::max(m, v[i]);
+  return m;
+}
+
+int AffinityCpus() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) != 0) return 1;
+  return std::max(1, CPU_COUNT(&set));
+}
+
+int g_threads = std::min(AffinityCpus(), 8);
+
+// Runs fn(0 .. tasks - 1) on the caller and up to g_threads - 1 short-lived helpers, tasks claimed
+// one at a time (causal attention's tasks differ in size).
+void ParallelFor(int tasks, int max_threads, const std::function<void(int)>& fn) {
+  const int threads = std::max(1, std::min({g_threads, max_threads, tasks}));
+  std::atomic<int> next{0};
+  auto work = [&] {
+    for (int t = next.fetch_add(1); t < tasks; t = next.fetch_add(1)) fn(t);
+  };
+  std::vector<std::thread> helpers;
+  for (int i = 1; i < threads; ++i) helpers.emplace_back(work);
+  work();
+  for (auto& h : helpers) h.join();
+}
+
+// Elementwise calls split over threads from this many floats (below, waking a thread costs more),
+// in parts of about kPartFloats claimed one at a time: when a helper gets its core late (other
+// processes), the caller does its parts instead of waiting for it.
+constexpr int64_t kParallelFloats = int64_t(1) << 19;
+constexpr int64_t kPartFloats = int64_t(1) << 16;
+
+int ThreadsFor(int64_t floats) { return floats >= kParallelFloats ? g_threads : 1; }
+
+// Runs part(r0, r1) over [0, rows) split in parts of about kPartFloats floats (rows of ``width``).
+void ParallelRows(int64_t rows, int64_t width, const std::function<void(int64_t, int64_t)>& part) {
+  const int threads = ThreadsFor(rows * width);
+  if (threads == 1) return part(0, rows);
+  const int64_t per = std::max<int64_t>(1, kPartFloats / std::max<int64_t>(1, width));
+  const int parts = static_cast<int>((rows + per - 1) / per);
+  ParallelFor(parts, threads, [&](int t) { part(t * per, std::min(rows, (t + 1) * per)); });
+}
+
+// ----- RMSNorm -------------------------------------------------------------------------------------
+// out = (x * inv_rms[row]) * w: the two broadcasting multiplies of MindSpore's route, in its order.
+GP_CLONES GP_NO_FMA void RmsScaleRows(const float* x, const float* inv_rms, const float* w, float* out, int64_t r0,
+                                      int64_t r1, int64_t n) {
+  const int64_t nv = n / 16 * 16;
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* xr = x + r * n;
+    float* o = out + r * n;
+    const float inv = inv_rms[r];
+    const v16 vinv = Splat(inv);
+    for (int64_t i = 0; i < nv; i += 16) Store(o + i, (Load(xr + i) * vinv) * Load(w + i));
+    for (int64_t i = nv; i < n; ++i) o[i] = (xr[i] * inv) * w[i];
+  }
+}
+
+// ----- rotary embedding ----------------------------------------------------------------------------
+GP_CLONES GP_NO_FMA void RopeRows(const float* x, const float* cos, const float* sin, const int32_t* index, float* out,
+                        int64_t r0, int64_t r1, int64_t w) {
+  std::vector<float> partner(static_cast<size_t>(w));
+  const int64_t wv = w / 16 * 16;
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* xr = x + r * w;
+    for (int64_t i = 0; i < w; ++i) partner[i] = xr[index[i]];
+    const float* c = cos + r * w;
+    const float* s = sin + r * w;
+    float* o = out + r * w;
+    for (int64_t i = 0; i < wv; i += 16)
+      Store(o + i, Load(xr + i) * Load(c + i) + Load(partner.data() + i) * Load(s + i));
+    for (int64_t i = wv; i < w; ++i) o[i] = xr[i] * c[i] + partner[i] * s[i];
+  }
+}
+
+// ----- causal attention ----------------------------------------------------------------------------
+constexpr float kMaskValue = -1e9f;   // golden_ptq.networks.llama._MASK_VALUE
+constexpr int kQb = 32;   // query rows per task
+constexpr int kRb = 4;    // query rows per register block
+
+struct AttnArgs {
+  const float* q;
+  const float* kt;      // keys transposed per (b, kv head): [B, Hkv, D, Sp]
+  const float* v;       // [B, Hkv, S, D]
+  const int32_t* key_mask;
+  float* out;
+  int64_t b, t, s, sp, h, hkv, d;
+};
+
+// Scores of kRb query rows against the keys [0, jend) (jend a multiple of 16, <= sp).
+GP_CLONES void Scores(const float* const* qrows, const float* kt, int64_t sp, int64_t d, int64_t jend,
+                      float* scores) {
+  for (int64_t j = 0; j < jend; j += 32) {
+    const bool two = j + 16 < jend;
+    v16 a0[kRb] = {}, a1[kRb] = {};
+    for (int64_t c = 0; c < d; ++c) {
+      const float* kc = kt + c * sp + j;
+      v16 k0 = Load(kc);
+      v16 k1 = two ? Load(kc + 16) : v16{};
+      for (int r = 0; r < kRb; ++r) {
+        v16 qv = Splat(qrows[r][c]);
+        a0[r] += qv * k0;
+        a1[r] += qv * k1;
+      }
+    }
+    for (int r = 0; r < kRb; ++r) {   // rows past ``rows`` (zero queries) too: Context reads them
+      Store(scores + r * sp + j, a0[r]);
+      if (two) Store(scores + r * sp + j + 16, a1[r]);
+    }
+  }
+}
+
+// out rows += sum_j p[r][j] * v[j] for j < jend, D = 16 * DC.
+template <int DC>
+GP_INLINE void ContextFixed(const float* probs, int rows, int64_t sp, const float* v, int64_t jend, float* const* orows) {
+  v16 acc[kRb][DC] = {};
+  for (int64_t j = 0; j < jend; ++j) {
+    const float* vj = v + j * DC * 16;
+    v16 vv[DC];
+    for (int c = 0; c < DC; ++c) vv[c] = Load(vj + c * 16);
+    for (int r = 0; r < kRb; ++r) {
+      v16 p = Splat(probs[r * sp + j]);
+      for (int c = 0; c < DC; ++c) acc[r][c] += p * vv[c];
+    }
+  }
+  for (int r = 0; r < rows; ++r)
+    for (int c = 0; c < DC; ++c) Store(orows[r] + c * 16, acc[r][c]);
+}
+
+GP_CLONES void Context(const float* probs, int rows, int64_t sp, const float* v, int64_t d, int64_t jend,
+                       float* const* orows) {
+  if (d == 64) return ContextFixed<4>(probs, rows, sp, v, jend, orows);
+  if (d == 128) {
+    ContextFixed<8>(probs, rows, sp, v, jend, orows);
+    return;
+  }
+  for (int r = 0; r < rows; ++r) {
+    float* o = orows[r];
+    std::fill(o, o + d, 0.0f);
+    for (int64_t j = 0; j < jend; ++j) {
+      const v16 p = Splat(probs[r * sp + j]);
+      for (int64_t c = 0; c < d; c += 16) Store(o + c, Load(o + c) + p * Load(v + j * d + c));
+    }
+  }
+}
+
+// Softmax of one score row in place over keys [0, jend): keys beyond ``limit`` or masked become 0.
+// Returns 1 / sum, or 0 when no key is allowed.
+GP_CLONES float SoftmaxRow(float* row, int64_t jend, int64_t limit, const int32_t* key_mask) {
+  const float neg = -std::numeric_limits<float>::infinity();
+  for (int64_t j = 0; j < jend; ++j)
+    if (j > limit || key_mask[j] == 0) row[j] = neg;
+  v16 mx = Splat(neg);
+  for (int64_t j = 0; j < jend; j += 16) {
+    v16 x = Load(row + j);
+    mx = x > mx ? x : mx;
+  }
+  const float m = HMax(mx);
+  if (m == neg) return 0.0f;
+  const v16 vm = Splat(m);
+  v16 sum{};
+  for (int64_t j = 0; j < jend; j += 16) {
+    v16 e = Exp(Load(row + j) - vm);
+    e = Load(row + j) == Splat(neg) ? v16{} : e;
+    Store(row + j, e);
+    sum += e;
+  }
+  return 1.0f / HSum(sum);
+}
+
+// A query row with no visible key (a left-padding position): the MindSpore route adds the same
+// -1e9 to every score and takes the softmax over all S keys; so does this (plain loops, rare rows).
+void MaskedRow(const float* q, const float* kt, int64_t sp, int64_t s, int64_t d, const float* v, float* row,
+               float* out) {
+  float m = -std::numeric_limits<float>::infinity();
+  for (int64_t j = 0; j < s; ++j) {
+    float dot = 0.0f;
+    for (int64_t c = 0; c < d; ++c) dot += q[c] * kt[c * sp + j];
+    row[j] = dot + kMaskValue;
+    m = std::max(m, row[j]);
+  }
+  float sum = 0.0f;
+  for (int64_t j = 0; j < s; ++j) {
+    row[j] = std::exp(row[j] - m);
+    sum += row[j];
+  }
+  std::fill(out, out + d, 0.0f);
+  for (int64_t j = 0; j < s; ++j)
+    for (int64_t c = 0; c < d; ++c) out[c] += (row[j] / sum) * v[j * d + c];
+}
+
+void AttentionTask(const AttnArgs& a, int task, std::vector<float>* scratch) {
+  const int64_t blocks = (a.t + kQb - 1) / kQb;
+  const int64_t bh = task / blocks, blk = task % blocks;
+  const int64_t b = bh / a.h, h = bh % a.h, g = h / (a.h / a.hkv);
+  const int64_t i0 = blk * kQb, i1 = std::min(a.t, i0 + kQb);
+  const int64_t offset = a.s - a.t;
+  const float* kt = a.kt + (b * a.hkv + g) * a.d * a.sp;
+  const float* v = a.v + (b * a.hkv + g) * a.s * a.d;
+  const int32_t* key_mask = a.key_mask + b * a.s;
+  const int64_t width = a.h * a.d;
+  scratch->resize(static_cast<size_t>((kRb + 1) * a.sp));   // kRb score rows, one for MaskedRow
+  float* probs = scratch->data();
+  std::vector<float> zeros(static_cast<size_t>(a.d), 0.0f);
+  for (int64_t i = i0; i < i1; i += kRb) {
+    const int rows = static_cast<int>(std::min<int64_t>(kRb, i1 - i));
+    const float* qrows[kRb];
+    float* orows[kRb];
+    float dummy_out[kRb][256];
+    for (int r = 0; r < kRb; ++r) {
+      qrows[r] = r < rows ? a.q + ((b * a.t + i + r) * a.h + h) * a.d : zeros.data();
+      orows[r] = r < rows ? a.out + (b * a.t + i + r) * width + h * a.d : dummy_out[r];
+    }
+    const int64_t last = std::min(a.s - 1, offset + i + rows - 1);   // the block's last visible key
+    const int64_t jend = std::min(a.sp, (last + 16) / 16 * 16);
+    Scores(qrows, kt, a.sp, a.d, jend, probs);
+    float inv[kRb];
+    for (int r = 0; r < rows; ++r) inv[r] = SoftmaxRow(probs + r * a.sp, jend, offset + i + r, key_mask);
+    Context(probs, rows, a.sp, v, a.d, std::min(jend, a.s), orows);   // v has no padding rows
+    for (int r = 0; r < rows; ++r) {
+      float* o = orows[r];
+      if (inv[r] != 0.0f) {
+        for (int64_t c = 0; c < a.d; ++c) o[c] *= inv[r];
+        continue;
+      }
+      MaskedRow(qrows[r], kt, a.sp, a.s, a.d, v, probs + kRb * a.sp, o);
+    }
+  }
+}
+
+bool Is(const char* dtype, const char* want) { return std::strcmp(dtype, want) == 0; }
+
+// The first ``count`` operands are float32.
+bool Floats(const char** dtypes, int count) {
+  for (int i = 0; i < count; ++i)
+    if (!Is(dtypes[i], "float32")) return false;
+  return true;
+}
+
+int64_t Elements(int ndim, const int64_t* shape) {
+  int64_t n = 1;
+  for (int i = 0; i < ndim; ++i) n *= shape[i];
+  return n;
+}
+
+bool SameShape(int nd0, const int64_t* s0, int nd1, const int64_t* s1) {
+  if (nd0 != nd1) return false;
+  for (int i = 0; i < nd0; ++i)
+    if (s0[i] != s1[i]) return false;
+  return true;
+}
+
+}  // namespace
+
+extern "C" {
+
+int gp_prefill_threads() { return g_threads; }
+void gp_prefill_set_threads(int threads) { g_threads = std::max(1, std::min(threads, 64)); }
+
+// (x f32 [..., N], inv_rms f32 [..., 1], w f32 [N]) -> f32 like x
+int GpRmsScale(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
+  if (nparam != 4 || ndims[0] < 1 || !Floats(dtypes, 3)) return 1;
+  const int64_t n = shapes[0][ndims[0] - 1];
+  if (n == 0 || ndims[2] != 1 || shapes[2][0] != n || !SameShape(ndims[0], shapes[0], ndims[3], shapes[3])) return 1;
+  const int64_t rows = Elements(ndims[0], shapes[0]) / n;
+  if (ndims[1] != ndims[0] || shapes[1][ndims[1] - 1] != 1 || Elements(ndims[1], shapes[1]) != rows) return 1;
+  const float* x = static_cast<const float*>(params[0]);
+  const float* inv = static_cast<const float*>(params[1]);
+  const float* w = static_cast<const float*>(params[2]);
+  float* out = static_cast<float*>(params[3]);
+  ParallelRows(rows, n, [&](int64_t r0, int64_t r1) { RmsScaleRows(x, inv, w, out, r0, r1, n); });
+  return 0;
+}
+
+// (x f32 [B, T, W], cos f32 [B, T, W], sin f32 [B, T, W], index int32 [W]) -> f32 [B, T, W]
+int GpRope(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
+  if (nparam != 5 || ndims[0] < 1 || !Floats(dtypes, 3) || !Is(dtypes[3], "int32")) return 1;
+  for (int i : {1, 2, 4})
+    if (!SameShape(ndims[0], shapes[0], ndims[i], shapes[i])) return 1;
+  const int64_t w = shapes[0][ndims[0] - 1];
+  if (ndims[3] != 1 || shapes[3][0] != w || w == 0) return 1;
+  const int32_t* index = static_cast<const int32_t*>(params[3]);
+  for (int64_t i = 0; i < w; ++i)
+    if (index[i] < 0 || index[i] >= w) return 1;
+  const int64_t rows = Elements(ndims[0], shapes[0]) / w;
+  ParallelRows(rows, w, [&](int64_t r0, int64_t r1) {
+    RopeRows(static_cast<const float*>(params[0]), static_cast<const float*>(params[1]),
+             static_cast<const float*>(params[2]), index, static_cast<float*>(params[4]), r0, r1, w);
+  });
+  return 0;
+}
+
+// (q f32 [B, T, H*D], k f32 [B, Hkv, S, D], v f32 [B, Hkv, S, D], key_mask int32 [B, S]) -> f32 [B, T, H*D]
+int GpCausalAttention(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
+  if (nparam != 5 || ndims[0] != 3 || ndims[1] != 4 || ndims[3] != 2 || !Floats(dtypes, 3) || !Is(dtypes[3], "int32"))
+    return 1;
+  if (!SameShape(ndims[1], shapes[1], ndims[2], shapes[2]) || !SameShape(ndims[0], shapes[0], ndims[4], shapes[4]))
+    return 1;
+  AttnArgs a{};
+  a.b = shapes[0][0];
+  a.t = shapes[0][1];
+  a.hkv = shapes[1][1];
+  a.s = shapes[1][2];
+  a.d = shapes[1][3];
+  if (shapes[1][0] != a.b || a.d % 16 != 0 || a.d > 256 || a.hkv == 0 || shapes[0][2] % (a.hkv * a.d) != 0) return 1;
+  a.h = shapes[0][2] / a.d;
+  if (a.t > a.s || shapes[3][0] != a.b || shapes[3][1] != a.s || a.t == 0) return 1;
+  a.sp = (a.s + 15) / 16 * 16;
+  const float* k = static_cast<const float*>(params[1]);
+  std::vector<float> kt(static_cast<size_t>(a.b * a.hkv * a.d * a.sp), 0.0f);
+  ParallelFor(static_cast<int>(a.b * a.hkv), g_threads, [&](int bg) {
+    const float* src = k + bg * a.s * a.d;
+    float* dst = kt.data() + bg * a.d * a.sp;
+    for (int64_t j = 0; j < a.s; ++j)
+      for (int64_t c = 0; c < a.d; ++c) dst[c * a.sp + j] = src[j * a.d + c];
+  });
+  a.q = static_cast<const float*>(params[0]);
+  a.kt = kt.data();
+  a.v = static_cast<const float*>(params[2]);
+  a.key_mask = static_cast<const int32_t*>(params[3]);
+  a.out = static_cast<float*>(params[4]);
+  const int64_t blocks = (a.t + kQb - 1) / kQb;
+  const int tasks = static_cast<int>(a.b * a.h * blocks);
+  std::vector<std::vector<float>> scratch(static_cast<size_t>(g_threads));
+  std::atomic<int> slot{0};
+  // Largest tasks (late query blocks read the most keys) first, so threads finish together.
+  ParallelFor(g_threads, g_threads, [&](int worker) {
+    std::vector<float>* mine = &scratch[static_cast<size_t>(worker)];
+    for (int t = slot.fetch_add(1); t < tasks; t = slot.fetch_add(1)) {
+      const int64_t bh = t % (a.b * a.h), blk = blocks - 1 - t / (a.b * a.h);
+      AttentionTask(a, static_cast<int>(bh * blocks + blk), mine);
+    }
+  });
+  return 0;
+}
+
+}  // extern "C"

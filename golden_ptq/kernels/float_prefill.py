@@ -1,0 +1,103 @@
+"""Build, load and wrap ``float_prefill.cc`` (RMSNorm's scaling, rotary embedding, causal attention) as
+MindSpore ``ops.Custom`` operators for the eager full forward / prefill.
+
+Built and cached like the int8 kernels (:mod:`golden_ptq.kernels.native`) and switched off with
+them (``set_native_kernels(False)``), or alone with :func:`set_float_prefill_kernels`. When they are
+off or cannot be built, callers keep the MindSpore-op route. On x86-64 the vector code runs with
+AVX-512, AVX2 + FMA or SSE2, whichever the CPU has; other machines use the MindSpore ops.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import subprocess
+import threading
+from typing import Dict, Optional
+
+import mindspore as ms
+from mindspore import ops
+
+from golden_ptq.kernels import native
+
+logger = logging.getLogger(__name__)
+
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "float_prefill.cc")
+MAX_HEAD_DIM = 256   # the attention kernel's limit (head_dim must also be a multiple of 16)
+
+
+class _State:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.tried = False
+        self.enabled = True
+        self.path: Optional[str] = None
+        self.lib: Optional[ctypes.CDLL] = None
+        self.reason = ""
+        self.ops: Dict[str, ops.Custom] = {}
+
+
+_STATE = _State()
+
+
+def _same_as_first(first, *_):
+    return first
+
+
+def _float32(*_):
+    return ms.float32
+
+
+# No SwiGLU: MindSpore's silu rounds differently (its exp is an approximation, ~5e-6 relative), and
+# SmolLM2's 30 layers amplify that to ~5e-5 of the logits, for ~15 ms of a 1 x 512 prefill.
+_ENTRY_POINTS = {"rms_scale": "GpRmsScale", "rope": "GpRope", "causal_attention": "GpCausalAttention"}
+
+
+def _load() -> None:
+    with _STATE.lock:
+        if _STATE.tried:
+            return
+        _STATE.tried = True
+        try:
+            path = native._build([SOURCE])
+            _STATE.lib, _STATE.path = ctypes.CDLL(path), path
+        except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+            _STATE.reason = f"float prefill kernels unavailable: {error}"
+            logger.warning("golden_ptq: %s; using MindSpore ops", _STATE.reason)
+
+
+def float_prefill_ops() -> Optional[Dict[str, ops.Custom]]:
+    """``{name: Custom op}`` (``rms_scale``, ``rope``, ``causal_attention``), or None: use
+    MindSpore ops."""
+    if not (_STATE.enabled and native.native_enabled()):
+        return None
+    if not _STATE.tried:
+        _load()
+    if _STATE.lib is None:
+        return None
+    if not _STATE.ops:
+        _STATE.ops = {name: ops.Custom(f"{_STATE.path}:{symbol}", out_shape=_same_as_first, out_dtype=_float32,
+                                       func_type="aot")
+                      for name, symbol in _ENTRY_POINTS.items()}
+    return _STATE.ops
+
+
+def set_float_prefill_kernels(enabled: bool) -> None:
+    """Switch these kernels on (default) or off (the MindSpore-op route, for comparison)."""
+    _STATE.enabled = bool(enabled)
+
+
+def set_float_prefill_threads(threads: int) -> None:
+    """Threads the attention kernel (and large elementwise calls) use; default: the CPUs this
+    process may run on, at most 8."""
+    if threads < 1:
+        raise ValueError(f"set_float_prefill_threads: threads must be >= 1, got {threads}")
+    _load()
+    if _STATE.lib is None:
+        raise RuntimeError(f"golden_ptq: {_STATE.reason}")
+    _STATE.lib.gp_prefill_set_threads(int(threads))
+
+
+def attention_supported(head_dim: int) -> bool:
+    """Whether the attention kernel takes heads of ``head_dim``."""
+    return head_dim % 16 == 0 and 0 < head_dim <= MAX_HEAD_DIM

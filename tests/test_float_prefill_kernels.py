@@ -1,0 +1,151 @@
+"""Native float kernels of the eager prefill (golden_ptq.kernels.float_prefill): each against numpy, the
+attention kernel also against the MindSpore route it replaces, and a tiny network with them on and off."""
+import numpy as np
+import pytest
+from mindspore import Tensor
+
+from golden_ptq import kernels
+from golden_ptq.kernels import float_prefill
+from golden_ptq.networks import layers, llama
+from golden_ptq.networks.llama import LlamaForCausalLM
+
+OPS = float_prefill.float_prefill_ops()
+needs_native = pytest.mark.skipif(OPS is None, reason=f"float prefill kernels unavailable: {float_prefill._STATE.reason}")
+
+
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request):
+    if OPS is None:
+        pytest.skip(f"float prefill kernels unavailable: {float_prefill._STATE.reason}")
+    float_prefill.set_float_prefill_threads(request.param)
+    yield request.param
+    float_prefill.set_float_prefill_threads(8)
+
+
+def _softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+@needs_native
+@pytest.mark.parametrize("width", [40, 64, 576])
+def test_rms_scale_and_rope_match_numpy_and_equal_the_mindspore_route(rng, width):
+    """Bit for bit equal to the MindSpore ops (the network amplifies last-bit differences), and
+    close to float64."""
+    x = rng.randn(2, 37, width).astype(np.float32)
+    x[..., 3] *= 300.0   # an outlier channel, as in SmolLM2's hidden states
+    w = (1 + 0.1 * rng.randn(width)).astype(np.float32)
+    norm = layers.RMSNorm(width, 1e-5)
+    norm.weight.set_data(Tensor(w))
+    got = layers.rms_norm_eager(norm, Tensor(x)).asnumpy()
+    np.testing.assert_array_equal(got, layers._rms_norm(Tensor(x), Tensor(w), 1e-5).asnumpy())
+    x64 = x.astype(np.float64)
+    want = x64 / np.sqrt((x64 ** 2).mean(-1, keepdims=True) + 1e-5) * w
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-6)
+
+    index, sign = layers.rotate_half_index(width // 8, 8)
+    cos, sin = rng.randn(2, 37, width).astype(np.float32), (rng.randn(2, 37, width) * sign).astype(np.float32)
+    got = OPS["rope"](Tensor(x), Tensor(cos), Tensor(sin), Tensor(index)).asnumpy()
+    np.testing.assert_array_equal(got, layers._rope(Tensor(x), Tensor(cos), Tensor(sin), Tensor(index)).asnumpy())
+    np.testing.assert_allclose(got, x64 * cos + x64[..., index] * sin, rtol=1e-5, atol=1e-4)
+
+
+def _mask(key_mask, new_tokens, kv_heads, group):
+    """The MindSpore route's full-shape additive mask (as LlamaForCausalLM._layer_arrays builds it)."""
+    batch, total = key_mask.shape
+    query = np.arange(total - new_tokens, total)[:, None]
+    allowed = (np.arange(total)[None, :] <= query)[None] & (key_mask[:, None, :] > 0)
+    mask = np.where(allowed, np.float32(0.0), np.float32(llama._MASK_VALUE))[:, None, None]
+    return np.ascontiguousarray(np.broadcast_to(mask, (batch, kv_heads, group, new_tokens, total))
+                                .reshape(batch, kv_heads, group * new_tokens, total))
+
+
+@pytest.mark.parametrize("head_dim", [16, 48, 64, 128])
+@pytest.mark.parametrize("new_tokens", [45, 6])   # a full forward, and new tokens after a history
+def test_causal_attention_matches_numpy_and_the_mindspore_route(rng, threads, head_dim, new_tokens):
+    batch, heads, kv_heads, total = 2, 6, 2, 45
+    group = heads // kv_heads
+    q = (rng.randn(batch, new_tokens, heads * head_dim) * 0.3).astype(np.float32)
+    k = rng.randn(batch, kv_heads, total, head_dim).astype(np.float32)
+    v = rng.randn(batch, kv_heads, total, head_dim).astype(np.float32)
+    key_mask = np.ones((batch, total), np.int32)
+    pad = 5 if new_tokens == total else 0   # left padding: rows 0..4 of batch 1 see no key at all
+    key_mask[1, :pad] = 0
+    if new_tokens < total:
+        key_mask[1, 3] = 0      # a masked key inside the history
+    got = OPS["causal_attention"](Tensor(q), Tensor(k), Tensor(v), Tensor(key_mask)).asnumpy()
+
+    q4 = q.reshape(batch, new_tokens, heads, head_dim).astype(np.float64)
+    want = np.zeros((batch, new_tokens, heads, head_dim))
+    for b in range(batch):
+        for i in range(new_tokens):
+            visible = (np.arange(total) <= total - new_tokens + i) & (key_mask[b] > 0)
+            if not visible.any():
+                continue
+            for h in range(heads):
+                p = _softmax(k[b, h // group][visible] @ q4[b, i, h])
+                want[b, i, h] = p @ v[b, h // group][visible]
+    real = np.ones((batch, new_tokens), bool)
+    real[1, :pad] = False
+    np.testing.assert_allclose(got.reshape(want.shape)[real], want[real], rtol=1e-4, atol=2e-5)
+
+    route = llama._attention_core(Tensor(q), Tensor(k), Tensor(v), Tensor(_mask(key_mask, new_tokens, kv_heads, group)),
+                                  kv_heads, head_dim).asnumpy()
+    np.testing.assert_allclose(got, route, rtol=1e-4, atol=2e-5)   # padding rows included
+
+
+def test_tiny_network_with_kernels_on_and_off(tiny_config, rng):
+    """Full forward, prefill + decode and greedy generation agree with the MindSpore-op route, with
+    left padding; the switches (and set_native_kernels) fall back to it."""
+    net = LlamaForCausalLM(tiny_config, seed=4)
+    net.set_compiled(decode=False)
+    ids = rng.randint(0, tiny_config.vocab_size, (2, 40))
+    mask = np.ones_like(ids)
+    mask[1, :6] = 0
+    prompt = ids[:, :30]
+
+    def run():
+        logits = net.logits(ids, mask).asnumpy()
+        first = net.prefill(prompt, mask[:, :30]).asnumpy()
+        step = net.decode_step(ids[:, 30]).asnumpy()
+        tokens = net.generate(prompt, attention_mask=mask[:, :30], max_new_tokens=6)
+        return logits, first, step, np.stack(tokens)
+
+    on = run() if OPS is not None else None
+    float_prefill.set_float_prefill_kernels(False)
+    try:
+        assert float_prefill.float_prefill_ops() is None
+        off = run()
+    finally:
+        float_prefill.set_float_prefill_kernels(True)
+    kernels.set_native_kernels(False)
+    try:
+        assert float_prefill.float_prefill_ops() is None
+        np.testing.assert_array_equal(run()[0], off[0])
+    finally:
+        kernels.set_native_kernels(True)
+    if on is None:
+        pytest.skip(f"float prefill kernels unavailable: {float_prefill._STATE.reason}")
+    scale = np.abs(off[0]).max()
+    for got, want in zip(on[:3], off[:3]):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * scale)
+    np.testing.assert_array_equal(on[3], off[3])
+
+
+@needs_native
+def test_unsupported_head_dim_uses_the_mindspore_attention(rng):
+    """head_dim 8 is no multiple of 16: rope and norms run natively, attention takes the
+    full-shape mask route (built on demand)."""
+    from golden_ptq.config.model_config import LlamaConfig
+    config = LlamaConfig(vocab_size=50, hidden_size=32, num_layers=1, num_heads=4, num_kv_heads=2,
+                         intermediate_size=48, max_position_embeddings=64)
+    assert not float_prefill.attention_supported(config.head_dim)
+    net = LlamaForCausalLM(config, seed=1)
+    ids = rng.randint(0, 50, (1, 12))
+    on = net.logits(ids).asnumpy()
+    float_prefill.set_float_prefill_kernels(False)
+    try:
+        off = net.logits(ids).asnumpy()
+    finally:
+        float_prefill.set_float_prefill_kernels(True)
+    np.testing.assert_allclose(on, off, rtol=1e-4, atol=1e-4 * np.abs(off).max())
