@@ -13,6 +13,7 @@ from golden_ptq.kernels.float_prefill import set_float_prefill_kernels
 from golden_ptq.networks.llama import LlamaForCausalLM
 from golden_ptq.quant_cells import kv_codecs as codecs
 from golden_ptq.quant_cells.kvcache import QuantKVCache
+from test_kernels import _isas, isa  # noqa: F401  (the ISA list and the fixture that pins one)
 
 INFO = kernels.kernel_info()
 needs_native = pytest.mark.skipif(not INFO.available, reason=f"native kernels unavailable here: {INFO.reason}")
@@ -21,19 +22,6 @@ MASKED = np.float32(-1e9)
 # (batch, kv heads, group, capacity, head dim): GQA groups 1, 2 and 3; head dims with tails past the
 # 8- and 16-wide vectors (20, 40) and without (8, 64).
 CASES = [(1, 2, 1, 37, 20), (3, 2, 3, 64, 64), (3, 1, 3, 50, 40), (2, 3, 2, 17, 8), (1, 1, 3, 9, 16)]
-
-
-def _isas():
-    order = ["portable", "avx2", "avx512_vnni"]
-    return order[:order.index(INFO.detected_isa) + 1] if INFO.available else []
-
-
-@pytest.fixture
-def isa(request):
-    used = kernels.set_kernel_isa(request.param)
-    assert used == request.param
-    yield used
-    kernels.set_kernel_isa(None)
 
 
 def _mask(rng, batch, heads, capacity):

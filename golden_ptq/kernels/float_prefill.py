@@ -15,7 +15,6 @@ import subprocess
 import threading
 from typing import Dict, Optional
 
-import mindspore as ms
 from mindspore import ops
 
 from golden_ptq.kernels import native
@@ -40,17 +39,12 @@ class _State:
 _STATE = _State()
 
 
-def _same_as_first(first, *_):
-    return first
-
-
-def _float32(*_):
-    return ms.float32
-
-
 # No SwiGLU: MindSpore's silu rounds differently (its exp is an approximation, ~5e-6 relative), and
 # SmolLM2's 30 layers amplify that to ~5e-5 of the logits, for ~15 ms of a 1 x 512 prefill.
-_ENTRY_POINTS = {"rms_scale": "GpRmsScale", "rope": "GpRope", "causal_attention": "GpCausalAttention"}
+# Every output has its first input's shape and is float32.
+_ENTRY_POINTS = {name: (symbol, native._same_shape, native._float32)
+                 for name, symbol in (("rms_scale", "GpRmsScale"), ("rope", "GpRope"),
+                                      ("causal_attention", "GpCausalAttention"))}
 
 
 def _load() -> None:
@@ -76,9 +70,7 @@ def float_prefill_ops() -> Optional[Dict[str, ops.Custom]]:
     if _STATE.lib is None:
         return None
     if not _STATE.ops:
-        _STATE.ops = {name: ops.Custom(f"{_STATE.path}:{symbol}", out_shape=_same_as_first, out_dtype=_float32,
-                                       func_type="aot")
-                      for name, symbol in _ENTRY_POINTS.items()}
+        _STATE.ops = native.custom_ops(_STATE.path, _ENTRY_POINTS)
     return _STATE.ops
 
 

@@ -184,10 +184,15 @@ def native_ops() -> Optional[Dict[str, ops.Custom]]:
     if _STATE.lib is None:
         return None
     if not _STATE.ops:
-        _STATE.ops = {name: ops.Custom(f"{_STATE.path}:{symbol}", out_shape=shape, out_dtype=dtype,
-                                       func_type="aot")
-                      for name, (symbol, shape, dtype) in _ENTRY_POINTS.items()}
+        _STATE.ops = custom_ops(_STATE.path, _ENTRY_POINTS)
     return _STATE.ops
+
+
+def custom_ops(path: str, entries) -> Dict[str, ops.Custom]:
+    """``{name: Custom op}`` of library ``path``'s AOT entry points ``{name: (symbol, output shape
+    function, output dtype function)}``."""
+    return {name: ops.Custom(f"{path}:{symbol}", out_shape=shape, out_dtype=dtype, func_type="aot")
+            for name, (symbol, shape, dtype) in entries.items()}
 
 
 def native_enabled() -> bool:

@@ -192,14 +192,16 @@ class QuantLinear(QuantCell):
         spec = self.spec
         if not spec.weight:
             return np.asarray(w, np.float64)
-        if self.shard == "row" and not spec.group_size:
-            q, scale, _ = self._quantize_row_shard(np.asarray(w, np.float32))
-            return q.astype(np.float64) * scale.astype(np.float64)[:, None]
+        factored = self.factored_weight(w)
+        if factored is not None:
+            codes, scale = factored
+            return codes * scale[:, None]
         return fake_quantize_weight(w, spec.group_size, spec.weight_symmetric, self.weight_bits, self.weight_clip)
 
     def factored_weight(self, w: np.ndarray) -> Optional[Tuple[np.ndarray, np.ndarray]]:
-        """:meth:`fake_quantized_weight` as ``(codes, scale [out])`` (``codes * scale[:, None]`` gives
-        its bits) when the weight is quantized per output channel; None otherwise (per group, float)."""
+        """The dequantized weight of :meth:`fake_quantized_weight` as ``(codes, scale [out])`` (integer-valued
+        float64 codes, zero point subtracted) when the weight is quantized per output channel; None
+        otherwise (per group, float)."""
         spec = self.spec
         if not spec.weight or spec.group_size:
             return None

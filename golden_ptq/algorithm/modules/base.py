@@ -66,8 +66,8 @@ class LayerContext:
     what its recorders and observers see (no outputs, cheaper). ``grams`` holds, when the driver
     could record them in the calibration pass (the modules before the first that needs them change
     no weight, or rescale the grams with the weights), ``(sum x^T x, rows)`` of each
-    weight-quantized Linear's input by relative name. ``range_parms`` is the PTQ's dict of full layer name -> range_parm, filled by the
-    Quantize module.
+    weight-quantized Linear's input by relative name. ``range_parms`` is the PTQ's dict of full
+    layer name -> range_parm, filled by the Quantize module.
     """
 
     name: str

@@ -119,26 +119,26 @@ def gptq_round(weight: np.ndarray, factor: HessianFactor, group_size: int = 0, s
             scale[g], zero[g] = _column_params(w[:, g * width:(g + 1) * width], symmetric, bits,
                                                None if clip is None else clip[:, g])
     w = w[:, perm]
-    if group_size and not act_order:  # a group must lie within one block: its range is taken when it starts
+    # without act_order a group's range is taken from its columns when GPTQ reaches it: blocks hold
+    # whole groups, and each group is rounded as a run of its own
+    ranges_per_group = bool(group_size) and not act_order
+    if ranges_per_group:
         block_size = group_size * max(1, block_size // group_size)
+    run = group_size if ranges_per_group else block_size
     codes_t = np.empty((in_features, out_features))
     round_columns = native_round_columns if gptq_columns() is not None else numpy_round_columns
     for start in range(0, in_features, block_size):
         stop = min(start + block_size, in_features)
         block_t = np.ascontiguousarray(w[:, start:stop].T)   # [columns, rows]
-        errors_t = np.empty_like(block_t)
         group_of = (perm[start:stop] // group_size if group_size else np.zeros(stop - start, np.int64)).astype(np.int64)
-        # without act_order a group's range is taken from its columns when GPTQ reaches it
-        starts = [i for i in range(stop - start) if group_size and not act_order and (start + i) % group_size == 0]
-        bounds = sorted(set([0] + starts)) + [stop - start]
-        for begin, end in zip(bounds[:-1], bounds[1:]):
-            if begin in starts:
+        block = ColumnBlock(block_t, np.empty_like(block_t), start, group_of, scale, zero, float(qmin), float(qmax))
+        for begin in range(0, stop - start, run):
+            if ranges_per_group:
                 g = group_of[begin]
                 scale[g], zero[g] = _column_params(block_t[begin:begin + group_size].T, symmetric, bits,
                                                    None if clip is None else clip[:, g])
-            round_columns(ColumnBlock(block_t, errors_t, start, group_of, scale, zero, float(qmin), float(qmax)),
-                          begin, end, u, codes_t)
-        w[:, stop:] -= np.ascontiguousarray(errors_t.T) @ u[start:stop, stop:]
+            round_columns(block, begin, min(begin + run, stop - start), u, codes_t)
+        w[:, stop:] -= np.ascontiguousarray(block.errors_t.T) @ u[start:stop, stop:]
     codes = codes_t[np.argsort(perm)].T
     scale, zero = scale.T, zero.T
     if not group_size:
