@@ -22,6 +22,23 @@ def threads(request):
     float_prefill.set_float_prefill_threads(8)
 
 
+def _prefill_isas():
+    """The attention kernel's instruction sets this CPU runs (each has its own register blocking)."""
+    if OPS is None:
+        return []
+    best = float_prefill.set_float_prefill_isa(None)
+    return list(float_prefill.PREFILL_ISAS[:float_prefill.PREFILL_ISAS.index(best) + 1])
+
+
+@pytest.fixture(params=_prefill_isas() or ["none"])
+def prefill_isa(request):
+    if OPS is None:
+        pytest.skip(f"float prefill kernels unavailable: {float_prefill._STATE.reason}")
+    assert float_prefill.set_float_prefill_isa(request.param) == request.param
+    yield request.param
+    float_prefill.set_float_prefill_isa(None)
+
+
 def _softmax(x):
     e = np.exp(x - x.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
@@ -62,7 +79,7 @@ def _mask(key_mask, new_tokens, kv_heads, group):
 
 @pytest.mark.parametrize("head_dim", [16, 48, 64, 128])
 @pytest.mark.parametrize("new_tokens", [45, 6])   # a full forward, and new tokens after a history
-def test_causal_attention_matches_numpy_and_the_mindspore_route(rng, threads, head_dim, new_tokens):
+def test_causal_attention_matches_numpy_and_the_mindspore_route(rng, threads, prefill_isa, head_dim, new_tokens):
     batch, heads, kv_heads, total = 2, 6, 2, 45
     group = heads // kv_heads
     q = (rng.randn(batch, new_tokens, heads * head_dim) * 0.3).astype(np.float32)

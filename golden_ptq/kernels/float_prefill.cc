@@ -14,8 +14,9 @@
 //                     A row with no such key (left padding) gets what the MindSpore route's additive
 //                     -1e9 mask gives it: the softmax of (score - 1e9) over all S keys.
 //
-// Vector code is written with GCC vector extensions (16 floats) and compiled per function for
-// AVX-512F, AVX2 and baseline x86-64 (target_clones: resolved from the CPU flags when the library loads).
+// RMSNorm's scaling and rope are plain loops compiled per function for AVX-512F, AVX2 and baseline
+// x86-64 (target_clones: resolved from the CPU flags when the library loads). The attention kernel is
+// written with GCC vector extensions, one instantiation per instruction set (AttentionTaskFor).
 #include <sched.h>
 
 #include <algorithm>
@@ -37,44 +38,62 @@
 
 namespace {
 
-typedef float v16 __attribute__((vector_size(64)));
-typedef float v16u __attribute__((vector_size(64), aligned(4), may_alias));
-typedef int32_t i16v __attribute__((vector_size(64)));
+// Vectors of L floats, one native register: 16 (AVX-512), 8 (AVX2) or 4 (SSE2). GCC lowers vectors
+// wider than the target's registers through the stack once many are live (16-float vectors under AVX2
+// made the attention kernel 17x slower).
+template <int L>
+struct Vec {
+  typedef float F __attribute__((vector_size(4 * L)));
+};
 
-GP_INLINE v16 Load(const float* p) { return *reinterpret_cast<const v16u*>(p); }
-GP_INLINE void Store(float* p, v16 v) { *reinterpret_cast<v16u*>(p) = v; }
-GP_INLINE v16 Splat(float f) { return v16{} + f; }
+template <typename V>
+GP_INLINE V LoadV(const float* p) {
+  typedef float U __attribute__((vector_size(sizeof(V)), aligned(4), may_alias));
+  return *reinterpret_cast<const U*>(p);
+}
+template <typename V>
+GP_INLINE void StoreV(float* p, V v) {
+  typedef float U __attribute__((vector_size(sizeof(V)), aligned(4), may_alias));
+  *reinterpret_cast<U*>(p) = v;
+}
+template <typename V>
+GP_INLINE V SplatV(float f) { return V{} + f; }
+
 
 // exp(x) for the softmax (x <= 0): 2^n * p(r), |rel err| < 2e-7 on [-87, 88].
-GP_INLINE v16 Exp(v16 x) {
-  const v16 lo = Splat(-87.3f), hi = Splat(88.3f);
+template <typename V>
+GP_INLINE V Exp(V x) {
+  typedef int32_t I __attribute__((vector_size(sizeof(V))));
+  const V lo = SplatV<V>(-87.3f), hi = SplatV<V>(88.3f);
   x = x < lo ? lo : x;
   x = x > hi ? hi : x;
-  const v16 magic = Splat(12582912.0f);   // 1.5 * 2^23: adding it rounds to an integer
-  v16 t = x * Splat(1.44269504088896341f) + magic;
-  v16 n = t - magic;
-  v16 r = x - n * Splat(0.693359375f);
-  r = r - n * Splat(-2.12194440e-4f);
-  v16 p = Splat(1.9875691500e-4f);
-  p = p * r + Splat(1.3981999507e-3f);
-  p = p * r + Splat(8.3334519073e-3f);
-  p = p * r + Splat(4.1665795894e-2f);
-  p = p * r + Splat(1.6666665459e-1f);
-  p = p * r + Splat(5.0000001201e-1f);
-  p = p * r * r + r + Splat(1.0f);
-  i16v e = ((i16v)t - (i16v)magic + 127) << 23;
-  return p * (v16)e;
+  const V magic = SplatV<V>(12582912.0f);   // 1.5 * 2^23: adding it rounds to an integer
+  V t = x * SplatV<V>(1.44269504088896341f) + magic;
+  V n = t - magic;
+  V r = x - n * SplatV<V>(0.693359375f);
+  r = r - n * SplatV<V>(-2.12194440e-4f);
+  V p = SplatV<V>(1.9875691500e-4f);
+  p = p * r + SplatV<V>(1.3981999507e-3f);
+  p = p * r + SplatV<V>(8.3334519073e-3f);
+  p = p * r + SplatV<V>(4.1665795894e-2f);
+  p = p * r + SplatV<V>(1.6666665459e-1f);
+  p = p * r + SplatV<V>(5.0000001201e-1f);
+  p = p * r * r + r + SplatV<V>(1.0f);
+  I e = ((I)t - (I)magic + 127) << 23;
+  return p * (V)e;
 }
 
-GP_INLINE float HSum(v16 v) {
+template <typename V>
+GP_INLINE float HSum(V v) {
   float s = 0.0f;
-  for (int i = 0; i < 16; ++i) s += v[i];
+  for (int i = 0; i < static_cast<int>(sizeof(V) / 4); ++i) s += v[i];
   return s;
 }
 
-GP_INLINE float HMax(v16 v) {
+template <typename V>
+GP_INLINE float HMax(V v) {
   float m = v[0];
-  for (int i = 1; i < 16; ++i) m = std::max(m, v[i]);
+  for (int i = 1; i < static_cast<int>(sizeof(V) / 4); ++i) m = std::max(m, v[i]);
   return m;
 }
 
@@ -121,14 +140,11 @@ void ParallelRows(int64_t rows, int64_t width, const std::function<void(int64_t,
 // out = (x * inv_rms[row]) * w: the two broadcasting multiplies of MindSpore's route, in its order.
 GP_CLONES GP_NO_FMA void RmsScaleRows(const float* x, const float* inv_rms, const float* w, float* out, int64_t r0,
                                       int64_t r1, int64_t n) {
-  const int64_t nv = n / 16 * 16;
-  for (int64_t r = r0; r < r1; ++r) {
+  for (int64_t r = r0; r < r1; ++r) {   // plain loops: each target clone vectorises them its own width
     const float* xr = x + r * n;
     float* o = out + r * n;
     const float inv = inv_rms[r];
-    const v16 vinv = Splat(inv);
-    for (int64_t i = 0; i < nv; i += 16) Store(o + i, (Load(xr + i) * vinv) * Load(w + i));
-    for (int64_t i = nv; i < n; ++i) o[i] = (xr[i] * inv) * w[i];
+    for (int64_t i = 0; i < n; ++i) o[i] = (xr[i] * inv) * w[i];
   }
 }
 
@@ -136,16 +152,13 @@ GP_CLONES GP_NO_FMA void RmsScaleRows(const float* x, const float* inv_rms, cons
 GP_CLONES GP_NO_FMA void RopeRows(const float* x, const float* cos, const float* sin, const int32_t* index, float* out,
                         int64_t r0, int64_t r1, int64_t w) {
   std::vector<float> partner(static_cast<size_t>(w));
-  const int64_t wv = w / 16 * 16;
   for (int64_t r = r0; r < r1; ++r) {
     const float* xr = x + r * w;
     for (int64_t i = 0; i < w; ++i) partner[i] = xr[index[i]];
     const float* c = cos + r * w;
     const float* s = sin + r * w;
     float* o = out + r * w;
-    for (int64_t i = 0; i < wv; i += 16)
-      Store(o + i, Load(xr + i) * Load(c + i) + Load(partner.data() + i) * Load(s + i));
-    for (int64_t i = wv; i < w; ++i) o[i] = xr[i] * c[i] + partner[i] * s[i];
+    for (int64_t i = 0; i < w; ++i) o[i] = xr[i] * c[i] + partner[i] * s[i];
   }
 }
 
@@ -163,82 +176,97 @@ struct AttnArgs {
   int64_t b, t, s, sp, h, hkv, d;
 };
 
-// Scores of kRb query rows against the keys [0, jend) (jend a multiple of 16, <= sp).
-GP_CLONES void Scores(const float* const* qrows, const float* kt, int64_t sp, int64_t d, int64_t jend,
+// Register blocking: V is one native register (L = 16, 8 or 4 floats under AVX-512, AVX2, SSE2);
+// the row and chunk blocks below keep the accumulators, loaded keys/values and the broadcast within
+// 16 registers, the smallest file (see AttentionTaskFor).
+
+// Scores of kRb query rows against the keys [0, jend) (jend a multiple of 16, <= sp), RB rows per pass.
+template <typename V, int RB>
+GP_INLINE void Scores(const float* const* qrows, const float* kt, int64_t sp, int64_t d, int64_t jend,
                       float* scores) {
-  for (int64_t j = 0; j < jend; j += 32) {
-    const bool two = j + 16 < jend;
-    v16 a0[kRb] = {}, a1[kRb] = {};
-    for (int64_t c = 0; c < d; ++c) {
-      const float* kc = kt + c * sp + j;
-      v16 k0 = Load(kc);
-      v16 k1 = two ? Load(kc + 16) : v16{};
-      for (int r = 0; r < kRb; ++r) {
-        v16 qv = Splat(qrows[r][c]);
-        a0[r] += qv * k0;
-        a1[r] += qv * k1;
+  constexpr int L = sizeof(V) / 4;
+  for (int r0 = 0; r0 < kRb; r0 += RB) {
+    for (int64_t j = 0; j < jend; j += 2 * L) {
+      const bool two = j + L < jend;
+      V a0[RB] = {}, a1[RB] = {};
+      for (int64_t c = 0; c < d; ++c) {
+        const float* kc = kt + c * sp + j;
+        V k0 = LoadV<V>(kc);
+        V k1 = two ? LoadV<V>(kc + L) : V{};
+        for (int r = 0; r < RB; ++r) {
+          V qv = SplatV<V>(qrows[r0 + r][c]);
+          a0[r] += qv * k0;
+          a1[r] += qv * k1;
+        }
+      }
+      for (int r = 0; r < RB; ++r) {   // rows past ``rows`` (zero queries) too: Context reads them
+        StoreV<V>(scores + (r0 + r) * sp + j, a0[r]);
+        if (two) StoreV<V>(scores + (r0 + r) * sp + j + L, a1[r]);
       }
     }
-    for (int r = 0; r < kRb; ++r) {   // rows past ``rows`` (zero queries) too: Context reads them
-      Store(scores + r * sp + j, a0[r]);
-      if (two) Store(scores + r * sp + j + 16, a1[r]);
+  }
+}
+
+// out rows = sum_j p[r][j] * v[j] for j < jend, V rows of DC vectors; RB rows and DH vectors per pass.
+template <typename V, int DC, int RB, int DH>
+GP_INLINE void ContextFixed(const float* probs, int rows, int64_t sp, const float* v, int64_t jend,
+                            float* const* orows) {
+  constexpr int L = sizeof(V) / 4;
+  for (int r0 = 0; r0 < rows; r0 += RB) {
+    for (int c0 = 0; c0 < DC; c0 += DH) {
+      V acc[RB][DH] = {};
+      for (int64_t j = 0; j < jend; ++j) {
+        const float* vj = v + (j * DC + c0) * L;
+        V vv[DH];
+        for (int c = 0; c < DH; ++c) vv[c] = LoadV<V>(vj + c * L);
+        for (int r = 0; r < RB; ++r) {
+          V p = SplatV<V>(probs[(r0 + r) * sp + j]);   // rows up to kRb hold scores (zero queries)
+          for (int c = 0; c < DH; ++c) acc[r][c] += p * vv[c];
+        }
+      }
+      for (int r = 0; r < RB && r0 + r < rows; ++r)
+        for (int c = 0; c < DH; ++c) StoreV<V>(orows[r0 + r] + (c0 + c) * L, acc[r][c]);
     }
   }
 }
 
-// out rows += sum_j p[r][j] * v[j] for j < jend, D = 16 * DC.
-template <int DC>
-GP_INLINE void ContextFixed(const float* probs, int rows, int64_t sp, const float* v, int64_t jend, float* const* orows) {
-  v16 acc[kRb][DC] = {};
-  for (int64_t j = 0; j < jend; ++j) {
-    const float* vj = v + j * DC * 16;
-    v16 vv[DC];
-    for (int c = 0; c < DC; ++c) vv[c] = Load(vj + c * 16);
-    for (int r = 0; r < kRb; ++r) {
-      v16 p = Splat(probs[r * sp + j]);
-      for (int c = 0; c < DC; ++c) acc[r][c] += p * vv[c];
-    }
-  }
-  for (int r = 0; r < rows; ++r)
-    for (int c = 0; c < DC; ++c) Store(orows[r] + c * 16, acc[r][c]);
-}
-
-GP_CLONES void Context(const float* probs, int rows, int64_t sp, const float* v, int64_t d, int64_t jend,
+template <typename V, int RB, int DH>
+GP_INLINE void Context(const float* probs, int rows, int64_t sp, const float* v, int64_t d, int64_t jend,
                        float* const* orows) {
-  if (d == 64) return ContextFixed<4>(probs, rows, sp, v, jend, orows);
-  if (d == 128) {
-    ContextFixed<8>(probs, rows, sp, v, jend, orows);
-    return;
-  }
+  constexpr int L = sizeof(V) / 4;
+  if (d == 64) return ContextFixed<V, 64 / L, RB, (DH < 64 / L ? DH : 64 / L)>(probs, rows, sp, v, jend, orows);
+  if (d == 128) return ContextFixed<V, 128 / L, RB, DH>(probs, rows, sp, v, jend, orows);
   for (int r = 0; r < rows; ++r) {
     float* o = orows[r];
     std::fill(o, o + d, 0.0f);
     for (int64_t j = 0; j < jend; ++j) {
-      const v16 p = Splat(probs[r * sp + j]);
-      for (int64_t c = 0; c < d; c += 16) Store(o + c, Load(o + c) + p * Load(v + j * d + c));
+      const V p = SplatV<V>(probs[r * sp + j]);
+      for (int64_t c = 0; c < d; c += L) StoreV<V>(o + c, LoadV<V>(o + c) + p * LoadV<V>(v + j * d + c));
     }
   }
 }
 
 // Softmax of one score row in place over keys [0, jend): keys beyond ``limit`` or masked become 0.
 // Returns 1 / sum, or 0 when no key is allowed.
-GP_CLONES float SoftmaxRow(float* row, int64_t jend, int64_t limit, const int32_t* key_mask) {
+template <typename V>
+GP_INLINE float SoftmaxRow(float* row, int64_t jend, int64_t limit, const int32_t* key_mask) {
+  constexpr int L = sizeof(V) / 4;
   const float neg = -std::numeric_limits<float>::infinity();
   for (int64_t j = 0; j < jend; ++j)
     if (j > limit || key_mask[j] == 0) row[j] = neg;
-  v16 mx = Splat(neg);
-  for (int64_t j = 0; j < jend; j += 16) {
-    v16 x = Load(row + j);
+  V mx = SplatV<V>(neg);
+  for (int64_t j = 0; j < jend; j += L) {
+    V x = LoadV<V>(row + j);
     mx = x > mx ? x : mx;
   }
   const float m = HMax(mx);
   if (m == neg) return 0.0f;
-  const v16 vm = Splat(m);
-  v16 sum{};
-  for (int64_t j = 0; j < jend; j += 16) {
-    v16 e = Exp(Load(row + j) - vm);
-    e = Load(row + j) == Splat(neg) ? v16{} : e;
-    Store(row + j, e);
+  const V vm = SplatV<V>(m);
+  V sum{};
+  for (int64_t j = 0; j < jend; j += L) {
+    V e = Exp(LoadV<V>(row + j) - vm);
+    e = LoadV<V>(row + j) == SplatV<V>(neg) ? V{} : e;
+    StoreV<V>(row + j, e);
     sum += e;
   }
   return 1.0f / HSum(sum);
@@ -265,7 +293,8 @@ void MaskedRow(const float* q, const float* kt, int64_t sp, int64_t s, int64_t d
     for (int64_t c = 0; c < d; ++c) out[c] += (row[j] / sum) * v[j * d + c];
 }
 
-void AttentionTask(const AttnArgs& a, int task, std::vector<float>* scratch) {
+template <typename V, int SCORE_ROWS, int CONTEXT_ROWS, int CONTEXT_CHUNKS>
+GP_INLINE void AttentionTask(const AttnArgs& a, int task, std::vector<float>* scratch) {
   const int64_t blocks = (a.t + kQb - 1) / kQb;
   const int64_t bh = task / blocks, blk = task % blocks;
   const int64_t b = bh / a.h, h = bh % a.h, g = h / (a.h / a.hkv);
@@ -289,10 +318,10 @@ void AttentionTask(const AttnArgs& a, int task, std::vector<float>* scratch) {
     }
     const int64_t last = std::min(a.s - 1, offset + i + rows - 1);   // the block's last visible key
     const int64_t jend = std::min(a.sp, (last + 16) / 16 * 16);
-    Scores(qrows, kt, a.sp, a.d, jend, probs);
+    Scores<V, SCORE_ROWS>(qrows, kt, a.sp, a.d, jend, probs);
     float inv[kRb];
-    for (int r = 0; r < rows; ++r) inv[r] = SoftmaxRow(probs + r * a.sp, jend, offset + i + r, key_mask);
-    Context(probs, rows, a.sp, v, a.d, std::min(jend, a.s), orows);   // v has no padding rows
+    for (int r = 0; r < rows; ++r) inv[r] = SoftmaxRow<V>(probs + r * a.sp, jend, offset + i + r, key_mask);
+    Context<V, CONTEXT_ROWS, CONTEXT_CHUNKS>(probs, rows, a.sp, v, a.d, std::min(jend, a.s), orows);   // v: no padding rows
     for (int r = 0; r < rows; ++r) {
       float* o = orows[r];
       if (inv[r] != 0.0f) {
@@ -302,6 +331,36 @@ void AttentionTask(const AttnArgs& a, int task, std::vector<float>* scratch) {
       MaskedRow(qrows[r], kt, a.sp, a.s, a.d, v, probs + kRb * a.sp, o);
     }
   }
+}
+
+// One instantiation per instruction set (row and chunk blocks that fit its registers), each compiled
+// for its set; g_isa picks one.
+__attribute__((target("avx512f"))) void AttentionTaskAvx512(const AttnArgs& a, int task, std::vector<float>* s) {
+  AttentionTask<Vec<16>::F, 4, 4, 4>(a, task, s);
+}
+__attribute__((target("avx2,fma"))) void AttentionTaskAvx2(const AttnArgs& a, int task, std::vector<float>* s) {
+  AttentionTask<Vec<8>::F, 4, 2, 4>(a, task, s);
+}
+void AttentionTaskBaseline(const AttnArgs& a, int task, std::vector<float>* s) {
+  AttentionTask<Vec<4>::F, 4, 2, 4>(a, task, s);
+}
+
+enum Isa { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
+
+int DetectIsa() {
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f")) return kAvx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return kAvx2;
+  return kBaseline;
+}
+
+const int g_cpu_isa = DetectIsa();
+int g_isa = g_cpu_isa;
+
+void (*AttentionTaskFor(int isa))(const AttnArgs&, int, std::vector<float>*) {
+  if (isa == kAvx512) return AttentionTaskAvx512;
+  if (isa == kAvx2) return AttentionTaskAvx2;
+  return AttentionTaskBaseline;
 }
 
 bool Is(const char* dtype, const char* want) { return std::strcmp(dtype, want) == 0; }
@@ -332,6 +391,13 @@ extern "C" {
 
 int gp_prefill_threads() { return g_threads; }
 void gp_prefill_set_threads(int threads) { g_threads = std::max(1, std::min(threads, 64)); }
+// The attention kernel's instruction set: 0 baseline x86-64, 1 AVX2 + FMA, 2 AVX-512F. Setting asks for
+// at most ``isa`` (tests run each set the CPU has); returns the one now in use.
+int gp_prefill_isa() { return g_isa; }
+int gp_prefill_set_isa(int isa) {
+  g_isa = std::max(0, std::min(isa, g_cpu_isa));
+  return g_isa;
+}
 
 // (x f32 [..., N], inv_rms f32 [..., 1], w f32 [N]) -> f32 like x
 int GpRmsScale(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
@@ -399,12 +465,13 @@ int GpCausalAttention(int nparam, void** params, int* ndims, int64_t** shapes, c
   const int tasks = static_cast<int>(a.b * a.h * blocks);
   std::vector<std::vector<float>> scratch(static_cast<size_t>(g_threads));
   std::atomic<int> slot{0};
+  const auto task_fn = AttentionTaskFor(g_isa);
   // Largest tasks (late query blocks read the most keys) first, so threads finish together.
   ParallelFor(g_threads, g_threads, [&](int worker) {
     std::vector<float>* mine = &scratch[static_cast<size_t>(worker)];
     for (int t = slot.fetch_add(1); t < tasks; t = slot.fetch_add(1)) {
       const int64_t bh = t % (a.b * a.h), blk = blocks - 1 - t / (a.b * a.h);
-      AttentionTask(a, static_cast<int>(bh * blocks + blk), mine);
+      task_fn(a, static_cast<int>(bh * blocks + blk), mine);
     }
   });
   return 0;

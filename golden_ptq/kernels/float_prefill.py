@@ -90,6 +90,21 @@ def set_float_prefill_threads(threads: int) -> None:
     _STATE.lib.gp_prefill_set_threads(int(threads))
 
 
+PREFILL_ISAS = ("baseline", "avx2", "avx512")   # the attention kernel's instruction sets, in order
+
+
+def set_float_prefill_isa(isa: Optional[str]) -> str:
+    """Run the attention kernel with at most ``isa`` (one of PREFILL_ISAS; None: the best this CPU
+    has), for tests and comparisons; returns the set now in use."""
+    if isa is not None and isa not in PREFILL_ISAS:
+        raise ValueError(f"set_float_prefill_isa: isa must be one of {PREFILL_ISAS} or None, got {isa!r}")
+    _load()
+    if _STATE.lib is None:
+        raise RuntimeError(f"golden_ptq: {_STATE.reason}")
+    wanted = len(PREFILL_ISAS) - 1 if isa is None else PREFILL_ISAS.index(isa)
+    return PREFILL_ISAS[_STATE.lib.gp_prefill_set_isa(wanted)]
+
+
 def attention_supported(head_dim: int) -> bool:
     """Whether the attention kernel takes heads of ``head_dim``."""
     return head_dim % 16 == 0 and 0 < head_dim <= MAX_HEAD_DIM
