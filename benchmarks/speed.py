@@ -6,9 +6,10 @@ windows, which only fixes scales: speed does not depend on them), with the libra
 (compiled decode steps, eager prefill; ``--compiled-forward`` / ``--eager`` change that). With the
 optional ``bench`` extra (transformers + torch CPU) the same GGUF is loaded by transformers too.
 
-Each form is measured in its own process together with FP32, rounds interleaved (FP32, form,
-FP32, form, ...), so every ratio compares figures taken side by side in one process and noise
-shows as the spread between best and median.
+Each form is measured in its own process together with FP32, interleaved column by column and
+the order reversed every other round (FP32 then form, form then FP32, ...), so every ratio compares
+figures taken side by side in one process, neither side gains from its position, and noise shows as
+the spread between best and median.
 
     python benchmarks/speed.py
     python benchmarks/speed.py --forms a8w8_dynamic a16w8 --repeats 5 --no-transformers
@@ -142,16 +143,42 @@ def build_forms(names: List[str], calib: List[np.ndarray], compiled: bool, compi
 
 def measure(runner, rng: np.random.RandomState, vocab: int, decode_steps: int) -> Dict[str, float]:
     """Tokens/s of one round: prefill shapes and decode batches."""
-    row = {}
-    for batch, length in PREFILL_SHAPES:
+    return {column: measure_column(runner, column, rng, vocab, decode_steps) for column in COLUMNS}
+
+
+COLUMNS = [f"prefill {b}x{n}" for b, n in PREFILL_SHAPES] + [f"decode b{b}" for b in DECODE_BATCHES]
+
+
+def measure_column(runner, column: str, rng: np.random.RandomState, vocab: int, decode_steps: int) -> float:
+    """Tokens/s of one column (``COLUMNS``) in one round."""
+    if column.startswith("prefill"):
+        batch, length = (int(v) for v in column.split()[1].split("x"))
         ids = rng.randint(0, vocab, (batch, length))
         start = time.perf_counter()
         runner.prefill(ids)
-        row[f"prefill {batch}x{length}"] = batch * length / (time.perf_counter() - start)
-    for batch in DECODE_BATCHES:
-        ids = rng.randint(0, vocab, (batch, PROMPT))
-        row[f"decode b{batch}"] = batch * decode_steps / runner.decode(ids, decode_steps)
-    return row
+        return batch * length / (time.perf_counter() - start)
+    batch = int(column.split()[1][1:])
+    ids = rng.randint(0, vocab, (batch, PROMPT))
+    return batch * decode_steps / runner.decode(ids, decode_steps)
+
+
+def interleaved_rounds(runners: Dict[str, object], repeats: int, vocab: int,
+                       decode_steps: int) -> Dict[str, List[Dict[str, float]]]:
+    """Every column measured on every runner back to back, the runners' order reversed every other
+    round (A B, B A, ...): whichever runs first or second after another network gains or loses
+    nothing systematic (measured: running second cost FP32 itself ~1-7% in prefill)."""
+    samples: Dict[str, List[Dict[str, float]]] = {name: [] for name in runners}
+    names = list(runners)
+    for round_index in range(repeats):
+        order = names if round_index % 2 == 0 else names[::-1]
+        row: Dict[str, Dict[str, float]] = {name: {} for name in names}
+        for column in COLUMNS:
+            for name in order:
+                rng = np.random.RandomState(round_index)   # the same token ids for every runner
+                row[name][column] = measure_column(runners[name], column, rng, vocab, decode_steps)
+        for name in names:
+            samples[name].append(row[name])
+    return samples
 
 
 def main(argv=None) -> int:
@@ -241,10 +268,7 @@ def worker(args) -> int:
         start = time.perf_counter()
         measure(hf, np.random.RandomState(0), vocab, 2)
         warmup["transformers"] = time.perf_counter() - start
-    samples: Dict[str, List[Dict[str, float]]] = {name: [] for name in runners}
-    for round_index in range(args.repeats):
-        for name, runner in runners.items():
-            samples[name].append(measure(runner, np.random.RandomState(round_index), vocab, args.decode_steps))
+    samples = interleaved_rounds(runners, args.repeats, vocab, args.decode_steps)
     info = kernel_info()
     fallbacks = [name for name, r in runners.items() if isinstance(r, GoldenRunner) and not args.eager
                  and not r.network.compiled_decode]
