@@ -32,13 +32,14 @@ import sys
 import time
 from collections import defaultdict
 from contextlib import contextmanager
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
 from golden_ptq import PTQ, PTQConfig  # noqa: E402
+from golden_ptq.config.ptq_config import CALIBRATION_INPUTS  # noqa: E402
 from golden_ptq.algorithm import driver as driver_module  # noqa: E402
 from golden_ptq.algorithm.calibration_data import length_batches  # noqa: E402
 from golden_ptq.algorithm.modules import awq  # noqa: E402
@@ -169,10 +170,15 @@ def forward_seconds(network: LlamaForCausalLM, batches: List[np.ndarray]):
     return time.perf_counter() - start, time.process_time() - cpu
 
 
-def calibration_seconds(config: PTQConfig, config_path: str, weights, model_config, helper, calib,
-                        batch_size: int, profile: int):
+def load_config(path: str, calibration_inputs: Optional[str]) -> PTQConfig:
+    """A shipped config, with ``algo_args['calibration_inputs']`` replaced when given."""
+    config = PTQConfig.load(path)
+    return config if calibration_inputs is None else config.with_algo_args(calibration_inputs=calibration_inputs)
+
+
+def calibration_seconds(config: PTQConfig, weights, model_config, helper, calib, batch_size: int, profile: int):
     network = LlamaForCausalLM.from_arrays(model_config, weights)
-    ptq = PTQ(PTQConfig.load(config_path), calib_batch_size=batch_size)
+    ptq = PTQ(config, calib_batch_size=batch_size)
     instrument_pipeline(ptq)
     CLOCK.reset()
     profiler = cProfile.Profile() if profile else None
@@ -203,6 +209,8 @@ def main(argv=None) -> int:
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="also print cProfile's top N functions (cumulative) of each config's last calibration")
     parser.add_argument("--network-config", default=None, help="network yaml (default: the packaged SmolLM2)")
+    parser.add_argument("--calibration-inputs", choices=CALIBRATION_INPUTS, default=None,
+                        help="override algo_args['calibration_inputs'] of every config")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
 
@@ -224,18 +232,19 @@ def main(argv=None) -> int:
     results = []
     for name in args.configs or shipped_quant_configs():
         path = packaged_quant_config(name)
-        config = PTQConfig.load(path)
+        config = load_config(path, args.calibration_inputs)
         fwd, cal, cal_loop = [], [], []
         phases, profile_text = [], ""
         for _ in range(args.rounds):
             fwd.append(forward_seconds(network, batches))
-            total, loop, phases, profile_text = calibration_seconds(config, path, weights, model_config, helper,
-                                                                    calib, args.batch_size, args.profile)
+            total, loop, phases, profile_text = calibration_seconds(config, weights, model_config, helper, calib,
+                                                                    args.batch_size, args.profile)
             cal.append(total)
             cal_loop.append(loop)
         fwd_wall, fwd_cpu = min(w for w, _ in fwd), min(c for _, c in fwd)
         cal_wall, cal_cpu = min(w for w, _ in cal), min(c for _, c in cal)
-        row = {"config": os.path.basename(path)[:-5], "forward_s": round(fwd_wall, 2),
+        row = {"config": os.path.basename(path)[:-5] + ("" if args.calibration_inputs is None else
+                                                         f" ({args.calibration_inputs} inputs)"), "forward_s": round(fwd_wall, 2),
                "calibration_s": round(cal_wall, 2), "layer_loop_s": round(min(cal_loop), 2),
                "ratio": round(cal_wall / fwd_wall, 3), "forward_cpu_s": round(fwd_cpu, 2),
                "calibration_cpu_s": round(cal_cpu, 2), "cpu_ratio": round(cal_cpu / fwd_cpu, 3),

@@ -36,6 +36,7 @@ def _text_options(parser: argparse.ArgumentParser, windows_help: str, windows_de
 
 
 def _calibration_options(parser: argparse.ArgumentParser) -> None:
+    from golden_ptq.config.ptq_config import CALIBRATION_INPUTS
     from golden_ptq.deploy import shipped_quant_configs
     parser.add_argument("--quant-config", default="a8w8_dynamic",
                         help=f"PTQConfig yaml, or the name of a shipped config: {', '.join(shipped_quant_configs())} "
@@ -43,6 +44,10 @@ def _calibration_options(parser: argparse.ArgumentParser) -> None:
     _network_option(parser)
     parser.add_argument("--calib-samples", type=positive_int, default=16,
                         help="calibration windows of --seq-length tokens (default: %(default)s)")
+    parser.add_argument("--calibration-inputs", choices=CALIBRATION_INPUTS, default=None,
+                        help="what each decoder layer is calibrated on: the outputs of the layers before it as "
+                             "quantized (two passes per layer), or the float network's (one pass, about half "
+                             "the time); default: the config's algo_args['calibration_inputs'], else quantized")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:

@@ -43,6 +43,16 @@ def test_quantize_writes_one_self_contained_folder(quantized):
     assert oct(os.stat(out / "model.safetensors").st_mode & 0o777) == oct(0o666 & ~_umask())
 
 
+def test_calibration_inputs_option_reaches_the_saved_config(tmp_path, tiny_network_yaml, capsys):
+    out = tmp_path / "float-inputs"
+    assert main(["quantize", "--network-config", tiny_network_yaml, "--quant-config", "a8w8_dynamic",
+                 "--calibration-inputs", "float", "--output", str(out), "--calib-samples", "2", "--eval-windows",
+                 "2", *SMALL]) == 0
+    assert "(ratio " in capsys.readouterr().out
+    saved = yaml.safe_load((out / "ptq_config.yaml").read_text())
+    assert saved["algo_args"]["calibration_inputs"] == "float" and saved["mode"] == "DEPLOY"
+
+
 def test_eval_and_generate_use_the_folder_alone(quantized, capsys):
     out, _ = quantized
     assert main(["eval", "--model", str(out), "--eval-windows", "2", *SMALL]) == 0
@@ -76,6 +86,8 @@ def test_analyze_and_tune(tmp_path, tiny_network_yaml, capsys):
     (["quantize", "--calib-samples", "0"], "argument --calib-samples: '0' must be a whole number >= 1"),
     (["quantize", "--eval-windows", "-1"], "argument --eval-windows: '-1' must be a whole number >= 0"),
     (["quantize", "--batch-size", "two"], "argument --batch-size: 'two' is not a whole number"),
+    (["quantize", "--calibration-inputs", "floats"], "argument --calibration-inputs: invalid choice: 'floats' "
+                                                     "(choose from 'quantized', 'float')"),
     (["quantize", "--network-config", "missing.yaml"], "argument --network-config: file 'missing.yaml' does not exist"),
     (["eval", "--model", "no/such/folder"], "argument --model: folder 'no/such/folder' does not exist"),
     (["generate", "hi", "--max-new-tokens", "0"], "argument --max-new-tokens: '0' must be a whole number >= 1"),

@@ -113,6 +113,9 @@ def test_streamed_equals_in_memory_for_every_shipped_config(tmp_path, name):
     # rotation unties the head: lm_head = (embedding * final norm) Q, the embedding E Q, both per unit
     (dict(act_quant_dtype=I8, act_quant_granularity="PER_TOKEN", embedding_quant_dtype=I8, rotation="hadamard",
           anti_method="m1"), "bf16"),
+    # each layer calibrated on the float network's activations (one pass per layer), GPTQ and m2
+    (dict(act_quant_dtype=I8, anti_method="m2", precision_recovery="GPTQ",
+          algo_args={"calibration_inputs": "float", "gptq_act_order": True}), "fp32"),
 ])
 def test_tied_heads_and_spilled_activations(tmp_path, kwargs, dtype):
     """Every boundary spilled to a memory map (spill_bytes=0) gives the same bits as in memory."""

@@ -39,10 +39,12 @@ VARIANTS = [
      "ptq": dict(act_quant_dtype=ms.int8, kvcache_quant_dtype=ms.int8, anti_method="m2", act_method=3,
                  disable_level="L2", rollback_signal="output_error", algo_args=SMALL_GRIDS, **FLOAT_HEAD)},
     # dynamic per-token activations (row-parallel inputs take the whole row's range) and m6; the int8 KV
-    # cache with per-token value scales, its KV heads split over the ranks
-    {"name": "dynamic_m6", "config": {},
+    # cache with per-token value scales, its KV heads split over the ranks; each layer calibrated on the
+    # float network's activations (one pass per layer)
+    {"name": "dynamic_m6_float_inputs", "config": {},
      "ptq": dict(act_quant_dtype=ms.int8, act_quant_granularity=QuantGranularity.PER_TOKEN, anti_method="m6",
-                 kvcache_quant_dtype=ms.int8, algo_args=dict(SMALL_GRIDS, kvcache_scheme="token_values"),
+                 kvcache_quant_dtype=ms.int8, algo_args=dict(SMALL_GRIDS, kvcache_scheme="token_values",
+                                                             calibration_inputs="float"),
                  **FLOAT_HEAD), "compiled": True},
     # weight-only, groups of 16 with zero points (the group kernel on row-parallel input slices)
     {"name": "a16w8_g16_asym", "config": {},

@@ -149,6 +149,7 @@ class CalibrationDriver:
         unread = tuple(getattr(structure, "unread_output_linears", ()))
         keep_rows = int(self.config.arg("search_rows"))
         stride = max(1, -(-self.calibration_tokens // keep_rows))  # ceil: the sample spans every batch
+        one_pass = self.config.arg("calibration_inputs") == "float"
         for lname, layer in tqdm(source.decoder_layers(), total=source.num_layers(), desc="calibrate",
                                  unit="layer", disable=not self.progress, leave=False, dynamic_ncols=True):
             cells = {rel: c for rel, c in layer.cells_and_names() if isinstance(c, QuantCell)}
@@ -161,11 +162,19 @@ class CalibrationDriver:
                     for h, i in zip(hidden, inputs):
                         structure.run_layer(layer, h, i)
 
+            float_outputs: List[Tensor] = []
+
+            def feed_and_keep(layer=layer, hidden=hidden) -> None:
+                """The observing pass of ``calibration_inputs: float``: its float outputs feed the next layer."""
+                with sharing():
+                    float_outputs.extend(structure.run_layer(layer, h, i) for h, i in zip(hidden, inputs))
+
+            recorders: Dict[str, InputRecorder] = {}
             if cells:
                 recorders = (self._attach_recorders(cells, stride, keep_rows if needs_inputs else 0, grams=early_grams)
                              if needs_inputs or early_grams else {})
                 try:
-                    self._observe(cells, feed)
+                    self._observe(cells, feed_and_keep if one_pass else feed)
                 finally:
                     self._attach_recorders(cells, 0, 0, detach=True)
                 self._run_pipeline(LayerContext(
@@ -173,15 +182,23 @@ class CalibrationDriver:
                     inputs={rel: r.rows() for rel, r in recorders.items()} if needs_inputs else {},
                     runner=run, feeder=feed, range_parms=self.range_parms,
                     grams={rel: (r.gram, r.gram_rows) for rel, r in recorders.items() if r.gram is not None}))
-            recorders = self._attach_recorders(cells, stride, keep_rows) if cells and self.measuring else {}
-            try:
-                with sharing():
-                    hidden = source.boundary((structure.run_layer(layer, h, i) for h, i in zip(hidden, inputs)),
-                                             hidden)
-            finally:
-                self._attach_recorders(cells, 0, 0, detach=True)
-            self._measure_errors({f"{lname}.{rel}": (cells[rel], r.rows()) for rel, r in recorders.items()})
-            del run, cells, recorders
+            if one_pass:
+                if not cells:   # nothing to observe: the float outputs only
+                    feed_and_keep()
+                # output errors are measured on the quantized layer's own inputs (after any smoothing
+                # rescale), so measuring costs this mode one more pass
+                measured = self._recorded(cells, stride, keep_rows, feed) if cells and self.measuring else {}
+                hidden = source.boundary(float_outputs, hidden)
+            else:
+                measured = self._attach_recorders(cells, stride, keep_rows) if cells and self.measuring else {}
+                try:
+                    with sharing():
+                        hidden = source.boundary((structure.run_layer(layer, h, i) for h, i in zip(hidden, inputs)),
+                                                 hidden)
+                finally:
+                    self._attach_recorders(cells, 0, 0, detach=True)
+            self._measure_errors({f"{lname}.{rel}": (cells[rel], r.rows()) for rel, r in measured.items()})
+            del run, cells, recorders, measured
             source.layer_done(lname, layer)
             del layer
         heads = source.head_cells()
@@ -223,6 +240,15 @@ class CalibrationDriver:
                 cell.recorder = None if detach else InputRecorder(stride, rows, gram=grams and cell.spec.weight)
                 if not detach:
                     recorders[rel] = cell.recorder
+        return recorders
+
+    def _recorded(self, cells, stride: int, rows: int, run) -> Dict[str, InputRecorder]:
+        """The inputs each QuantLinear of ``cells`` sees while ``run()`` runs (every ``stride``-th row, up to ``rows``)."""
+        recorders = self._attach_recorders(cells, stride, rows)
+        try:
+            run()
+        finally:
+            self._attach_recorders(cells, 0, 0, detach=True)
         return recorders
 
     def _measure_errors(self, samples: Dict[str, Tuple[QuantCell, np.ndarray]]) -> None:

@@ -4,17 +4,14 @@ from __future__ import annotations
 import os
 from typing import List
 
-from golden_ptq.commands.common import (OUTPUT_ROOT, Stopwatch, network_helper, quant_config_name, scheme_line,
-                                        split_windows)
+from golden_ptq.commands.common import (OUTPUT_ROOT, Stopwatch, load_quant_config, network_helper, quant_config_name,
+                                        scheme_line, split_windows)
 from golden_ptq.commands.tune import run_tune  # noqa: F401  (the tune job lives in its own module)
 
 
 def _load(args, stages):
     """(config path, config, tokenizer, float network, calibration windows)."""
-    from golden_ptq import PTQConfig
-    from golden_ptq.deploy import packaged_quant_config
-    config_path = packaged_quant_config(args.quant_config)
-    config = PTQConfig.load(config_path)
+    config_path, config = load_quant_config(args)
     helper = network_helper(args.network_config)
     tokenizer = helper.create_tokenizer()
     calib = list(split_windows(tokenizer, "calibration", args.seq_length, args.calib_samples, args.text))

@@ -17,6 +17,18 @@ def network_helper(path: Optional[str]):
     return NetworkHelper(path or default_network_config())
 
 
+def load_quant_config(args):
+    """``(path, PTQConfig)`` of ``--quant-config`` (a shipped name or a yaml), with ``--calibration-inputs``
+    applied when given."""
+    from golden_ptq import PTQConfig
+    from golden_ptq.deploy import packaged_quant_config
+    path = packaged_quant_config(args.quant_config)
+    config = PTQConfig.load(path)
+    if getattr(args, "calibration_inputs", None):
+        config = config.with_algo_args(calibration_inputs=args.calibration_inputs)
+    return path, config
+
+
 def quant_config_name(name: str) -> str:
     """``a8w8_dynamic`` for ``a8w8_dynamic``, ``configs/ptq/a8w8_dynamic.yaml`` or any path."""
     base = os.path.basename(name)

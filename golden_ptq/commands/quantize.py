@@ -5,19 +5,18 @@ import datetime
 import os
 from typing import List
 
-from golden_ptq.commands.common import (OUTPUT_ROOT, Stopwatch, folder_bytes, human_bytes, network_helper,
-                                        quant_config_name, report_writers, scheme_line, split_windows)
+from golden_ptq.commands.common import (OUTPUT_ROOT, Stopwatch, folder_bytes, human_bytes, load_quant_config,
+                                        network_helper, quant_config_name, report_writers, scheme_line, split_windows)
 
 
 def run(args, stages) -> List[str]:
     """Returns the summary lines; ``stages`` is the job's progress bar (one step per stage)."""
-    from golden_ptq import PTQ, PTQConfig, PTQMode
-    from golden_ptq.deploy import load_quantized, packaged_quant_config, save_quantized
+    from golden_ptq import PTQ, PTQMode
+    from golden_ptq.deploy import load_quantized, save_quantized
     from golden_ptq.eval.perplexity import perplexity
 
     clock = Stopwatch()
-    config_path = packaged_quant_config(args.quant_config)
-    config = PTQConfig.load(config_path)
+    config_path, config = load_quant_config(args)
     if config.mode is PTQMode.DEPLOY:
         raise ValueError(f"{config_path}: mode is DEPLOY (a config saved beside a quantized model); quantize needs "
                          f"a QUANTIZE config — set `mode: QUANTIZE` or use a shipped config such as a8w8_dynamic")

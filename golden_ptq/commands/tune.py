@@ -18,7 +18,8 @@ import math
 import os
 from typing import Dict, List, Optional, Tuple
 
-from golden_ptq.commands.common import OUTPUT_ROOT, Stopwatch, network_helper, quant_config_name, split_windows
+from golden_ptq.commands.common import (OUTPUT_ROOT, Stopwatch, load_quant_config, network_helper, quant_config_name,
+                                        split_windows)
 from golden_ptq.commands.tune_trials import (FULL, REJECTED, Trial, TrialLog, outcome_of,
                                              standing_high_evaluations)
 
@@ -144,12 +145,9 @@ class TuneJob:
     """Settings, data and shared state of one ``golden-ptq tune`` run."""
 
     def __init__(self, args, stages):
-        from golden_ptq import PTQConfig
-        from golden_ptq.deploy import packaged_quant_config
         check_tune_args(args)
         self.args, self.stages = args, stages
-        self.config_path = packaged_quant_config(args.quant_config)
-        self.config = PTQConfig.load(self.config_path)
+        self.config_path, self.config = load_quant_config(args)
         self.variants = method_variants(self.config, args.methods)
         self.name = quant_config_name(self.config_path) + "-tuned"
         self.output = args.output or os.path.join(OUTPUT_ROOT, self.name)

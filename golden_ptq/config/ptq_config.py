@@ -32,7 +32,12 @@ ALGO_ARGS = {
     "rotation_online": True,  # rotation: also an online block Hadamard before feed_forward.w2
     "rotation_online_smooth": False,  # rotation_online: still smooth w3 -> w2, on the channels before it
     "kvcache_scheme": "static",  # int8 KV cache layout, one of KVCACHE_SCHEMES (golden_ptq.quant_cells.kvcache)
+    "calibration_inputs": "quantized",  # what each layer is calibrated on, one of CALIBRATION_INPUTS
 }
+#: ``quantized``: each decoder layer sees the outputs of the layers before it *as quantized* (a float
+#: pass to observe it, then a quantized pass to feed the next layer); ``float``: the float network's
+#: activations (one pass per layer, as msModelSlim's Calibrator observes a float model)
+CALIBRATION_INPUTS = ("quantized", "float")
 #: ``static``: symmetric per-channel keys and values (msModelSlim's C8); ``token_values``: asymmetric
 #: per-channel keys, values with one scale per token and head
 KVCACHE_SCHEMES = ("static", "token_values")
@@ -43,7 +48,8 @@ ALGO_ARG_RANGES = {"alpha_grid": (2, 1000), "beta_grid": (2, 1000), "awq_grid": 
                    "gptq_damp_percent": (1e-6, 1.0)}
 _FLOAT_ARGS = ("smooth_alpha", "gptq_damp_percent")
 _BOOL_ARGS = ("gptq_act_order", "rotation_online", "rotation_online_smooth")
-_CHOICE_ARGS = {"static_scale_dtype": ("float32", "float16"), "kvcache_scheme": KVCACHE_SCHEMES}
+_CHOICE_ARGS = {"static_scale_dtype": ("float32", "float16"), "kvcache_scheme": KVCACHE_SCHEMES,
+                "calibration_inputs": CALIBRATION_INPUTS}
 ROLLBACK_SIGNALS = ("range_parm", "output_error")
 _LEVEL = re.compile(r"^L(\d+)$")
 
@@ -262,6 +268,10 @@ class PTQConfig:
 
     def arg(self, name: str) -> Any:
         return self.algo_args.get(name, ALGO_ARGS[name])
+
+    def with_algo_args(self, **values: Any) -> "PTQConfig":
+        """A validated copy whose ``algo_args`` have ``values`` set (this config is not changed)."""
+        return type(self).from_dict({**self.to_dict(), "algo_args": {**self.algo_args, **values}})
 
     # ----- yaml -------------------------------------------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:
