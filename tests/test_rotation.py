@@ -6,12 +6,14 @@ import pytest
 
 from golden_ptq import PTQ, PTQConfig, PTQMode, QuantGranularity
 from golden_ptq.algorithm.modules import GPTQModule, QuantizeModule, SmoothSearchModule
-from golden_ptq.algorithm.modules.rotation import RotatedStructure, RotationModule, rotate_network
+from golden_ptq.algorithm.modules.rotation import RotatedStructure, RotationMatrices, RotationModule, rotate_network
 from golden_ptq.config.model_config import LlamaConfig
 from golden_ptq.config.validation import ConfigError
 from golden_ptq.deploy import load_quantized, save_quantized
-from golden_ptq.networks.hadamard import (OnlineHadamard, hadamard_factors, hadamard_matrix, online_block,
-                                          online_matrix, paley, random_orthogonal, sylvester)
+from golden_ptq.networks import hadamard
+from golden_ptq.networks.hadamard import (OnlineHadamard, Rotation, hadamard_factors, hadamard_matrix, online_block,
+                                          online_matrix, paley, random_orthogonal, random_rotation, sylvester,
+                                          times_online)
 from golden_ptq.networks.llama import LlamaForCausalLM
 from golden_ptq.networks.structure import LlamaStructure
 from golden_ptq.parallel import TPContext
@@ -87,6 +89,53 @@ def test_random_orthogonal_is_orthogonal_seeded_and_randomised(n):
         np.testing.assert_allclose(q, signs[:, None] * hadamard_matrix(n) / np.sqrt(n))
 
 
+def test_random_orthogonal_is_the_seeded_sign_flipped_hadamard_bit_for_bit():
+    """The structured construction draws and builds exactly the matrix ``D H / sqrt(n)`` (as before it)."""
+    for n in (576, 64, 1536):
+        signs = np.random.RandomState(11).randint(0, 2, size=n) * 2.0 - 1.0
+        np.testing.assert_array_equal(random_orthogonal(n, 11), signs[:, None] * hadamard_matrix(n) / np.sqrt(n))
+    config = tiny()
+    rng = np.random.RandomState(4)
+    q, hv = random_orthogonal(config.hidden_size, rng), random_orthogonal(config.head_dim, rng)   # q drawn first
+    mats = RotationMatrices(config, 4)
+    np.testing.assert_array_equal(mats.q.dense(), q)
+    np.testing.assert_array_equal(mats.hv.dense(), hv)
+
+
+@pytest.mark.parametrize("n, factors", [(576, [12, 12, 4]), (64, [8, 8]), (1536, [12, 8, 16]), (36, None)])
+def test_structured_rotation_products_equal_the_dense_ones(n, factors, monkeypatch):
+    monkeypatch.setattr(hadamard, "APPLY_ROWS", 64)       # several row blocks and a ragged last one
+    monkeypatch.setattr(hadamard, "APPLY_COLUMNS", 48)
+    monkeypatch.setattr(hadamard, "DENSE_ROWS", 64)
+    rot = random_rotation(n, 7)
+    if factors is None:   # no Hadamard matrix of order 36 here: a dense QR rotation
+        assert rot.matrix is not None and rot.signs is None
+    else:
+        assert rot.matrix is None and [f.shape[0] for f in rot.factors] == factors
+    q = rot.dense()
+    np.testing.assert_allclose(q @ q.T, np.eye(n), atol=1e-12)
+    rng = np.random.RandomState(0)
+    x, gain = rng.randn(2, 150, n).astype(np.float32), rng.rand(n) + 0.5
+    expected = (x.astype(np.float64) * gain) @ q
+    assert rel_error(rot.right(x, gain), expected) < 1e-12
+    assert rel_error(rot.right(x), x.astype(np.float64) @ q) < 1e-12
+    np.testing.assert_array_equal(rot.right(x, gain, np.float32), rot.right(x, gain).astype(np.float32))
+    y = rng.randn(n, 5, 31)
+    assert rel_error(rot.left_t(y), np.einsum("ji,jab->iab", q, y)) < 1e-12
+    np.testing.assert_array_equal(rot.left_t(y, np.float32), rot.left_t(y).astype(np.float32))
+    with pytest.raises(ValueError, match="last axis"):
+        rot.right(y)
+    with pytest.raises(ValueError, match="first axis"):
+        rot.left_t(x)
+
+
+def test_rotation_rejects_factors_of_the_wrong_order():
+    with pytest.raises(ValueError, match="do not multiply"):
+        Rotation(np.ones(24), [paley(12)])
+    with pytest.raises(ValueError, match="either signs and factors, or a dense matrix"):
+        Rotation(np.ones(4), [sylvester(4)], matrix=np.eye(4))
+
+
 @pytest.mark.parametrize("width, block", [(1536, 128), (96, 32), (48, 16), (256, 128)])
 def test_online_hadamard_is_block_diagonal_and_matches_numpy(width, block):
     assert online_block(width) == block
@@ -96,6 +145,7 @@ def test_online_hadamard_is_block_diagonal_and_matches_numpy(width, block):
     x = np.random.RandomState(0).randn(2, 3, width).astype(np.float32)
     y = OnlineHadamard(width)(ms.Tensor(x)).asnumpy()
     np.testing.assert_allclose(y, x @ t, atol=1e-5)
+    assert rel_error(times_online(x), x.astype(np.float64) @ t) < 1e-12   # block by block, through its factors
 
 
 # ----- float equivalence ------------------------------------------------------------------------

@@ -8,9 +8,9 @@ RMSNorm commutes with ``Q`` once its weight ``g`` is folded into the Linears it 
 
 * every RMSNorm weight is folded into the input columns of the Linears after it (``wq/wk/wv``,
   ``w1/w3``, ``lm_head``) and set to ones;
-* ``Q`` (:func:`~golden_ptq.networks.hadamard.random_orthogonal`: a Hadamard matrix of the
+* ``Q`` (:func:`~golden_ptq.networks.hadamard.random_rotation`: a Hadamard matrix of the
   hidden size with seeded random signs; SmolLM2's 576 = 12 x 12 x 4 is built from Paley's order
-  12 and Sylvester's 4) multiplies the embedding rows ``E Q``, the inputs of ``wq/wk/wv/w1/w3``
+  12 and Sylvester's 4, and applied through those factors, not as a dense matrix) multiplies the embedding rows ``E Q``, the inputs of ``wq/wk/wv/w1/w3``
   and ``lm_head`` (``W Q``) and the outputs of ``wo/w2`` (``Qᵀ W``);
 * each value head is rotated by a second such matrix ``Hv`` of order head_dim: ``wv``'s rows per
   KV head ``Hvᵀ W`` (bias ``b Hv``), ``wo``'s input columns per query head ``W Hv`` (attention
@@ -44,7 +44,7 @@ from mindspore import Parameter, Tensor, nn
 
 from golden_ptq.algorithm.modules.base import WEIGHTS, AlgoModule, LayerContext, MethodDeclaration, config_arg
 from golden_ptq.config.method_names import ROTATION, W8A8, WEIGHT_ONLY
-from golden_ptq.networks.hadamard import OnlineHadamard, random_orthogonal, times_online
+from golden_ptq.networks.hadamard import OnlineHadamard, random_rotation, times_online
 from golden_ptq.networks.llama import LlamaForCausalLM
 from golden_ptq.quant_cells.base import QuantCell
 
@@ -101,66 +101,54 @@ def _np(param: Parameter) -> np.ndarray:
 
 
 class RotationMatrices:
-    """``q`` (hidden size) and ``hv`` (head dim) of one seed, drawn in that order."""
+    """``q`` (hidden size) and ``hv`` (head dim) of one seed, drawn in that order; each a
+    :class:`~golden_ptq.networks.hadamard.Rotation` applied through its Hadamard factors
+    (``.dense()`` gives the matrix)."""
 
     def __init__(self, config, seed: int):
         rng = np.random.RandomState(seed)
-        self.q = random_orthogonal(config.hidden_size, rng)
-        self.hv = random_orthogonal(config.head_dim, rng)
+        self.q = random_rotation(config.hidden_size, rng)
+        self.hv = random_rotation(config.head_dim, rng)
         self.head_dim = config.head_dim
 
 
-ROW_CHUNK = 8192   # vocabulary tables are rotated this many rows at a time (float64 working set)
-
-
-def _rows_times_q(table: np.ndarray, q: np.ndarray, gain=None) -> np.ndarray:
-    """``(table * gain) @ q`` in float64, row chunk by row chunk, as float32."""
-    out = np.empty(table.shape, np.float32)
-    for start in range(0, table.shape[0], ROW_CHUNK):
-        rows = np.asarray(table[start:start + ROW_CHUNK], np.float64)
-        if gain is not None:
-            rows = rows * gain[None, :]
-        out[start:start + ROW_CHUNK] = rows @ q
-    return out
-
-
 def rotate_embedding(table: np.ndarray, mats: RotationMatrices) -> np.ndarray:
-    """The embedding rows ``E Q`` (float32)."""
-    return _rows_times_q(table, mats.q)
+    """The embedding rows ``E Q`` (computed in float64, float32)."""
+    return mats.q.right(table, dtype=np.float32)
 
 
 def rotate_layer(arrays: Dict[str, np.ndarray], mats: RotationMatrices, online: bool = True) -> Dict[str, np.ndarray]:
     """One decoder layer's rotated float parameters (float32) from its float ones, both by name
     relative to the layer (``attention.wq.weight``, ``attention_norm.weight``, ...)."""
-    def arr(name: str) -> np.ndarray:   # one tensor in float64 at a time: a large layer's working set stays small
-        return np.asarray(arrays[name], np.float64)
-
-    q, hv, head_dim = mats.q, mats.hv, mats.head_dim
+    q, hv, head_dim, f32 = mats.q, mats.hv, mats.head_dim, np.float32
     out: Dict[str, np.ndarray] = {}
-    g_att, g_ffn = arr("attention_norm.weight"), arr("ffn_norm.weight")
+    # the products read float32 and work in float64 a block of rows at a time (a small working set)
+    g_att, g_ffn = (np.asarray(arrays[f"{norm}.weight"], np.float64) for norm in ("attention_norm", "ffn_norm"))
     for rel, gain in (("attention.wq", g_att), ("attention.wk", g_att), ("feed_forward.w1", g_ffn),
                       ("feed_forward.w3", g_ffn)):
-        out[f"{rel}.weight"] = ((arr(f"{rel}.weight") * gain[None, :]) @ q).astype(np.float32)
-    wv = (arr("attention.wv.weight") * g_att[None, :]) @ q
+        out[f"{rel}.weight"] = q.right(arrays[f"{rel}.weight"], gain, f32)
+    wv = q.right(arrays["attention.wv.weight"], g_att)
     heads_v = wv.shape[0] // head_dim
-    out["attention.wv.weight"] = np.einsum("de,hdi->hei", hv, wv.reshape(heads_v, head_dim, -1)).reshape(wv.shape)
+    # Hvᵀ W per head: the heads side by side as columns, [head_dim, heads, in]
+    wv_heads = hv.left_t(wv.reshape(heads_v, head_dim, -1).transpose(1, 0, 2), f32)
+    out["attention.wv.weight"] = wv_heads.transpose(1, 0, 2).reshape(wv.shape)
     if "attention.wv.bias" in arrays:
-        out["attention.wv.bias"] = (arr("attention.wv.bias").reshape(heads_v, head_dim) @ hv).reshape(-1)
-    wo = arr("attention.wo.weight")
-    wo = (wo.reshape(wo.shape[0], -1, head_dim) @ hv).reshape(wo.shape)
-    out["attention.wo.weight"] = q.T @ wo
-    w2 = arr("feed_forward.w2.weight")
-    out["feed_forward.w2.weight"] = q.T @ (times_online(w2) if online else w2)
+        out["attention.wv.bias"] = hv.right(arrays["attention.wv.bias"].reshape(heads_v, head_dim)).reshape(-1)
+    wo = arrays["attention.wo.weight"]
+    wo = hv.right(wo.reshape(wo.shape[0], -1, head_dim)).reshape(wo.shape)
+    out["attention.wo.weight"] = q.left_t(wo, f32)
+    w2 = arrays["feed_forward.w2.weight"]
+    out["feed_forward.w2.weight"] = q.left_t(times_online(w2) if online else w2, f32)
     for norm in ("attention_norm", "ffn_norm"):
-        out[f"{norm}.weight"] = np.ones(q.shape[0])
+        out[f"{norm}.weight"] = np.ones(q.n)
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
 
 
 def rotate_head(head: np.ndarray, norm_out: np.ndarray, mats: RotationMatrices) -> Dict[str, np.ndarray]:
     """``lm_head.weight`` with the final norm folded in and rotated, and the norm's new weight (ones),
     by their network names (float32). ``head``: the float head (the embedding table when tied)."""
-    return {"lm_head.weight": _rows_times_q(head, mats.q, np.asarray(norm_out, np.float64)),
-            "model.norm_out.weight": np.ones(mats.q.shape[0], np.float32)}
+    return {"lm_head.weight": mats.q.right(head, np.asarray(norm_out, np.float64), np.float32),
+            "model.norm_out.weight": np.ones(mats.q.n, np.float32)}
 
 
 def rotated_arrays(network: LlamaForCausalLM, seed: int, online: bool = True) -> Dict[str, np.ndarray]:
@@ -171,12 +159,12 @@ def rotated_arrays(network: LlamaForCausalLM, seed: int, online: bool = True) ->
     """
     mats = RotationMatrices(network.config, seed)
     out: Dict[str, np.ndarray] = {
-        "model.tok_embeddings.embedding_weight": rotate_embedding(_np(network.model.tok_embeddings.embedding_weight),
-                                                                  mats)}
+        "model.tok_embeddings.embedding_weight": rotate_embedding(
+            network.model.tok_embeddings.embedding_weight.asnumpy(), mats)}
     for i, layer in enumerate(network.model.layers):
         floats = {rel: param.asnumpy() for rel, param in layer.parameters_and_names()}
         out.update({f"model.layers.{i}.{rel}": v for rel, v in rotate_layer(floats, mats, online).items()})
-    out.update(rotate_head(_np(network.lm_head.weight), _np(network.model.norm_out.weight), mats))
+    out.update(rotate_head(network.lm_head.weight.asnumpy(), _np(network.model.norm_out.weight), mats))
     return out
 
 
