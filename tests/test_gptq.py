@@ -6,7 +6,8 @@ import pytest
 
 from golden_ptq import PTQ, PTQConfig, PTQMode, QuantGranularity, kernels
 from golden_ptq.algorithm.modules import GPTQModule, QuantizeModule, gptq_quantize
-from golden_ptq.algorithm.modules.gptq import upper_factor_of_inverse
+from golden_ptq.algorithm.modules.gptq import (ColumnBlock, native_round_columns, native_subtract_transposed,
+                                              numpy_round_columns, numpy_subtract_transposed, upper_factor_of_inverse)
 from golden_ptq.io.checkpoint import load_checkpoint, save_checkpoint
 from golden_ptq.kernels.native import gptq_columns
 from golden_ptq.networks.llama import LlamaForCausalLM
@@ -114,6 +115,42 @@ def test_native_column_loop_gives_the_numpy_loops_bits(rng, group_size, symmetri
             assert got is None
         else:
             np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("isa", ["portable", "avx2"])
+def test_native_column_loop_leaves_the_numpy_loops_floats(rng, isa):
+    """Every float the loop leaves (corrected columns, errors, codes) bit for bit, over runs that end
+    inside a block and rows that span row tiles and register lanes unevenly (300 = 256 + 44)."""
+    if kernels.kernel_info().available is False:
+        pytest.skip("native kernels unavailable here (no g++ or no AVX2): only the numpy loop runs")
+    columns, rows, start, inputs = 12, 300, 4, 20
+    u = np.triu(rng.uniform(0.05, 1.0, (inputs, inputs)))
+    group_of = np.array([0] * 5 + [1] * 7, np.int64)
+    scale, zero = rng.uniform(0.01, 0.03, (2, rows)), rng.randint(-3, 4, (2, rows)).astype(np.float64)
+    block_t, codes_t = rng.randn(columns, rows) * 0.1, np.zeros((inputs, rows))
+    results = []
+    kernels.set_kernel_isa(isa)
+    try:
+        for round_columns in (native_round_columns, numpy_round_columns):
+            block = ColumnBlock(block_t.copy(), np.zeros_like(block_t), start, group_of, scale, zero, -8.0, 7.0)
+            codes = codes_t.copy()
+            for begin, end in ((0, 5), (5, 12)):
+                round_columns(block, begin, end, u, codes)
+            results.append((block.block_t, block.errors_t, codes))
+    finally:
+        kernels.set_kernel_isa(None)
+    for got, want in zip(*results):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_native_transposed_subtraction_is_numpys(rng):
+    if kernels.kernel_info().available is False:
+        pytest.skip("native kernels unavailable here (no g++ or no AVX2)")
+    a, b = rng.randn(70, 45), rng.randn(45, 70)   # not multiples of the 32-element tiles
+    want = a.copy()
+    numpy_subtract_transposed(want, b)
+    native_subtract_transposed(a, b)
+    np.testing.assert_array_equal(a, want)
 
 
 @pytest.mark.parametrize("group_size, bits, ratio", [(0, 8, 0.8), (8, 4, 0.8), (0, 4, 0.98)])

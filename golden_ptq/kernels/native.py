@@ -244,15 +244,27 @@ def gptq_columns():
     """The native GPTQ column loop (``gp_gptq_columns`` of ``gptq_columns.cc``) as a ctypes function,
     or None (switched off, or the library is unavailable): the caller then runs its numpy loop,
     which gives the same bits."""
+    double_p, long_p, i64 = ctypes.POINTER(ctypes.c_double), ctypes.POINTER(ctypes.c_int64), ctypes.c_int64
+    return _native_function("gp_gptq_columns", [double_p, i64, i64, i64, i64, double_p, i64, i64, long_p, double_p,
+                                                double_p, ctypes.c_double, ctypes.c_double, double_p, double_p])
+
+
+def gptq_subtract_transposed():
+    """GPTQ's ``a -= b.T`` on float64 arrays (``gp_subtract_transposed`` of ``gptq_columns.cc``) as a
+    ctypes function, or None like :func:`gptq_columns`."""
+    double_p, i64 = ctypes.POINTER(ctypes.c_double), ctypes.c_int64
+    return _native_function("gp_subtract_transposed", [double_p, i64, i64, double_p], restype=None)
+
+
+def _native_function(name: str, argtypes: list, restype=ctypes.c_int):
+    """``name`` of the kernel library with its ctypes signature set, or None (switched off, or the
+    library is unavailable)."""
     if not _STATE.enabled:
         return None
     _load()
     if _STATE.lib is None:
         return None
-    fn = _STATE.lib.gp_gptq_columns
+    fn = getattr(_STATE.lib, name)
     if fn.argtypes is None:
-        double_p, long_p, i64 = ctypes.POINTER(ctypes.c_double), ctypes.POINTER(ctypes.c_int64), ctypes.c_int64
-        fn.argtypes = [double_p, i64, i64, i64, i64, double_p, i64, i64, long_p, double_p, double_p,
-                       ctypes.c_double, ctypes.c_double, double_p, double_p]
-        fn.restype = ctypes.c_int
+        fn.argtypes, fn.restype = argtypes, restype
     return fn

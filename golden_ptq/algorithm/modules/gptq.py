@@ -33,7 +33,7 @@ from scipy.linalg import lapack
 from golden_ptq.algorithm.modules.base import (INPUT_GRAM, AlgoModule, InputRecorder, LayerContext, MethodDeclaration,
                                                config_arg)
 from golden_ptq.config.method_names import PRECISION_RECOVERY, W8A8, WEIGHT_ONLY
-from golden_ptq.kernels.native import gptq_columns
+from golden_ptq.kernels.native import gptq_columns, gptq_subtract_transposed
 from golden_ptq.quant_cells.linear import QuantLinear
 from golden_ptq.quant_math.functions import group_count, quantize_weight, weight_qrange
 
@@ -73,23 +73,34 @@ class HessianFactor:
     Layers reading one input (wq/wk/wv) share it."""
 
     def __init__(self, hessian: np.ndarray, damp_percent: float = 0.01, act_order: bool = False):
-        h = np.array(hessian, dtype=np.float64)
+        h = np.asarray(hessian, dtype=np.float64)
         in_features = h.shape[0]
-        dead = np.diag(h) == 0            # inputs never seen: nothing to compensate against
-        h[dead, dead] = 1.0
+        diag = np.diag(h).copy()
+        diag[diag == 0] = 1.0             # inputs never seen: nothing to compensate against
         self.act_order = act_order
-        self.perm = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(in_features)
-        h = h[np.ix_(self.perm, self.perm)]
-        h[np.diag_indices(in_features)] += damp_percent * float(np.mean(np.diag(h)))
-        self.u = upper_factor_of_inverse(h)
+        self.perm = np.argsort(-diag, kind="stable") if act_order else np.arange(in_features)
+        damp = damp_percent * float(np.mean(diag[self.perm]))
+        # the damped Hessian in reversed visiting order (see upper_factor_of_inverse) in one gather:
+        # rows, then columns, each a contiguous copy
+        order = self.perm[::-1]
+        reversed_h = np.take(np.take(h, order, axis=0), order, axis=1)
+        reversed_h[np.diag_indices(in_features)] = diag[order] + damp
+        self.u = _upper_factor_of_reversed(reversed_h)
 
 
 def upper_factor_of_inverse(h: np.ndarray) -> np.ndarray:
     """Upper-triangular ``U`` with ``U^T U = h^-1`` (``h`` symmetric positive definite), without forming
     the inverse: with ``P`` the order reversal and ``P h P = M M^T`` (Cholesky), ``U = P M^-1 P``.
     One factorisation and one triangular inverse: about half the work of ``cholesky(inv(h)).T``."""
-    lower = np.linalg.cholesky(h[::-1, ::-1])
-    inverse, info = lapack.dtrtri(lower, lower=1)
+    return _upper_factor_of_reversed(h[::-1, ::-1])
+
+
+def _upper_factor_of_reversed(reversed_h: np.ndarray) -> np.ndarray:
+    """:func:`upper_factor_of_inverse` of ``h`` given ``P h P``. numpy's Cholesky, not scipy's
+    ``dpotrf``: the two link different OpenBLAS builds, whose results differ in the last bits at
+    some sizes and thread counts."""
+    lower = np.linalg.cholesky(reversed_h)
+    inverse, info = lapack.dtrtri(lower, lower=1, overwrite_c=1)
     if info != 0:
         raise np.linalg.LinAlgError(f"GPTQ: the damped Hessian's Cholesky factor is singular (dtrtri info {info})")
     return np.ascontiguousarray(inverse[::-1, ::-1])
@@ -99,12 +110,14 @@ def gptq_round(weight: np.ndarray, factor: HessianFactor, group_size: int = 0, s
                bits: int = 8, block_size: int = 128, clip_ratio: Optional[np.ndarray] = None) -> Params:
     """:func:`gptq_quantize` with the Hessian already factored.
 
-    The columns of a block are worked on transposed (one contiguous row per input column), the
-    arithmetic element by element as the formulas in the module docstring say; in C++ when the
-    native kernels are available (same bits), else in numpy.
+    The weight is worked on transposed and in visiting order (``w_t [in, out]``: one contiguous row
+    per input column), so a block is a slice rounded in place; the lazy update of the later columns
+    is still computed as ``[out, in]`` and subtracted transposed. The arithmetic is element by
+    element as the formulas in the module docstring say; the column loop and the transposed
+    subtraction in C++ when the native kernels are available (same bits), else in numpy.
     """
-    w = np.array(weight, dtype=np.float64)
-    out_features, in_features = w.shape
+    weight = np.asarray(weight)
+    out_features, in_features = weight.shape
     act_order, perm, u = factor.act_order, factor.perm, factor.u
     if u.shape != (in_features, in_features):
         raise ValueError(f"GPTQ: hessian shape {u.shape} does not match the weight's {in_features} input columns")
@@ -116,9 +129,9 @@ def gptq_round(weight: np.ndarray, factor: HessianFactor, group_size: int = 0, s
     if not group_size or act_order:   # ranges fixed from the original weight
         width = group_size or in_features
         for g in range(groups):
-            scale[g], zero[g] = _column_params(w[:, g * width:(g + 1) * width], symmetric, bits,
+            scale[g], zero[g] = _column_params(weight[:, g * width:(g + 1) * width], symmetric, bits,
                                                None if clip is None else clip[:, g])
-    w = w[:, perm]
+    w_t = np.ascontiguousarray(weight.astype(np.float64, copy=False).T[perm])   # [in (visiting order), out]
     # without act_order a group's range is taken from its columns when GPTQ reaches it: blocks hold
     # whole groups, and each group is rounded as a run of its own
     ranges_per_group = bool(group_size) and not act_order
@@ -126,19 +139,28 @@ def gptq_round(weight: np.ndarray, factor: HessianFactor, group_size: int = 0, s
         block_size = group_size * max(1, block_size // group_size)
     run = group_size if ranges_per_group else block_size
     codes_t = np.empty((in_features, out_features))
-    round_columns = native_round_columns if gptq_columns() is not None else numpy_round_columns
+    errors_t = np.empty((min(block_size, in_features), out_features))
+    product = np.empty(out_features * max(in_features - block_size, 0))
+    native = gptq_columns() is not None
+    round_columns = native_round_columns if native else numpy_round_columns
+    subtract_transposed = native_subtract_transposed if native else numpy_subtract_transposed
     for start in range(0, in_features, block_size):
         stop = min(start + block_size, in_features)
-        block_t = np.ascontiguousarray(w[:, start:stop].T)   # [columns, rows]
+        block_t = w_t[start:stop]   # [columns, rows], a view: rounded in place
         group_of = (perm[start:stop] // group_size if group_size else np.zeros(stop - start, np.int64)).astype(np.int64)
-        block = ColumnBlock(block_t, np.empty_like(block_t), start, group_of, scale, zero, float(qmin), float(qmax))
+        block = ColumnBlock(block_t, errors_t[:stop - start], start, group_of, scale, zero, float(qmin), float(qmax))
         for begin in range(0, stop - start, run):
             if ranges_per_group:
                 g = group_of[begin]
                 scale[g], zero[g] = _column_params(block_t[begin:begin + group_size].T, symmetric, bits,
                                                    None if clip is None else clip[:, g])
             round_columns(block, begin, min(begin + run, stop - start), u, codes_t)
-        w[:, stop:] -= np.ascontiguousarray(block.errors_t.T) @ u[start:stop, stop:]
+        if stop < in_features:
+            # the product as [out, in] from contiguous operands: BLAS rounds another operand order or
+            # layout differently at some shapes, and this is the call GPTQ has always made
+            later = product[:out_features * (in_features - stop)].reshape(out_features, in_features - stop)
+            np.matmul(np.ascontiguousarray(block.errors_t.T), u[start:stop, stop:], out=later)
+            subtract_transposed(w_t[stop:], later)
     codes = codes_t[np.argsort(perm)].T
     scale, zero = scale.T, zero.T
     if not group_size:
@@ -193,6 +215,20 @@ def native_round_columns(b: ColumnBlock, begin: int, end: int, u: np.ndarray, co
                             ptr(codes_t), ptr(b.errors_t))
     if status != 0:
         raise RuntimeError(f"gp_gptq_columns failed (status {status})")
+
+
+def numpy_subtract_transposed(a: np.ndarray, b: np.ndarray) -> None:
+    """``a -= b.T`` in place."""
+    np.subtract(a, b.T, out=a)
+
+
+def native_subtract_transposed(a: np.ndarray, b: np.ndarray) -> None:
+    """:func:`numpy_subtract_transposed` in C++, reading ``b`` in tiles rather than down its columns."""
+    if not (a.flags.c_contiguous and b.flags.c_contiguous and a.dtype == b.dtype == np.float64
+            and a.shape == b.shape[::-1]):
+        raise ValueError("native_subtract_transposed: a [m, n] and b [n, m] must be C-contiguous float64")
+    double_p = ctypes.POINTER(ctypes.c_double)
+    gptq_subtract_transposed()(a.ctypes.data_as(double_p), a.shape[0], a.shape[1], b.ctypes.data_as(double_p))
 
 
 class GPTQModule(AlgoModule):
