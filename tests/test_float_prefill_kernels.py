@@ -1,12 +1,13 @@
 """Native float kernels of the eager prefill (golden_ptq.kernels.float_prefill): each against numpy, the
-attention kernel also against the MindSpore route it replaces, and a tiny network with them on and off."""
+attention kernel also against the MindSpore route it replaces, the Walsh-Hadamard transform inside
+OnlineHadamard, and a tiny network with them on and off."""
 import numpy as np
 import pytest
-from mindspore import Tensor
+from mindspore import Tensor, nn
 
 from golden_ptq import kernels
 from golden_ptq.kernels import float_prefill
-from golden_ptq.networks import layers, llama
+from golden_ptq.networks import compiled, hadamard, layers, llama
 from golden_ptq.networks.llama import LlamaForCausalLM
 
 OPS = float_prefill.float_prefill_ops()
@@ -166,3 +167,83 @@ def test_unsupported_head_dim_uses_the_mindspore_attention(rng):
     finally:
         float_prefill.set_float_prefill_kernels(True)
     np.testing.assert_allclose(on, off, rtol=1e-4, atol=1e-4 * np.abs(off).max())
+
+
+def _butterflies_float32(x, block):
+    """The FWHT's butterflies in float32, stage by stage (h = 1, 2, 4, ...), times float32(1/sqrt(block))."""
+    y = x.reshape(-1, block).astype(np.float32)
+    h = 1
+    while h < block:
+        pairs = y.reshape(-1, block // (2 * h), 2, h)
+        a, b = pairs[:, :, 0], pairs[:, :, 1]
+        y = np.stack([a + b, a - b], axis=2).reshape(-1, block)
+        h *= 2
+    return (y * np.float32(1 / np.sqrt(block))).reshape(x.shape)
+
+
+@pytest.mark.parametrize("width", [1536, 48, 24])   # blocks 128, 16 and 8 (shorter than an AVX-512 vector)
+@pytest.mark.parametrize("rows", [1, 7, 513])
+def test_fwht_matches_the_online_hadamard_reference(rng, threads, prefill_isa, width, rows):
+    """Within ~1e-7 of the float64 block Hadamard product, and the same bits as float32 butterflies
+    in stage order on every instruction set (the in-vector stages do the same sums)."""
+    block = hadamard.online_block(width)
+    x = rng.randn(rows, width).astype(np.float32)
+    x[:, 5] *= 100.0   # an outlier channel
+    got = OPS["fwht"](Tensor(x), Tensor(np.array([block], np.int32))).asnumpy()
+    want = hadamard.times_online(x)
+    np.testing.assert_allclose(want, x.astype(np.float64) @ hadamard.online_matrix(width), rtol=1e-12, atol=1e-12)
+    assert np.abs(got - want).max() <= 1e-6 * np.abs(want).max()
+    np.testing.assert_array_equal(got, _butterflies_float32(x, block))
+    x3 = x.reshape(1, rows, width)   # any leading shape
+    np.testing.assert_array_equal(OPS["fwht"](Tensor(x3), Tensor(np.array([block], np.int32))).asnumpy(),
+                                  got.reshape(x3.shape))
+
+
+@needs_native
+def test_fwht_rejects_a_block_that_does_not_divide_the_width(rng):
+    x = Tensor(rng.randn(3, 48).astype(np.float32))
+    for block in (32, 12, 0):
+        with pytest.raises(RuntimeError):
+            OPS["fwht"](x, Tensor(np.array([block], np.int32))).asnumpy()
+
+
+@pytest.mark.parametrize("width", [1536, 96])
+def test_online_hadamard_with_kernels_on_and_off(rng, prefill_isa, monkeypatch, width):
+    """Eager calls take the native transform where it runs and the matmul otherwise (within 1e-6);
+    a compiled graph takes the route bound before compiling."""
+    cell = hadamard.OnlineHadamard(width)
+    x = Tensor(rng.randn(2, 9, width).astype(np.float32))
+    on = cell(x).asnumpy()
+    np.testing.assert_array_equal(on, OPS["fwht"](x, cell.block_size).asnumpy())
+
+    matmuls = []
+    real_matmul = hadamard.ops.matmul
+    monkeypatch.setattr(hadamard.ops, "matmul", lambda *a: matmuls.append(1) or real_matmul(*a))
+    for switch in (float_prefill.set_float_prefill_kernels, kernels.set_native_kernels):
+        switch(False)
+        try:
+            off = cell(x).asnumpy()
+        finally:
+            switch(True)
+        np.testing.assert_allclose(on, off, rtol=0, atol=1e-6 * np.abs(off).max())
+    assert len(matmuls) == 2
+    monkeypatch.undo()
+
+    class Graph(nn.Cell):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def construct(self, x):
+            return self.inner(x)
+
+    with compiled.graph_mode():
+        cell.bind_kernel()
+        np.testing.assert_array_equal(Graph(cell)(x).asnumpy(), on)
+        float_prefill.set_float_prefill_kernels(False)
+        try:
+            cell.bind_kernel()
+            assert cell.bound_kernel is None
+            np.testing.assert_allclose(Graph(cell)(x).asnumpy(), off, rtol=0, atol=1e-6 * np.abs(off).max())
+        finally:
+            float_prefill.set_float_prefill_kernels(True)

@@ -13,10 +13,15 @@
 //                     j <= S - T + i with key_mask[b, j] != 0; query head h reads KV head h / (H / Hkv).
 //                     A row with no such key (left padding) gets what the MindSpore route's additive
 //                     -1e9 mask gives it: the softmax of (score - 1e9) over all S keys.
+//   GpFwht            x [..., W], block int32 [1] -> per block of ``block`` (a power of two dividing W)
+//                     the fast Walsh-Hadamard transform in Sylvester (natural) order times
+//                     1/sqrt(block): the rotation's online transform (an [n, B] x [B, B] matmul on the
+//                     MindSpore route, B / log2(B) times the arithmetic).
 //
 // RMSNorm's scaling and rope are plain loops compiled per function for AVX-512F, AVX2 and baseline
-// x86-64 (target_clones: resolved from the CPU flags when the library loads). The attention kernel is
-// written with GCC vector extensions, one instantiation per instruction set (AttentionTaskFor).
+// x86-64 (target_clones: resolved from the CPU flags when the library loads). The attention kernel and
+// the Walsh-Hadamard transform are written with GCC vector extensions, one instantiation per
+// instruction set (AttentionTaskFor, FwhtRowsFor).
 #include <sched.h>
 
 #include <algorithm>
@@ -44,6 +49,7 @@ namespace {
 template <int L>
 struct Vec {
   typedef float F __attribute__((vector_size(4 * L)));
+  typedef int32_t I __attribute__((vector_size(4 * L)));   // shuffle masks
 };
 
 template <typename V>
@@ -345,6 +351,91 @@ void AttentionTaskBaseline(const AttnArgs& a, int task, std::vector<float>* s) {
   AttentionTask<Vec<4>::F, 4, 2, 4>(a, task, s);
 }
 
+// ----- fast Walsh-Hadamard transform ---------------------------------------------------------------
+// Butterfly stage h of a block: (x[i], x[i + h]) -> (x[i] + x[i + h], x[i] - x[i + h]) for every i with
+// bit h clear. Stages with h < L stay inside one vector: y = x[i ^ h] + (i & h ? -x[i] : x[i]), the
+// same sums and differences (a + b and b + a round alike). Wider stages pair whole vectors.
+template <typename V, int H>
+GP_INLINE V InVectorStage(V v) {
+  constexpr int L = sizeof(V) / 4;
+  typename Vec<L>::I perm;
+  V sign;
+  for (int i = 0; i < L; ++i) {
+    perm[i] = i ^ H;
+    sign[i] = (i & H) ? -1.0f : 1.0f;
+  }
+  return __builtin_shuffle(v, perm) + v * sign;
+}
+
+template <typename V>
+GP_INLINE V InVectorStages(V v) {
+  constexpr int L = sizeof(V) / 4;
+  v = InVectorStage<V, 1>(v);
+  v = InVectorStage<V, 2>(v);
+  if (L > 4) v = InVectorStage<V, (L > 4 ? 4 : 1)>(v);
+  if (L > 8) v = InVectorStage<V, (L > 8 ? 8 : 1)>(v);
+  return v;
+}
+
+// Scalar transform of one block shorter than a vector (small widths only).
+void FwhtBlockScalar(const float* x, float* o, int64_t block, float scale) {
+  std::copy(x, x + block, o);
+  for (int64_t h = 1; h < block; h *= 2)
+    for (int64_t i = 0; i < block; i += 2 * h)
+      for (int64_t j = i; j < i + h; ++j) {
+        const float a = o[j], b = o[j + h];
+        o[j] = a + b;
+        o[j + h] = a - b;
+      }
+  for (int64_t j = 0; j < block; ++j) o[j] *= scale;
+}
+
+// Rows [r0, r1) of x [rows, width] into out: the in-vector stages on the way in, then the wider
+// stages in place in ``out`` (a block stays in L1), the scale folded into the last stage.
+template <typename V>
+GP_INLINE void FwhtRows(const float* x, float* out, int64_t r0, int64_t r1, int64_t width, int64_t block,
+                        float scale) {
+  constexpr int L = sizeof(V) / 4;
+  const V vs = SplatV<V>(scale);
+  for (int64_t r = r0; r < r1; ++r) {
+    for (int64_t b0 = r * width; b0 < (r + 1) * width; b0 += block) {
+      const float* xb = x + b0;
+      float* o = out + b0;
+      if (block < L) {
+        FwhtBlockScalar(xb, o, block, scale);
+        continue;
+      }
+      const bool last = block == L;
+      for (int64_t i = 0; i < block; i += L) {
+        const V v = InVectorStages<V>(LoadV<V>(xb + i));
+        StoreV<V>(o + i, last ? v * vs : v);
+      }
+      for (int64_t h = L; h < block; h *= 2) {
+        const V m = 2 * h == block ? vs : SplatV<V>(1.0f);
+        for (int64_t i = 0; i < block; i += 2 * h)
+          for (int64_t j = i; j < i + h; j += L) {
+            const V a = LoadV<V>(o + j), b = LoadV<V>(o + j + h);
+            StoreV<V>(o + j, (a + b) * m);
+            StoreV<V>(o + j + h, (a - b) * m);
+          }
+      }
+    }
+  }
+}
+
+typedef void (*FwhtFn)(const float*, float*, int64_t, int64_t, int64_t, int64_t, float);
+__attribute__((target("avx512f"))) void FwhtRowsAvx512(const float* x, float* o, int64_t r0, int64_t r1, int64_t w,
+                                                       int64_t block, float scale) {
+  FwhtRows<Vec<16>::F>(x, o, r0, r1, w, block, scale);
+}
+__attribute__((target("avx2,fma"))) void FwhtRowsAvx2(const float* x, float* o, int64_t r0, int64_t r1, int64_t w,
+                                                      int64_t block, float scale) {
+  FwhtRows<Vec<8>::F>(x, o, r0, r1, w, block, scale);
+}
+void FwhtRowsBaseline(const float* x, float* o, int64_t r0, int64_t r1, int64_t w, int64_t block, float scale) {
+  FwhtRows<Vec<4>::F>(x, o, r0, r1, w, block, scale);
+}
+
 enum Isa { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
 
 int DetectIsa() {
@@ -361,6 +452,12 @@ void (*AttentionTaskFor(int isa))(const AttnArgs&, int, std::vector<float>*) {
   if (isa == kAvx512) return AttentionTaskAvx512;
   if (isa == kAvx2) return AttentionTaskAvx2;
   return AttentionTaskBaseline;
+}
+
+FwhtFn FwhtRowsFor(int isa) {
+  if (isa == kAvx512) return FwhtRowsAvx512;
+  if (isa == kAvx2) return FwhtRowsAvx2;
+  return FwhtRowsBaseline;
 }
 
 bool Is(const char* dtype, const char* want) { return std::strcmp(dtype, want) == 0; }
@@ -391,7 +488,7 @@ extern "C" {
 
 int gp_prefill_threads() { return g_threads; }
 void gp_prefill_set_threads(int threads) { g_threads = std::max(1, std::min(threads, 64)); }
-// The attention kernel's instruction set: 0 baseline x86-64, 1 AVX2 + FMA, 2 AVX-512F. Setting asks for
+// The attention kernel's and the Walsh-Hadamard transform's instruction set: 0 baseline x86-64, 1 AVX2 + FMA, 2 AVX-512F. Setting asks for
 // at most ``isa`` (tests run each set the CPU has); returns the one now in use.
 int gp_prefill_isa() { return g_isa; }
 int gp_prefill_set_isa(int isa) {
@@ -474,6 +571,23 @@ int GpCausalAttention(int nparam, void** params, int* ndims, int64_t** shapes, c
       task_fn(a, static_cast<int>(bh * blocks + blk), mine);
     }
   });
+  return 0;
+}
+
+// (x f32 [..., W], block int32 [1]) -> f32 like x; block a power of two dividing W
+int GpFwht(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
+  if (nparam != 3 || ndims[0] < 1 || !Floats(dtypes, 1) || !Is(dtypes[1], "int32") || !Is(dtypes[2], "float32"))
+    return 1;
+  if (Elements(ndims[1], shapes[1]) != 1 || !SameShape(ndims[0], shapes[0], ndims[2], shapes[2])) return 1;
+  const int64_t width = shapes[0][ndims[0] - 1];
+  const int64_t block = *static_cast<const int32_t*>(params[1]);
+  if (width == 0 || block < 1 || (block & (block - 1)) != 0 || width % block != 0) return 1;
+  const int64_t rows = Elements(ndims[0], shapes[0]) / width;
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(block)));
+  const FwhtFn fn = FwhtRowsFor(g_isa);
+  const float* x = static_cast<const float*>(params[0]);
+  float* out = static_cast<float*>(params[2]);
+  ParallelRows(rows, width, [&](int64_t r0, int64_t r1) { fn(x, out, r0, r1, width, block, scale); });
   return 0;
 }
 

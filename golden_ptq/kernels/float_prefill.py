@@ -1,4 +1,5 @@
-"""Build, load and wrap ``float_prefill.cc`` (RMSNorm's scaling, rotary embedding, causal attention) as
+"""Build, load and wrap ``float_prefill.cc`` (RMSNorm's scaling, rotary embedding, causal attention, the
+rotation's online block Walsh-Hadamard transform) as
 MindSpore ``ops.Custom`` operators for the eager full forward / prefill.
 
 Built and cached like the int8 kernels (:mod:`golden_ptq.kernels.native`) and switched off with
@@ -44,7 +45,7 @@ _STATE = _State()
 # Every output has its first input's shape and is float32.
 _ENTRY_POINTS = {name: (symbol, native._same_shape, native._float32)
                  for name, symbol in (("rms_scale", "GpRmsScale"), ("rope", "GpRope"),
-                                      ("causal_attention", "GpCausalAttention"))}
+                                      ("causal_attention", "GpCausalAttention"), ("fwht", "GpFwht"))}
 
 
 def _load() -> None:
@@ -61,7 +62,7 @@ def _load() -> None:
 
 
 def float_prefill_ops() -> Optional[Dict[str, ops.Custom]]:
-    """``{name: Custom op}`` (``rms_scale``, ``rope``, ``causal_attention``), or None: use
+    """``{name: Custom op}`` (``rms_scale``, ``rope``, ``causal_attention``, ``fwht``), or None: use
     MindSpore ops."""
     if not (_STATE.enabled and native.native_enabled()):
         return None
@@ -90,11 +91,11 @@ def set_float_prefill_threads(threads: int) -> None:
     _STATE.lib.gp_prefill_set_threads(int(threads))
 
 
-PREFILL_ISAS = ("baseline", "avx2", "avx512")   # the attention kernel's instruction sets, in order
+PREFILL_ISAS = ("baseline", "avx2", "avx512")   # the attention and FWHT kernels' instruction sets, in order
 
 
 def set_float_prefill_isa(isa: Optional[str]) -> str:
-    """Run the attention kernel with at most ``isa`` (one of PREFILL_ISAS; None: the best this CPU
+    """Run the attention and FWHT kernels with at most ``isa`` (one of PREFILL_ISAS; None: the best this CPU
     has), for tests and comparisons; returns the set now in use."""
     if isa is not None and isa not in PREFILL_ISAS:
         raise ValueError(f"set_float_prefill_isa: isa must be one of {PREFILL_ISAS} or None, got {isa!r}")

@@ -14,14 +14,19 @@ instead of 576); ``random_orthogonal`` is the same matrix, dense.
 
 ``OnlineHadamard`` is the transform a network applies at run time before ``feed_forward.w2``:
 a block-diagonal normalised Sylvester Hadamard (blocks of the largest power of two <= 128 that
-divides the width), cheap enough to run per token.
+divides the width), cheap enough to run per token: a native fast Walsh-Hadamard transform
+(:mod:`golden_ptq.kernels.float_prefill`'s ``fwht``) where those kernels run, else a matmul per block.
 """
 from __future__ import annotations
 
 from typing import List, Optional, Sequence, Union
 
+import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn, ops
+from mindspore.ops import constexpr
+
+from golden_ptq.kernels.float_prefill import float_prefill_ops
 
 ONLINE_BLOCK = 128  # the widest block of the online transform
 
@@ -233,9 +238,20 @@ def times_online(x: np.ndarray) -> np.ndarray:
     return Rotation(np.ones(block), _apply_factors([block])).right(x.reshape(-1, block)).reshape(x.shape)
 
 
+@constexpr
+def _compiling_graph() -> bool:
+    """True while a graph compiles (evaluated then, as a constant; golden_ptq compiles its graphs in
+    GRAPH_MODE, :mod:`golden_ptq.networks.compiled`), False in an eager call."""
+    return ms.get_context("mode") == ms.GRAPH_MODE
+
+
 class OnlineHadamard(nn.Cell):
     """``y = x T`` on the last axis, ``T`` block-diagonal with normalised Sylvester blocks.
 
+    Eager calls take the native fast Walsh-Hadamard transform when the float prefill kernels run
+    (``log2(block)`` additions per entry instead of ``block`` multiply-adds; ~1e-7 relative from the
+    matmul), else a matmul of each block with the Sylvester matrix. Compiled graphs cannot run the
+    Python that decides per call: they take the route :meth:`bind_kernel` fixed before compiling.
     The block matrix is a constant Tensor, not a Parameter: it is rebuilt from the width, never saved.
     """
 
@@ -244,11 +260,26 @@ class OnlineHadamard(nn.Cell):
         self.width = int(width)
         self.block = online_block(self.width)
         self.matrix = Tensor((sylvester(self.block) / np.sqrt(self.block)).astype(np.float32))
+        self.block_size = Tensor(np.array([self.block], np.int32))   # the native operator's operand
+        self.bound_kernel = None   # set by bind_kernel() for compiled graphs
 
     def construct(self, x: Tensor) -> Tensor:
+        if _compiling_graph():
+            kernel = self.bound_kernel
+        else:
+            table = float_prefill_ops()
+            kernel = None if table is None else table["fwht"]
+        if kernel is not None:
+            return kernel(x, self.block_size)
         shape = x.shape
         y = ops.matmul(x.reshape(-1, self.block), self.matrix)
         return y.reshape(shape)
+
+    def bind_kernel(self) -> None:
+        """Fix the route of compiled graphs: the native transform if the float prefill kernels run
+        now, else the matmul."""
+        table = float_prefill_ops()
+        self.bound_kernel = None if table is None else table["fwht"]
 
     def apply_numpy(self, x: np.ndarray) -> np.ndarray:
         """``x T`` in float64 on the last axis (numpy; what ``construct`` computes). ``T`` is symmetric
