@@ -31,8 +31,9 @@ def test_every_algo_arg_belongs_to_a_method():
     read = {arg for d in default_method_registry().declarations() for arg in d.algo_args}
     quantize_step = {"static_scale_dtype"}   # read by the Quantize module, which every pipeline ends with
     layer_specs = {"kvcache_scheme"}         # read when each layer's scheme is resolved (algorithm.swap.layer_spec)
+    driver = {"calibration_inputs"}          # read by the layer loop (algorithm.driver), whatever the methods
     unread = set(ALGO_ARGS) - read
-    assert unread <= (SHARED_ARGS - {"search_rows"}) | quantize_step | layer_specs   # hist_bins is act_method's
+    assert unread <= (SHARED_ARGS - {"search_rows"}) | quantize_step | layer_specs | driver   # hist_bins: act_method's
     assert read <= set(ALGO_ARGS)
 
 
