@@ -243,8 +243,9 @@ def main(argv=None) -> int:
             cal_loop.append(loop)
         fwd_wall, fwd_cpu = min(w for w, _ in fwd), min(c for _, c in fwd)
         cal_wall, cal_cpu = min(w for w, _ in cal), min(c for _, c in cal)
-        row = {"config": os.path.basename(path)[:-5] + ("" if args.calibration_inputs is None else
-                                                         f" ({args.calibration_inputs} inputs)"), "forward_s": round(fwd_wall, 2),
+        label = os.path.basename(path)[:-5] + ("" if args.calibration_inputs is None else
+                                              f" ({args.calibration_inputs} inputs)")
+        row = {"config": label, "forward_s": round(fwd_wall, 2),
                "calibration_s": round(cal_wall, 2), "layer_loop_s": round(min(cal_loop), 2),
                "ratio": round(cal_wall / fwd_wall, 3), "forward_cpu_s": round(fwd_cpu, 2),
                "calibration_cpu_s": round(cal_cpu, 2), "cpu_ratio": round(cal_cpu / fwd_cpu, 3),

@@ -243,7 +243,8 @@ class CalibrationDriver:
         return recorders
 
     def _recorded(self, cells, stride: int, rows: int, run) -> Dict[str, InputRecorder]:
-        """The inputs each QuantLinear of ``cells`` sees while ``run()`` runs (every ``stride``-th row, up to ``rows``)."""
+        """The inputs each QuantLinear of ``cells`` sees while ``run()`` runs (every ``stride``-th row,
+        up to ``rows``)."""
         recorders = self._attach_recorders(cells, stride, rows)
         try:
             run()

@@ -10,8 +10,9 @@ RMSNorm commutes with ``Q`` once its weight ``g`` is folded into the Linears it 
   ``w1/w3``, ``lm_head``) and set to ones;
 * ``Q`` (:func:`~golden_ptq.networks.hadamard.random_rotation`: a Hadamard matrix of the
   hidden size with seeded random signs; SmolLM2's 576 = 12 x 12 x 4 is built from Paley's order
-  12 and Sylvester's 4, and applied through those factors, not as a dense matrix) multiplies the embedding rows ``E Q``, the inputs of ``wq/wk/wv/w1/w3``
-  and ``lm_head`` (``W Q``) and the outputs of ``wo/w2`` (``Qᵀ W``);
+  12 and Sylvester's 4, and applied through those factors, not as a dense matrix) multiplies the
+  embedding rows ``E Q``, the inputs of ``wq/wk/wv/w1/w3`` and ``lm_head`` (``W Q``) and the
+  outputs of ``wo/w2`` (``Qᵀ W``);
 * each value head is rotated by a second such matrix ``Hv`` of order head_dim: ``wv``'s rows per
   KV head ``Hvᵀ W`` (bias ``b Hv``), ``wo``'s input columns per query head ``W Hv`` (attention
   mixes positions, not channels, so it commutes); the stored values are rotated too (int8 KV);
