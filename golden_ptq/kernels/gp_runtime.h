@@ -2,6 +2,7 @@
 // the thread pool (one library holds every source, so there is one of each per process).
 #pragma once
 
+#include <cstdint>
 #include <functional>
 
 namespace gp {
@@ -13,5 +14,9 @@ int CurrentIsa();
 
 // Runs fn(0 .. tasks - 1) on the calling thread and the pool's helpers; returns when all have run.
 void ParallelFor(int tasks, const std::function<void(int)>& fn);
+
+// out int32 [M, N] = a int8 [M, K] times b int8 [N, K] transposed, exact (the quantized Linears'
+// integer product, with its instruction-set dispatch and threads).
+void I8GemmInt32(const int8_t* a, const int8_t* b, int32_t* out, int64_t m, int64_t n, int64_t k);
 
 }  // namespace gp

@@ -1108,6 +1108,12 @@ int QGemmDynamic(void** params, int64_t m, int64_t n, int64_t k, const float* ab
 namespace gp {
 int CurrentIsa() { return g_isa; }
 void ParallelFor(int tasks, const std::function<void(int)>& fn) { ThePool().Run(tasks, fn); }
+void I8GemmInt32(const int8_t* a, const int8_t* b, int32_t* out, int64_t m, int64_t n, int64_t k) {
+  Codes codes(m, k, g_isa >= kAvx512Vnni);
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t i = 0; i < k; ++i) codes.Put(r, i, a[r * k + i]);
+  I8Gemm(codes, b, m, n, k, Epilogue{nullptr, nullptr, nullptr, nullptr, out, n});
+}
 }  // namespace gp
 
 extern "C" {
@@ -1126,12 +1132,8 @@ void gp_set_threads(int threads) { ThePool().Resize(std::max(1, threads)); }
 int GpI8Gemm(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
   int64_t m, n, k;
   if (!Dims(nparam, 3, ndims, shapes, &m, &n, &k) || !Is(dtypes[0], "int8") || !Is(dtypes[1], "int8")) return 1;
-  const int8_t* a = static_cast<const int8_t*>(params[0]);
-  Codes codes(m, k, g_isa >= kAvx512Vnni);
-  for (int64_t r = 0; r < m; ++r)
-    for (int64_t i = 0; i < k; ++i) codes.Put(r, i, a[r * k + i]);
-  Epilogue ep{nullptr, nullptr, nullptr, nullptr, static_cast<int32_t*>(params[2]), n};
-  I8Gemm(codes, static_cast<const int8_t*>(params[1]), m, n, k, ep);
+  gp::I8GemmInt32(static_cast<const int8_t*>(params[0]), static_cast<const int8_t*>(params[1]),
+                  static_cast<int32_t*>(params[2]), m, n, k);
   return 0;
 }
 

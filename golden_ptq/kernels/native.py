@@ -1,7 +1,8 @@
 """Build and load the native CPU kernels: ``int8_gemm.cc`` (quantized Linear products),
 ``kv_attention.cc`` (decode attention over the int8 KV cache) and ``kv_codec.cc`` (its encode /
 decode) wrapped as MindSpore ``ops.Custom`` operators, and ``gptq_columns.cc`` (GPTQ's column
-loop) called through ctypes on numpy arrays.
+loop) and ``candidate_score.cc`` (the smoothing searches' candidate error) called through ctypes on
+numpy arrays.
 
 The sources ship inside the package; the first use compiles them with the system ``g++`` into one
 library in a per-user cache (``$XDG_CACHE_HOME/golden_ptq/kernels``, or ``~/.cache/...``), named by
@@ -31,7 +32,8 @@ logger = logging.getLogger(__name__)
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 # one library; int8_gemm.cc defines the runtime of gp_runtime.h
-SOURCES = [os.path.join(_HERE, name) for name in ("int8_gemm.cc", "kv_attention.cc", "kv_codec.cc", "gptq_columns.cc")]
+SOURCES = [os.path.join(_HERE, name) for name in ("int8_gemm.cc", "kv_attention.cc", "kv_codec.cc", "gptq_columns.cc",
+                                                        "candidate_score.cc")]
 HEADERS = [os.path.join(_HERE, "gp_runtime.h")]
 FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread"]
 ISA_NAMES = {0: "portable", 1: "avx2", 3: "avx512_vnni"}
@@ -254,6 +256,28 @@ def gptq_subtract_transposed():
     ctypes function, or None like :func:`gptq_columns`."""
     double_p, i64 = ctypes.POINTER(ctypes.c_double), ctypes.c_int64
     return _native_function("gp_subtract_transposed", [double_p, i64, i64, double_p], restype=None)
+
+
+@dataclass(frozen=True)
+class CandidateScoring:
+    """The ctypes functions of ``candidate_score.cc`` (see its comments for the arguments)."""
+    input_codes: object
+    weight_codes: object
+    error: object
+
+
+def candidate_scoring() -> Optional[CandidateScoring]:
+    """The native candidate scoring functions, or None (switched off, or the library is unavailable):
+    the caller then runs its numpy route, which gives the same codes."""
+    double_p, i8_p, i64 = ctypes.POINTER(ctypes.c_double), ctypes.POINTER(ctypes.c_int8), ctypes.c_int64
+    inputs = _native_function("gp_score_input_codes", [double_p, double_p, i64, i64, ctypes.c_int, ctypes.c_double,
+                                                       ctypes.c_double, ctypes.c_double, i8_p, double_p])
+    if inputs is None:
+        return None
+    weights = _native_function("gp_score_weight_codes", [double_p, double_p, i64, i64, i8_p, double_p])
+    error = _native_function("gp_score_error", [i8_p, double_p, ctypes.c_int, ctypes.c_double, i8_p, double_p,
+                                                double_p, i64, i64, i64, double_p], restype=None)
+    return CandidateScoring(inputs, weights, error)
 
 
 def _native_function(name: str, argtypes: list, restype=ctypes.c_int):

@@ -30,6 +30,7 @@ import numpy as np
 
 from golden_ptq.algorithm.modules.base import (ACTIVATION_RANGES, INPUT_ROWS, AlgoModule, LayerContext, MethodDeclaration,
                                                config_arg)
+from golden_ptq.algorithm.modules.native_scoring import NativeScorer, NonFiniteRows, native_scorable
 from golden_ptq.algorithm.modules.smooth import (TP_SMOOTHING, MappingStats, drop_input_grams, fold_smoothing,
                                                 mapping_statistics, smoothing_scale)
 from golden_ptq.algorithm.modules.smooth_transform import (pre_transform_weights, refuse_transform,
@@ -86,12 +87,41 @@ class CandidateScorer:
         self.refs = {id(c): refs[id(c)] if refs is not None and id(c) in refs
                      else _whole_output(c, x @ self.weights[id(c)].T) for c in self.cells}
         self.ref_squares = {key: (ref ** 2).sum() for key, ref in self.refs.items()}
+        self.native = None
+        if self.cells and all(native_scorable(c) for c in self.cells):
+            native = NativeScorer(x, self.weights, self.refs)
+            self.native = native if native.available else None
 
     def error(self, scale_e: np.ndarray, shift_e: Optional[np.ndarray] = None) -> float:
         if self.stats.transform is not None:
             if shift_e is not None:
                 raise NotImplementedError("a channel shift cannot be folded through a run-time transform")
             return transformed_output_error(self.stats, self.x, scale_e, self.refs, self.w_pres)
+        if shift_e is None and self.native is not None:
+            try:
+                return self._native_error(np.ascontiguousarray(scale_e, np.float64))
+            except NonFiniteRows:
+                pass   # the numpy route below meets the same rows and decides
+        return self._numpy_error(scale_e, shift_e)
+
+    def _native_error(self, scale_e: np.ndarray) -> float:
+        """:meth:`error` through ``candidate_score.cc`` (same codes; the sum in another order)."""
+        num = den = 0.0
+        inputs: Dict[tuple, tuple] = {}
+        for cell in self.cells:
+            key = _input_quantizer(cell, scale_e, None)
+            if key not in inputs:
+                static = None if cell.spec.act_dynamic else _static_range(cell, scale_e, None)
+                inputs[key] = self.native.input_codes(cell, scale_e, static)
+            sums = np.array([self.native.error_sums(cell, scale_e, inputs[key]), self.ref_squares[id(cell)]])
+            if _sharded(cell) == "column":
+                sums = all_reduce_sum_numpy(sums, cell.tp)
+            num += float(sums[0])
+            den += float(sums[1])
+        return num / max(den, 1e-30)
+
+    def _numpy_error(self, scale_e: np.ndarray, shift_e: Optional[np.ndarray]) -> float:
+        """:meth:`error` in numpy: the reference, and the route of every case the kernels do not cover."""
         num = den = 0.0
         xs = self.x / scale_e[None, :]
         if shift_e is not None:
