@@ -20,7 +20,7 @@ needs_native = pytest.mark.skipif(not INFO.available, reason=f"native kernels un
 # four weight rows) and the packed-panel paths (panels of 48 weight rows packed 16 at a time), tails in
 # K (not a multiple of 4, 16, 64), in N (not a multiple of 4, 16, 32, 48) and in M.
 SHAPES = [(1, 64, 8), (1, 577, 50), (3, 130, 7), (4, 100, 49), (6, 300, 70), (9, 67, 97), (16, 70, 22),
-          (17, 200, 96), (33, 576, 53), (70, 129, 130)]
+          (17, 200, 96), (33, 576, 53), (70, 129, 130), (50, 640, 100)]
 
 
 def _cpu_flags():
@@ -32,7 +32,7 @@ def _cpu_flags():
 
 
 def _isas():
-    order = ["portable", "avx2", "avx512_vnni"]
+    order = ["portable", "avx2", "avx512_vnni", "amx"]
     return order[:order.index(INFO.detected_isa) + 1] if INFO.available else []
 
 
@@ -47,7 +47,9 @@ def isa(request):
 @needs_native
 def test_detected_isa_matches_cpu_flags():
     flags = _cpu_flags()
-    if {"avx512_vnni", "avx512bw", "avx512vl"} <= flags:
+    if {"avx512_vnni", "avx512bw", "avx512vl", "amx_tile", "amx_int8"} <= flags:
+        assert INFO.detected_isa in ("amx", "avx512_vnni")   # avx512_vnni: the kernel refused AMX state
+    elif {"avx512_vnni", "avx512bw", "avx512vl"} <= flags:
         assert INFO.detected_isa == "avx512_vnni"
     elif "avx2" in flags:
         assert INFO.detected_isa == "avx2"

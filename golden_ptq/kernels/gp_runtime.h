@@ -7,7 +7,7 @@
 
 namespace gp {
 
-enum Isa { kScalar = 0, kAvx2 = 1, kAvx512Vnni = 3 };
+enum Isa { kScalar = 0, kAvx2 = 1, kAvx512Vnni = 3, kAmx = 4 };   // kAmx: AVX-512 VNNI and AMX-INT8
 
 // The instruction set the kernels may use now (gp_set_isa lowers it, for tests).
 int CurrentIsa();

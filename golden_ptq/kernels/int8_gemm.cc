@@ -11,6 +11,8 @@
 //   GpW8Gemm        float x int8 weight, out = (x @ float(w).T) * weight_scale[n]  (A16W8, no float copy)
 //
 // Instruction sets, chosen at run time (gp_set_isa lowers the choice, for tests):
+//   4  AMX-INT8: the VNNI path with its many-row products on 16 x 64-byte tiles (tdpbusd, the same
+//      u8 x s8 arithmetic on the same packed panels)
 //   3  AVX-512 VNNI: u8 x s8 dot products (vpdpbusd) on x + 128, minus 128 * (column sum of w)
 //   1  AVX2: int8 widened to int16, vpmaddwd (exact), FMA for float
 //   0  portable C++ (the reference the vector paths must equal)
@@ -18,6 +20,8 @@
 // ops.div / ops.round compute it, so the codes equal the graph-op route bit for bit.
 #include <immintrin.h>
 #include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "gp_runtime.h"
 
@@ -34,14 +38,23 @@
 
 namespace {
 
+using gp::kAmx;
 using gp::kAvx2;
 using gp::kAvx512Vnni;
 using gp::kScalar;
+
+// AMX tiles need the kernel's leave (Linux 5.16+: arch_prctl ARCH_REQ_XCOMP_PERM for XTILEDATA),
+// asked once for the whole process; refused or unknown, the VNNI path runs.
+bool AmxPermitted() {
+  constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
+}
 
 int DetectIsa() {
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl")) {
+    if (__builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-int8") && AmxPermitted()) return kAmx;
     return kAvx512Vnni;
   }
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return kAvx2;
@@ -585,6 +598,71 @@ GP_AVX512 void VnniPanel(const uint8_t* au, int64_t lda, const int8_t* panel, in
   }
 }
 
+// ----- AMX: the VNNI panels on tiles ---------------------------------------------------------------
+// A packed panel (see PackPanel) is three B tiles side by side: tile c of k-groups [g, g + 16) starts
+// at panel + g * kNr * 4 + 64 * c, rows kNr * 4 bytes apart. Tiles 0-2 accumulate 16 input rows x
+// 48 columns, tile 3 holds the 16 input rows' 64 bytes of k, tiles 4-6 the panel's. The panel's
+// k-groups are padded with zeros to a multiple of 16 (and the code rows are zero beyond k), so the
+// sums are the VNNI path's exactly (integer, any order).
+#define GP_AMX __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,avx512vnni,avx512vl")))
+
+constexpr int kAmxRows = 16;
+constexpr int64_t kAmxGroups = 16;   // k-groups of four bytes per tile row (64 bytes)
+
+inline int64_t AmxGroups(int64_t kg) { return (kg + kAmxGroups - 1) / kAmxGroups * kAmxGroups; }
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// Rows [m_begin, m_end) of one panel: whole blocks of 16 rows on tiles, the rest on VnniPanel. The
+// tile configuration is loaded per call and released after, so other AMX users of the thread (none
+// known) are not disturbed.
+GP_AMX void AmxPanel(const uint8_t* au, int64_t lda, const int8_t* panel, int64_t kg, int64_t m_begin, int64_t m_end,
+                     int64_t n, int nvalid, const int32_t* bias, const float* cs, const Epilogue& ep) {
+  int64_t m = m_begin;
+  if (m_end - m_begin >= kAmxRows) {
+    TileConfig cfg;
+    for (int t = 0; t < 7; ++t) {
+      cfg.rows[t] = kAmxRows;
+      cfg.colsb[t] = 64;
+    }
+    _tile_loadconfig(&cfg);
+    const int64_t groups = AmxGroups(kg), stride = kNr * 4;
+    alignas(64) int32_t out[3][kAmxRows][16];
+    for (; m + kAmxRows <= m_end; m += kAmxRows) {
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      for (int64_t g = 0; g < groups; g += kAmxGroups) {
+        const int8_t* p = panel + g * stride;
+        _tile_loadd(3, au + m * lda + g * 4, lda);
+        _tile_loadd(4, p, stride);
+        _tile_loadd(5, p + 64, stride);
+        _tile_loadd(6, p + 128, stride);
+        _tile_dpbusd(0, 3, 4);
+        _tile_dpbusd(1, 3, 5);
+        _tile_dpbusd(2, 3, 6);
+      }
+      _tile_stored(0, out[0], 64);
+      _tile_stored(1, out[1], 64);
+      _tile_stored(2, out[2], 64);
+      for (int c = 0; c < 3; ++c) {
+        if (16 * c >= nvalid) continue;
+        const __m512i vb = _mm512_loadu_si512(bias + 16 * c);
+        const __m512 vc = _mm512_loadu_ps(cs + 16 * c);
+        for (int i = 0; i < kAmxRows; ++i) Store16(ep, m + i, n + 16 * c, nvalid - 16 * c, _mm512_load_si512(out[c][i]), vb, vc);
+      }
+    }
+    _tile_release();
+  }
+  if (m < m_end) VnniPanel(au, lda, panel, kg, m, m_end, n, nvalid, bias, cs, ep);
+}
+
 // Weight rows are fetched kPrefetchRows ahead: a row is a short stream (K bytes), which the hardware
 // prefetchers pick up too late when the weight does not fit in L2 (the 576 x 49152 head: 4x slower
 // than a float GEMV without this).
@@ -634,6 +712,8 @@ void I8Gemm(const Codes& codes, const int8_t* b, int64_t m_rows, int64_t n_cols,
     }
     const int64_t kg = (k + 3) / 4;
     const int64_t panels = (n_cols + kNr - 1) / kNr;
+    // Tiles read 64 bytes of every code row per step: the rows are padded to that (see Codes).
+    const bool amx = g_isa >= kAmx && lda % 64 == 0 && lda >= AmxGroups(kg) * 4;
     // Enough panels: one task per panel (all rows); few: each panel's rows split over the threads.
     const int m_parts = panels >= 2 * threads ? 1 : threads;
     const int64_t m_blocks = (m_rows + kMr - 1) / kMr;
@@ -644,13 +724,20 @@ void I8Gemm(const Codes& codes, const int8_t* b, int64_t m_rows, int64_t n_cols,
       const int64_t m_end = std::min(m_rows, Cut(m_blocks, m_parts, part + 1) * kMr);
       if (m_begin >= m_end) return;
       thread_local std::vector<int8_t> panel;
-      panel.resize(static_cast<size_t>(kg * kNr * 4));
+      // AMX reads the k-groups in sixteens: the panel then ends in zero groups up to a multiple of 16.
+      const int64_t groups = amx ? AmxGroups(kg) : kg;
+      panel.resize(static_cast<size_t>(groups * kNr * 4));
+      if (groups > kg) std::memset(panel.data() + kg * kNr * 4, 0, static_cast<size_t>((groups - kg) * kNr * 4));
       alignas(64) int32_t bias[kNr];
       alignas(64) float cs[kNr];
       const int64_t n = p * kNr;
       PackPanel(b, n_cols, k, n, kg, ep, panel.data(), bias, cs);
       const int nvalid = static_cast<int>(std::min<int64_t>(kNr, n_cols - n));
-      VnniPanel(au, lda, panel.data(), kg, m_begin, m_end, n, nvalid, bias, cs, ep);
+      if (amx) {
+        AmxPanel(au, lda, panel.data(), kg, m_begin, m_end, n, nvalid, bias, cs, ep);
+      } else {
+        VnniPanel(au, lda, panel.data(), kg, m_begin, m_end, n, nvalid, bias, cs, ep);
+      }
     });
     return;
   }

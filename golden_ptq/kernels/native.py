@@ -36,7 +36,7 @@ SOURCES = [os.path.join(_HERE, name) for name in ("int8_gemm.cc", "kv_attention.
                                                         "candidate_score.cc")]
 HEADERS = [os.path.join(_HERE, "gp_runtime.h")]
 FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread"]
-ISA_NAMES = {0: "portable", 1: "avx2", 3: "avx512_vnni"}
+ISA_NAMES = {0: "portable", 1: "avx2", 3: "avx512_vnni", 4: "amx"}
 _MIN_ISA = 1   # the portable C++ path is a test reference, slower than MindSpore's float ops
 
 
@@ -46,7 +46,7 @@ class KernelInfo:
 
     available: bool          # built, loaded and usable on this CPU
     enabled: bool            # the switch (:func:`set_native_kernels`)
-    isa: str                 # instruction set in use ("avx512_vnni", "avx2", "portable", or "none")
+    isa: str                 # instruction set in use ("amx", "avx512_vnni", "avx2", "portable", or "none")
     detected_isa: str        # the best the CPU offers
     threads: int
     library: Optional[str]   # path of the shared library
