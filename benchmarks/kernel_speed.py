@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--budget", type=float, default=0.15, help="seconds per measurement")
     parser.add_argument("--route", choices=["native", "mindspore"], default="native")
-    parser.add_argument("--isa", choices=["avx512_vnni", "avx2", "portable"], default=None,
+    parser.add_argument("--isa", choices=["amx", "avx512_vnni", "avx2", "portable"], default=None,
                         help="cap the native kernels' instruction set (comparisons on one machine)")
     parser.add_argument("--forms", nargs="*", default=None,
                         help="quantized forms to time beside fp32 (default: all of a16w8 a16w4_g128 a8w8_static "

@@ -2,7 +2,9 @@
 import numpy as np
 import pytest
 
-from golden_ptq.eval.perplexity import log_softmax_nll, perplexity
+from golden_ptq import kernels
+from golden_ptq.eval.perplexity import log_softmax_nll, numpy_log_softmax_nll, perplexity
+from golden_ptq.kernels.native import nll_rows
 from golden_ptq.networks.helper import NetworkHelper
 
 RANDOM_MODEL = {"source": "random", "seed": 0, "tokenizer": None,
@@ -88,6 +90,29 @@ def test_log_softmax_nll_in_chunks_equals_the_whole_array_at_once():
     top = wide.max(axis=-1, keepdims=True)
     expected = (np.log(np.exp(wide - top).sum(axis=-1)) + top[..., 0]
                 - np.take_along_axis(wide, targets[..., None], axis=-1)[..., 0])
-    got = log_softmax_nll(logits, targets)
+    got = numpy_log_softmax_nll(logits, targets)
     assert got.shape == targets.shape and got.dtype == np.float64
     np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.skipif(nll_rows() is None, reason="needs the native kernels (g++ and an x86-64 CPU)")
+def test_native_nll_agrees_with_numpy_and_leaves_it_what_it_refuses():
+    rng = np.random.RandomState(1)
+    logits = (rng.randn(3, 37, 1001) * 6).astype(np.float32)   # a vocabulary that is no multiple of 8
+    logits[0, 0, :] = -3e38                                     # every term but the largest underflows
+    logits[0, 0, 5] = 80.0
+    logits[1, 2, :] = 7.0                                       # all equal: log(V)
+    targets = rng.randint(0, 1001, logits.shape[:-1])
+    got = log_softmax_nll(logits, targets)
+    np.testing.assert_allclose(got, numpy_log_softmax_nll(logits, targets), rtol=1e-13, atol=1e-13)
+    assert got[1, 2] == pytest.approx(np.log(1001), rel=1e-15)
+    for isa in ("avx2", "portable"):   # the narrower vector paths too
+        kernels.set_kernel_isa(isa)
+        try:
+            np.testing.assert_allclose(log_softmax_nll(logits, targets), got, rtol=1e-13, atol=1e-13)
+        finally:
+            kernels.set_kernel_isa(None)
+    with pytest.raises(IndexError):   # a target out of range: numpy's own error
+        log_softmax_nll(logits, np.full(targets.shape, 1001))
+    logits[2, 3, 4] = np.nan          # a non-finite row: numpy's NaN, not the kernel's
+    assert np.isnan(log_softmax_nll(logits, targets)[2, 3])

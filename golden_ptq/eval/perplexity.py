@@ -1,12 +1,14 @@
 """Perplexity over a token stream cut into windows."""
 from __future__ import annotations
 
+import ctypes
 from typing import Optional
 
 import numpy as np
 from tqdm import tqdm
 
 from golden_ptq.datasets.windows import window_starts
+from golden_ptq.kernels.native import nll_rows
 
 
 NLL_ROWS = 32   # positions whose float64 logits are worked on at once: a few MB that stay in cache
@@ -15,8 +17,26 @@ NLL_ROWS = 32   # positions whose float64 logits are worked on at once: a few MB
 def log_softmax_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """Negative log-likelihood of ``targets`` ``[..., T]`` under ``logits`` ``[..., T, V]`` (float64).
 
-    Computed ``NLL_ROWS`` positions at a time: every reduction runs along one position's row, so the
-    values are those of the whole array at once, at a fraction of the memory traffic."""
+    float32 logits go to the native kernel (``kernels/nll.cc``: parallel over positions, each row read
+    once; agrees with numpy to ~1e-15) when it is available; otherwise, or when it refuses the input
+    (a target out of range, a non-finite row), :func:`numpy_log_softmax_nll`."""
+    logits = np.asarray(logits)
+    fn = nll_rows() if logits.dtype == np.float32 and logits.ndim >= 1 and logits.shape[-1] > 0 else None
+    if fn is not None:
+        flat = np.ascontiguousarray(logits).reshape(-1, logits.shape[-1])
+        picks = np.ascontiguousarray(np.asarray(targets).reshape(-1), np.int64)
+        if picks.size == flat.shape[0]:
+            out = np.empty(flat.shape[0], np.float64)
+            if fn(flat.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), picks.ctypes.data_as(ctypes.POINTER(ctypes.c_int64)),
+                  flat.shape[0], flat.shape[1], out.ctypes.data_as(ctypes.POINTER(ctypes.c_double))) == 0:
+                return out.reshape(logits.shape[:-1])
+    return numpy_log_softmax_nll(logits, targets)
+
+
+def numpy_log_softmax_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """:func:`log_softmax_nll` in numpy (the reference): ``NLL_ROWS`` positions at a time, so every
+    reduction runs along one position's row and the values are those of the whole array at once, at a
+    fraction of the memory traffic."""
     logits = np.asarray(logits)
     flat = logits.reshape(-1, logits.shape[-1])
     picks = np.asarray(targets).reshape(-1)

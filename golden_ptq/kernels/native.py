@@ -1,8 +1,8 @@
 """Build and load the native CPU kernels: ``int8_gemm.cc`` (quantized Linear products),
 ``kv_attention.cc`` (decode attention over the int8 KV cache) and ``kv_codec.cc`` (its encode /
 decode) wrapped as MindSpore ``ops.Custom`` operators, and ``gptq_columns.cc`` (GPTQ's column
-loop) and ``candidate_score.cc`` (the smoothing searches' candidate error) called through ctypes on
-numpy arrays.
+loop), ``candidate_score.cc`` (the smoothing searches' candidate error) and ``nll.cc``
+(perplexity's log-softmax) called through ctypes on numpy arrays.
 
 The sources ship inside the package; the first use compiles them with the system ``g++`` into one
 library in a per-user cache (``$XDG_CACHE_HOME/golden_ptq/kernels``, or ``~/.cache/...``), named by
@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 _HERE = os.path.dirname(os.path.abspath(__file__))
 # one library; int8_gemm.cc defines the runtime of gp_runtime.h
 SOURCES = [os.path.join(_HERE, name) for name in ("int8_gemm.cc", "kv_attention.cc", "kv_codec.cc", "gptq_columns.cc",
-                                                        "candidate_score.cc")]
+                                                        "candidate_score.cc", "nll.cc")]
 HEADERS = [os.path.join(_HERE, "gp_runtime.h")]
 FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread"]
 ISA_NAMES = {0: "portable", 1: "avx2", 3: "avx512_vnni", 4: "amx"}
@@ -278,6 +278,13 @@ def candidate_scoring() -> Optional[CandidateScoring]:
     error = _native_function("gp_score_error", [i8_p, double_p, ctypes.c_int, ctypes.c_double, i8_p, double_p,
                                                 double_p, i64, i64, i64, double_p], restype=None)
     return CandidateScoring(inputs, weights, error)
+
+
+def nll_rows():
+    """Perplexity's per-position NLL over float32 logits (``gp_nll_rows`` of ``nll.cc``) as a ctypes
+    function, or None (switched off, or the library is unavailable): the caller then runs numpy."""
+    return _native_function("gp_nll_rows", [ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_int64),
+                                            ctypes.c_int64, ctypes.c_int64, ctypes.POINTER(ctypes.c_double)])
 
 
 def _native_function(name: str, argtypes: list, restype=ctypes.c_int):
