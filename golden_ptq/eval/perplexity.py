@@ -27,8 +27,10 @@ def log_softmax_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
         picks = np.ascontiguousarray(np.asarray(targets).reshape(-1), np.int64)
         if picks.size == flat.shape[0]:
             out = np.empty(flat.shape[0], np.float64)
-            if fn(flat.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), picks.ctypes.data_as(ctypes.POINTER(ctypes.c_int64)),
-                  flat.shape[0], flat.shape[1], out.ctypes.data_as(ctypes.POINTER(ctypes.c_double))) == 0:
+            status = fn(flat.ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
+                        picks.ctypes.data_as(ctypes.POINTER(ctypes.c_int64)), flat.shape[0], flat.shape[1],
+                        out.ctypes.data_as(ctypes.POINTER(ctypes.c_double)))
+            if status == 0:
                 return out.reshape(logits.shape[:-1])
     return numpy_log_softmax_nll(logits, targets)
 

@@ -7,8 +7,8 @@
 // product is the reference's own operation in the same precision (the weight in float32 as
 // quantize_weight does, the rows in float64), nearbyint is numpy's round (half to even), and
 // nothing here may use FMA (the package's flags enable none). Only the final sum is in another order
-// (eight partial sums per row, then the rows in order; the same on every run and thread count), so an error differs from
-// numpy's pairwise sum in its last bits at most, and equal candidates still score equal.
+// (eight partial sums per row, then the rows in order; the same on every run and thread count), so an
+// error differs from numpy's pairwise sum in its last bits at most, and equal candidates score equal.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -48,7 +48,8 @@ GP_SCORE_CLONES bool InputRow(const double* x, const double* s, int64_t k, bool 
     hi = kSymQmax;
     zp = 0.0;
   }
-  for (int64_t i = 0; i < k; ++i) codes[i] = static_cast<int8_t>(std::min(hi, std::max(lo, std::nearbyint(xs[i] / step) + zp)));
+  for (int64_t i = 0; i < k; ++i)
+    codes[i] = static_cast<int8_t>(std::min(hi, std::max(lo, std::nearbyint(xs[i] / step) + zp)));
   return true;
 }
 
@@ -64,7 +65,8 @@ GP_SCORE_CLONES bool WeightRow(const double* w, const double* s, int64_t k, floa
   if (!finite) return false;
   const float step = static_cast<float>(std::max(static_cast<double>(amax) / kSymQmax, kTinyScale));
   *scale = step;
-  for (int64_t i = 0; i < k; ++i) codes[i] = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, std::nearbyint(ws[i] / step))));
+  for (int64_t i = 0; i < k; ++i)
+    codes[i] = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, std::nearbyint(ws[i] / step))));
   return true;
 }
 

@@ -655,7 +655,8 @@ GP_AMX void AmxPanel(const uint8_t* au, int64_t lda, const int8_t* panel, int64_
         if (16 * c >= nvalid) continue;
         const __m512i vb = _mm512_loadu_si512(bias + 16 * c);
         const __m512 vc = _mm512_loadu_ps(cs + 16 * c);
-        for (int i = 0; i < kAmxRows; ++i) Store16(ep, m + i, n + 16 * c, nvalid - 16 * c, _mm512_load_si512(out[c][i]), vb, vc);
+        for (int i = 0; i < kAmxRows; ++i)
+          Store16(ep, m + i, n + 16 * c, nvalid - 16 * c, _mm512_load_si512(out[c][i]), vb, vc);
       }
     }
     _tile_release();

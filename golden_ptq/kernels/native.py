@@ -8,8 +8,8 @@ The sources ship inside the package; the first use compiles them with the system
 library in a per-user cache (``$XDG_CACHE_HOME/golden_ptq/kernels``, or ``~/.cache/...``), named by
 a hash of the sources and the compiler so an upgrade rebuilds. One shared library serves every CPU: the
 vector paths are compiled with per-function target attributes and chosen at run time from the
-CPU's flags (AVX-512 VNNI, else AVX2); without AVX2, or when compilation fails, the caller keeps
-the MindSpore-op route and a warning names the reason once.
+CPU's flags (AMX-INT8 tiles where Linux grants them, else AVX-512 VNNI, else AVX2); without AVX2, or
+when compilation fails, the caller keeps the MindSpore-op route and a warning names the reason once.
 """
 from __future__ import annotations
 

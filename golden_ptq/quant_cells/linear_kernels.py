@@ -9,7 +9,7 @@ the result equals exact int8 x int8 -> int32 accumulation, at float32 GEMM speed
 
 That MindSpore-op route is the fallback. Where the native kernels of :mod:`golden_ptq.kernels`
 run (x86-64 with AVX2 and a C++ compiler), each form is one fused operator instead: the input is
-quantized, multiplied in integers (AVX-512 VNNI or AVX2) and rescaled in one pass, and A16W8 /
+quantized, multiplied in integers (AMX, AVX-512 VNNI or AVX2) and rescaled in one pass, and A16W8 /
 A16W4 (per channel, per group with a possibly ragged last group, symmetric or asymmetric)
 multiply by the int8 codes directly, dequantizing them in registers or an L2-sized panel. Both
 routes give the same int8 codes and int32 sums; the weight-only forms agree up to float summation
