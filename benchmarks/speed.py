@@ -11,6 +11,12 @@ the order reversed every other round (FP32 then form, form then FP32, ...), so e
 figures taken side by side in one process, neither side gains from its position, and noise shows as
 the spread between best and median.
 
+transformers runs in processes of its own, alternating with processes that run golden_ptq FP32 alone
+(FP32, transformers, transformers, FP32, ...; ``--tf-processes`` of each): in one process each
+framework's idle threads take CPU from the other (torch's beside MindSpore cost golden_ptq's FP32
+prefill ~10-20% on a 2-core Xeon). ``--tf-same-process`` measures them side by side in one process
+instead.
+
     python benchmarks/speed.py
     python benchmarks/speed.py --forms a8w8_dynamic a16w8 --repeats 5 --no-transformers
 """
@@ -25,7 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import psutil
@@ -189,6 +195,10 @@ def main(argv=None) -> int:
     parser.add_argument("--decode-steps", type=int, default=16)
     parser.add_argument("--calib-windows", type=int, default=2)
     parser.add_argument("--no-transformers", action="store_true")
+    parser.add_argument("--tf-processes", type=int, default=2,
+                        help="processes each of golden_ptq FP32 alone and transformers alone, alternating")
+    parser.add_argument("--tf-same-process", action="store_true",
+                        help="transformers beside golden_ptq FP32 in one process instead")
     parser.add_argument("--no-native", action="store_true", help="quantized forms on MindSpore ops only")
     parser.add_argument("--eager", action="store_true", help="golden_ptq op by op (PyNative), nothing compiled")
     parser.add_argument("--compiled-forward", action="store_true",
@@ -203,28 +213,73 @@ def main(argv=None) -> int:
         return worker(args)
     # One process per pair (FP32 + one form, or FP32 + transformers): MindSpore 2.10's graph parser
     # has been seen to confuse cells in a process that builds and compiles many networks.
-    partners = (["transformers"] if not args.no_transformers else []) + list(args.forms)
+    together = args.tf_same_process and not args.no_transformers
+    partners = (["transformers"] if together else []) + list(args.forms)
     flags = [a for a in (argv if argv is not None else sys.argv[1:])]
     results = {}
+    if not args.no_transformers and not together:
+        combined = _transformers_apart(flags, args.tf_processes)
+        if combined is not None:
+            results["transformers"] = combined
     for partner in partners:
-        cmd = [sys.executable, os.path.abspath(__file__), *_strip_forms(flags), "--worker", partner]
         print(f"measuring fp32 + {partner} ...", flush=True)
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-        if done.returncode != 0 or not lines:
-            tail = (done.stderr.strip().splitlines() or ["?"])[-1]
-            print(f"  failed ({tail})", flush=True)
-            continue
-        results[partner] = json.loads(lines[-1][len("RESULT "):])
-        if results[partner].get("skipped"):
-            print(f"  {results[partner]['skipped']}", flush=True)
-            del results[partner]
+        result = _run_worker(flags, partner)
+        if result is not None:
+            results[partner] = result
     print_table(results)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump({"cpu_flags": cpu_flags(), "kernels": kernel_info().__dict__, "results": results,
                        "args": vars(args)}, handle, indent=1)
     return 0
+
+
+def _run_worker(flags: List[str], partner: str) -> Optional[dict]:
+    """One worker process's RESULT, or None (it failed or skipped: said on stdout)."""
+    cmd = [sys.executable, os.path.abspath(__file__), *_strip_forms(flags), "--worker", partner]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr.strip().splitlines() or ["?"])[-1]
+        print(f"  failed ({tail})", flush=True)
+        return None
+    result = json.loads(lines[-1][len("RESULT "):])
+    if result.get("skipped"):
+        print(f"  {result['skipped']}", flush=True)
+        return None
+    return result
+
+
+def alternating_order(processes: int) -> List[str]:
+    """Worker order for FP32-alone and transformers-alone processes: A B, B A, A B, ... so that
+    neither always runs first (or on a machine just warmed by the other)."""
+    order: List[str] = []
+    for i in range(processes):
+        pair = [ALONE_FP32, ALONE_TF]
+        order += pair if i % 2 == 0 else pair[::-1]
+    return order
+
+
+ALONE_FP32, ALONE_TF = "fp32-alone", "transformers-alone"
+
+
+def _transformers_apart(flags: List[str], processes: int) -> Optional[dict]:
+    """golden_ptq FP32 and transformers, each alone in its own processes, alternating; their rounds
+    pooled into the shape of a side-by-side result (``samples`` for ``fp32`` and ``transformers``)."""
+    samples: Dict[str, List[Dict[str, float]]] = {"fp32": [], "transformers": []}
+    peak, warmup = 0.0, {}
+    for partner in alternating_order(max(1, processes)):
+        print(f"measuring {partner} ...", flush=True)
+        result = _run_worker(flags, partner)
+        if result is None:
+            return None
+        for name, rows in result["samples"].items():
+            samples[name] += rows
+            warmup[name] = result["warmup_s"][name]
+        if "fp32" in result["samples"]:
+            peak = max(peak, result["peak_rss_gb"])
+    return {"samples": samples, "peak_rss_gb": peak, "warmup_s": warmup, "apart": True,
+            "kernels": result["kernels"], "fell_back_to_eager": []}
 
 
 def _strip_forms(flags: List[str]) -> List[str]:
@@ -247,17 +302,23 @@ def _strip_forms(flags: List[str]) -> List[str]:
 
 
 def worker(args) -> int:
-    """FP32 and ``args.worker`` in this process, rounds interleaved; prints one RESULT json line."""
+    """FP32 and ``args.worker`` in this process, rounds interleaved (``fp32-alone`` /
+    ``transformers-alone``: that one alone); prints one RESULT json line."""
     if args.no_native:
         set_native_kernels(False)
     partner = args.worker
-    _, tokenizer = load_gguf(default_gguf_path(), max_position_embeddings=2048)
+    loaded, tokenizer = load_gguf(default_gguf_path(), max_position_embeddings=2048)
+    vocab = loaded.config.vocab_size   # every process draws its token ids from the same range
+    del loaded
     calib = list(corpus_windows(tokenizer, "calibration", 256, args.calib_windows))
-    names = ["fp32"] + ([] if partner == "transformers" else [partner])
-    runners, memory, warmup = build_forms(names, calib, compiled=not args.eager,
-                                          compiled_forward=args.compiled_forward and not args.eager)
-    vocab = runners["fp32"].network.config.vocab_size
-    if partner == "transformers":
+    runners: Dict[str, object] = {}
+    memory: Dict[str, float] = {}
+    warmup: Dict[str, float] = {}
+    if partner != ALONE_TF:
+        names = ["fp32"] + ([] if partner in ("transformers", ALONE_FP32) else [partner])
+        runners, memory, warmup = build_forms(names, calib, compiled=not args.eager,
+                                              compiled_forward=args.compiled_forward and not args.eager)
+    if partner in ("transformers", ALONE_TF):
         before = rss_gb()
         hf = load_transformers(threads=psutil.cpu_count(logical=True) or 1)
         if hf is None:
@@ -296,8 +357,10 @@ def print_table(results: Dict[str, dict]) -> None:
     def med(rows, c):
         return statistics.median(r[c] for r in rows)
 
-    print("tokens/s: best (median) of the interleaved rounds; ×fp32 / ×tf: best over the best of golden_ptq "
-          "FP32 / transformers FP32 measured in the same process")
+    apart = any(result.get("apart") for result in results.values())
+    print("tokens/s: best (median) of the interleaved rounds; ×fp32: best over the best of golden_ptq FP32 "
+          "measured in the same process; ×tf: golden_ptq FP32 over transformers FP32, "
+          + ("each alone in its own processes, alternating" if apart else "measured in the same process"))
     print(f"| form | {' | '.join(columns)} | peak RSS GB (with fp32) | warm-up s |")
     print("|" + "---|" * (len(columns) + 3))
     for partner, result in results.items():

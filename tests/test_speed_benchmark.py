@@ -44,3 +44,23 @@ def test_rounds_alternate_which_runner_goes_first_column_by_column(speed):
     assert [len(samples[n]) for n in runners] == [2, 2]
     assert samples["form"][0]["decode b8"] == pytest.approx(8 * 4 / 0.5)
     assert list(samples["fp32"][0]) == speed.COLUMNS
+
+
+def test_transformers_and_fp32_alone_alternate_which_process_goes_first(speed):
+    assert speed.alternating_order(3) == [speed.ALONE_FP32, speed.ALONE_TF, speed.ALONE_TF, speed.ALONE_FP32,
+                                          speed.ALONE_FP32, speed.ALONE_TF]
+
+
+def test_apart_rounds_are_pooled_per_framework(speed, monkeypatch):
+    def fake_worker(flags, partner):
+        name = "fp32" if partner == speed.ALONE_FP32 else "transformers"
+        rate = 100.0 if name == "fp32" else 200.0
+        return {"samples": {name: [{c: rate for c in speed.COLUMNS}]}, "warmup_s": {name: 1.0},
+                "peak_rss_gb": 3.0 if name == "fp32" else 5.0, "kernels": "avx2"}
+
+    monkeypatch.setattr(speed, "_run_worker", fake_worker)
+    combined = speed._transformers_apart([], 2)
+    assert [len(combined["samples"][n]) for n in ("fp32", "transformers")] == [2, 2]
+    assert combined["peak_rss_gb"] == 3.0 and combined["apart"]   # golden_ptq's process, not torch's
+    monkeypatch.setattr(speed, "_run_worker", lambda flags, partner: None)
+    assert speed._transformers_apart([], 2) is None
