@@ -109,10 +109,9 @@ class CandidateScorer:
         num = den = 0.0
         inputs: Dict[tuple, tuple] = {}
         for cell in self.cells:
-            key = _input_quantizer(cell, scale_e, None)
+            key = _input_quantizer(cell, scale_e, None)   # ("per_token",) or ("static", lo, hi, symmetric)
             if key not in inputs:
-                static = None if cell.spec.act_dynamic else _static_range(cell, scale_e, None)
-                inputs[key] = self.native.input_codes(cell, scale_e, static)
+                inputs[key] = self.native.input_codes(cell, scale_e, key[1:3] if key[0] == "static" else None)
             sums = np.array([self.native.error_sums(cell, scale_e, inputs[key]), self.ref_squares[id(cell)]])
             if _sharded(cell) == "column":
                 sums = all_reduce_sum_numpy(sums, cell.tp)
