@@ -1,5 +1,37 @@
 """Packaging for golden_ptq."""
-from setuptools import find_packages, setup
+import importlib.util
+import os
+
+from setuptools import Distribution, find_packages, setup
+from setuptools.command.build_py import build_py
+
+
+class BuildWithKernels(build_py):
+    """Copies the package, then compiles its native kernels into the copy (golden_ptq/kernels/prebuilt),
+    so the first run does not wait for the compiler. Without a compiler the install still succeeds:
+    the first use compiles (or falls back to MindSpore ops) and says why."""
+
+    def run(self):
+        super().run()
+        if getattr(self, "editable_mode", False):   # pip install -e: the package runs from the checkout
+            return
+        kernels = os.path.join(self.build_lib, "golden_ptq", "kernels")
+        spec = importlib.util.spec_from_file_location("golden_ptq_kernel_build", os.path.join(kernels, "build.py"))
+        build = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(build)   # by path: importing golden_ptq would import MindSpore
+        try:
+            for path in build.build_prebuilt(kernels):
+                print(f"golden_ptq: compiled {os.path.relpath(path, self.build_lib)}")
+        except (OSError, RuntimeError) as error:
+            print(f"golden_ptq: native kernels not compiled at install ({error}); the first use will try again")
+
+
+class PlatformDistribution(Distribution):
+    """The wheel holds compiled libraries: tag it for this platform, not as pure Python."""
+
+    def has_ext_modules(self):
+        return True
+
 
 setup(
     name="golden_ptq",
@@ -10,8 +42,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.9",
     packages=find_packages(include=["golden_ptq", "golden_ptq.*"]),
-    # The default configs, the calibration / evaluation text and the int8 kernel source (compiled at
-    # first use, golden_ptq.kernels.native) ship inside the package.
+    # The default configs, the calibration / evaluation text and the kernel sources ship inside the
+    # package; the kernels are compiled at install (BuildWithKernels) or at first use.
     package_data={"golden_ptq": ["configs/*.yaml", "configs/ptq/*.yaml", "data/*.txt.gz", "kernels/*.cc", "kernels/*.h"]},
     install_requires=[
         "mindspore==2.10.0",
@@ -31,4 +63,6 @@ setup(
                     # consumer-library checks of `golden-ptq export`
                     "export-check": ["torch==2.13.0", "transformers", "accelerate", "compressed-tensors", "gguf"]},
     entry_points={"console_scripts": ["golden-ptq=golden_ptq.cli:main"]},
+    cmdclass={"build_py": BuildWithKernels},
+    distclass=PlatformDistribution,
 )

@@ -103,7 +103,8 @@ def test_nothing_reads_outside_the_repository():
 
 
 def test_installed_package_finds_its_data(tmp_path):
-    """A plain (non-editable) install carries the configs and the text: run from outside the checkout."""
+    """A plain (non-editable) install carries the configs, the text and the compiled kernels: run from
+    outside the checkout, with an empty kernel cache that must stay empty (nothing compiled at first use)."""
     source, target = tmp_path / "src", tmp_path / "site"
     shutil.copytree(REPO, source, symlinks=True,  # a copy: building leaves build/ behind
                     ignore=shutil.ignore_patterns(".git", "build", "*.egg-info", "__pycache__", "golden_ptq_out", "runs"))
@@ -121,8 +122,14 @@ def test_installed_package_finds_its_data(tmp_path):
             "assert corpus_split('evaluation').strip()\n"
             "import golden_ptq.cli\n"
             "golden_ptq.cli.build_parser()\n"
+            "from golden_ptq.kernels import kernel_info\n"
+            "from golden_ptq.kernels.float_prefill import float_prefill_ops\n"
+            "info = kernel_info()\n"
+            "assert info.available and info.library.startswith(os.environ['TARGET']), info\n"
+            "assert float_prefill_ops() is not None\n"
+            "assert not os.path.exists(os.environ['XDG_CACHE_HOME']), os.listdir(os.environ['XDG_CACHE_HOME'])\n"
             "print('ok')\n")
-    env = dict(os.environ, PYTHONPATH=str(target), TARGET=str(target))
+    env = dict(os.environ, PYTHONPATH=str(target), TARGET=str(target), XDG_CACHE_HOME=str(tmp_path / "cache"))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(tmp_path), env=env)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
     installed = {os.path.relpath(os.path.join(root, name), target) for root, _, names in os.walk(target / "golden_ptq")

@@ -2,7 +2,7 @@
 rotation's online block Walsh-Hadamard transform) as
 MindSpore ``ops.Custom`` operators for the eager full forward / prefill.
 
-Built and cached like the int8 kernels (:mod:`golden_ptq.kernels.native`) and switched off with
+Built and cached like the int8 kernels (:mod:`golden_ptq.kernels.build`) and switched off with
 them (``set_native_kernels(False)``), or alone with :func:`set_float_prefill_kernels`. When they are
 off or cannot be built, callers keep the MindSpore-op route. On x86-64 the vector code runs with
 AVX-512, AVX2 + FMA or SSE2, whichever the CPU has; other machines use the MindSpore ops.
@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
 import subprocess
 import threading
 from typing import Dict, Optional
 
 from mindspore import ops
 
-from golden_ptq.kernels import native
+from golden_ptq.kernels import build, native
 
 logger = logging.getLogger(__name__)
 
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "float_prefill.cc")
 MAX_HEAD_DIM = 256   # the attention kernel's limit (head_dim must also be a multiple of 16)
 
 
@@ -54,7 +52,7 @@ def _load() -> None:
             return
         _STATE.tried = True
         try:
-            path = native._build([SOURCE])
+            path = build.library_path("float_prefill")
             _STATE.lib, _STATE.path = ctypes.CDLL(path), path
         except (OSError, RuntimeError, subprocess.SubprocessError) as error:
             _STATE.reason = f"float prefill kernels unavailable: {error}"

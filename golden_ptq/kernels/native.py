@@ -4,38 +4,29 @@ decode) wrapped as MindSpore ``ops.Custom`` operators, and ``gptq_columns.cc`` (
 loop), ``candidate_score.cc`` (the smoothing searches' candidate error) and ``nll.cc``
 (perplexity's log-softmax) called through ctypes on numpy arrays.
 
-The sources ship inside the package; the first use compiles them with the system ``g++`` into one
-library in a per-user cache (``$XDG_CACHE_HOME/golden_ptq/kernels``, or ``~/.cache/...``), named by
-a hash of the sources and the compiler so an upgrade rebuilds. One shared library serves every CPU: the
-vector paths are compiled with per-function target attributes and chosen at run time from the
-CPU's flags (AMX-INT8 tiles where Linux grants them, else AVX-512 VNNI, else AVX2); without AVX2, or
-when compilation fails, the caller keeps the MindSpore-op route and a warning names the reason once.
+The sources ship inside the package; ``pip install`` compiles them, else the first use does, into a
+per-user cache (:mod:`golden_ptq.kernels.build`). One shared library serves every CPU: the vector
+paths are compiled with per-function target attributes and chosen at run time from the CPU's flags
+(AMX-INT8 tiles where Linux grants them, else AVX-512 VNNI, else AVX2); without AVX2, or when
+compilation fails, the caller keeps the MindSpore-op route and a warning names the reason once.
 """
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
-import os
-import platform
-import shutil
 import subprocess
-import tempfile
 import threading
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import mindspore as ms
 from mindspore import ops
 
+import golden_ptq.kernels.build as build
+
 logger = logging.getLogger(__name__)
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-# one library; int8_gemm.cc defines the runtime of gp_runtime.h
-SOURCES = [os.path.join(_HERE, name) for name in ("int8_gemm.cc", "kv_attention.cc", "kv_codec.cc", "gptq_columns.cc",
-                                                        "candidate_score.cc", "nll.cc")]
-HEADERS = [os.path.join(_HERE, "gp_runtime.h")]
-FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread"]
+SOURCES, HEADERS = build.LIBRARIES["gp_kernels"]
 ISA_NAMES = {0: "portable", 1: "avx2", 3: "avx512_vnni", 4: "amx"}
 _MIN_ISA = 1   # the portable C++ path is a test reference, slower than MindSpore's float ops
 
@@ -67,48 +58,10 @@ class _State:
 _STATE = _State()
 
 
-def _cache_dir() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "golden_ptq", "kernels")
-
-
-def _compiler_version(cxx: str) -> str:
-    return subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True).stdout.splitlines()[0]
-
-
-def _build(sources: Optional[List[str]] = None, headers: Optional[List[str]] = None) -> str:
-    """Path of the library compiled from ``sources`` (default: this module's ``SOURCES`` and
-    ``HEADERS``), compiling it if the cache lacks it (written atomically); named after its first
-    source (``float_prefill.cc`` builds its own)."""
-    if sources is None:
-        sources, headers = SOURCES, HEADERS
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        raise RuntimeError(f"machine {platform.machine()} is not x86-64")
-    cxx = shutil.which("g++") or shutil.which("c++")
-    if cxx is None:
-        raise RuntimeError("no C++ compiler (g++) on PATH")
-    text = b""
-    for name in list(sources) + list(headers or []):
-        with open(name, "rb") as handle:
-            text += handle.read()
-    key = hashlib.sha256(text + " ".join(FLAGS).encode() + _compiler_version(cxx).encode()).hexdigest()[:16]
-    folder = _cache_dir()
-    stem = "gp_kernels" if sources is SOURCES else os.path.splitext(os.path.basename(sources[0]))[0]
-    path = os.path.join(folder, f"{stem}-{key}.so")
-    if os.path.isfile(path):
-        return path
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
-    os.close(fd)
-    try:
-        done = subprocess.run([cxx, *FLAGS, "-o", tmp, *sources], capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"{cxx} failed on {' '.join(sources)}: {done.stderr.strip()[:400]}")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+def _build() -> str:
+    """Path of the ``SOURCES`` library: installed with the package, cached, or compiled now
+    (:mod:`golden_ptq.kernels.build`)."""
+    return build.library_path("gp_kernels", SOURCES, HEADERS)
 
 
 def _load() -> None:
