@@ -12,6 +12,25 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: uses the real SmolLM2 weights (runs in CI; minutes)")
 
 
+def _module_weight(path: str, items) -> int:
+    """2: the module has real-model (``slow``) tests; 1: it runs msrun jobs; 0: the rest."""
+    if any(item.get_closest_marker("slow") for item in items):
+        return 2
+    return 1 if "msrun" in os.path.basename(path) else 0
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The modules with the longest tests go first, each kept whole and in its own order (module
+    fixtures are set up once). pytest-xdist hands the first tests out in turn, so the long ones start
+    on both workers at once, and short tests fill the end instead of one worker finishing a long test
+    alone."""
+    modules = {}
+    for item in items:
+        modules.setdefault(str(item.fspath), []).append(item)
+    ordered = sorted(modules.items(), key=lambda entry: -_module_weight(*entry))   # stable: else as collected
+    items[:] = [item for _, module_items in ordered for item in module_items]
+
+
 def _refused_skip(report) -> str:
     """The failure text for a skip CI's policy refuses, or '' (see pytest_runtest_makereport)."""
     strict = os.environ.get("GOLDEN_PTQ_STRICT_SKIPS")  # "1": optional dependencies may skip; "all": nothing may
