@@ -69,3 +69,20 @@ def test_the_source_key_covers_sources_headers_and_flags(tmp_path, monkeypatch):
     changed = build.source_key(sources, [str(header)])
     monkeypatch.setattr(build, "FLAGS", build.FLAGS + ["-DX"])
     assert build.source_key(sources, [str(header)]) != changed
+
+
+def test_build_prebuilt_writes_every_library_and_drops_stale_ones(tmp_path, monkeypatch):
+    originals = tmp_path / "src"
+    originals.mkdir()
+    monkeypatch.setattr(build, "LIBRARIES", {"one": (_sources(originals, 2), []), "two": (_sources(originals, 1), [])})
+    kernels = tmp_path / "kernels"      # the build copy of the package's kernels folder
+    kernels.mkdir()
+    for sources, _ in build.LIBRARIES.values():
+        for name in sources:
+            (kernels / os.path.basename(name)).write_bytes(open(name, "rb").read())
+    (kernels / "prebuilt").mkdir()
+    (kernels / "prebuilt" / "one-0000000000000000.so").write_bytes(b"a library of older sources")
+    written = build.build_prebuilt(str(kernels))
+    assert sorted(os.listdir(kernels / "prebuilt")) == sorted(os.path.basename(p) for p in written)
+    assert [os.path.basename(p).split("-")[0] for p in written] == ["one", "two"]
+    assert ctypes.CDLL(written[0]).gp_test_add1(1, 1) == 3

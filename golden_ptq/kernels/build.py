@@ -91,7 +91,7 @@ def compile_libraries(jobs: Dict[str, Tuple[Sequence[str], str]], cxx: str, work
             if done.returncode != 0:
                 raise RuntimeError(f"{cxx} failed on {what}: {done.stderr.strip()[:400]}")
 
-        with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        with ThreadPoolExecutor(max_workers=workers or len(os.sched_getaffinity(0))) as pool:
             for future in [pool.submit(run, [cxx, *FLAGS, "-c", "-o", obj, source], source) for source, obj in tasks]:
                 future.result()
         for stem, (_, path) in jobs.items():
@@ -141,4 +141,10 @@ def build_prebuilt(package_kernels: str) -> List[str]:
         copied_headers = [os.path.join(package_kernels, os.path.basename(h)) for h in headers]
         jobs[stem] = (copied, os.path.join(package_kernels, "prebuilt", f"{stem}-{source_key(copied, copied_headers)}.so"))
     compile_libraries(jobs, compiler())
-    return [path for _, path in jobs.values()]
+    written = [path for _, path in jobs.values()]
+    # a reused build folder (pip builds in the checkout's build/) may hold libraries of older sources
+    folder = os.path.join(package_kernels, "prebuilt")
+    for name in os.listdir(folder):
+        if os.path.join(folder, name) not in written:
+            os.remove(os.path.join(folder, name))
+    return written
