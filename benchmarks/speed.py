@@ -124,9 +124,12 @@ def load_transformers(threads: int):
 
 
 def build_forms(names: List[str], calib: List[np.ndarray], compiled: bool, compiled_forward: bool,
-                vocab_probe: int = 2):
-    """Each form built, then warmed up at once (first calls compile its graphs), before the next."""
-    network, _ = load_gguf(default_gguf_path(), max_position_embeddings=2048)
+                vocab_probe: int = 2, network=None):
+    """Each form built, then warmed up at once (first calls compile its graphs), before the next.
+    ``network``: the float SmolLM2 already loaded (the FP32 form; the others copy its weights), else
+    loaded here."""
+    if network is None:
+        network, _ = load_gguf(default_gguf_path(), max_position_embeddings=2048)
     weights = {name: p.asnumpy() for name, p in network.parameters_and_names()}
     config = network.config
     forms, memory, warmup = {}, {}, {}
@@ -250,6 +253,9 @@ def _run_worker(flags: List[str], partner: str) -> Optional[dict]:
     return result
 
 
+ALONE_FP32, ALONE_TF = "fp32-alone", "transformers-alone"
+
+
 def alternating_order(processes: int) -> List[str]:
     """Worker order for FP32-alone and transformers-alone processes: A B, B A, A B, ... so that
     neither always runs first (or on a machine just warmed by the other)."""
@@ -258,9 +264,6 @@ def alternating_order(processes: int) -> List[str]:
         pair = [ALONE_FP32, ALONE_TF]
         order += pair if i % 2 == 0 else pair[::-1]
     return order
-
-
-ALONE_FP32, ALONE_TF = "fp32-alone", "transformers-alone"
 
 
 def _transformers_apart(flags: List[str], processes: int) -> Optional[dict]:
@@ -307,9 +310,8 @@ def worker(args) -> int:
     if args.no_native:
         set_native_kernels(False)
     partner = args.worker
-    loaded, tokenizer = load_gguf(default_gguf_path(), max_position_embeddings=2048)
-    vocab = loaded.config.vocab_size   # every process draws its token ids from the same range
-    del loaded
+    network, tokenizer = load_gguf(default_gguf_path(), max_position_embeddings=2048)
+    vocab = network.config.vocab_size   # every process draws its token ids from the same range
     calib = list(corpus_windows(tokenizer, "calibration", 256, args.calib_windows))
     runners: Dict[str, object] = {}
     memory: Dict[str, float] = {}
@@ -317,7 +319,9 @@ def worker(args) -> int:
     if partner != ALONE_TF:
         names = ["fp32"] + ([] if partner in ("transformers", ALONE_FP32) else [partner])
         runners, memory, warmup = build_forms(names, calib, compiled=not args.eager,
-                                              compiled_forward=args.compiled_forward and not args.eager)
+                                              compiled_forward=args.compiled_forward and not args.eager,
+                                              network=network)
+    del network   # the FP32 runner keeps it; a transformers-alone process does not need it
     if partner in ("transformers", ALONE_TF):
         before = rss_gb()
         hf = load_transformers(threads=psutil.cpu_count(logical=True) or 1)

@@ -17,6 +17,7 @@ chosen at run time from the CPU's flags.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import platform
@@ -27,7 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Sequence, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PREBUILT = os.path.join(HERE, "prebuilt")
+PREBUILT_FOLDER = "prebuilt"   # inside the package's kernels folder
+PREBUILT = os.path.join(HERE, PREBUILT_FOLDER)
 FLAGS = ["-O3", "-std=c++17", "-fPIC", "-pthread"]
 # name: (sources, headers); gp_kernels' int8_gemm.cc defines the runtime of gp_runtime.h
 LIBRARIES: Dict[str, Tuple[List[str], List[str]]] = {
@@ -58,10 +60,14 @@ def source_key(sources: Sequence[str], headers: Sequence[str]) -> str:
     return digest.hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=None)
+def _compiler_version(cxx: str) -> str:
+    return subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True).stdout.splitlines()[0]
+
+
 def cache_key(sources: Sequence[str], headers: Sequence[str], cxx: str) -> str:
     """:func:`source_key` with the compiler's version (a cached library's name: an upgrade rebuilds)."""
-    version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True).stdout.splitlines()[0]
-    return hashlib.sha256((source_key(sources, headers) + version).encode()).hexdigest()[:16]
+    return hashlib.sha256((source_key(sources, headers) + _compiler_version(cxx)).encode()).hexdigest()[:16]
 
 
 def cache_dir() -> str:
@@ -69,9 +75,18 @@ def cache_dir() -> str:
     return os.path.join(base, "golden_ptq", "kernels")
 
 
+def _library_file(folder: str, stem: str, key: str) -> str:
+    """A library's file: ``<folder>/<stem>-<key>.so`` (prebuilt and cached alike)."""
+    return os.path.join(folder, f"{stem}-{key}.so")
+
+
+def _cached_path(stem: str, sources: Sequence[str], headers: Sequence[str], cxx: str) -> str:
+    return _library_file(cache_dir(), stem, cache_key(sources, headers, cxx))
+
+
 def prebuilt_path(stem: str, sources: Sequence[str], headers: Sequence[str]) -> Optional[str]:
     """The install-time library for these exact sources, if the package holds one."""
-    path = os.path.join(PREBUILT, f"{stem}-{source_key(sources, headers)}.so")
+    path = _library_file(PREBUILT, stem, source_key(sources, headers))
     return path if os.path.isfile(path) else None
 
 
@@ -118,13 +133,13 @@ def library_path(stem: str, sources: Optional[Sequence[str]] = None, headers: Op
     if found:
         return found
     cxx = compiler()
-    path = os.path.join(cache_dir(), f"{stem}-{cache_key(sources, headers, cxx)}.so")
+    path = _cached_path(stem, sources, headers, cxx)
     if os.path.isfile(path):
         return path
     jobs = {stem: (sources, path)}
     if stem in LIBRARIES and list(LIBRARIES[stem][0]) == list(sources):
         for other, (other_sources, other_headers) in LIBRARIES.items():
-            other_path = os.path.join(cache_dir(), f"{other}-{cache_key(other_sources, other_headers, cxx)}.so")
+            other_path = _cached_path(other, other_sources, other_headers, cxx)
             if other not in jobs and not prebuilt_path(other, other_sources, other_headers) \
                     and not os.path.isfile(other_path):
                 jobs[other] = (other_sources, other_path)
@@ -135,15 +150,15 @@ def library_path(stem: str, sources: Optional[Sequence[str]] = None, headers: Op
 def build_prebuilt(package_kernels: str) -> List[str]:
     """Compile every library into ``<package_kernels>/prebuilt`` (``setup.py`` calls this on the
     build copy of the package); returns the paths written."""
+    folder = os.path.join(package_kernels, PREBUILT_FOLDER)
     jobs = {}
     for stem, (sources, headers) in LIBRARIES.items():
         copied = [os.path.join(package_kernels, os.path.basename(s)) for s in sources]
         copied_headers = [os.path.join(package_kernels, os.path.basename(h)) for h in headers]
-        jobs[stem] = (copied, os.path.join(package_kernels, "prebuilt", f"{stem}-{source_key(copied, copied_headers)}.so"))
+        jobs[stem] = (copied, _library_file(folder, stem, source_key(copied, copied_headers)))
     compile_libraries(jobs, compiler())
     written = [path for _, path in jobs.values()]
     # a reused build folder (pip builds in the checkout's build/) may hold libraries of older sources
-    folder = os.path.join(package_kernels, "prebuilt")
     for name in os.listdir(folder):
         if os.path.join(folder, name) not in written:
             os.remove(os.path.join(folder, name))
