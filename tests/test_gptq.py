@@ -6,8 +6,9 @@ import pytest
 
 from golden_ptq import PTQ, PTQConfig, PTQMode, QuantGranularity, kernels
 from golden_ptq.algorithm.modules import GPTQModule, QuantizeModule, gptq_quantize
-from golden_ptq.algorithm.modules.gptq import (ColumnBlock, native_round_columns, native_subtract_transposed,
-                                              numpy_round_columns, numpy_subtract_transposed, upper_factor_of_inverse)
+from golden_ptq.algorithm.modules.gptq import (ColumnBlock, HessianFactor, native_round_columns,
+                                              native_subtract_transposed, numpy_round_columns,
+                                              numpy_subtract_transposed, upper_factor_of_inverse)
 from golden_ptq.io.checkpoint import load_checkpoint, save_checkpoint
 from golden_ptq.kernels.native import gptq_columns
 from golden_ptq.networks.llama import LlamaForCausalLM
@@ -64,6 +65,15 @@ def test_upper_factor_of_the_inverse(rng):
     np.testing.assert_allclose(u, np.linalg.cholesky(np.linalg.inv(h)).T, rtol=1e-9, atol=1e-12)
 
 
+def test_hessian_factor_in_float32_is_float64s_to_rounding(rng):
+    """GPTQ's default factor (float32) against the float64 one on a badly scaled Hessian."""
+    _, h, _ = problem(rng, in_features=64, rows=400)
+    f32, f64 = HessianFactor(h, 0.01, True), HessianFactor(h, 0.01, True, dtype=np.float64)
+    assert f32.u.dtype == np.float32 and f64.u.dtype == np.float64
+    np.testing.assert_array_equal(f32.perm, f64.perm)
+    np.testing.assert_allclose(f32.u, f64.u, rtol=0, atol=2e-5 * np.abs(f64.u).max())
+
+
 def problem(rng, out_features=12, in_features=20, rows=200):
     mix = np.eye(in_features) + 0.5 * rng.randn(in_features, in_features)   # correlated channels: what
     x = (rng.randn(rows, in_features) @ mix) * np.linspace(0.2, 3.0, in_features)   # GPTQ exploits
@@ -118,16 +128,17 @@ def test_native_column_loop_gives_the_numpy_loops_bits(rng, group_size, symmetri
 
 
 @pytest.mark.parametrize("isa", ["portable", "avx2"])
-def test_native_column_loop_leaves_the_numpy_loops_floats(rng, isa):
+@pytest.mark.parametrize("real", [np.float32, np.float64])
+def test_native_column_loop_leaves_the_numpy_loops_floats(rng, isa, real):
     """Every float the loop leaves (corrected columns, errors, codes) bit for bit, over runs that end
     inside a block and rows that span row tiles and register lanes unevenly (300 = 256 + 44)."""
     if kernels.kernel_info().available is False:
         pytest.skip("native kernels unavailable here (no g++ or no AVX2): only the numpy loop runs")
     columns, rows, start, inputs = 12, 300, 4, 20
-    u = np.triu(rng.uniform(0.05, 1.0, (inputs, inputs)))
+    u = np.triu(rng.uniform(0.05, 1.0, (inputs, inputs))).astype(real)
     group_of = np.array([0] * 5 + [1] * 7, np.int64)
-    scale, zero = rng.uniform(0.01, 0.03, (2, rows)), rng.randint(-3, 4, (2, rows)).astype(np.float64)
-    block_t, codes_t = rng.randn(columns, rows) * 0.1, np.zeros((inputs, rows))
+    scale, zero = rng.uniform(0.01, 0.03, (2, rows)).astype(real), rng.randint(-3, 4, (2, rows)).astype(real)
+    block_t, codes_t = (rng.randn(columns, rows) * 0.1).astype(real), np.zeros((inputs, rows), real)
     results = []
     kernels.set_kernel_isa(isa)
     try:
@@ -143,10 +154,11 @@ def test_native_column_loop_leaves_the_numpy_loops_floats(rng, isa):
         np.testing.assert_array_equal(got, want)
 
 
-def test_native_transposed_subtraction_is_numpys(rng):
+@pytest.mark.parametrize("real", [np.float32, np.float64])
+def test_native_transposed_subtraction_is_numpys(rng, real):
     if kernels.kernel_info().available is False:
         pytest.skip("native kernels unavailable here (no g++ or no AVX2)")
-    a, b = rng.randn(70, 45), rng.randn(45, 70)   # not multiples of the 32-element tiles
+    a, b = rng.randn(70, 45).astype(real), rng.randn(45, 70).astype(real)   # not multiples of the 32-element tiles
     want = a.copy()
     numpy_subtract_transposed(want, b)
     native_subtract_transposed(a, b)

@@ -1,8 +1,9 @@
 // GPTQ's column loop (golden_ptq/algorithm/modules/gptq.py, gptq_round): round the columns of one
 // block one at a time and spread each column's rounding error over the block's later columns.
 //
-// Called through ctypes on numpy float64 arrays. It must give the numpy loop's bits exactly, so
-// the arithmetic is the reference's, operation for operation: nearbyint is numpy's round (half to
+// Called through ctypes on numpy arrays: float32, what GPTQ runs in, or float64 (``_f32`` / ``_f64``
+// entry points, one template). It must give the numpy loop's bits exactly, so the arithmetic is the
+// reference's, operation for operation: nearbyint is numpy's round (half to
 // even under the default rounding mode), division stays division, and nothing here may use FMA
 // (the package's flags do not enable it, and the AVX2 clone is built for "avx2" alone, which does
 // not include FMA), so `b -= u * e` rounds the product and then the difference, as numpy's
@@ -20,21 +21,22 @@ constexpr int64_t kLanes = 32;      // rows held in registers while a column tak
 
 // x[l] -= f[k] * e[k * rows + l] for k = 0, 1, ... count - 1 in that order, l < lanes: the updates
 // one column takes, each element seeing them in the same order as one column after the other.
-inline __attribute__((always_inline)) void take_errors(double* x, const double* e, const double* f,
-                                                      int64_t count, int64_t rows, int64_t lanes) {
+template <typename T>
+inline __attribute__((always_inline)) void take_errors(T* x, const T* e, const T* f, int64_t count, int64_t rows,
+                                                      int64_t lanes) {
   if (lanes == kLanes) {
-    double acc[kLanes];
+    T acc[kLanes];
     for (int64_t l = 0; l < kLanes; ++l) acc[l] = x[l];
     for (int64_t k = 0; k < count; ++k) {
-      const double factor = f[k];
-      const double* ek = e + k * rows;
+      const T factor = f[k];
+      const T* ek = e + k * rows;
       for (int64_t l = 0; l < kLanes; ++l) acc[l] -= factor * ek[l];
     }
     for (int64_t l = 0; l < kLanes; ++l) x[l] = acc[l];
     return;
   }
   for (int64_t l = 0; l < lanes; ++l) {
-    double acc = x[l];
+    T acc = x[l];
     for (int64_t k = 0; k < count; ++k) acc -= f[k] * e[k * rows + l];
     x[l] = acc;
   }
@@ -51,33 +53,35 @@ inline __attribute__((always_inline)) void take_errors(double* x, const double* 
 // each later column takes the errors of the columns before it just before it is rounded
 // (left-looking), a few rows at a time in registers. Rows never mix, and every element gets the
 // same operations in the same order, so the bits are the same.
-#define GP_GPTQ_ARGS                                                                                   \
-  double *block_t, int64_t block_cols, int64_t rows, int64_t begin, int64_t end, const double *u,     \
-      int64_t u_stride, int64_t start, const int64_t *group_of, const double *scale, const double *zero, \
-      double qmin, double qmax, double *codes_t, double *errors_t
+#define GP_GPTQ_ARGS(T)                                                                              \
+  T *block_t, int64_t block_cols, int64_t rows, int64_t begin, int64_t end, const T *u, int64_t u_stride, \
+      int64_t start, const int64_t *group_of, const T *scale, const T *zero, double qmin, double qmax,   \
+      T *codes_t, T *errors_t
 #define GP_GPTQ_PASS \
   block_t, block_cols, rows, begin, end, u, u_stride, start, group_of, scale, zero, qmin, qmax, codes_t, errors_t
 
-inline __attribute__((always_inline)) void Columns(GP_GPTQ_ARGS, int64_t r0, int64_t r1) {
-  std::vector<double> factors(static_cast<size_t>(block_cols));
+template <typename T>
+inline __attribute__((always_inline)) void Columns(GP_GPTQ_ARGS(T), int64_t r0, int64_t r1) {
+  const T lo = static_cast<T>(qmin), hi = static_cast<T>(qmax);
+  std::vector<T> factors(static_cast<size_t>(block_cols));
   for (int64_t j = begin; j < block_cols; ++j) {
     const int64_t taken = (j < end ? j : end) - begin;   // columns begin .. begin + taken - 1
     for (int64_t k = 0; k < taken; ++k) factors[k] = u[(start + begin + k) * u_stride + start + j];
-    double* column = block_t + j * rows;
+    T* column = block_t + j * rows;
     const int64_t col = start + j;
     for (int64_t r = r0; r < r1; r += kLanes) {
       const int64_t lanes = r1 - r < kLanes ? r1 - r : kLanes;
       take_errors(column + r, errors_t + begin * rows + r, factors.data(), taken, rows, lanes);
       if (j >= end) continue;
-      const double* s = scale + group_of[j] * rows;
-      const double* z = zero + group_of[j] * rows;
-      const double diag = u[col * u_stride + col];
-      double* codes = codes_t + col * rows;
-      double* err = errors_t + j * rows;
+      const T* s = scale + group_of[j] * rows;
+      const T* z = zero + group_of[j] * rows;
+      const T diag = u[col * u_stride + col];
+      T* codes = codes_t + col * rows;
+      T* err = errors_t + j * rows;
       for (int64_t l = r; l < r + lanes; ++l) {
-        double q = std::nearbyint(column[l] / s[l]);
+        T q = std::nearbyint(column[l] / s[l]);
         q += z[l];
-        q = q < qmin ? qmin : (q > qmax ? qmax : q);
+        q = q < lo ? lo : (q > hi ? hi : q);
         codes[l] = q;
         err[l] = (column[l] - (q - z[l]) * s[l]) / diag;
       }
@@ -85,26 +89,27 @@ inline __attribute__((always_inline)) void Columns(GP_GPTQ_ARGS, int64_t r0, int
   }
 }
 
-__attribute__((target("avx2"))) void ColumnsAvx2(GP_GPTQ_ARGS, int64_t r0, int64_t r1) {
-  Columns(GP_GPTQ_PASS, r0, r1);
+template <typename T>
+__attribute__((target("avx2"))) void ColumnsAvx2(GP_GPTQ_ARGS(T), int64_t r0, int64_t r1) {
+  Columns<T>(GP_GPTQ_PASS, r0, r1);
 }
-void ColumnsPortable(GP_GPTQ_ARGS, int64_t r0, int64_t r1) { Columns(GP_GPTQ_PASS, r0, r1); }
-
-}  // namespace
-
-extern "C" {
+template <typename T>
+void ColumnsPortable(GP_GPTQ_ARGS(T), int64_t r0, int64_t r1) {
+  Columns<T>(GP_GPTQ_PASS, r0, r1);
+}
 
 // GPTQ's column loop, as Columns above says, a tile of rows at a time, in the widest vectors the
 // kernels may use. (Tiles could go to the thread pool; on two busy cores that measured slower.)
-int gp_gptq_columns(GP_GPTQ_ARGS) {
+template <typename T>
+int GptqColumns(GP_GPTQ_ARGS(T)) {
   if (begin < 0 || end > block_cols || rows <= 0) return 1;
   const bool avx2 = gp::CurrentIsa() >= gp::kAvx2;
   for (int64_t r0 = 0; r0 < rows; r0 += kRowTile) {
     const int64_t r1 = r0 + kRowTile < rows ? r0 + kRowTile : rows;
     if (avx2) {
-      ColumnsAvx2(GP_GPTQ_PASS, r0, r1);
+      ColumnsAvx2<T>(GP_GPTQ_PASS, r0, r1);
     } else {
-      ColumnsPortable(GP_GPTQ_PASS, r0, r1);
+      ColumnsPortable<T>(GP_GPTQ_PASS, r0, r1);
     }
   }
   return 0;
@@ -113,7 +118,8 @@ int gp_gptq_columns(GP_GPTQ_ARGS) {
 // a [rows, cols] -= b^T, b [cols, rows]: GPTQ's lazy update of the later columns (a: rows of the
 // transposed weight) by a product computed as [out, in]. One subtraction per element; square
 // tiles so that both sides are read a cache line at a time.
-void gp_subtract_transposed(double* a, int64_t rows, int64_t cols, const double* b) {
+template <typename T>
+void SubtractTransposed(T* a, int64_t rows, int64_t cols, const T* b) {
   constexpr int64_t kTile = 32;
   for (int64_t r0 = 0; r0 < rows; r0 += kTile) {
     const int64_t r1 = r0 + kTile < rows ? r0 + kTile : rows;
@@ -124,6 +130,19 @@ void gp_subtract_transposed(double* a, int64_t rows, int64_t cols, const double*
       }
     }
   }
+}
+
+}  // namespace
+
+extern "C" {
+
+int gp_gptq_columns_f32(GP_GPTQ_ARGS(float)) { return GptqColumns<float>(GP_GPTQ_PASS); }
+int gp_gptq_columns_f64(GP_GPTQ_ARGS(double)) { return GptqColumns<double>(GP_GPTQ_PASS); }
+void gp_subtract_transposed_f32(float* a, int64_t rows, int64_t cols, const float* b) {
+  SubtractTransposed<float>(a, rows, cols, b);
+}
+void gp_subtract_transposed_f64(double* a, int64_t rows, int64_t cols, const double* b) {
+  SubtractTransposed<double>(a, rows, cols, b);
 }
 
 }  // extern "C"

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Dict, Optional
 
 import mindspore as ms
+import numpy as np
 from mindspore import ops
 
 import golden_ptq.kernels.build as build
@@ -195,20 +196,34 @@ def kernel_info() -> KernelInfo:
                       lib.gp_threads(), _STATE.path, "")
 
 
-def gptq_columns():
-    """The native GPTQ column loop (``gp_gptq_columns`` of ``gptq_columns.cc``) as a ctypes function,
-    or None (switched off, or the library is unavailable): the caller then runs its numpy loop,
-    which gives the same bits."""
-    double_p, long_p, i64 = ctypes.POINTER(ctypes.c_double), ctypes.POINTER(ctypes.c_int64), ctypes.c_int64
-    return _native_function("gp_gptq_columns", [double_p, i64, i64, i64, i64, double_p, i64, i64, long_p, double_p,
-                                                double_p, ctypes.c_double, ctypes.c_double, double_p, double_p])
+def gptq_columns(dtype=np.float64):
+    """The native GPTQ column loop for ``dtype`` arrays (float32 or float64: ``gp_gptq_columns_f32`` /
+    ``_f64`` of ``gptq_columns.cc``) as a ctypes function, or None (switched off, or the library is
+    unavailable): the caller then runs its numpy loop, which gives the same bits."""
+    real_p, long_p, i64 = real_pointer(dtype), ctypes.POINTER(ctypes.c_int64), ctypes.c_int64
+    return _native_function(f"gp_gptq_columns_{_real_suffix(dtype)}",
+                            [real_p, i64, i64, i64, i64, real_p, i64, i64, long_p, real_p, real_p,
+                             ctypes.c_double, ctypes.c_double, real_p, real_p])
 
 
-def gptq_subtract_transposed():
-    """GPTQ's ``a -= b.T`` on float64 arrays (``gp_subtract_transposed`` of ``gptq_columns.cc``) as a
-    ctypes function, or None like :func:`gptq_columns`."""
-    double_p, i64 = ctypes.POINTER(ctypes.c_double), ctypes.c_int64
-    return _native_function("gp_subtract_transposed", [double_p, i64, i64, double_p], restype=None)
+def gptq_subtract_transposed(dtype=np.float64):
+    """GPTQ's ``a -= b.T`` on ``dtype`` arrays (``gp_subtract_transposed_f32`` / ``_f64``) as a ctypes
+    function, or None like :func:`gptq_columns`."""
+    real_p, i64 = real_pointer(dtype), ctypes.c_int64
+    return _native_function(f"gp_subtract_transposed_{_real_suffix(dtype)}", [real_p, i64, i64, real_p],
+                            restype=None)
+
+
+def _real_suffix(dtype) -> str:
+    names = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
+    if np.dtype(dtype) not in names:
+        raise ValueError(f"GPTQ kernels take float32 or float64 arrays, not {np.dtype(dtype)}")
+    return names[np.dtype(dtype)]
+
+
+def real_pointer(dtype):
+    """The ctypes pointer type of a float32 or float64 array's data."""
+    return ctypes.POINTER(ctypes.c_float if _real_suffix(dtype) == "f32" else ctypes.c_double)
 
 
 @dataclass(frozen=True)
