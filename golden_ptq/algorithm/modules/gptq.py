@@ -34,7 +34,7 @@ from scipy.linalg import lapack
 from golden_ptq.algorithm.modules.base import (INPUT_GRAM, AlgoModule, InputRecorder, LayerContext, MethodDeclaration,
                                                config_arg)
 from golden_ptq.config.method_names import PRECISION_RECOVERY, W8A8, WEIGHT_ONLY
-from golden_ptq.kernels.native import real_pointer, gptq_columns, gptq_subtract_transposed
+from golden_ptq.kernels.native import gptq_columns, gptq_subtract_transposed, real_pointer
 from golden_ptq.quant_cells.linear import QuantLinear
 from golden_ptq.quant_math.functions import group_count, quantize_weight, weight_qrange
 
