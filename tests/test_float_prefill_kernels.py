@@ -48,24 +48,44 @@ def _softmax(x):
 @needs_native
 @pytest.mark.parametrize("width", [40, 64, 576])
 def test_rms_scale_and_rope_match_numpy_and_equal_the_mindspore_route(rng, width):
-    """Bit for bit equal to the MindSpore ops (the network amplifies last-bit differences), and
-    close to float64."""
+    """The scaling alone and rope: bit for bit equal to the MindSpore ops, and close to float64. The
+    fused RMSNorm sums its statistics in another order: within a few float32 ulps of the MindSpore
+    route and of float64."""
     x = rng.randn(2, 37, width).astype(np.float32)
     x[..., 3] *= 300.0   # an outlier channel, as in SmolLM2's hidden states
     w = (1 + 0.1 * rng.randn(width)).astype(np.float32)
     norm = layers.RMSNorm(width, 1e-5)
     norm.weight.set_data(Tensor(w))
-    got = layers.rms_norm_eager(norm, Tensor(x)).asnumpy()
-    np.testing.assert_array_equal(got, layers._rms_norm(Tensor(x), Tensor(w), 1e-5).asnumpy())
+    route = layers._rms_norm(Tensor(x), Tensor(w), 1e-5).asnumpy()
+    np.testing.assert_array_equal(layers.rms_norm_mindspore_stats(norm, Tensor(x)).asnumpy(), route)
     x64 = x.astype(np.float64)
     want = x64 / np.sqrt((x64 ** 2).mean(-1, keepdims=True) + 1e-5) * w
+    got = layers.rms_norm_eager(norm, Tensor(x)).asnumpy()
     np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-6)
+    np.testing.assert_allclose(got, route, rtol=2e-6, atol=1e-6)
+    assert got.shape == x.shape and got.dtype == np.float32
 
     index, sign = layers.rotate_half_index(width // 8, 8)
     cos, sin = rng.randn(2, 37, width).astype(np.float32), (rng.randn(2, 37, width) * sign).astype(np.float32)
     got = OPS["rope"](Tensor(x), Tensor(cos), Tensor(sin), Tensor(index)).asnumpy()
     np.testing.assert_array_equal(got, layers._rope(Tensor(x), Tensor(cos), Tensor(sin), Tensor(index)).asnumpy())
     np.testing.assert_allclose(got, x64 * cos + x64[..., index] * sin, rtol=1e-5, atol=1e-4)
+
+
+@needs_native
+@pytest.mark.parametrize("shape", [(1, 512, 1536), (3, 7, 33), (5,)])
+def test_swiglu_matches_float64_in_every_instruction_set(rng, prefill_isa, shape):
+    """silu(gate) * up to ~1e-6 relative of float64 per element, saturating cleanly far out (the
+    MindSpore route rounds differently: close, not equal)."""
+    gate = (rng.randn(*shape) * 4).astype(np.float32)
+    gate.flat[0], gate.flat[-1] = -200.0, 200.0
+    up = rng.randn(*shape).astype(np.float32)
+    got = OPS["swiglu"](Tensor(gate), Tensor(up)).asnumpy()
+    g64 = gate.astype(np.float64)
+    want = g64 / (1.0 + np.exp(-g64)) * up
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-30)
+    route = layers._swiglu(Tensor(gate), Tensor(up)).asnumpy()
+    np.testing.assert_allclose(got, route, rtol=2e-5, atol=1e-6)
 
 
 def _mask(key_mask, new_tokens, kv_heads, group):

@@ -7,12 +7,16 @@
 //   GpRmsScale        x [..., N], inv_rms [..., 1], w [N] -> (x * inv_rms) * w  (RMSNorm after its
 //                     row statistics, which MindSpore computes: its 3-D ReduceMean sums in an order
 //                     not reproduced here)
+//   GpRmsNorm         x [..., N], w [N], eps [1] -> RMSNorm(x) * w, statistics included (one call instead of
+//                     five; inv_rms in its own summation order)
 //   GpRope            x, cos, sin [B, T, W], index int32 [W] -> x * cos + x[..., index] * sin
 //   GpCausalAttention q [B, T, H*D] (rope and 1/sqrt(D) applied), k, v [B, Hkv, S, D], key_mask int32 [B, S]
 //                     -> context [B, T, H*D]. Query row i (absolute position S - T + i) reads the keys
 //                     j <= S - T + i with key_mask[b, j] != 0; query head h reads KV head h / (H / Hkv).
 //                     A row with no such key (left padding) gets what the MindSpore route's additive
 //                     -1e9 mask gives it: the softmax of (score - 1e9) over all S keys.
+//   GpSwiglu          gate, up [...] -> silu(gate) * up (one pass instead of MindSpore's SiLU and Mul; its
+//                     exp is this file's polynomial, so the bits differ from MindSpore's by ~5e-6 relative)
 //   GpFwht            x [..., W], block int32 [1] -> per block of ``block`` (a power of two dividing W)
 //                     the fast Walsh-Hadamard transform in Sylvester (natural) order times
 //                     1/sqrt(block): the rotation's online transform (an [n, B] x [B, B] matmul on the
@@ -151,6 +155,26 @@ GP_CLONES GP_NO_FMA void RmsScaleRows(const float* x, const float* inv_rms, cons
     float* o = out + r * n;
     const float inv = inv_rms[r];
     for (int64_t i = 0; i < n; ++i) o[i] = (xr[i] * inv) * w[i];
+  }
+}
+
+// x * (1 / sqrt(mean(x^2) + eps)) * w in one pass per row: the statistics summed in 16 float32 lanes
+// (not MindSpore's ReduceMean order, so inv_rms may differ from the MindSpore route in its last bit),
+// then the scaling in RmsScaleRows' order.
+GP_CLONES GP_NO_FMA void RmsNormRows(const float* x, const float* w, float eps, float* out, int64_t r0, int64_t r1,
+                                     int64_t n) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* xr = x + r * n;
+    float lanes[16] = {0.0f};
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+      for (int l = 0; l < 16; ++l) lanes[l] += xr[i + l] * xr[i + l];
+    for (int l = 0; i < n; ++i, ++l) lanes[l] += xr[i] * xr[i];
+    float sum = 0.0f;
+    for (int l = 0; l < 16; ++l) sum += lanes[l];
+    const float inv = 1.0f / std::sqrt(sum / static_cast<float>(n) + eps);
+    float* o = out + r * n;
+    for (int64_t c = 0; c < n; ++c) o[c] = (xr[c] * inv) * w[c];
   }
 }
 
@@ -423,6 +447,33 @@ GP_INLINE void FwhtRows(const float* x, float* out, int64_t r0, int64_t r1, int6
   }
 }
 
+// ----- SwiGLU ---------------------------------------------------------------------------------------
+// out = silu(gate) * up = gate * up / (1 + exp(-gate)), with Exp's polynomial (|rel err| < 2e-7; past
+// -87 or 88 it saturates, so silu goes to 0 or to gate as it should). MindSpore's SiLU uses another
+// exp approximation (~5e-6 relative): the two routes differ in the last bits, not in rounding order.
+template <typename V>
+GP_INLINE void SwigluRows(const float* gate, const float* up, float* out, int64_t i0, int64_t i1) {
+  constexpr int L = sizeof(V) / 4;
+  const V one = SplatV<V>(1.0f);
+  int64_t i = i0;
+  for (; i + L <= i1; i += L) {
+    const V g = LoadV<V>(gate + i);
+    StoreV<V>(out + i, g * LoadV<V>(up + i) / (one + Exp<V>(-g)));
+  }
+  for (; i < i1; ++i) out[i] = gate[i] * up[i] / (1.0f + std::exp(-gate[i]));
+}
+
+typedef void (*SwigluFn)(const float*, const float*, float*, int64_t, int64_t);
+__attribute__((target("avx512f"))) void SwigluAvx512(const float* g, const float* u, float* o, int64_t i0, int64_t i1) {
+  SwigluRows<Vec<16>::F>(g, u, o, i0, i1);
+}
+__attribute__((target("avx2,fma"))) void SwigluAvx2(const float* g, const float* u, float* o, int64_t i0, int64_t i1) {
+  SwigluRows<Vec<8>::F>(g, u, o, i0, i1);
+}
+void SwigluBaseline(const float* g, const float* u, float* o, int64_t i0, int64_t i1) {
+  SwigluRows<Vec<4>::F>(g, u, o, i0, i1);
+}
+
 typedef void (*FwhtFn)(const float*, float*, int64_t, int64_t, int64_t, int64_t, float);
 __attribute__((target("avx512f"))) void FwhtRowsAvx512(const float* x, float* o, int64_t r0, int64_t r1, int64_t w,
                                                        int64_t block, float scale) {
@@ -452,6 +503,12 @@ void (*AttentionTaskFor(int isa))(const AttnArgs&, int, std::vector<float>*) {
   if (isa == kAvx512) return AttentionTaskAvx512;
   if (isa == kAvx2) return AttentionTaskAvx2;
   return AttentionTaskBaseline;
+}
+
+SwigluFn SwigluFor(int isa) {
+  if (isa == kAvx512) return SwigluAvx512;
+  if (isa == kAvx2) return SwigluAvx2;
+  return SwigluBaseline;
 }
 
 FwhtFn FwhtRowsFor(int isa) {
@@ -508,6 +565,21 @@ int GpRmsScale(int nparam, void** params, int* ndims, int64_t** shapes, const ch
   const float* w = static_cast<const float*>(params[2]);
   float* out = static_cast<float*>(params[3]);
   ParallelRows(rows, n, [&](int64_t r0, int64_t r1) { RmsScaleRows(x, inv, w, out, r0, r1, n); });
+  return 0;
+}
+
+// (x f32 [..., N], w f32 [N], eps f32 [1]) -> f32 like x
+int GpRmsNorm(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
+  if (nparam != 4 || ndims[0] < 1 || !Floats(dtypes, 4)) return 1;
+  const int64_t n = shapes[0][ndims[0] - 1];
+  if (n == 0 || ndims[1] != 1 || shapes[1][0] != n || Elements(ndims[2], shapes[2]) != 1) return 1;
+  if (!SameShape(ndims[0], shapes[0], ndims[3], shapes[3])) return 1;
+  const int64_t rows = Elements(ndims[0], shapes[0]) / n;
+  const float* x = static_cast<const float*>(params[0]);
+  const float* w = static_cast<const float*>(params[1]);
+  const float eps = *static_cast<const float*>(params[2]);
+  float* out = static_cast<float*>(params[3]);
+  ParallelRows(rows, n, [&](int64_t r0, int64_t r1) { RmsNormRows(x, w, eps, out, r0, r1, n); });
   return 0;
 }
 
@@ -588,6 +660,22 @@ int GpFwht(int nparam, void** params, int* ndims, int64_t** shapes, const char**
   const float* x = static_cast<const float*>(params[0]);
   float* out = static_cast<float*>(params[2]);
   ParallelRows(rows, width, [&](int64_t r0, int64_t r1) { fn(x, out, r0, r1, width, block, scale); });
+  return 0;
+}
+
+// (gate f32 [...], up f32 like gate) -> f32 like gate: silu(gate) * up
+int GpSwiglu(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
+  if (nparam != 3 || !Floats(dtypes, 3)) return 1;
+  if (!SameShape(ndims[0], shapes[0], ndims[1], shapes[1]) || !SameShape(ndims[0], shapes[0], ndims[2], shapes[2]))
+    return 1;
+  const int64_t n = Elements(ndims[0], shapes[0]);
+  const SwigluFn fn = SwigluFor(g_isa);
+  const float* gate = static_cast<const float*>(params[0]);
+  const float* up = static_cast<const float*>(params[1]);
+  float* out = static_cast<float*>(params[2]);
+  ParallelRows(n / kPartFloats + 1, kPartFloats, [&](int64_t p0, int64_t p1) {
+    fn(gate, up, out, std::min(n, p0 * kPartFloats), std::min(n, p1 * kPartFloats));
+  });
   return 0;
 }
 

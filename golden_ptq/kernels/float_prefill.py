@@ -38,12 +38,13 @@ class _State:
 _STATE = _State()
 
 
-# No SwiGLU: MindSpore's silu rounds differently (its exp is an approximation, ~5e-6 relative), and
-# SmolLM2's 30 layers amplify that to ~5e-5 of the logits, for ~15 ms of a 1 x 512 prefill.
+# SwiGLU is not MindSpore's bits: its SiLU uses another exp approximation (~5e-6 relative apart), which
+# SmolLM2's 30 layers amplify to ~5e-5 of the logits. Compiled graphs keep MindSpore's SiLU and Mul.
 # Every output has its first input's shape and is float32.
 _ENTRY_POINTS = {name: (symbol, native._same_shape, native._float32)
-                 for name, symbol in (("rms_scale", "GpRmsScale"), ("rope", "GpRope"),
-                                      ("causal_attention", "GpCausalAttention"), ("fwht", "GpFwht"))}
+                 for name, symbol in (("rms_scale", "GpRmsScale"), ("rms_norm", "GpRmsNorm"), ("rope", "GpRope"),
+                                      ("causal_attention", "GpCausalAttention"), ("fwht", "GpFwht"),
+                                      ("swiglu", "GpSwiglu"))}
 
 
 def _load() -> None:
@@ -60,7 +61,7 @@ def _load() -> None:
 
 
 def float_prefill_ops() -> Optional[Dict[str, ops.Custom]]:
-    """``{name: Custom op}`` (``rms_scale``, ``rope``, ``causal_attention``, ``fwht``), or None: use
+    """``{name: Custom op}`` (``rms_scale``, ``rms_norm``, ``rope``, ``causal_attention``, ``fwht``, ``swiglu``), or None: use
     MindSpore ops."""
     if not (_STATE.enabled and native.native_enabled()):
         return None

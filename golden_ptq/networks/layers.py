@@ -136,6 +136,13 @@ class RMSNorm(nn.Cell):
         super().__init__()
         self.eps = eps
         self.weight = Parameter(Tensor(np.ones((dim,), np.float32)), name="weight")
+        self._eps_array = np.array([eps], np.float32)   # the native operator's eps input
+
+    @property
+    def eps_tensor(self) -> Tensor:
+        """``eps`` as a float32 ``[1]`` tensor (made on each call: a Tensor attribute would become a
+        constant of any graph that holds this cell)."""
+        return Tensor(self._eps_array)
 
     def construct(self, x: Tensor) -> Tensor:
         return _rms_norm_auto(x, self.weight, self.eps)
@@ -143,13 +150,26 @@ class RMSNorm(nn.Cell):
 
 def rms_norm_eager(norm: nn.Cell, x: Tensor) -> Tensor:
     """``norm(x)`` outside compiled graphs: for an :class:`RMSNorm` where the float prefill kernels run
-    (:mod:`golden_ptq.kernels.float_prefill`), MindSpore's row statistics and one native operator for
-    the two broadcasting multiplies (the same bits as the cell), else the cell itself."""
+    (:mod:`golden_ptq.kernels.float_prefill`), one native operator (statistics and scaling; the row
+    sums in another order than MindSpore's ReduceMean, so last-bit differences), else the cell itself."""
     kernels = float_prefill_ops()
     if kernels is None or type(norm) is not RMSNorm:
         return norm(x)
+    return kernels["rms_norm"](x, norm.weight, norm.eps_tensor)
+
+
+def rms_norm_mindspore_stats(norm: "RMSNorm", x: Tensor) -> Tensor:
+    """``norm(x)`` with MindSpore's row statistics and the native scaling: the MindSpore route's bits
+    (for comparisons); needs the float prefill kernels."""
     inv_rms = ops.rsqrt(ops.mean(ops.square(x), -1, keep_dims=True) + norm.eps)   # as _rms_norm
-    return kernels["rms_scale"](x, inv_rms, norm.weight)
+    return float_prefill_ops()["rms_scale"](x, inv_rms, norm.weight)
+
+
+def swiglu_eager(gate: Tensor, up: Tensor) -> Tensor:
+    """:func:`swiglu` outside compiled graphs: one native pass where the float prefill kernels run
+    (~5e-6 relative from MindSpore's SiLU, whose exp is another approximation), else MindSpore's ops."""
+    kernels = float_prefill_ops()
+    return swiglu(gate, up) if kernels is None else kernels["swiglu"](gate, up)
 
 
 def apply_rope_eager(x: Tensor, cos: Tensor, sin: Tensor, index: Tensor) -> Tensor:

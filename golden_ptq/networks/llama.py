@@ -26,7 +26,7 @@ from golden_ptq.parallel.sharding import TPLayout, full_shape, shard_array
 from golden_ptq.runtime import configure_cpu_runtime
 from golden_ptq.networks.layers import (CacheMode, Embedding, KVCache, Linear, RMSNorm, apply_rope, cache_slots,
                                         compiled_for_large_inputs, rms_norm_eager, rope_tables, rotate_half_index,
-                                        swiglu)
+                                        swiglu, swiglu_eager)
 from golden_ptq.networks.token_ids import check_token_ids
 
 logger = logging.getLogger(__name__)
@@ -181,7 +181,14 @@ class FeedForward(nn.Cell):
         self.down_transform = None
 
     def construct(self, x: Tensor) -> Tensor:
-        hidden = swiglu(self.w1(x), self.w3(x))
+        return self._down(swiglu(self.w1(x), self.w3(x)))
+
+    def forward_eager(self, x: Tensor) -> Tensor:
+        """:meth:`construct` for a full forward or prefill: the gate goes through the native SwiGLU
+        where it runs (compiled graphs and decode steps keep MindSpore's SiLU)."""
+        return self._down(swiglu_eager(self.w1(x), self.w3(x)))
+
+    def _down(self, hidden: Tensor) -> Tensor:
         if self.down_transform is not None:
             hidden = self.down_transform(hidden)
         return self.w2(hidden)
@@ -207,7 +214,7 @@ class LlamaDecodeLayer(nn.Cell):
             h = ops.add(x, self.attention(self.attention_norm(x), inputs))
             return ops.add(h, self.feed_forward(self.ffn_norm(h)))
         h = ops.add(x, self.attention(rms_norm_eager(self.attention_norm, x), inputs))
-        return ops.add(h, self.feed_forward(rms_norm_eager(self.ffn_norm, h)))
+        return ops.add(h, self.feed_forward.forward_eager(rms_norm_eager(self.ffn_norm, h)))
 
     def decode_static(self, x: Tensor, cos_q: Tensor, sin_q: Tensor, cos_k: Tensor, sin_k: Tensor, index_q: Tensor,
                       index_k: Tensor, mask: Tensor, slots: Tensor) -> Tensor:
