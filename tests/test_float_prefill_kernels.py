@@ -88,6 +88,14 @@ def test_swiglu_matches_float64_in_every_instruction_set(rng, prefill_isa, shape
     np.testing.assert_allclose(got, route, rtol=2e-5, atol=1e-6)
 
 
+@needs_native
+def test_residual_add_equals_mindspore_add(rng):
+    for shape in [(1, 512, 576), (2, 3, 5)]:
+        x, y = rng.randn(*shape).astype(np.float32), rng.randn(*shape).astype(np.float32)
+        got = layers.add_eager(Tensor(x), Tensor(y)).asnumpy()
+        np.testing.assert_array_equal(got, x + y)
+
+
 def _mask(key_mask, new_tokens, kv_heads, group):
     """The MindSpore route's full-shape additive mask (as LlamaForCausalLM._layer_arrays builds it)."""
     batch, total = key_mask.shape

@@ -17,15 +17,16 @@
 //                     -1e9 mask gives it: the softmax of (score - 1e9) over all S keys.
 //   GpSwiglu          gate, up [...] -> silu(gate) * up (one pass instead of MindSpore's SiLU and Mul; its
 //                     exp is this file's polynomial, so the bits differ from MindSpore's by ~5e-6 relative)
+//   GpAdd             x, y [...] -> x + y (the residual connections, MindSpore's bits)
 //   GpFwht            x [..., W], block int32 [1] -> per block of ``block`` (a power of two dividing W)
 //                     the fast Walsh-Hadamard transform in Sylvester (natural) order times
 //                     1/sqrt(block): the rotation's online transform (an [n, B] x [B, B] matmul on the
 //                     MindSpore route, B / log2(B) times the arithmetic).
 //
-// RMSNorm's scaling and rope are plain loops compiled per function for AVX-512F, AVX2 and baseline
-// x86-64 (target_clones: resolved from the CPU flags when the library loads). The attention kernel and
-// the Walsh-Hadamard transform are written with GCC vector extensions, one instantiation per
-// instruction set (AttentionTaskFor, FwhtRowsFor).
+// RMSNorm, rope and the addition are plain loops compiled per function for AVX-512F, AVX2 and baseline
+// x86-64 (target_clones: resolved from the CPU flags when the library loads). The attention kernel,
+// SwiGLU and the Walsh-Hadamard transform are written with GCC vector extensions, one instantiation per
+// instruction set (AttentionTaskFor, SwigluFor, FwhtRowsFor).
 #include <sched.h>
 
 #include <algorithm>
@@ -176,6 +177,11 @@ GP_CLONES GP_NO_FMA void RmsNormRows(const float* x, const float* w, float eps, 
     float* o = out + r * n;
     for (int64_t c = 0; c < n; ++c) o[c] = (xr[c] * inv) * w[c];
   }
+}
+
+// out = x + y (the residual connections; MindSpore's Add, the same bits).
+GP_CLONES void AddRange(const float* x, const float* y, float* out, int64_t i0, int64_t i1) {
+  for (int64_t i = i0; i < i1; ++i) out[i] = x[i] + y[i];
 }
 
 // ----- rotary embedding ----------------------------------------------------------------------------
@@ -675,6 +681,21 @@ int GpSwiglu(int nparam, void** params, int* ndims, int64_t** shapes, const char
   float* out = static_cast<float*>(params[2]);
   ParallelRows(n / kPartFloats + 1, kPartFloats, [&](int64_t p0, int64_t p1) {
     fn(gate, up, out, std::min(n, p0 * kPartFloats), std::min(n, p1 * kPartFloats));
+  });
+  return 0;
+}
+
+// (x f32 [...], y f32 like x) -> x + y
+int GpAdd(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
+  if (nparam != 3 || !Floats(dtypes, 3)) return 1;
+  if (!SameShape(ndims[0], shapes[0], ndims[1], shapes[1]) || !SameShape(ndims[0], shapes[0], ndims[2], shapes[2]))
+    return 1;
+  const int64_t n = Elements(ndims[0], shapes[0]);
+  const float* x = static_cast<const float*>(params[0]);
+  const float* y = static_cast<const float*>(params[1]);
+  float* out = static_cast<float*>(params[2]);
+  ParallelRows(n / kPartFloats + 1, kPartFloats, [&](int64_t p0, int64_t p1) {
+    AddRange(x, y, out, std::min(n, p0 * kPartFloats), std::min(n, p1 * kPartFloats));
   });
   return 0;
 }

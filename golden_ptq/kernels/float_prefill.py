@@ -1,6 +1,6 @@
-"""Build, load and wrap ``float_prefill.cc`` (RMSNorm's scaling, rotary embedding, causal attention, the
-rotation's online block Walsh-Hadamard transform) as
-MindSpore ``ops.Custom`` operators for the eager full forward / prefill.
+"""Build, load and wrap ``float_prefill.cc`` (RMSNorm, rotary embedding, causal attention, SwiGLU, the
+residual additions, the rotation's online block Walsh-Hadamard transform) as MindSpore ``ops.Custom``
+operators for the eager full forward / prefill.
 
 Built and cached like the int8 kernels (:mod:`golden_ptq.kernels.build`) and switched off with
 them (``set_native_kernels(False)``), or alone with :func:`set_float_prefill_kernels`. When they are
@@ -44,7 +44,7 @@ _STATE = _State()
 _ENTRY_POINTS = {name: (symbol, native._same_shape, native._float32)
                  for name, symbol in (("rms_scale", "GpRmsScale"), ("rms_norm", "GpRmsNorm"), ("rope", "GpRope"),
                                       ("causal_attention", "GpCausalAttention"), ("fwht", "GpFwht"),
-                                      ("swiglu", "GpSwiglu"))}
+                                      ("swiglu", "GpSwiglu"), ("add", "GpAdd"))}
 
 
 def _load() -> None:
@@ -61,8 +61,8 @@ def _load() -> None:
 
 
 def float_prefill_ops() -> Optional[Dict[str, ops.Custom]]:
-    """``{name: Custom op}`` (``rms_scale``, ``rms_norm``, ``rope``, ``causal_attention``, ``fwht``, ``swiglu``), or None: use
-    MindSpore ops."""
+    """``{name: Custom op}`` (``rms_scale``, ``rms_norm``, ``rope``, ``causal_attention``, ``fwht``,
+    ``swiglu``, ``add``), or None: use MindSpore ops."""
     if not (_STATE.enabled and native.native_enabled()):
         return None
     if not _STATE.tried:

@@ -165,6 +165,14 @@ def rms_norm_mindspore_stats(norm: "RMSNorm", x: Tensor) -> Tensor:
     return float_prefill_ops()["rms_scale"](x, inv_rms, norm.weight)
 
 
+def add_eager(x: Tensor, y: Tensor) -> Tensor:
+    """``x + y`` of equal shapes outside compiled graphs (the residual connections): the native operator
+    where the float prefill kernels run (MindSpore's bits; a MindSpore elementwise op between two
+    MatMuls slowed the next MatMul on the 2-core Xeon), else ``ops.add``."""
+    kernels = float_prefill_ops()
+    return ops.add(x, y) if kernels is None else kernels["add"](x, y)
+
+
 def swiglu_eager(gate: Tensor, up: Tensor) -> Tensor:
     """:func:`swiglu` outside compiled graphs: one native pass where the float prefill kernels run
     (~5e-6 relative from MindSpore's SiLU, whose exp is another approximation), else MindSpore's ops."""

@@ -24,9 +24,9 @@ from golden_ptq.networks.compiled import CompiledDecodeStep, CompiledForward, Gr
 from golden_ptq.parallel.context import TPContext, resolve
 from golden_ptq.parallel.sharding import TPLayout, full_shape, shard_array
 from golden_ptq.runtime import configure_cpu_runtime
-from golden_ptq.networks.layers import (CacheMode, Embedding, KVCache, Linear, RMSNorm, apply_rope, cache_slots,
-                                        compiled_for_large_inputs, rms_norm_eager, rope_tables, rotate_half_index,
-                                        swiglu, swiglu_eager)
+from golden_ptq.networks.layers import (CacheMode, Embedding, KVCache, Linear, RMSNorm, add_eager, apply_rope,
+                                        cache_slots, compiled_for_large_inputs, rms_norm_eager, rope_tables,
+                                        rotate_half_index, swiglu, swiglu_eager)
 from golden_ptq.networks.token_ids import check_token_ids
 
 logger = logging.getLogger(__name__)
@@ -213,8 +213,8 @@ class LlamaDecodeLayer(nn.Cell):
         if inputs.mode == CacheMode.DECODE:
             h = ops.add(x, self.attention(self.attention_norm(x), inputs))
             return ops.add(h, self.feed_forward(self.ffn_norm(h)))
-        h = ops.add(x, self.attention(rms_norm_eager(self.attention_norm, x), inputs))
-        return ops.add(h, self.feed_forward.forward_eager(rms_norm_eager(self.ffn_norm, h)))
+        h = add_eager(x, self.attention(rms_norm_eager(self.attention_norm, x), inputs))
+        return add_eager(h, self.feed_forward.forward_eager(rms_norm_eager(self.ffn_norm, h)))
 
     def decode_static(self, x: Tensor, cos_q: Tensor, sin_q: Tensor, cos_k: Tensor, sin_k: Tensor, index_q: Tensor,
                       index_k: Tensor, mask: Tensor, slots: Tensor) -> Tensor:
@@ -383,7 +383,8 @@ class LlamaForCausalLM(nn.Cell):
         return self.model.tok_embeddings(_as_int_tensor(check_token_ids(input_ids, self.config.vocab_size)))
 
     def head(self, hidden: Tensor) -> Tensor:
-        return self.lm_head(self.model.norm_out(hidden))
+        """Logits of ``hidden`` outside compiled graphs (which hold their own head)."""
+        return self.lm_head(rms_norm_eager(self.model.norm_out, hidden))
 
     def _run(self, input_ids, attention_mask: np.ndarray, mode: int) -> Tensor:
         ids = _as_int_tensor(check_token_ids(input_ids, self.config.vocab_size))

@@ -7,6 +7,8 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 from mindspore import Tensor, nn
 
+from golden_ptq.networks.layers import rms_norm_eager
+
 
 @dataclass(frozen=True)
 class SmoothMapping:
@@ -58,8 +60,8 @@ class LlamaStructure:
         return layer(hidden, inputs)
 
     def head_input(self, network, hidden: Tensor) -> Tensor:
-        """What ``lm_head`` sees: the final norm of the last layer's output."""
-        return network.model.norm_out(hidden)
+        """What ``lm_head`` sees: the final norm of the last layer's output (as ``network.head`` norms it)."""
+        return rms_norm_eager(network.model.norm_out, hidden)
 
     def num_heads(self, network) -> Tuple[int, int, int]:
         """Query heads, stored KV heads and head dim of this rank (the whole model at TP size 1)."""
