@@ -136,16 +136,19 @@ class RMSNorm(nn.Cell):
         super().__init__()
         self.eps = eps
         self.weight = Parameter(Tensor(np.ones((dim,), np.float32)), name="weight")
-        self._eps_array = np.array([eps], np.float32)   # the native operator's eps input
-
-    @property
-    def eps_tensor(self) -> Tensor:
-        """``eps`` as a float32 ``[1]`` tensor (made on each call: a Tensor attribute would become a
-        constant of any graph that holds this cell)."""
-        return Tensor(self._eps_array)
 
     def construct(self, x: Tensor) -> Tensor:
         return _rms_norm_auto(x, self.weight, self.eps)
+
+
+_EPS_TENSORS = {}   # eps -> float32 [1] Tensor, the native RMSNorm's operand (not a cell attribute: a
+                    # Tensor attribute would become a constant of every graph holding the cell)
+
+
+def _eps_tensor(eps: float) -> Tensor:
+    if eps not in _EPS_TENSORS:
+        _EPS_TENSORS[eps] = Tensor(np.array([eps], np.float32))
+    return _EPS_TENSORS[eps]
 
 
 def rms_norm_eager(norm: nn.Cell, x: Tensor) -> Tensor:
@@ -155,14 +158,7 @@ def rms_norm_eager(norm: nn.Cell, x: Tensor) -> Tensor:
     kernels = float_prefill_ops()
     if kernels is None or type(norm) is not RMSNorm:
         return norm(x)
-    return kernels["rms_norm"](x, norm.weight, norm.eps_tensor)
-
-
-def rms_norm_mindspore_stats(norm: "RMSNorm", x: Tensor) -> Tensor:
-    """``norm(x)`` with MindSpore's row statistics and the native scaling: the MindSpore route's bits
-    (for comparisons); needs the float prefill kernels."""
-    inv_rms = ops.rsqrt(ops.mean(ops.square(x), -1, keep_dims=True) + norm.eps)   # as _rms_norm
-    return float_prefill_ops()["rms_scale"](x, inv_rms, norm.weight)
+    return kernels["rms_norm"](x, norm.weight, _eps_tensor(norm.eps))
 
 
 def add_eager(x: Tensor, y: Tensor) -> Tensor:
