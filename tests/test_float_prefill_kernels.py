@@ -141,6 +141,38 @@ def test_causal_attention_matches_numpy_and_the_mindspore_route(rng, threads, pr
     np.testing.assert_allclose(got, route, rtol=1e-4, atol=2e-5)   # padding rows included
 
 
+@needs_native
+def test_compiled_decode_binds_the_native_norm_swiglu_and_rope(tiny_config, rng):
+    """Compiled decode graphs run the native RMSNorm, SwiGLU and rope where the kernels run (fewer
+    operators per step), MindSpore's ops when they are off; both agree with eager decoding."""
+    tiny_config.num_layers = 1
+    net = LlamaForCausalLM(tiny_config, seed=5)
+    ids = rng.randint(0, tiny_config.vocab_size, (2, 9))
+
+    def decode(compiled):
+        net.set_compiled(decode=compiled)
+        net.compile_min_new_tokens = 0
+        out = [net.prefill(ids[:, :5]).asnumpy()]
+        out += [net.decode_step(ids[:, t]).asnumpy() for t in range(5, 9)]
+        net.reset_cache()
+        return np.stack(out)
+
+    eager = decode(False)
+    native = decode(True)
+    layer = net.model.layers[0]
+    bound = (net.model.norm_out.bound_kernel, layer.feed_forward.bound_swiglu, layer.attention.bound_rope)
+    assert bound == (OPS["rms_norm"], OPS["swiglu"], OPS["rope"])
+    float_prefill.set_float_prefill_kernels(False)
+    try:
+        mindspore_route = decode(True)
+        assert layer.attention_norm.bound_kernel is None and layer.feed_forward.bound_swiglu is None
+    finally:
+        float_prefill.set_float_prefill_kernels(True)
+    scale = np.abs(eager).max()
+    assert np.abs(native - eager).max() <= 1e-5 * scale
+    assert np.abs(mindspore_route - eager).max() <= 1e-5 * scale
+
+
 def test_tiny_network_with_kernels_on_and_off(tiny_config, rng):
     """Full forward, prefill + decode and greedy generation agree with the MindSpore-op route, with
     left padding; the switches (and set_native_kernels) fall back to it."""

@@ -21,12 +21,11 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence, Union
 
-import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn, ops
-from mindspore.ops import constexpr
 
 from golden_ptq.kernels.float_prefill import float_prefill_ops
+from golden_ptq.networks.layers import compiling_graph
 
 ONLINE_BLOCK = 128  # the widest block of the online transform
 
@@ -238,13 +237,6 @@ def times_online(x: np.ndarray) -> np.ndarray:
     return Rotation(np.ones(block), _apply_factors([block])).right(x.reshape(-1, block)).reshape(x.shape)
 
 
-@constexpr
-def _compiling_graph() -> bool:
-    """True while a graph compiles (evaluated then, as a constant; golden_ptq compiles its graphs in
-    GRAPH_MODE, :mod:`golden_ptq.networks.compiled`), False in an eager call."""
-    return ms.get_context("mode") == ms.GRAPH_MODE
-
-
 class OnlineHadamard(nn.Cell):
     """``y = x T`` on the last axis, ``T`` block-diagonal with normalised Sylvester blocks.
 
@@ -264,7 +256,7 @@ class OnlineHadamard(nn.Cell):
         self.bound_kernel = None   # set by bind_kernel() for compiled graphs
 
     def construct(self, x: Tensor) -> Tensor:
-        if _compiling_graph():
+        if compiling_graph():
             kernel = self.bound_kernel
         else:
             table = float_prefill_ops()

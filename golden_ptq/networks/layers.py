@@ -7,6 +7,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Constant, initializer
+from mindspore.ops import constexpr
 
 from golden_ptq.kernels.float_prefill import float_prefill_ops
 from golden_ptq.parallel.context import TPContext, all_reduce, current_context, shard_mode
@@ -24,6 +25,22 @@ def placeholder_tensor(shape: Tuple[int, ...], dtype=np.float32, fill: float = 0
     """
     init = "zeros" if fill == 0.0 else ("ones" if fill == 1.0 else Constant(fill))
     return initializer(init, tuple(int(d) for d in shape), _MS_DTYPES[np.dtype(dtype)])
+
+
+@constexpr
+def compiling_graph() -> bool:
+    """True while a graph compiles (evaluated then, as a constant; golden_ptq compiles its graphs in
+    GRAPH_MODE, :mod:`golden_ptq.networks.compiled`), False in an eager call."""
+    return ms.get_context("mode") == ms.GRAPH_MODE
+
+
+def prefill_kernel(name: str):
+    """The float prefill kernels' operator ``name`` if they run now, else None (MindSpore ops). Cells
+    that hold it for compiled graphs (``bound_*``, fixed by ``bind_kernel()`` before compiling) run the
+    same operator in graphs as eagerly; decode steps then execute one operator where MindSpore's route
+    had several (an RMSNorm: six)."""
+    table = float_prefill_ops()
+    return None if table is None else table[name]
 
 
 class Linear(nn.Cell):
@@ -136,19 +153,16 @@ class RMSNorm(nn.Cell):
         super().__init__()
         self.eps = eps
         self.weight = Parameter(Tensor(np.ones((dim,), np.float32)), name="weight")
+        self.eps_tensor = Tensor(np.array([eps], np.float32))   # the native operator's operand
+        self.bound_kernel = None   # set by bind_kernel() for compiled graphs
+
+    def bind_kernel(self) -> None:
+        self.bound_kernel = prefill_kernel("rms_norm")
 
     def construct(self, x: Tensor) -> Tensor:
+        if compiling_graph() and self.bound_kernel is not None:
+            return self.bound_kernel(x, self.weight, self.eps_tensor)
         return _rms_norm_auto(x, self.weight, self.eps)
-
-
-_EPS_TENSORS = {}   # eps -> float32 [1] Tensor, the native RMSNorm's operand (not a cell attribute: a
-                    # Tensor attribute would become a constant of every graph holding the cell)
-
-
-def _eps_tensor(eps: float) -> Tensor:
-    if eps not in _EPS_TENSORS:
-        _EPS_TENSORS[eps] = Tensor(np.array([eps], np.float32))
-    return _EPS_TENSORS[eps]
 
 
 def rms_norm_eager(norm: nn.Cell, x: Tensor) -> Tensor:
@@ -158,7 +172,7 @@ def rms_norm_eager(norm: nn.Cell, x: Tensor) -> Tensor:
     kernels = float_prefill_ops()
     if kernels is None or type(norm) is not RMSNorm:
         return norm(x)
-    return kernels["rms_norm"](x, norm.weight, _eps_tensor(norm.eps))
+    return kernels["rms_norm"](x, norm.weight, norm.eps_tensor)
 
 
 def add_eager(x: Tensor, y: Tensor) -> Tensor:

@@ -25,8 +25,8 @@ from golden_ptq.parallel.context import TPContext, resolve
 from golden_ptq.parallel.sharding import TPLayout, full_shape, shard_array
 from golden_ptq.runtime import configure_cpu_runtime
 from golden_ptq.networks.layers import (CacheMode, Embedding, KVCache, Linear, RMSNorm, add_eager, apply_rope,
-                                        cache_slots, compiled_for_large_inputs, rms_norm_eager, rope_tables,
-                                        rotate_half_index, swiglu, swiglu_eager)
+                                        cache_slots, compiled_for_large_inputs, compiling_graph, prefill_kernel,
+                                        rms_norm_eager, rope_tables, rotate_half_index, swiglu, swiglu_eager)
 from golden_ptq.networks.token_ids import check_token_ids
 
 logger = logging.getLogger(__name__)
@@ -106,6 +106,7 @@ class Attention(nn.Cell):
         self._core_kv_heads = self.num_kv_heads if kv_index is None else self.num_heads
         # the KV head of each query head, for a native decode-attention operator
         self._kv_map = Tensor(np.arange(self.num_heads, dtype=np.int32) // max(1, self.num_heads // self.num_kv_heads))
+        self.bound_rope = None   # set by bind_kernel() for compiled graphs
 
     def construct(self, x: Tensor, inputs: "LayerInputs") -> Tensor:
         return self.forward_eager(x, inputs)
@@ -151,9 +152,19 @@ class Attention(nn.Cell):
         k, v = self.kv_cache.prefill_static(k, v, slots)
         return self._attend(q, k, v, mask)
 
+    def bind_kernel(self) -> None:
+        self.bound_rope = prefill_kernel("rope")
+
+    def _rope(self, x, cos, sin, index):
+        if compiling_graph() and self.bound_rope is not None:
+            return self.bound_rope(x, cos, sin, index)
+        return apply_rope(x, cos, sin, index)
+
     def _project(self, x, cos_q, sin_q, cos_k, sin_k, index_q, index_k):
-        q = apply_rope(self.wq(x), cos_q, sin_q, index_q)
-        k = _to_heads(apply_rope(self.wk(x), cos_k, sin_k, index_k), self.num_kv_heads, self.head_dim)
+        """Projections and rope for compiled graphs (the bound native rope if any) and the eager
+        route without the float prefill kernels."""
+        q = self._rope(self.wq(x), cos_q, sin_q, index_q)
+        k = _to_heads(self._rope(self.wk(x), cos_k, sin_k, index_k), self.num_kv_heads, self.head_dim)
         v = _to_heads(self.wv(x), self.num_kv_heads, self.head_dim)
         return q, k, v
 
@@ -179,13 +190,22 @@ class FeedForward(nn.Cell):
         self.w3 = Linear(config.hidden_size, config.intermediate_size, parallel="column", tp=tp)
         self.w2 = Linear(config.intermediate_size, config.hidden_size, parallel="row", tp=tp)
         self.down_transform = None
+        self.bound_swiglu = None   # set by bind_kernel() for compiled graphs
+
+    def bind_kernel(self) -> None:
+        self.bound_swiglu = prefill_kernel("swiglu")
 
     def construct(self, x: Tensor) -> Tensor:
-        return self._down(swiglu(self.w1(x), self.w3(x)))
+        """Compiled graphs (decode steps, compiled prefill) run the bound native SwiGLU if one is bound;
+        eager decode steps MindSpore's SiLU and Mul."""
+        gate, up = self.w1(x), self.w3(x)
+        if compiling_graph() and self.bound_swiglu is not None:
+            return self._down(self.bound_swiglu(gate, up))
+        return self._down(swiglu(gate, up))
 
     def forward_eager(self, x: Tensor) -> Tensor:
         """:meth:`construct` for a full forward or prefill: the gate goes through the native SwiGLU
-        where it runs (compiled graphs and decode steps keep MindSpore's SiLU)."""
+        where it runs."""
         return self._down(swiglu_eager(self.w1(x), self.w3(x)))
 
     def _down(self, hidden: Tensor) -> Tensor:
