@@ -169,31 +169,31 @@ def rms_norm_eager(norm: nn.Cell, x: Tensor) -> Tensor:
     """``norm(x)`` outside compiled graphs: for an :class:`RMSNorm` where the float prefill kernels run
     (:mod:`golden_ptq.kernels.float_prefill`), one native operator (statistics and scaling; the row
     sums in another order than MindSpore's ReduceMean, so last-bit differences), else the cell itself."""
-    kernels = float_prefill_ops()
-    if kernels is None or type(norm) is not RMSNorm:
+    kernel = prefill_kernel("rms_norm")
+    if kernel is None or type(norm) is not RMSNorm:
         return norm(x)
-    return kernels["rms_norm"](x, norm.weight, norm.eps_tensor)
+    return kernel(x, norm.weight, norm.eps_tensor)
 
 
 def add_eager(x: Tensor, y: Tensor) -> Tensor:
     """``x + y`` of equal shapes outside compiled graphs (the residual connections): the native operator
     where the float prefill kernels run (MindSpore's bits; a MindSpore elementwise op between two
     MatMuls slowed the next MatMul on the 2-core Xeon), else ``ops.add``."""
-    kernels = float_prefill_ops()
-    return ops.add(x, y) if kernels is None else kernels["add"](x, y)
+    kernel = prefill_kernel("add")
+    return ops.add(x, y) if kernel is None else kernel(x, y)
 
 
 def swiglu_eager(gate: Tensor, up: Tensor) -> Tensor:
     """:func:`swiglu` outside compiled graphs: one native pass where the float prefill kernels run
     (~5e-6 relative from MindSpore's SiLU, whose exp is another approximation), else MindSpore's ops."""
-    kernels = float_prefill_ops()
-    return swiglu(gate, up) if kernels is None else kernels["swiglu"](gate, up)
+    kernel = prefill_kernel("swiglu")
+    return swiglu(gate, up) if kernel is None else kernel(gate, up)
 
 
 def apply_rope_eager(x: Tensor, cos: Tensor, sin: Tensor, index: Tensor) -> Tensor:
     """:func:`apply_rope` outside compiled graphs (the native operator where available)."""
-    kernels = float_prefill_ops()
-    return apply_rope(x, cos, sin, index) if kernels is None else kernels["rope"](x, cos, sin, index)
+    kernel = prefill_kernel("rope")
+    return apply_rope(x, cos, sin, index) if kernel is None else kernel(x, cos, sin, index)
 
 
 class Embedding(nn.Cell):
