@@ -545,6 +545,23 @@ bool SameShape(int nd0, const int64_t* s0, int nd1, const int64_t* s1) {
   return true;
 }
 
+// An elementwise operator of two float32 operands and one output of the same shape: fn(a, b, out, i0,
+// i1) over [i0, i1), split in parts of kPartFloats over threads when large.
+int Elementwise2(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
+                 void (*fn)(const float*, const float*, float*, int64_t, int64_t)) {
+  if (nparam != 3 || !Floats(dtypes, 3)) return 1;
+  if (!SameShape(ndims[0], shapes[0], ndims[1], shapes[1]) || !SameShape(ndims[0], shapes[0], ndims[2], shapes[2]))
+    return 1;
+  const int64_t n = Elements(ndims[0], shapes[0]);
+  const float* a = static_cast<const float*>(params[0]);
+  const float* b = static_cast<const float*>(params[1]);
+  float* out = static_cast<float*>(params[2]);
+  ParallelRows(n / kPartFloats + 1, kPartFloats, [&](int64_t p0, int64_t p1) {
+    fn(a, b, out, std::min(n, p0 * kPartFloats), std::min(n, p1 * kPartFloats));
+  });
+  return 0;
+}
+
 }  // namespace
 
 extern "C" {
@@ -671,33 +688,12 @@ int GpFwht(int nparam, void** params, int* ndims, int64_t** shapes, const char**
 
 // (gate f32 [...], up f32 like gate) -> f32 like gate: silu(gate) * up
 int GpSwiglu(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
-  if (nparam != 3 || !Floats(dtypes, 3)) return 1;
-  if (!SameShape(ndims[0], shapes[0], ndims[1], shapes[1]) || !SameShape(ndims[0], shapes[0], ndims[2], shapes[2]))
-    return 1;
-  const int64_t n = Elements(ndims[0], shapes[0]);
-  const SwigluFn fn = SwigluFor(g_isa);
-  const float* gate = static_cast<const float*>(params[0]);
-  const float* up = static_cast<const float*>(params[1]);
-  float* out = static_cast<float*>(params[2]);
-  ParallelRows(n / kPartFloats + 1, kPartFloats, [&](int64_t p0, int64_t p1) {
-    fn(gate, up, out, std::min(n, p0 * kPartFloats), std::min(n, p1 * kPartFloats));
-  });
-  return 0;
+  return Elementwise2(nparam, params, ndims, shapes, dtypes, SwigluFor(g_isa));
 }
 
 // (x f32 [...], y f32 like x) -> x + y
 int GpAdd(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
-  if (nparam != 3 || !Floats(dtypes, 3)) return 1;
-  if (!SameShape(ndims[0], shapes[0], ndims[1], shapes[1]) || !SameShape(ndims[0], shapes[0], ndims[2], shapes[2]))
-    return 1;
-  const int64_t n = Elements(ndims[0], shapes[0]);
-  const float* x = static_cast<const float*>(params[0]);
-  const float* y = static_cast<const float*>(params[1]);
-  float* out = static_cast<float*>(params[2]);
-  ParallelRows(n / kPartFloats + 1, kPartFloats, [&](int64_t p0, int64_t p1) {
-    AddRange(x, y, out, std::min(n, p0 * kPartFloats), std::min(n, p1 * kPartFloats));
-  });
-  return 0;
+  return Elementwise2(nparam, params, ndims, shapes, dtypes, AddRange);
 }
 
 }  // extern "C"
