@@ -1,6 +1,6 @@
 """Build, load and wrap ``float_prefill.cc`` (RMSNorm, rotary embedding, causal attention, SwiGLU, the
 residual additions, the rotation's online block Walsh-Hadamard transform) as MindSpore ``ops.Custom``
-operators for the eager full forward / prefill.
+operators for the eager full forward / prefill, and for compiled graphs the cells bind before compiling.
 
 Built and cached like the int8 kernels (:mod:`golden_ptq.kernels.build`) and switched off with
 them (``set_native_kernels(False)``), or alone with :func:`set_float_prefill_kernels`. When they are
@@ -38,9 +38,10 @@ class _State:
 _STATE = _State()
 
 
-# SwiGLU is not MindSpore's bits: its SiLU uses another exp approximation (~5e-6 relative apart), which
-# SmolLM2's 30 layers amplify to ~5e-5 of the logits. Compiled graphs keep MindSpore's SiLU and Mul.
-# Every output has its first input's shape and is float32.
+# SwiGLU and RMSNorm are not MindSpore's bits (its SiLU's exp is another approximation, ~5e-6 relative
+# apart; its ReduceMean sums in another order): SmolLM2's logits move by ~5e-6 of the largest with
+# each. Compiled graphs bind rms_norm, swiglu, rope and fwht before compiling (bind_kernel), so eager
+# and compiled calls run the same operators. Every output has its first input's shape and is float32.
 _ENTRY_POINTS = {name: (symbol, native._same_shape, native._float32)
                  for name, symbol in (("rms_scale", "GpRmsScale"), ("rms_norm", "GpRmsNorm"), ("rope", "GpRope"),
                                       ("causal_attention", "GpCausalAttention"), ("fwht", "GpFwht"),
