@@ -1,12 +1,9 @@
 // Float kernels of the eager (PyNative) full forward / prefill, as MindSpore ``ops.Custom`` "aot"
-// operators on CPU. Each replaces MindSpore ops whose broadcasts, copies and separate passes cost
+// operators on CPU (RMSNorm, SwiGLU, rope and the transform are also bound into compiled graphs). Each replaces MindSpore ops whose broadcasts, copies and separate passes cost
 // more than the arithmetic (RMSNorm's two broadcasting multiplies: ~0.9 ms each on a [512, 576]
 // input; rope's gather and three passes; the attention core's head transposes, full-shape mask and
 // softmax passes).
 //
-//   GpRmsScale        x [..., N], inv_rms [..., 1], w [N] -> (x * inv_rms) * w  (RMSNorm after its
-//                     row statistics, which MindSpore computes: its 3-D ReduceMean sums in an order
-//                     not reproduced here)
 //   GpRmsNorm         x [..., N], w [N], eps [1] -> RMSNorm(x) * w, statistics included (one call instead of
 //                     five; inv_rms in its own summation order)
 //   GpRope            x, cos, sin [B, T, W], index int32 [W] -> x * cos + x[..., index] * sin
@@ -148,20 +145,9 @@ void ParallelRows(int64_t rows, int64_t width, const std::function<void(int64_t,
 }
 
 // ----- RMSNorm -------------------------------------------------------------------------------------
-// out = (x * inv_rms[row]) * w: the two broadcasting multiplies of MindSpore's route, in its order.
-GP_CLONES GP_NO_FMA void RmsScaleRows(const float* x, const float* inv_rms, const float* w, float* out, int64_t r0,
-                                      int64_t r1, int64_t n) {
-  for (int64_t r = r0; r < r1; ++r) {   // plain loops: each target clone vectorises them its own width
-    const float* xr = x + r * n;
-    float* o = out + r * n;
-    const float inv = inv_rms[r];
-    for (int64_t i = 0; i < n; ++i) o[i] = (xr[i] * inv) * w[i];
-  }
-}
-
 // x * (1 / sqrt(mean(x^2) + eps)) * w in one pass per row: the statistics summed in 16 float32 lanes
 // (not MindSpore's ReduceMean order, so inv_rms may differ from the MindSpore route in its last bit),
-// then the scaling in RmsScaleRows' order.
+// then the scaling in that route's order, (x * inv_rms) * w without fused multiply-adds.
 GP_CLONES GP_NO_FMA void RmsNormRows(const float* x, const float* w, float eps, float* out, int64_t r0, int64_t r1,
                                      int64_t n) {
   for (int64_t r = r0; r < r1; ++r) {
@@ -574,21 +560,6 @@ int gp_prefill_isa() { return g_isa; }
 int gp_prefill_set_isa(int isa) {
   g_isa = std::max(0, std::min(isa, g_cpu_isa));
   return g_isa;
-}
-
-// (x f32 [..., N], inv_rms f32 [..., 1], w f32 [N]) -> f32 like x
-int GpRmsScale(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
-  if (nparam != 4 || ndims[0] < 1 || !Floats(dtypes, 3)) return 1;
-  const int64_t n = shapes[0][ndims[0] - 1];
-  if (n == 0 || ndims[2] != 1 || shapes[2][0] != n || !SameShape(ndims[0], shapes[0], ndims[3], shapes[3])) return 1;
-  const int64_t rows = Elements(ndims[0], shapes[0]) / n;
-  if (ndims[1] != ndims[0] || shapes[1][ndims[1] - 1] != 1 || Elements(ndims[1], shapes[1]) != rows) return 1;
-  const float* x = static_cast<const float*>(params[0]);
-  const float* inv = static_cast<const float*>(params[1]);
-  const float* w = static_cast<const float*>(params[2]);
-  float* out = static_cast<float*>(params[3]);
-  ParallelRows(rows, n, [&](int64_t r0, int64_t r1) { RmsScaleRows(x, inv, w, out, r0, r1, n); });
-  return 0;
 }
 
 // (x f32 [..., N], w f32 [N], eps f32 [1]) -> f32 like x

@@ -43,7 +43,7 @@ _STATE = _State()
 # each. Compiled graphs bind rms_norm, swiglu, rope and fwht before compiling (bind_kernel), so eager
 # and compiled calls run the same operators. Every output has its first input's shape and is float32.
 _ENTRY_POINTS = {name: (symbol, native._same_shape, native._float32)
-                 for name, symbol in (("rms_scale", "GpRmsScale"), ("rms_norm", "GpRmsNorm"), ("rope", "GpRope"),
+                 for name, symbol in (("rms_norm", "GpRmsNorm"), ("rope", "GpRope"),
                                       ("causal_attention", "GpCausalAttention"), ("fwht", "GpFwht"),
                                       ("swiglu", "GpSwiglu"), ("add", "GpAdd"))}
 
@@ -62,8 +62,8 @@ def _load() -> None:
 
 
 def float_prefill_ops() -> Optional[Dict[str, ops.Custom]]:
-    """``{name: Custom op}`` (``rms_scale``, ``rms_norm``, ``rope``, ``causal_attention``, ``fwht``,
-    ``swiglu``, ``add``), or None: use MindSpore ops."""
+    """``{name: Custom op}`` (``rms_norm``, ``rope``, ``causal_attention``, ``fwht``, ``swiglu``,
+    ``add``), or None: use MindSpore ops."""
     if not (_STATE.enabled and native.native_enabled()):
         return None
     if not _STATE.tried:

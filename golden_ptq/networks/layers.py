@@ -190,12 +190,6 @@ def swiglu_eager(gate: Tensor, up: Tensor) -> Tensor:
     return swiglu(gate, up) if kernel is None else kernel(gate, up)
 
 
-def apply_rope_eager(x: Tensor, cos: Tensor, sin: Tensor, index: Tensor) -> Tensor:
-    """:func:`apply_rope` outside compiled graphs (the native operator where available)."""
-    kernel = prefill_kernel("rope")
-    return apply_rope(x, cos, sin, index) if kernel is None else kernel(x, cos, sin, index)
-
-
 class Embedding(nn.Cell):
     """Token embedding; the table is named ``embedding_weight`` as in MindFormers."""
 
