@@ -202,3 +202,19 @@ def test_compiled_c8_decoding_with_replicated_kv_heads(config, scheme):
     _assert_close(_decode(network, ids, 4, compiled=True), expected, f"{scheme} replicated KV heads, compiled")
     assert network.compiled_decode, "the compiled decode step failed and fell back to eager"
     _assert_close(_decode(network, ids, 4, compiled=False), expected, f"{scheme} replicated KV heads, eager")
+
+
+def test_repeated_graph_calls_leave_the_sub_cells_alone(config):
+    """MindSpore sets the compile phase on every graph call; walking the ~800 sub-cells of a real
+    network each time cost a tenth of a decode step. Only a new phase (a compile) reaches them."""
+    network = _network(config, "fp32")
+    ids = np.random.RandomState(2).randint(0, config.vocab_size, (1, 6))
+    _decode(network, ids, 3, compiled=True)
+    step = network._graphs[0][1]
+    leaf = network.model.layers[0].attention.wq
+    assert leaf.compile_phase == step.compile_phase   # the first (compiling) call reached the leaves
+    leaf._compile_phase = "untouched"
+    _decode(network, ids, 3, compiled=True)
+    assert leaf.compile_phase == "untouched"
+    step.compile_phase = "another phase"
+    assert leaf.compile_phase == "another phase"
