@@ -1,8 +1,10 @@
-"""The native operators of the int8 KV cache: decode-step attention (golden_ptq/kernels/kv_attention.cc)
-against float attention over the decoded cache, and encode / decode (kv_codec.cc) against the numpy
-twins bit for bit, on every instruction set the CPU has and both cache layouts; compiled C8 decoding
-with them agreeing with eager decoding on the numpy route (and with the MindSpore-op route they
-replace when native kernels are off)."""
+"""The native operators of the KV cache: decode-step attention (golden_ptq/kernels/kv_attention.cc)
+over the int8 and the float buffers against float64 attention over the decoded cache, and encode /
+decode (kv_codec.cc) against the numpy twins bit for bit, on every instruction set the CPU has and
+both cache layouts; compiled C8 decoding with them agreeing with eager decoding on the numpy route
+(and with the MindSpore-op route they replace when native kernels are off)."""
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import mindspore as ms
@@ -40,6 +42,10 @@ def _mask(rng, batch, heads, capacity):
 def _operands(rng, batch, kv_heads, group, capacity, dim, scheme):
     heads = kv_heads * group
     q = (rng.randn(batch, 1, heads * dim) * 0.5).astype(np.float32)
+    if scheme == "float":   # the float cache: unit scales for the reference
+        k, v = (rng.randn(2, batch, kv_heads, capacity, dim) * 2).astype(np.float32)
+        ones = np.ones(kv_heads * dim, np.float32)
+        return q, k, v, _mask(rng, batch, heads, capacity), ones, ones
     key_scale = (rng.rand(kv_heads * dim) * 0.05 + 0.01).astype(np.float32)
     k = rng.randint(-128 if scheme == "tokens" else -127, 128, (batch, kv_heads, capacity, dim)).astype(np.int8)
     v = rng.randint(-127, 128, (batch, kv_heads, capacity, dim)).astype(np.int8)
@@ -81,12 +87,14 @@ def _run(q, k, v, mask, kv_map, key_scale, value_param, scheme, group_rows=1):
     args = [Tensor(q), Tensor(k), Tensor(v), Tensor(mask4), Tensor(kv_map), Tensor(key_scale), Tensor(value_param)]
     if scheme == "tokens":
         return ops["kv_attention_tokens"](*args, Tensor(codecs.TOKEN_STEPS)).asnumpy()
+    if scheme == "float":
+        return ops["kv_attention_float"](*args[:5]).asnumpy()
     return ops["kv_attention_static"](*args).asnumpy()
 
 
 @needs_native
 @pytest.mark.parametrize("isa", _isas(), indirect=True)
-@pytest.mark.parametrize("scheme", ["static", "tokens"])
+@pytest.mark.parametrize("scheme", ["static", "tokens", "float"])
 def test_kernel_matches_float_attention_over_the_decoded_cache(isa, scheme):
     rng = np.random.RandomState(3)
     for batch, kv_heads, group, capacity, dim in CASES:
@@ -235,3 +243,40 @@ def test_compiled_c8_decoding_with_the_kernel_equals_eager(tiny_config, scheme, 
         scale = np.abs(eager).max()
         assert np.abs(got - eager).max() <= 1e-4 * scale, f"{what}: max diff {np.abs(got - eager).max()}"
         np.testing.assert_array_equal(got.argmax(-1), eager.argmax(-1))
+
+
+@needs_native
+@pytest.mark.parametrize("group,replicated", [(1, False), (3, False), (2, True)])
+def test_compiled_float_decoding_with_the_kernel_equals_the_op_route(tiny_config, group, replicated):
+    """The float cache's compiled decode step attends with the native operator; MindSpore's ops
+    (native kernels off) and eager decoding give the same logits to rounding, with left padding,
+    grouped query heads, and the replicated-KV layout of a TP rank (query head h reads h // group)."""
+    tiny_config.num_layers = 1
+    tiny_config.num_kv_heads = 2
+    tiny_config.num_heads = 2 * group
+    tiny_config.hidden_size = 16 * tiny_config.num_heads
+    network = LlamaForCausalLM(tiny_config, seed=3)
+    network.set_train(False)
+    attention = network.model.layers[0].attention
+    if replicated:
+        attention._kv_index = Tensor(np.arange(tiny_config.num_heads, dtype=np.int32) // group)
+        attention._core_kv_heads = tiny_config.num_heads
+        network.tp_layout = SimpleNamespace(local_heads=tiny_config.num_heads, local_kv_heads=2, kv_split=False)
+    rng = np.random.RandomState(10)
+    ids = rng.randint(0, tiny_config.vocab_size, (3, 12))
+    mask = np.ones_like(ids)
+    mask[1, :3] = 0
+    mask[2, :1] = 0
+    eager = _decode(network, ids, mask, 5, compiled=False)
+    native = _decode(network, ids, mask, 5, compiled=True)
+    assert network.compiled_decode and attention.kv_cache.bound_attention is kernels.native_ops()["kv_attention_float"]
+    kernels.set_native_kernels(False)
+    try:
+        op_route = _decode(network, ids, mask, 5, compiled=True)
+        assert network.compiled_decode and attention.kv_cache.bound_attention is None
+    finally:
+        kernels.set_native_kernels(True)
+        network.set_compiled(decode=True)
+    scale = np.abs(eager).max()
+    for what, got in (("native", native), ("MindSpore ops", op_route)):
+        assert np.abs(got - eager).max() <= 1e-5 * scale, f"{what}: max diff {np.abs(got - eager).max()}"

@@ -1,5 +1,9 @@
-// Decode-step attention read directly from golden_ptq's int8 KV cache (C8), as MindSpore ``ops.Custom``
+// Decode-step attention read directly from golden_ptq's KV cache buffers, as MindSpore ``ops.Custom``
 // "aot" kernels on CPU. One new token per batch row; query head h reads KV head kv_map[h].
+//
+//   GpKvAttnFloat   the float cache: scores = q . k + mask,  out = softmax(scores) @ v
+//                   (one operator where MindSpore's route runs two batched products, the mask
+//                   addition and softmax over the whole buffer)
 //
 //   GpKvAttnStatic  keys and values symmetric per channel (the ``static`` layout):
 //                   scores = (q * key_scale) . k + mask,  out = softmax(scores) @ v * value_scale
@@ -32,13 +36,14 @@ constexpr float kMasked = -1e8f;
 // Below this many multiply-adds (queries x positions x head dim) a call runs on the calling thread.
 constexpr int64_t kParallelWork = int64_t(1) << 20;
 
+template <typename T>     // the stored element: int8_t (codes) or float
 struct Attn {
   const float* q;          // [B, H, D]
-  const int8_t* k;         // [B, Hkv, C, D]
-  const int8_t* v;         // [B, Hkv, C, Dv]  (Dv = D, or D + 1 with the row exponent last)
+  const T* k;              // [B, Hkv, C, D]
+  const T* v;              // [B, Hkv, C, Dv]  (Dv = D, or D + 1 with the row exponent last)
   const float* mask;       // [B, H, C]
   const int32_t* kv_map;   // [H]
-  const float* key_scale;  // [Hkv * D]
+  const float* key_scale;  // [Hkv * D], or null (float cache)
   const float* value_scale;  // [Hkv * D] (static) or null
   const float* value_base;   // [Hkv] (token rows) or null
   const float* steps;        // [256] (token rows) or null
@@ -47,10 +52,11 @@ struct Attn {
 };
 
 // ----- portable ----------------------------------------------------------------------------------
-void ScoresScalar(const float* qs, int64_t g, const int8_t* k, int64_t dim, int64_t n, const float* mask,
+template <typename T>
+void ScoresScalar(const float* qs, int64_t g, const T* k, int64_t dim, int64_t n, const float* mask,
                   int64_t mask_stride, float* scores) {
   for (int64_t s = 0; s < n; ++s) {
-    const int8_t* row = k + s * dim;
+    const T* row = k + s * dim;
     for (int64_t j = 0; j < g; ++j) {
       float acc = 0.0f;
       for (int64_t d = 0; d < dim; ++d) acc += qs[j * dim + d] * static_cast<float>(row[d]);
@@ -70,9 +76,10 @@ float ExpScalar(float* x, int64_t n) {
   return sum;
 }
 
-void ContextScalar(const float* w, int64_t g, const int8_t* v, int64_t vdim, int64_t dim, int64_t n, float* ctx) {
+template <typename T>
+void ContextScalar(const float* w, int64_t g, const T* v, int64_t vdim, int64_t dim, int64_t n, float* ctx) {
   for (int64_t s = 0; s < n; ++s) {
-    const int8_t* row = v + s * vdim;
+    const T* row = v + s * vdim;
     for (int64_t j = 0; j < g; ++j) {
       const float p = w[j * n + s];
       for (int64_t d = 0; d < dim; ++d) ctx[j * dim + d] += p * static_cast<float>(row[d]);
@@ -94,19 +101,22 @@ __attribute__((target("avx2,fma"))) inline __m256 Load8(const int8_t* p) {
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(bits)));
 }
 
-// Codes of one row as floats (the vector part; the tail from ``dim & ~7`` is the caller's).
-__attribute__((target("avx2,fma"))) void RowAvx2(const int8_t* row, int64_t dim, float* out) {
+// One stored row as floats: codes converted into ``out``, a float row read in place.
+__attribute__((target("avx2,fma"))) const float* RowAvx2(const int8_t* row, int64_t dim, float* out) {
   int64_t d = 0;
   for (; d + 8 <= dim; d += 8) _mm256_storeu_ps(out + d, Load8(row + d));
   for (; d < dim; ++d) out[d] = static_cast<float>(row[d]);
+  return out;
 }
+inline const float* RowAvx2(const float* row, int64_t, float*) { return row; }
 
-__attribute__((target("avx2,fma"))) void ScoresAvx2(const float* qs, int64_t g, const int8_t* k, int64_t dim,
+template <typename T>
+__attribute__((target("avx2,fma"))) void ScoresAvx2(const float* qs, int64_t g, const T* k, int64_t dim,
                                                      int64_t n, const float* mask, int64_t mask_stride,
-                                                     float* scores, float* row) {
+                                                     float* scores, float* buf) {
   const int64_t vec = dim & ~int64_t(7);
   for (int64_t s = 0; s < n; ++s) {
-    RowAvx2(k + s * dim, dim, row);
+    const float* row = RowAvx2(k + s * dim, dim, buf);
     for (int64_t j = 0; j < g; ++j) {
       const float* qj = qs + j * dim;
       __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
@@ -174,11 +184,12 @@ __attribute__((target("avx2,fma"))) float ExpAvx2(float* x, int64_t n) {
   return sum;
 }
 
-__attribute__((target("avx2,fma"))) void ContextAvx2(const float* w, int64_t g, const int8_t* v, int64_t vdim,
-                                                      int64_t dim, int64_t n, float* ctx, float* row) {
+template <typename T>
+__attribute__((target("avx2,fma"))) void ContextAvx2(const float* w, int64_t g, const T* v, int64_t vdim,
+                                                      int64_t dim, int64_t n, float* ctx, float* buf) {
   const int64_t vec = dim & ~int64_t(7);
   for (int64_t s = 0; s < n; ++s) {
-    RowAvx2(v + s * vdim, dim, row);
+    const float* row = RowAvx2(v + s * vdim, dim, buf);
     for (int64_t j = 0; j < g; ++j) {
       const __m256 p = _mm256_set1_ps(w[j * n + s]);
       float* cj = ctx + j * dim;
@@ -190,22 +201,26 @@ __attribute__((target("avx2,fma"))) void ContextAvx2(const float* w, int64_t g, 
 }
 
 // ----- AVX-512 -----------------------------------------------------------------------------------
-__attribute__((target("avx512f,avx512bw,avx512vl"))) void RowAvx512(const int8_t* row, int64_t dim, float* out) {
+__attribute__((target("avx512f,avx512bw,avx512vl"))) const float* RowAvx512(const int8_t* row, int64_t dim,
+                                                                              float* out) {
   int64_t d = 0;
   for (; d + 16 <= dim; d += 16) {
     _mm512_storeu_ps(out + d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
                                   reinterpret_cast<const __m128i*>(row + d)))));
   }
   for (; d < dim; ++d) out[d] = static_cast<float>(row[d]);
+  return out;
 }
+inline const float* RowAvx512(const float* row, int64_t, float*) { return row; }
 
-__attribute__((target("avx512f,avx512bw,avx512vl"))) void ScoresAvx512(const float* qs, int64_t g, const int8_t* k,
+template <typename T>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void ScoresAvx512(const float* qs, int64_t g, const T* k,
                                                                        int64_t dim, int64_t n, const float* mask,
                                                                        int64_t mask_stride, float* scores,
-                                                                       float* row) {
+                                                                       float* buf) {
   const int64_t vec = dim & ~int64_t(15);
   for (int64_t s = 0; s < n; ++s) {
-    RowAvx512(k + s * dim, dim, row);
+    const float* row = RowAvx512(k + s * dim, dim, buf);
     for (int64_t j = 0; j < g; ++j) {
       const float* qj = qs + j * dim;
       __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
@@ -222,12 +237,13 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void ScoresAvx512(const flo
   }
 }
 
-__attribute__((target("avx512f,avx512bw,avx512vl"))) void ContextAvx512(const float* w, int64_t g, const int8_t* v,
+template <typename T>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void ContextAvx512(const float* w, int64_t g, const T* v,
                                                                         int64_t vdim, int64_t dim, int64_t n,
-                                                                        float* ctx, float* row) {
+                                                                        float* ctx, float* buf) {
   const int64_t vec = dim & ~int64_t(15);
   for (int64_t s = 0; s < n; ++s) {
-    RowAvx512(v + s * vdim, dim, row);
+    const float* row = RowAvx512(v + s * vdim, dim, buf);
     for (int64_t j = 0; j < g; ++j) {
       const __m512 p = _mm512_set1_ps(w[j * n + s]);
       float* cj = ctx + j * dim;
@@ -239,7 +255,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void ContextAvx512(const fl
 }
 
 // ----- one batch row's run of query heads that read the same KV head ------------------------------
-void AttendRun(const Attn& a, int64_t b, int64_t h0, int64_t g, int isa) {
+template <typename T>
+void AttendRun(const Attn<T>& a, int64_t b, int64_t h0, int64_t g, int isa) {
   const int64_t dim = a.dim, cap = a.capacity, kvh = a.kv_map[h0];
   const float* mask = a.mask + (b * a.heads + h0) * cap;
   int64_t lo = cap, hi = 0;   // the union of the rows' spans of unmasked positions
@@ -265,12 +282,14 @@ void AttendRun(const Attn& a, int64_t b, int64_t h0, int64_t g, int isa) {
   float* scores = ctx + g * dim;
   float* row = scores + g * n;
   float* row_scale = row + dim;
-  const float* key_scale = a.key_scale + kvh * dim;
-  for (int64_t j = 0; j < g; ++j)
-    for (int64_t d = 0; d < dim; ++d) qs[j * dim + d] = a.q[(b * a.heads + h0 + j) * dim + d] * key_scale[d];
+  const float* key_scale = a.key_scale ? a.key_scale + kvh * dim : nullptr;
+  for (int64_t j = 0; j < g; ++j) {
+    const float* qj = a.q + (b * a.heads + h0 + j) * dim;
+    for (int64_t d = 0; d < dim; ++d) qs[j * dim + d] = key_scale ? qj[d] * key_scale[d] : qj[d];
+  }
   std::fill(ctx, ctx + g * dim, 0.0f);
-  const int8_t* k = a.k + ((b * a.kv_heads + kvh) * cap + lo) * dim;
-  const int8_t* v = a.v + ((b * a.kv_heads + kvh) * cap + lo) * a.vdim;
+  const T* k = a.k + ((b * a.kv_heads + kvh) * cap + lo) * dim;
+  const T* v = a.v + ((b * a.kv_heads + kvh) * cap + lo) * a.vdim;
 
   if (isa >= gp::kAvx512Vnni) {
     ScoresAvx512(qs, g, k, dim, n, mask + lo, cap, scores, row);
@@ -307,7 +326,8 @@ void AttendRun(const Attn& a, int64_t b, int64_t h0, int64_t g, int isa) {
   }
 }
 
-void Attend(const Attn& a) {
+template <typename T>
+void Attend(const Attn<T>& a) {
   std::vector<int64_t> starts;   // runs of consecutive query heads with the same KV head
   for (int64_t h = 0; h < a.heads; ++h)
     if (h == 0 || a.kv_map[h] != a.kv_map[h - 1]) starts.push_back(h);
@@ -328,16 +348,17 @@ void Attend(const Attn& a) {
 
 bool Is(const char* dtype, const char* want) { return std::strcmp(dtype, want) == 0; }
 
-// Shapes and dtypes of the operands both entry points share; fills ``a`` (pointers to the first six
-// operands and the output at ``out``). False on any mismatch.
+// Shapes and dtypes of the first five operands every entry point shares (q, k, v, mask, kv_map, the
+// buffers' element type ``elem``) and of the output at ``out``; fills ``a``. False on any mismatch.
+template <typename T>
 bool Common(int nparam, int want, void** params, int* ndims, int64_t** shapes, const char** dtypes, int out,
-            Attn* a) {
+            const char* elem, Attn<T>* a) {
   if (nparam != want || ndims[0] != 3 || ndims[1] != 4 || ndims[2] != 4 || ndims[3] != 4 || ndims[4] != 1 ||
-      ndims[5] != 1 || ndims[out] != 3) {
+      ndims[out] != 3) {
     return false;
   }
-  if (!Is(dtypes[0], "float32") || !Is(dtypes[1], "int8") || !Is(dtypes[2], "int8") || !Is(dtypes[3], "float32") ||
-      !Is(dtypes[4], "int32") || !Is(dtypes[5], "float32") || !Is(dtypes[out], "float32")) {
+  if (!Is(dtypes[0], "float32") || !Is(dtypes[1], elem) || !Is(dtypes[2], elem) || !Is(dtypes[3], "float32") ||
+      !Is(dtypes[4], "int32") || !Is(dtypes[out], "float32")) {
     return false;
   }
   a->batch = shapes[1][0];
@@ -350,18 +371,23 @@ bool Common(int nparam, int want, void** params, int* ndims, int64_t** shapes, c
   if (shapes[0][0] != a->batch || shapes[0][1] != 1 || shapes[0][2] != a->heads * a->dim) return false;
   if (shapes[2][0] != a->batch || shapes[2][1] != a->kv_heads || shapes[2][2] != a->capacity) return false;
   if (shapes[3][0] != a->batch || shapes[3][1] * shapes[3][2] != a->heads || shapes[3][3] != a->capacity) return false;
-  if (shapes[5][0] != a->kv_heads * a->dim) return false;
   for (int i = 0; i < 3; ++i)
     if (shapes[out][i] != shapes[0][i]) return false;
   a->q = static_cast<const float*>(params[0]);
-  a->k = static_cast<const int8_t*>(params[1]);
-  a->v = static_cast<const int8_t*>(params[2]);
+  a->k = static_cast<const T*>(params[1]);
+  a->v = static_cast<const T*>(params[2]);
   a->mask = static_cast<const float*>(params[3]);
   a->kv_map = static_cast<const int32_t*>(params[4]);
-  a->key_scale = static_cast<const float*>(params[5]);
   a->out = static_cast<float*>(params[out]);
   for (int64_t h = 0; h < a->heads; ++h)
     if (a->kv_map[h] < 0 || a->kv_map[h] >= a->kv_heads) return false;
+  return true;
+}
+
+// The int8 entry points' per-channel key scale (operand 5).
+bool KeyScale(int* ndims, int64_t** shapes, const char** dtypes, void** params, Attn<int8_t>* a) {
+  if (ndims[5] != 1 || shapes[5][0] != a->kv_heads * a->dim || !Is(dtypes[5], "float32")) return false;
+  a->key_scale = static_cast<const float*>(params[5]);
   return true;
 }
 
@@ -373,8 +399,9 @@ extern "C" {
 //  row h of query head h), kv_map int32 [H], key_scale f32 [Hkv*D], value_scale f32 [Hkv*D])
 //  -> f32 [B, 1, H*D]
 int GpKvAttnStatic(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
-  Attn a{};
-  if (!Common(nparam, 8, params, ndims, shapes, dtypes, 7, &a)) return 1;
+  Attn<int8_t> a{};
+  if (!Common(nparam, 8, params, ndims, shapes, dtypes, 7, "int8", &a) || !KeyScale(ndims, shapes, dtypes, params, &a))
+    return 1;
   if (ndims[6] != 1 || shapes[6][0] != a.kv_heads * a.dim || !Is(dtypes[6], "float32") || a.vdim != a.dim) return 1;
   a.value_scale = static_cast<const float*>(params[6]);
   Attend(a);
@@ -384,12 +411,22 @@ int GpKvAttnStatic(int nparam, void** params, int* ndims, int64_t** shapes, cons
 // (q, k, v int8 [B, Hkv, C, D + 1], mask, kv_map, key_scale as above, value_base f32 [Hkv],
 //  steps f32 [256] (2^(e/16) for e = -128 .. 127)) -> f32 [B, 1, H*D]
 int GpKvAttnTokens(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
-  Attn a{};
-  if (!Common(nparam, 9, params, ndims, shapes, dtypes, 8, &a)) return 1;
+  Attn<int8_t> a{};
+  if (!Common(nparam, 9, params, ndims, shapes, dtypes, 8, "int8", &a) || !KeyScale(ndims, shapes, dtypes, params, &a))
+    return 1;
   if (ndims[6] != 1 || shapes[6][0] != a.kv_heads || !Is(dtypes[6], "float32") || a.vdim != a.dim + 1) return 1;
   if (ndims[7] != 1 || shapes[7][0] != 256 || !Is(dtypes[7], "float32")) return 1;
   a.value_base = static_cast<const float*>(params[6]);
   a.steps = static_cast<const float*>(params[7]);
+  Attend(a);
+  return 0;
+}
+
+// (q f32 [B, 1, H*D], k f32 [B, Hkv, C, D], v f32 [B, Hkv, C, D], mask f32 [B, Hm, Gm, C], kv_map int32 [H])
+//  -> f32 [B, 1, H*D]
+int GpKvAttnFloat(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
+  Attn<float> a{};
+  if (!Common(nparam, 6, params, ndims, shapes, dtypes, 5, "float32", &a) || a.vdim != a.dim) return 1;
   Attend(a);
   return 0;
 }

@@ -1,5 +1,5 @@
 """Build and load the native CPU kernels: ``int8_gemm.cc`` (quantized Linear products),
-``kv_attention.cc`` (decode attention over the int8 KV cache) and ``kv_codec.cc`` (its encode /
+``kv_attention.cc`` (decode attention over the KV cache buffers, int8 or float) and ``kv_codec.cc`` (its encode /
 decode) wrapped as MindSpore ``ops.Custom`` operators, and ``gptq_columns.cc`` (GPTQ's column
 loop), ``candidate_score.cc`` (the smoothing searches' candidate error) and ``nll.cc``
 (perplexity's log-softmax) called through ctypes on numpy arrays.
@@ -122,6 +122,7 @@ _ENTRY_POINTS = {   # name: (symbol, output shape, output dtype)
     "wg_gemm": ("GpWgGemm", _mn_shape, _float32),
     "kv_attention_static": ("GpKvAttnStatic", _same_shape, _float32),
     "kv_attention_tokens": ("GpKvAttnTokens", _same_shape, _float32),
+    "kv_attention_float": ("GpKvAttnFloat", _same_shape, _float32),
     "kv_encode_symmetric": ("GpKvEncodeSym", _same_shape, _int8),
     "kv_encode_asymmetric": ("GpKvEncodeAsym", _same_shape, _int8),
     "kv_encode_tokens": ("GpKvEncodeTokens", _one_wider, _int8),

@@ -10,6 +10,7 @@ from mindspore.common.initializer import Constant, initializer
 from mindspore.ops import constexpr
 
 from golden_ptq.kernels.float_prefill import float_prefill_ops
+from golden_ptq.kernels.native import native_ops
 from golden_ptq.parallel.context import TPContext, all_reduce, current_context, shard_mode
 
 
@@ -277,7 +278,7 @@ class KVCache(nn.Cell):
         self._history = {}
         self._static = []
         self._static_pool = {}
-        self.bound_attention = None   # a native decode-attention operator (the int8 cache binds one)
+        self.bound_attention = None   # a native decode-attention operator, set by bind_kernel()
 
     def reset(self) -> None:
         self._history = {}
@@ -340,6 +341,23 @@ class KVCache(nn.Cell):
             self._history = {"key": buffers.key[:, :, :buffers.length].copy(),
                              "value": buffers.value[:, :, :buffers.length].copy()}
             self._static = []
+
+    def bind_kernel(self) -> None:
+        """Fix the route of compiled decode steps: the native attention over the float buffers
+        where the native kernels run (one operator for two batched products, the mask and softmax,
+        reading only the filled positions), else None (MindSpore ops)."""
+        table = native_ops()
+        self.bound_attention = None if table is None else table["kv_attention_float"]
+
+    def decode_attention(self, q: Tensor, key: Tensor, value: Tensor, slots: Tensor, mask: Tensor,
+                         kv_map: Tensor) -> Tensor:
+        """A compiled decode step's attention by :attr:`bound_attention`: this step's keys/values are
+        stored at ``slots``, then the operator attends over the buffers. ``q`` ``[B, 1, H*D]`` (rope
+        and 1/sqrt(D) applied), ``mask`` ``[B, Hm, Gm, capacity]`` with row ``h`` for query head
+        ``h``, ``kv_map`` int32 ``[H]`` the stored KV head each query head reads. Returns the
+        context ``[B, 1, H*D]``."""
+        k_all, v_all = self._static[0].write(key, value, slots)
+        return self.bound_attention(q, k_all, v_all, mask, kv_map)
 
     @property
     def static_buffers(self) -> Optional[StaticKVBuffers]:

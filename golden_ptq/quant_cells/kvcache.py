@@ -157,12 +157,9 @@ class QuantKVCache(KVCache, QuantCell):
 
     def decode_attention(self, q: Tensor, key: Tensor, value: Tensor, slots: Tensor, mask: Tensor,
                          kv_map: Tensor) -> Tensor:
-        """A compiled decode step's attention by the bound native operator: this step's keys/values
-        are encoded and stored at ``slots``, then the operator attends from the int8 buffers, reading
-        only each row's unmasked span (``golden_ptq/kernels/kv_attention.cc``). ``q`` ``[B, 1, H*D]``
-        (rope and 1/sqrt(D) applied), ``mask`` ``[B, Hm, Gm, capacity]`` with row ``h`` for query
-        head ``h``, ``kv_map`` int32 ``[H]`` the KV head each query head reads. Returns the context
-        ``[B, 1, H*D]``."""
+        """:meth:`KVCache.decode_attention` from the int8 buffers: this step's keys/values are
+        encoded before they are stored; the operator folds the scales in
+        (``golden_ptq/kernels/kv_attention.cc``)."""
         k_all, v_all = self._static[0].write(self.encode_in_graph(key, "key"), self.encode_in_graph(value, "value"),
                                              slots)
         if self.scheme == "static":
