@@ -24,6 +24,8 @@ SCHEMES = {
     "a16w8-c8": dict(kvcache_quant_dtype=I8),
     "a8w8-smooth-c8": dict(act_quant_dtype=I8, kvcache_quant_dtype=I8,
                            outliers_suppression=OutliersSuppressionType.SMOOTH),
+    "a8w8-dynamic+head-w8a16": dict(act_quant_dtype=I8, act_quant_granularity=QuantGranularity.PER_TOKEN,
+                                    weight_only_names=["lm_head"]),
     "a8w8-dynamic+embedding": dict(act_quant_dtype=I8, act_quant_granularity=QuantGranularity.PER_TOKEN,
                                    embedding_quant_dtype=I8),
 }

@@ -13,7 +13,7 @@ CONFIGS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "p
 def test_yaml_round_trip_does_not_mutate(tmp_path):
     cfg = PTQConfig(mode=PTQMode.DEPLOY, opname_blacklist=["w2", "lm_head"], act_quant_dtype=ms.int8,
                     kvcache_quant_dtype=ms.int8, outliers_suppression=OutliersSuppressionType.SMOOTH,
-                    algo_args={"smooth_alpha": 0.6})
+                    algo_args={"smooth_alpha": 0.6}, weight_only_names=["wo"])
     before = repr(cfg)
     cfg.dump(str(tmp_path / "c.yaml"))
     assert repr(cfg) == before
@@ -39,6 +39,8 @@ def test_yaml_round_trip_does_not_mutate(tmp_path):
     (dict(algo_args={"smooth_alpha": 2}), r"\[0, 1\]"),
     (dict(weight_quant_dtype=None), "nothing to quantize"),
     (dict(opname_blacklist=[""]), "non-empty strings"),
+    (dict(weight_only_names=["lm_head"]), r"weight_only_names \['lm_head'\]: every quantized layer is already"),
+    (dict(act_quant_dtype=ms.int8, weight_only_names=[3]), "weight_only_names: entry 3"),
 ])
 def test_invalid_combinations_name_the_field(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -27,6 +27,8 @@ MODES = {
     "c8": (dict(weight_quant_dtype=None, kvcache_quant_dtype=I8), 0.04),
     "a8w8c8_smooth": (dict(act_quant_dtype=I8, kvcache_quant_dtype=I8, outliers_suppression=SMOOTH), 0.12),
     "a16w8_emb": (dict(embedding_quant_dtype=I8), 0.02),
+    "a8w8_dynamic_head_w8a16": (dict(act_quant_dtype=I8, act_quant_granularity=QuantGranularity.PER_TOKEN,
+                                     weight_only_names=["lm_head"]), 0.03),
 }
 
 
@@ -82,6 +84,24 @@ def test_weights_are_int8_and_desc_maps_every_parameter(tiny_config):
     assert "C8 2" in text and "W8A8 12" in text
 
 
+def test_weight_only_names_keep_those_activations_float(tiny_config):
+    """In an A8W8 config, ``weight_only_names`` layers get int8 weights and float activations
+    (W8A16), the others W8A8; DEPLOY builds the same structure from the same config."""
+    kwargs = dict(act_quant_dtype=I8, weight_only_names=["lm_head", "w2"])
+    net = LlamaForCausalLM(tiny_config, seed=0)
+    ptq = PTQ(PTQConfig(**kwargs))
+    ptq.apply(net, None, calibration(tiny_config))
+    ptq.convert(net)
+    desc = quant_desc(net)
+    assert desc["lm_head.weight"] == desc["model.layers.1.feed_forward.w2.weight"] == "W8A16"
+    assert desc["model.layers.1.feed_forward.w1.weight"] == "W8A8"
+    params = net.parameters_dict()
+    assert params["lm_head.weight"].dtype == ms.int8 and "lm_head.deq_scale" not in params
+    deployed = LlamaForCausalLM(tiny_config, seed=0)
+    PTQ(PTQConfig(mode=PTQMode.DEPLOY, **kwargs)).apply(deployed)
+    assert quant_desc(deployed) == desc
+
+
 def test_kv_cache_stores_int8_and_decoding_matches_full(tiny_config):
     net = LlamaForCausalLM(tiny_config, seed=0)
     PTQ(PTQConfig(weight_quant_dtype=None, kvcache_quant_dtype=I8)).apply(net, None, calibration(tiny_config))
@@ -115,6 +135,9 @@ def test_config_errors_that_need_the_network(tiny_config):
     net = LlamaForCausalLM(tiny_config, seed=0)
     with pytest.raises(ValueError, match="opname_blacklist entry 'w9' matches no quantizable layer"):
         PTQ(PTQConfig(opname_blacklist=["w9"])).apply(net, None, calibration(tiny_config))
+    net = LlamaForCausalLM(tiny_config, seed=0)
+    with pytest.raises(ValueError, match="weight_only_names entry 'gate_proj' matches no quantizable layer"):
+        PTQ(PTQConfig(act_quant_dtype=I8, weight_only_names=["gate_proj"])).apply(net, None, calibration(tiny_config))
     net = LlamaForCausalLM(tiny_config, seed=0)
     with pytest.raises(ValueError, match="quantizes no layer"):
         PTQ(PTQConfig(opname_blacklist=["layers", "lm_head"])).apply(net, None, calibration(tiny_config))

@@ -32,8 +32,9 @@ def layer_spec(config: PTQConfig, name: str, kind: str) -> LayerQuantSpec:
         return LayerQuantSpec(weight=True)
     if config.weight_quant_dtype is None:
         return LayerQuantSpec(skip_reason="weight_quant_dtype=None")
-    return LayerQuantSpec(weight=True, act=config.act_quant_dtype is not None,
-                          act_dynamic=config.act_quant_granularity is QuantGranularity.PER_TOKEN,
+    act = config.act_quant_dtype is not None and not any(entry in name for entry in config.weight_only_names)
+    return LayerQuantSpec(weight=True, act=act,
+                          act_dynamic=act and config.act_quant_granularity is QuantGranularity.PER_TOKEN,
                           act_symmetric=config.activation_symmetric, weight_symmetric=config.weight_symmetric,
                           group_size=config.group_size)
 
@@ -49,12 +50,14 @@ def quant_targets(root: nn.Cell, registry: QuantCellRegistry, prefix: str = "") 
 
 
 def check_target_names(config: PTQConfig, names: Sequence[str]) -> None:
-    """Every ``opname_blacklist`` entry matches a quantizable layer and every ``disable_names`` entry is one."""
-    unmatched = [b for b in config.opname_blacklist if not any(b in name for name in names)]
-    if unmatched:
-        examples = ", ".join(names[:4])
-        raise ValueError(f"PTQConfig.opname_blacklist entry '{unmatched[0]}' matches no quantizable layer; "
-                         f"names look like: {examples}")
+    """Every ``opname_blacklist`` / ``weight_only_names`` entry matches a quantizable layer and every
+    ``disable_names`` entry is one."""
+    for field_name in ("opname_blacklist", "weight_only_names"):
+        unmatched = [b for b in getattr(config, field_name) if not any(b in name for name in names)]
+        if unmatched:
+            examples = ", ".join(names[:4])
+            raise ValueError(f"PTQConfig.{field_name} entry '{unmatched[0]}' matches no quantizable layer; "
+                             f"names look like: {examples}")
     known = set(names)
     unknown = [n for n in config.disable_names if n not in known]
     if unknown:

@@ -69,7 +69,10 @@ class PTQConfig:
 
     ``weight_quant_dtype``/``act_quant_dtype``/``kvcache_quant_dtype``/``embedding_quant_dtype`` are
     ``mindspore.int8`` (or ``"int8"``) or None. ``opname_blacklist`` entries are substrings of layer
-    names (``"w2"`` keeps every ``feed_forward.w2`` float). ``act_symmetric=None`` picks the
+    names (``"w2"`` keeps every ``feed_forward.w2`` float); ``weight_only_names`` entries, matched the
+    same way, keep their layers' activations float in an A8W8 config (int8 weights, W8A16: a
+    ``lm_head`` read once per token at a quarter of its float bytes, with float logits' accuracy).
+    ``act_symmetric=None`` picks the
     natural default: asymmetric for static per-tensor, symmetric for dynamic per-token.
     ``rotation``: ``"none"`` or ``"hadamard"`` (an orthogonal rotation folded into the float network
     before calibration, seeded by ``algo_args['rotation_seed']``; see
@@ -98,6 +101,7 @@ class PTQConfig:
     rollback_signal: str = "range_parm"
     precision_recovery: PrecisionRecovery = PrecisionRecovery.NONE
     rotation: str = NO_ROTATION
+    weight_only_names: List[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -132,6 +136,7 @@ class PTQConfig:
                                    f"'int8' or None")
         self.opname_blacklist = check_str_list(self.opname_blacklist, "PTQConfig.opname_blacklist")
         self.disable_names = check_str_list(self.disable_names, "PTQConfig.disable_names")
+        self.weight_only_names = check_str_list(self.weight_only_names, "PTQConfig.weight_only_names")
         self.algo_args = check_mapping(self.algo_args, "PTQConfig.algo_args")
         check_known_keys(self.algo_args, ALGO_ARGS, "PTQConfig.algo_args")
         for key, value in self.algo_args.items():
@@ -166,6 +171,9 @@ class PTQConfig:
         if self.act_quant_dtype is not None and self.weight_quant_dtype is None:
             raise ConfigError("PTQConfig: act_quant_dtype=int8 needs weight_quant_dtype=int8 (A8W16 is not a "
                               "supported scheme); set both, or act_quant_dtype=None for weight-only")
+        if self.weight_only_names and self.act_quant_dtype is None:
+            raise ConfigError(f"PTQConfig.weight_only_names {self.weight_only_names}: every quantized layer is "
+                              f"already weight-only (act_quant_dtype=None); leave it empty")
         if self.outliers_suppression is OutliersSuppressionType.SMOOTH and self.act_quant_dtype is None:
             raise ConfigError("PTQConfig: outliers_suppression=SMOOTH migrates activation outliers and needs "
                               "act_quant_dtype=int8; use OutliersSuppressionType.NONE for weight-only")
