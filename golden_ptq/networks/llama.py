@@ -135,8 +135,8 @@ class Attention(nn.Cell):
     def decode_static(self, x: Tensor, cos_q: Tensor, sin_q: Tensor, cos_k: Tensor, sin_k: Tensor, index_q: Tensor,
                       index_k: Tensor, mask: Tensor, slots: Tensor) -> Tensor:
         """One compiled decode step: keys/values go into the static cache at ``slots``; attention
-        reads the whole buffers (``mask`` hides the unfilled positions), or a cache's bound native
-        operator reads the filled positions of its buffers (the int8 cache)."""
+        reads the whole buffers (``mask`` hides the unfilled positions), or the cache's bound native
+        operator (float or int8 buffers, where the native kernels run) reads the filled positions."""
         q, k, v = self._project(x, cos_q, sin_q, cos_k, sin_k, index_q, index_k)
         if self.kv_cache.bound_attention is not None:
             kv_map = self._kv_map if self._kv_index is None else self._kv_index
