@@ -269,7 +269,7 @@ def test_compiled_float_decoding_with_the_kernel_equals_the_op_route(tiny_config
     mask[2, :1] = 0
     eager = _decode(network, ids, mask, 5, compiled=False)
     native = _decode(network, ids, mask, 5, compiled=True)
-    assert network.compiled_decode and attention.kv_cache.bound_attention is kernels.native_ops()["kv_attention_float"]
+    assert network.compiled_decode and attention.kv_cache.bound_attention is kernels.native_ops()["kv_attention_float_write"]
     kernels.set_native_kernels(False)
     try:
         op_route = _decode(network, ids, mask, 5, compiled=True)
@@ -280,3 +280,39 @@ def test_compiled_float_decoding_with_the_kernel_equals_the_op_route(tiny_config
     scale = np.abs(eager).max()
     for what, got in (("native", native), ("MindSpore ops", op_route)):
         assert np.abs(got - eager).max() <= 1e-5 * scale, f"{what}: max diff {np.abs(got - eager).max()}"
+
+
+@needs_native
+@pytest.mark.parametrize("scheme", ["static", "tokens", "float"])
+def test_write_variant_stores_the_new_rows_in_place_then_attends(scheme):
+    """The operators compiled decode steps run: this step's keys/values land in the buffers at their
+    slots (nothing else changes), and the result is the plain operator's over the updated buffers.
+    Slots outside the buffers are refused before anything is written."""
+    rng = np.random.RandomState(11)
+    batch, kv_heads, group, capacity, dim = 2, 2, 3, 12, 16
+    q, k, v, mask, key_scale, value_param = _operands(rng, batch, kv_heads, group, capacity, dim, scheme)
+    _, k_more, v_more, _, _, _ = _operands(rng, batch, kv_heads, group, capacity, dim, scheme)
+    k_new, v_new = k_more[:, :, :1].copy(), v_more[:, :, :1].copy()
+    kv_map = (np.arange(kv_heads * group) // group).astype(np.int32)
+    slots = np.stack(np.meshgrid(np.arange(batch), np.arange(kv_heads), [7], indexing="ij"), -1).astype(np.int32)
+    mask4 = mask.reshape(batch, kv_heads, group, capacity)
+    ops = kernels.native_ops()
+    extra = {"static": [key_scale, value_param], "float": [],
+             "tokens": [key_scale, value_param, codecs.TOKEN_STEPS]}[scheme]
+    k_t, v_t = Tensor(k.copy()), Tensor(v.copy())
+    got = ops[f"kv_attention_{scheme}_write"](Tensor(q), k_t, v_t, Tensor(mask4), Tensor(kv_map),
+                                              *map(Tensor, extra), Tensor(k_new), Tensor(v_new),
+                                              Tensor(slots)).asnumpy()
+    k_want, v_want = k.copy(), v.copy()
+    k_want[:, :, 7:8], v_want[:, :, 7:8] = k_new, v_new
+    np.testing.assert_array_equal(k_t.asnumpy(), k_want)
+    np.testing.assert_array_equal(v_t.asnumpy(), v_want)
+    plain = ops[f"kv_attention_{scheme}"](Tensor(q), Tensor(k_want), Tensor(v_want), Tensor(mask4), Tensor(kv_map),
+                                          *map(Tensor, extra)).asnumpy()
+    np.testing.assert_array_equal(got, plain)
+    bad = slots.copy()
+    bad[1, 1, 0, 2] = capacity
+    with pytest.raises(RuntimeError, match=f"GpKvAttn{scheme.capitalize()}Write"):
+        ops[f"kv_attention_{scheme}_write"](Tensor(q), k_t, v_t, Tensor(mask4), Tensor(kv_map), *map(Tensor, extra),
+                                            Tensor(k_new), Tensor(v_new), Tensor(bad)).asnumpy()
+    np.testing.assert_array_equal(k_t.asnumpy(), k_want)

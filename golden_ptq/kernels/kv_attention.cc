@@ -4,6 +4,8 @@
 //   GpKvAttnFloat   the float cache: scores = q . k + mask,  out = softmax(scores) @ v
 //                   (one operator where MindSpore's route runs two batched products, the mask
 //                   addition and softmax over the whole buffer)
+//   Gp...Write      each of the three, storing this step's keys/values into the buffers first, in
+//                   place (compiled decode steps use these: no ScatterNdUpdate per buffer)
 //
 //   GpKvAttnStatic  keys and values symmetric per channel (the ``static`` layout):
 //                   scores = (q * key_scale) . k + mask,  out = softmax(scores) @ v * value_scale
@@ -391,6 +393,77 @@ bool KeyScale(int* ndims, int64_t** shapes, const char** dtypes, void** params, 
   return true;
 }
 
+// The write-in-place variants' last three operands, from ``first``: this step's keys [B, Hkv, 1, D]
+// and values [B, Hkv, 1, Dv] (the buffers' element type) and their slots int32 [B, Hkv, 1, 3]
+// (b, head, position). Checks them all, then copies each row into the buffers at its slot. False on
+// any mismatch (nothing is written).
+template <typename T>
+bool WriteNewRows(const Attn<T>& a, int first, void** params, int* ndims, int64_t** shapes, const char** dtypes,
+                  const char* elem) {
+  for (int i = first; i < first + 3; ++i) {
+    const int64_t want[4] = {a.batch, a.kv_heads, 1, i == first ? a.dim : (i == first + 1 ? a.vdim : 3)};
+    if (ndims[i] != 4 || !Is(dtypes[i], i == first + 2 ? "int32" : elem)) return false;
+    for (int j = 0; j < 4; ++j)
+      if (shapes[i][j] != want[j]) return false;
+  }
+  const int32_t* slots = static_cast<const int32_t*>(params[first + 2]);
+  const int64_t rows = a.batch * a.kv_heads;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int32_t* t = slots + 3 * r;
+    if (t[0] < 0 || t[0] >= a.batch || t[1] < 0 || t[1] >= a.kv_heads || t[2] < 0 || t[2] >= a.capacity) return false;
+  }
+  const T* k_new = static_cast<const T*>(params[first]);
+  const T* v_new = static_cast<const T*>(params[first + 1]);
+  T* k = static_cast<T*>(params[1]);
+  T* v = static_cast<T*>(params[2]);
+  for (int64_t r = 0; r < rows; ++r) {
+    const int32_t* t = slots + 3 * r;
+    const int64_t at = (int64_t(t[0]) * a.kv_heads + t[1]) * a.capacity + t[2];
+    std::memcpy(k + at * a.dim, k_new + r * a.dim, sizeof(T) * a.dim);
+    std::memcpy(v + at * a.vdim, v_new + r * a.vdim, sizeof(T) * a.vdim);
+  }
+  return true;
+}
+
+// Each layout's attention; ``write`` > 0: the write-in-place variant, whose three extra operands
+// start there (the output follows them).
+int AttnStatic(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, int write) {
+  Attn<int8_t> a{};
+  const int out = write > 0 ? write + 3 : 7;
+  if (!Common(nparam, out + 1, params, ndims, shapes, dtypes, out, "int8", &a) ||
+      !KeyScale(ndims, shapes, dtypes, params, &a))
+    return 1;
+  if (ndims[6] != 1 || shapes[6][0] != a.kv_heads * a.dim || !Is(dtypes[6], "float32") || a.vdim != a.dim) return 1;
+  a.value_scale = static_cast<const float*>(params[6]);
+  if (write > 0 && !WriteNewRows(a, write, params, ndims, shapes, dtypes, "int8")) return 1;
+  Attend(a);
+  return 0;
+}
+
+int AttnTokens(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, int write) {
+  Attn<int8_t> a{};
+  const int out = write > 0 ? write + 3 : 8;
+  if (!Common(nparam, out + 1, params, ndims, shapes, dtypes, out, "int8", &a) ||
+      !KeyScale(ndims, shapes, dtypes, params, &a))
+    return 1;
+  if (ndims[6] != 1 || shapes[6][0] != a.kv_heads || !Is(dtypes[6], "float32") || a.vdim != a.dim + 1) return 1;
+  if (ndims[7] != 1 || shapes[7][0] != 256 || !Is(dtypes[7], "float32")) return 1;
+  a.value_base = static_cast<const float*>(params[6]);
+  a.steps = static_cast<const float*>(params[7]);
+  if (write > 0 && !WriteNewRows(a, write, params, ndims, shapes, dtypes, "int8")) return 1;
+  Attend(a);
+  return 0;
+}
+
+int AttnFloat(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, int write) {
+  Attn<float> a{};
+  const int out = write > 0 ? write + 3 : 5;
+  if (!Common(nparam, out + 1, params, ndims, shapes, dtypes, out, "float32", &a) || a.vdim != a.dim) return 1;
+  if (write > 0 && !WriteNewRows(a, write, params, ndims, shapes, dtypes, "float32")) return 1;
+  Attend(a);
+  return 0;
+}
+
 }  // namespace
 
 extern "C" {
@@ -399,36 +472,35 @@ extern "C" {
 //  row h of query head h), kv_map int32 [H], key_scale f32 [Hkv*D], value_scale f32 [Hkv*D])
 //  -> f32 [B, 1, H*D]
 int GpKvAttnStatic(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
-  Attn<int8_t> a{};
-  if (!Common(nparam, 8, params, ndims, shapes, dtypes, 7, "int8", &a) || !KeyScale(ndims, shapes, dtypes, params, &a))
-    return 1;
-  if (ndims[6] != 1 || shapes[6][0] != a.kv_heads * a.dim || !Is(dtypes[6], "float32") || a.vdim != a.dim) return 1;
-  a.value_scale = static_cast<const float*>(params[6]);
-  Attend(a);
-  return 0;
+  return AttnStatic(nparam, params, ndims, shapes, dtypes, 0);
 }
 
 // (q, k, v int8 [B, Hkv, C, D + 1], mask, kv_map, key_scale as above, value_base f32 [Hkv],
 //  steps f32 [256] (2^(e/16) for e = -128 .. 127)) -> f32 [B, 1, H*D]
 int GpKvAttnTokens(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
-  Attn<int8_t> a{};
-  if (!Common(nparam, 9, params, ndims, shapes, dtypes, 8, "int8", &a) || !KeyScale(ndims, shapes, dtypes, params, &a))
-    return 1;
-  if (ndims[6] != 1 || shapes[6][0] != a.kv_heads || !Is(dtypes[6], "float32") || a.vdim != a.dim + 1) return 1;
-  if (ndims[7] != 1 || shapes[7][0] != 256 || !Is(dtypes[7], "float32")) return 1;
-  a.value_base = static_cast<const float*>(params[6]);
-  a.steps = static_cast<const float*>(params[7]);
-  Attend(a);
-  return 0;
+  return AttnTokens(nparam, params, ndims, shapes, dtypes, 0);
 }
 
 // (q f32 [B, 1, H*D], k f32 [B, Hkv, C, D], v f32 [B, Hkv, C, D], mask f32 [B, Hm, Gm, C], kv_map int32 [H])
 //  -> f32 [B, 1, H*D]
 int GpKvAttnFloat(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
-  Attn<float> a{};
-  if (!Common(nparam, 6, params, ndims, shapes, dtypes, 5, "float32", &a) || a.vdim != a.dim) return 1;
-  Attend(a);
-  return 0;
+  return AttnFloat(nparam, params, ndims, shapes, dtypes, 0);
+}
+
+// The same three with this step's keys, values and slots appended (see WriteNewRows): the rows are
+// stored into the buffers k / v in place, then attended over with the rest -- one operator where the
+// cache writes took two ScatterNdUpdates.
+int GpKvAttnStaticWrite(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*,
+                        void*) {
+  return AttnStatic(nparam, params, ndims, shapes, dtypes, 7);
+}
+int GpKvAttnTokensWrite(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*,
+                        void*) {
+  return AttnTokens(nparam, params, ndims, shapes, dtypes, 8);
+}
+int GpKvAttnFloatWrite(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*,
+                       void*) {
+  return AttnFloat(nparam, params, ndims, shapes, dtypes, 5);
 }
 
 }  // extern "C"

@@ -344,20 +344,20 @@ class KVCache(nn.Cell):
 
     def bind_kernel(self) -> None:
         """Fix the route of compiled decode steps: the native attention over the float buffers
-        where the native kernels run (one operator for two batched products, the mask and softmax,
-        reading only the filled positions), else None (MindSpore ops)."""
+        where the native kernels run (one operator for the two cache writes, two batched products,
+        the mask and softmax, reading only the filled positions), else None (MindSpore ops)."""
         table = native_ops()
-        self.bound_attention = None if table is None else table["kv_attention_float"]
+        self.bound_attention = None if table is None else table["kv_attention_float_write"]
 
     def decode_attention(self, q: Tensor, key: Tensor, value: Tensor, slots: Tensor, mask: Tensor,
                          kv_map: Tensor) -> Tensor:
-        """A compiled decode step's attention by :attr:`bound_attention`: this step's keys/values are
-        stored at ``slots``, then the operator attends over the buffers. ``q`` ``[B, 1, H*D]`` (rope
-        and 1/sqrt(D) applied), ``mask`` ``[B, Hm, Gm, capacity]`` with row ``h`` for query head
-        ``h``, ``kv_map`` int32 ``[H]`` the stored KV head each query head reads. Returns the
-        context ``[B, 1, H*D]``."""
-        k_all, v_all = self._static[0].write(key, value, slots)
-        return self.bound_attention(q, k_all, v_all, mask, kv_map)
+        """A compiled decode step's attention by :attr:`bound_attention`: the operator stores this
+        step's keys/values ``[B, Hkv, 1, D]`` into the static buffers at ``slots`` in place (no
+        ScatterNdUpdate), then attends over them. ``q`` ``[B, 1, H*D]`` (rope and 1/sqrt(D)
+        applied), ``mask`` ``[B, Hm, Gm, capacity]`` with row ``h`` for query head ``h``, ``kv_map``
+        int32 ``[H]`` the stored KV head each query head reads. Returns the context ``[B, 1, H*D]``."""
+        buffers = self._static[0]
+        return self.bound_attention(q, buffers.key, buffers.value, mask, kv_map, key, value, slots)
 
     @property
     def static_buffers(self) -> Optional[StaticKVBuffers]:

@@ -147,7 +147,8 @@ class QuantKVCache(KVCache, QuantCell):
             return
         native = native_ops()
         if native is not None:
-            self.bound_attention = native["kv_attention_static" if self.scheme == "static" else "kv_attention_tokens"]
+            self.bound_attention = native["kv_attention_static_write" if self.scheme == "static"
+                                          else "kv_attention_tokens_write"]
             key, value = self._codec("key"), self._codec("value")
             self.bound_codecs = (native["kv_encode_" + key], native["kv_encode_" + value],
                                  native["kv_decode_" + key], native["kv_decode_" + value])
@@ -157,14 +158,14 @@ class QuantKVCache(KVCache, QuantCell):
 
     def decode_attention(self, q: Tensor, key: Tensor, value: Tensor, slots: Tensor, mask: Tensor,
                          kv_map: Tensor) -> Tensor:
-        """:meth:`KVCache.decode_attention` from the int8 buffers: this step's keys/values are
-        encoded before they are stored; the operator folds the scales in
+        """:meth:`KVCache.decode_attention` over the int8 buffers: this step's keys/values are
+        encoded before the operator stores them; it folds the scales in
         (``golden_ptq/kernels/kv_attention.cc``)."""
-        k_all, v_all = self._static[0].write(self.encode_in_graph(key, "key"), self.encode_in_graph(value, "value"),
-                                             slots)
-        if self.scheme == "static":
-            return self.bound_attention(q, k_all, v_all, mask, kv_map, self.key_scale, self.value_scale)
-        return self.bound_attention(q, k_all, v_all, mask, kv_map, self.key_scale, self.value_token_base, _TOKEN_STEPS)
+        k_new, v_new = self.encode_in_graph(key, "key"), self.encode_in_graph(value, "value")
+        buffers = self._static[0]
+        scales = ((self.key_scale, self.value_scale) if self.scheme == "static"
+                  else (self.key_scale, self.value_token_base, _TOKEN_STEPS))
+        return self.bound_attention(q, buffers.key, buffers.value, mask, kv_map, *scales, k_new, v_new, slots)
 
     def stored_dtype(self) -> np.dtype:
         return np.dtype(np.int8 if self.quantized else np.float32)
