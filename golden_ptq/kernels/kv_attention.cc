@@ -425,24 +425,34 @@ bool WriteNewRows(const Attn<T>& a, int first, void** params, int* ndims, int64_
   return true;
 }
 
-// Each layout's attention; ``write`` > 0: the write-in-place variant, whose three extra operands
-// start there (the output follows them).
-int AttnStatic(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, int write) {
+// The shared tail of each layout's attention below, its operands checked: the write-in-place
+// variant (``write``) first stores the new rows, whose three operands follow the ``base`` ones.
+template <typename T>
+int WriteThenAttend(const Attn<T>& a, bool write, int base, void** params, int* ndims, int64_t** shapes,
+                    const char** dtypes, const char* elem) {
+  if (write && !WriteNewRows(a, base, params, ndims, shapes, dtypes, elem)) return 1;
+  Attend(a);
+  return 0;
+}
+
+// Each layout's attention over ``base`` operands (the output follows them), or with ``write`` the
+// write-in-place variant's three more.
+int AttnStatic(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, bool write) {
+  constexpr int base = 7;
+  const int out = base + (write ? 3 : 0);
   Attn<int8_t> a{};
-  const int out = write > 0 ? write + 3 : 7;
   if (!Common(nparam, out + 1, params, ndims, shapes, dtypes, out, "int8", &a) ||
       !KeyScale(ndims, shapes, dtypes, params, &a))
     return 1;
   if (ndims[6] != 1 || shapes[6][0] != a.kv_heads * a.dim || !Is(dtypes[6], "float32") || a.vdim != a.dim) return 1;
   a.value_scale = static_cast<const float*>(params[6]);
-  if (write > 0 && !WriteNewRows(a, write, params, ndims, shapes, dtypes, "int8")) return 1;
-  Attend(a);
-  return 0;
+  return WriteThenAttend(a, write, base, params, ndims, shapes, dtypes, "int8");
 }
 
-int AttnTokens(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, int write) {
+int AttnTokens(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, bool write) {
+  constexpr int base = 8;
+  const int out = base + (write ? 3 : 0);
   Attn<int8_t> a{};
-  const int out = write > 0 ? write + 3 : 8;
   if (!Common(nparam, out + 1, params, ndims, shapes, dtypes, out, "int8", &a) ||
       !KeyScale(ndims, shapes, dtypes, params, &a))
     return 1;
@@ -450,18 +460,15 @@ int AttnTokens(int nparam, void** params, int* ndims, int64_t** shapes, const ch
   if (ndims[7] != 1 || shapes[7][0] != 256 || !Is(dtypes[7], "float32")) return 1;
   a.value_base = static_cast<const float*>(params[6]);
   a.steps = static_cast<const float*>(params[7]);
-  if (write > 0 && !WriteNewRows(a, write, params, ndims, shapes, dtypes, "int8")) return 1;
-  Attend(a);
-  return 0;
+  return WriteThenAttend(a, write, base, params, ndims, shapes, dtypes, "int8");
 }
 
-int AttnFloat(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, int write) {
+int AttnFloat(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, bool write) {
+  constexpr int base = 5;
+  const int out = base + (write ? 3 : 0);
   Attn<float> a{};
-  const int out = write > 0 ? write + 3 : 5;
   if (!Common(nparam, out + 1, params, ndims, shapes, dtypes, out, "float32", &a) || a.vdim != a.dim) return 1;
-  if (write > 0 && !WriteNewRows(a, write, params, ndims, shapes, dtypes, "float32")) return 1;
-  Attend(a);
-  return 0;
+  return WriteThenAttend(a, write, base, params, ndims, shapes, dtypes, "float32");
 }
 
 }  // namespace
@@ -472,19 +479,19 @@ extern "C" {
 //  row h of query head h), kv_map int32 [H], key_scale f32 [Hkv*D], value_scale f32 [Hkv*D])
 //  -> f32 [B, 1, H*D]
 int GpKvAttnStatic(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
-  return AttnStatic(nparam, params, ndims, shapes, dtypes, 0);
+  return AttnStatic(nparam, params, ndims, shapes, dtypes, false);
 }
 
 // (q, k, v int8 [B, Hkv, C, D + 1], mask, kv_map, key_scale as above, value_base f32 [Hkv],
 //  steps f32 [256] (2^(e/16) for e = -128 .. 127)) -> f32 [B, 1, H*D]
 int GpKvAttnTokens(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
-  return AttnTokens(nparam, params, ndims, shapes, dtypes, 0);
+  return AttnTokens(nparam, params, ndims, shapes, dtypes, false);
 }
 
 // (q f32 [B, 1, H*D], k f32 [B, Hkv, C, D], v f32 [B, Hkv, C, D], mask f32 [B, Hm, Gm, C], kv_map int32 [H])
 //  -> f32 [B, 1, H*D]
 int GpKvAttnFloat(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
-  return AttnFloat(nparam, params, ndims, shapes, dtypes, 0);
+  return AttnFloat(nparam, params, ndims, shapes, dtypes, false);
 }
 
 // The same three with this step's keys, values and slots appended (see WriteNewRows): the rows are
@@ -492,15 +499,15 @@ int GpKvAttnFloat(int nparam, void** params, int* ndims, int64_t** shapes, const
 // cache writes took two ScatterNdUpdates.
 int GpKvAttnStaticWrite(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*,
                         void*) {
-  return AttnStatic(nparam, params, ndims, shapes, dtypes, 7);
+  return AttnStatic(nparam, params, ndims, shapes, dtypes, true);
 }
 int GpKvAttnTokensWrite(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*,
                         void*) {
-  return AttnTokens(nparam, params, ndims, shapes, dtypes, 8);
+  return AttnTokens(nparam, params, ndims, shapes, dtypes, true);
 }
 int GpKvAttnFloatWrite(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*,
                        void*) {
-  return AttnFloat(nparam, params, ndims, shapes, dtypes, 5);
+  return AttnFloat(nparam, params, ndims, shapes, dtypes, true);
 }
 
 }  // extern "C"
