@@ -228,12 +228,14 @@ def test_compiled_c8_decoding_with_the_kernel_equals_eager(tiny_config, scheme, 
                 for cache in caches:
                     assert (cache.bound_attention is not None) == native
                     assert (cache.bound_codecs is not None) == native
-            if native:   # native codecs; the float prefill kernels off, so attention is the same ops
+            if native:   # native codecs; the float prefill kernels and the BLAS off: the same attention ops and products
                 set_float_prefill_kernels(False)
+                kernels.set_blas_gemm(False)
                 try:
                     routes["eager", native] = _decode(network, ids, mask, 5, compiled=False)
                 finally:
                     set_float_prefill_kernels(True)
+                    kernels.set_blas_gemm(True)
         finally:
             kernels.set_native_kernels(True)
     network.set_compiled(decode=True)

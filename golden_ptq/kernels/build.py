@@ -34,7 +34,8 @@ FLAGS = ["-O3", "-std=c++17", "-fPIC", "-pthread"]
 # name: (sources, headers); gp_kernels' int8_gemm.cc defines the runtime of gp_runtime.h
 LIBRARIES: Dict[str, Tuple[List[str], List[str]]] = {
     "gp_kernels": ([os.path.join(HERE, name) for name in ("int8_gemm.cc", "kv_attention.cc", "kv_codec.cc",
-                                                          "gptq_columns.cc", "candidate_score.cc", "nll.cc")],
+                                                          "gptq_columns.cc", "candidate_score.cc", "nll.cc",
+                                                          "blas_gemm.cc")],
                    [os.path.join(HERE, "gp_runtime.h")]),
     "float_prefill": ([os.path.join(HERE, "float_prefill.cc")], []),
 }

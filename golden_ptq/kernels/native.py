@@ -23,6 +23,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import ops
 
+import golden_ptq.kernels.blas as blas
 import golden_ptq.kernels.build as build
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class KernelInfo:
     threads: int
     library: Optional[str]   # path of the shared library
     reason: str              # why unavailable ("" when available)
+    blas: str = "none"       # the BLAS whose sgemm the float products use ("library:symbol"), or "none"
 
 
 class _State:
@@ -54,6 +56,8 @@ class _State:
         self.reason = ""
         self.enabled = True
         self.ops: Dict[str, ops.Custom] = {}
+        self.blas: Optional[blas.Sgemm] = None
+        self.blas_enabled = True
 
 
 _STATE = _State()
@@ -83,6 +87,7 @@ def _load() -> None:
             logger.warning("golden_ptq: %s; using MindSpore ops", _STATE.reason)
             return
         _STATE.lib, _STATE.path = lib, path
+        _STATE.blas = blas.attach(lib)
 
 
 def _mn_shape(x_shape, w_shape, *_):
@@ -115,6 +120,7 @@ def _int32(*_):
 
 _ENTRY_POINTS = {   # name: (symbol, output shape, output dtype)
     "i8_gemm": ("GpI8Gemm", _mn_shape, _int32),
+    "f32_gemm": ("GpF32Gemm", _mn_shape, _float32),   # only through blas_gemm_op()
     "a8w8_static": ("GpQGemmStatic", _mn_shape, _float32),
     "a8w8_dynamic": ("GpQGemmDynamic", _mn_shape, _float32),
     "a8w8_dynamic_absmax": ("GpQGemmDynamicAbsmax", _mn_shape, _float32),
@@ -146,6 +152,25 @@ def native_ops() -> Optional[Dict[str, ops.Custom]]:
     if not _STATE.ops:
         _STATE.ops = custom_ops(_STATE.path, _ENTRY_POINTS)
     return _STATE.ops
+
+
+def blas_gemm_op() -> Optional[ops.Custom]:
+    """``x [M, K] @ w [N, K].T`` in float32 by the process's BLAS (``blas_gemm.cc``) as a Custom op, or
+    None (kernels unavailable or switched off, no BLAS found, or :func:`set_blas_gemm` off): use
+    MindSpore's MatMul."""
+    native = native_ops()
+    if native is None or _STATE.blas is None or not _STATE.blas_enabled:
+        return None
+    return native["f32_gemm"]
+
+
+def set_blas_gemm(enabled: bool) -> None:
+    """Use the process's BLAS for the eager float products and the many-row weight-only products
+    (default, when one is found), or not (MindSpore's MatMul and the kernels' own products)."""
+    _STATE.blas_enabled = bool(enabled)
+    _load()
+    if _STATE.lib is not None:
+        _STATE.lib.gp_set_blas(int(_STATE.blas_enabled))
 
 
 def custom_ops(path: str, entries) -> Dict[str, ops.Custom]:
@@ -196,8 +221,10 @@ def kernel_info() -> KernelInfo:
     lib = _STATE.lib
     if lib is None:
         return KernelInfo(False, _STATE.enabled, "none", "none", 0, None, _STATE.reason)
+    found = _STATE.blas
     return KernelInfo(True, _STATE.enabled, ISA_NAMES.get(lib.gp_isa(), "?"), ISA_NAMES.get(lib.gp_detected_isa(), "?"),
-                      lib.gp_threads(), _STATE.path, "")
+                      lib.gp_threads(), _STATE.path, "",
+                      f"{found.library}:{found.symbol}" if found is not None and _STATE.blas_enabled else "none")
 
 
 def gptq_columns(dtype=np.float64):

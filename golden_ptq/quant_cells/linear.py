@@ -13,7 +13,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 from mindspore import Tensor, ops
 
-from golden_ptq.networks.layers import Linear
+from golden_ptq.networks.layers import Linear, float_matmul
 from golden_ptq.parallel.context import ChannelShards, TPContext, all_reduce, all_reduce_max, shard_mode
 import golden_ptq.quant_cells.linear_kernels as kernels
 from golden_ptq.quant_math import layouts
@@ -82,7 +82,7 @@ class QuantLinear(QuantCell):
                 self.input_observer.update(seen if self.input_shift_value is None else seen - self.input_shift_value)
             if self.output_unread:   # observers and recorders have their input; nothing reads the product
                 return ops.zeros(lead + (self.out_features,), x.dtype)
-            y = ops.MatMul(transpose_b=True)(x2, self.weight)
+            y = float_matmul(x2, self.weight)
         elif self.spec.act and self.spec.act_dynamic and self.shard == "row":
             y = kernels.a8w8_dynamic_absmax(x2, self.weight, self.weight_scale, self._whole_row_absmax(x2))
         elif self.spec.act and self.spec.act_dynamic:

@@ -1,0 +1,79 @@
+// The float32 product of the process's BLAS: the ``cblas_sgemm`` of the library numpy is linked with,
+// which golden_ptq/kernels/blas.py finds and hands over with gp_set_sgemm. MindSpore's CPU MatMul runs
+// on its two pool threads while the thread that launched it spins in sched_yield; on a 2-core machine
+// that third thread takes cycles from the two doing the work, and the same product through the BLAS,
+// whose caller computes too, runs about twice as fast (SmolLM2's w1 shape, 2048 rows).
+//
+//   GpF32Gemm   x f32 [M, K], w f32 [N, K] -> x @ w.T f32 [M, N] (the eager float Linear)
+//
+// gp::SgemmNT is also the many-row route of the weight-only products (int8_gemm.cc's WGemm). Without a
+// BLAS (none found, or gp_set_blas(0)) GpF32Gemm refuses to run and WGemm keeps its own kernels.
+#include <algorithm>
+#include <climits>
+#include <cstdint>
+#include <cstring>
+
+#include "gp_runtime.h"
+
+namespace {
+
+enum { kRowMajor = 101, kNoTrans = 111, kTrans = 112 };   // CBLAS's enumerators (ints)
+using Sgemm32 = void (*)(int, int, int, int, int, int, float, const float*, int, const float*, int, float, float*,
+                         int);
+using Sgemm64 = void (*)(int, int, int, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t,
+                         float, float*, int64_t);
+
+void* g_sgemm = nullptr;
+bool g_ilp64 = false;   // the BLAS takes 64-bit dimensions (numpy's own OpenBLAS builds do)
+bool g_blas_on = true;
+
+}  // namespace
+
+namespace gp {
+
+bool HasSgemm() { return g_sgemm != nullptr && g_blas_on; }
+
+bool SgemmNT(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+             int64_t ldc) {
+  if (!HasSgemm()) return false;
+  if (m == 0 || n == 0) return true;
+  if (k == 0) {   // nothing to sum: a BLAS would reject lda = 0
+    for (int64_t r = 0; r < m; ++r) std::memset(c + r * ldc, 0, static_cast<size_t>(n) * sizeof(float));
+    return true;
+  }
+  if (g_ilp64) {
+    reinterpret_cast<Sgemm64>(g_sgemm)(kRowMajor, kNoTrans, kTrans, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
+    return true;
+  }
+  if (std::max({m, n, k, lda, ldb, ldc}) > INT_MAX) return false;
+  reinterpret_cast<Sgemm32>(g_sgemm)(kRowMajor, kNoTrans, kTrans, static_cast<int>(m), static_cast<int>(n),
+                                     static_cast<int>(k), 1.0f, a, static_cast<int>(lda), b, static_cast<int>(ldb),
+                                     0.0f, c, static_cast<int>(ldc));
+  return true;
+}
+
+}  // namespace gp
+
+extern "C" {
+
+// ``fn``: a cblas_sgemm (``ilp64``: its dimensions are int64), or null to forget the one set.
+void gp_set_sgemm(void* fn, int ilp64) {
+  g_sgemm = fn;
+  g_ilp64 = ilp64 != 0;
+}
+int gp_has_sgemm() { return g_sgemm != nullptr; }
+// Whether the BLAS route is used (on by default once a BLAS is set): tests and comparisons turn it off.
+int gp_blas_enabled() { return g_blas_on ? 1 : 0; }
+void gp_set_blas(int enabled) { g_blas_on = enabled != 0; }
+
+// (x f32 [M, K], w f32 [N, K]) -> f32 [M, N]
+int GpF32Gemm(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
+  if (nparam != 3 || ndims[0] != 2 || ndims[1] != 2 || ndims[2] != 2) return 1;
+  if (std::strcmp(dtypes[0], "float32") != 0 || std::strcmp(dtypes[1], "float32") != 0) return 1;
+  const int64_t m = shapes[0][0], k = shapes[0][1], n = shapes[1][0];
+  if (shapes[1][1] != k || shapes[2][0] != m || shapes[2][1] != n) return 1;
+  return gp::SgemmNT(m, n, k, static_cast<const float*>(params[0]), k, static_cast<const float*>(params[1]), k,
+                     static_cast<float*>(params[2]), n) ? 0 : 1;
+}
+
+}  // extern "C"
