@@ -32,7 +32,7 @@ def blas_off():
 def test_numpy_blas_is_found():
     found = blas.find_sgemm()
     assert found is not None, f"no CBLAS sgemm among {blas.loaded_libraries()}"
-    assert found.symbol in dict(blas.SYMBOLS) and found.address
+    assert found.symbol in dict(blas.SYMBOLS) and found.address and found.gemv_address   # one-row products: gemv
     if INFO.available:
         assert INFO.blas == f"{found.library}:{found.symbol}"
 

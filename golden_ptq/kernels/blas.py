@@ -20,6 +20,7 @@ import numpy as np
 # (symbol, 64-bit dimensions): numpy >= 2 wheels (scipy-openblas64), numpy 1.x wheels (openblas64_),
 # then plain CBLAS (system OpenBLAS, MKL, BLIS builds of numpy)
 SYMBOLS = (("scipy_cblas_sgemm64_", True), ("cblas_sgemm64_", True), ("cblas_sgemm", False))
+# decode's one-row products: the matrix-vector product of the same library (its name with gemv for gemm)
 _LIBRARY_HINTS = ("blas", "mkl", "blis")
 
 
@@ -30,6 +31,7 @@ class Sgemm:
     symbol: str
     ilp64: bool
     address: int
+    gemv_address: Optional[int]   # the library's cblas_sgemv, if it has one
 
 
 def loaded_libraries() -> List[str]:
@@ -55,13 +57,18 @@ def find_sgemm() -> Optional[Sgemm]:
         for symbol, ilp64 in SYMBOLS:
             function = getattr(library, symbol, None)
             if function is not None:
-                return Sgemm(path, symbol, ilp64, ctypes.cast(function, ctypes.c_void_p).value)
+                gemv = getattr(library, symbol.replace("sgemm", "sgemv"), None)
+                return Sgemm(path, symbol, ilp64, ctypes.cast(function, ctypes.c_void_p).value,
+                             None if gemv is None else ctypes.cast(gemv, ctypes.c_void_p).value)
     return None
 
 
 def attach(lib: ctypes.CDLL) -> Optional[Sgemm]:
     """Give the native library ``lib`` this process's sgemm (or nothing, when there is none)."""
     found = find_sgemm()
-    lib.gp_set_sgemm.argtypes = [ctypes.c_void_p, ctypes.c_int]
-    lib.gp_set_sgemm(None if found is None else found.address, 0 if found is None else int(found.ilp64))
+    lib.gp_set_sgemm.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+    if found is None:
+        lib.gp_set_sgemm(None, None, 0)
+    else:
+        lib.gp_set_sgemm(found.address, found.gemv_address, int(found.ilp64))
     return found

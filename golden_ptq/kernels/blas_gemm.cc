@@ -22,8 +22,12 @@ using Sgemm32 = void (*)(int, int, int, int, int, int, float, const float*, int,
                          int);
 using Sgemm64 = void (*)(int, int, int, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t,
                          float, float*, int64_t);
+using Sgemv32 = void (*)(int, int, int, int, float, const float*, int, const float*, int, float, float*, int);
+using Sgemv64 = void (*)(int, int, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t, float, float*,
+                         int64_t);
 
 void* g_sgemm = nullptr;
+void* g_sgemv = nullptr;   // the same library's cblas_sgemv: one input row (decode) reads the weight once, unpacked
 bool g_ilp64 = false;   // the BLAS takes 64-bit dimensions (numpy's own OpenBLAS builds do)
 bool g_blas_on = true;
 
@@ -41,6 +45,15 @@ bool SgemmNT(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const
     for (int64_t r = 0; r < m; ++r) std::memset(c + r * ldc, 0, static_cast<size_t>(n) * sizeof(float));
     return true;
   }
+  if (m == 1 && g_sgemv != nullptr && g_ilp64) {   // c[0, :] = b a[0, :]
+    reinterpret_cast<Sgemv64>(g_sgemv)(kRowMajor, kNoTrans, n, k, 1.0f, b, ldb, a, 1, 0.0f, c, 1);
+    return true;
+  }
+  if (m == 1 && g_sgemv != nullptr && std::max({n, k, ldb}) <= INT_MAX) {
+    reinterpret_cast<Sgemv32>(g_sgemv)(kRowMajor, kNoTrans, static_cast<int>(n), static_cast<int>(k), 1.0f, b,
+                                       static_cast<int>(ldb), a, 1, 0.0f, c, 1);
+    return true;
+  }
   if (g_ilp64) {
     reinterpret_cast<Sgemm64>(g_sgemm)(kRowMajor, kNoTrans, kTrans, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
     return true;
@@ -56,9 +69,11 @@ bool SgemmNT(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const
 
 extern "C" {
 
-// ``fn``: a cblas_sgemm (``ilp64``: its dimensions are int64), or null to forget the one set.
-void gp_set_sgemm(void* fn, int ilp64) {
-  g_sgemm = fn;
+// ``gemm``, ``gemv``: the cblas_sgemm and cblas_sgemv of one library (``ilp64``: their dimensions are int64),
+// or null to forget them (``gemv`` may be null alone).
+void gp_set_sgemm(void* gemm, void* gemv, int ilp64) {
+  g_sgemm = gemm;
+  g_sgemv = gemm != nullptr ? gemv : nullptr;
   g_ilp64 = ilp64 != 0;
 }
 int gp_has_sgemm() { return g_sgemm != nullptr; }

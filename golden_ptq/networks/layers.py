@@ -50,7 +50,9 @@ _MATMUL_NT = ops.MatMul(transpose_b=True)
 def float_matmul(x: Tensor, weight: Tensor) -> Tensor:
     """``x [M, K] @ weight [N, K].T``: in eager float32 calls the process's BLAS where the native kernels
     found one (:func:`golden_ptq.kernels.blas_gemm_op`: about twice MindSpore's CPU MatMul on 2 cores,
-    the same product up to summation order), else MindSpore's MatMul (always inside compiled graphs)."""
+    the same product up to summation order), else MindSpore's MatMul. Compiled graphs (decode steps) keep
+    MindSpore's: bound there, the BLAS made batch-8 steps 0.75x as fast and batch-1 steps 1.04x
+    (``benchmarks/native_float_kernels.py --switch blas``, 2026-12-03)."""
     if not compiling_graph() and x.dtype == ms.float32 and weight.dtype == ms.float32:
         op = blas_gemm_op()
         if op is not None:
@@ -85,7 +87,6 @@ class Linear(nn.Cell):
         self.out_features = local if parallel == "column" else out_features
         self.weight = Parameter(placeholder_tensor((self.out_features, self.in_features)), name="weight")
         self.bias = Parameter(placeholder_tensor((self.out_features,)), name="bias") if has_bias else None
-        self.matmul = ops.MatMul(transpose_b=True)
 
     @property
     def shard(self) -> Optional[str]:
