@@ -1,6 +1,6 @@
 """The process's BLAS as the float32 product (golden_ptq.kernels.blas, blas_gemm.cc): found in numpy's
-libraries, exact up to float32 summation order, the many-row route of the weight-only products, used by
-eager float Linears only, and switched off cleanly."""
+libraries, exact up to float32 summation order (sgemm, and sgemv for one row), used by eager float
+Linears, and switched off cleanly."""
 import numpy as np
 import pytest
 from mindspore import Tensor
@@ -8,7 +8,6 @@ from mindspore import Tensor
 from golden_ptq import kernels
 from golden_ptq.kernels import blas
 from golden_ptq.networks.layers import Linear, float_matmul
-from golden_ptq.quant_math.functions import dequantize_weight
 
 INFO = kernels.kernel_info()
 needs_native = pytest.mark.skipif(not INFO.available, reason=f"native kernels unavailable here: {INFO.reason}")
@@ -56,30 +55,6 @@ def test_float_product_refuses_mismatched_operands():
 
 
 @needs_native
-@pytest.mark.parametrize("group_size,symmetric", [(0, True), (128, False), (32, True), (0, False)])
-def test_many_row_weight_only_products_through_the_blas(group_size, symmetric):
-    """From 64 rows the weight-only kernels dequantize ~1 MB chunks of weight rows and multiply them by the
-    BLAS (576 = 4 x 128 + 64 and 100 = 3 x 32 + 4: ragged groups; 900 rows of 100: several chunks)."""
-    rng = np.random.RandomState(1)
-    for m, k, n in [(64, 576, 70), (200, 100, 900)]:
-        q = rng.randint(-128, 128, (n, k)).astype(np.int8)
-        groups = -(-k // group_size) if group_size else 1
-        scale = (rng.rand(n, groups) * 0.05 + 1e-3).astype(np.float32)
-        zp = np.zeros_like(scale) if symmetric else rng.randint(-8, 8, (n, groups)).astype(np.float32)
-        x = rng.randn(m, k).astype(np.float32)
-        if group_size == 0 and symmetric:
-            got = kernels.native_ops()["w8_gemm"](Tensor(x), Tensor(q), Tensor(scale[:, 0])).asnumpy()
-            w = q.astype(np.float32) * scale   # the route folds the scale into the weight: one rounding more
-        else:
-            if not group_size:
-                scale, zp = scale[:, 0], zp[:, 0]
-            got = kernels.native_ops()["wg_gemm"](Tensor(x), Tensor(q), Tensor(scale), Tensor(zp),
-                                                  Tensor(np.array([group_size or k], np.int32))).asnumpy()
-            w = dequantize_weight(q, scale, zp, group_size).astype(np.float32)
-        _within_rounding(got, x, w, f"{m}x{k}x{n} g{group_size} sym={symmetric}")
-
-
-@needs_native
 def test_eager_linear_uses_the_blas_and_agrees_with_mindspore_matmul(blas_off):
     rng = np.random.RandomState(2)
     layer = Linear(96, 40)
@@ -92,13 +67,3 @@ def test_eager_linear_uses_the_blas_and_agrees_with_mindspore_matmul(blas_off):
     blas_out = layer(x).asnumpy()
     np.testing.assert_allclose(blas_out, mindspore_out, rtol=1e-5, atol=1e-5 * np.abs(mindspore_out).max())
     np.testing.assert_array_equal(float_matmul(x.reshape(14, 96), layer.weight).asnumpy().reshape(2, 7, 40), blas_out)
-
-
-@needs_native
-def test_weight_only_products_without_the_blas_keep_their_own_kernels(blas_off):
-    rng = np.random.RandomState(3)
-    x = rng.randn(100, 64).astype(np.float32)
-    q = rng.randint(-127, 128, (33, 64)).astype(np.int8)
-    scale = (rng.rand(33) * 0.05 + 1e-3).astype(np.float32)
-    got = kernels.native_ops()["w8_gemm"](Tensor(x), Tensor(q), Tensor(scale)).asnumpy()
-    _within_rounding(got / scale, x, q.astype(np.float32), "own kernels")   # they scale the sum

@@ -38,13 +38,9 @@ def _isas():
 
 @pytest.fixture
 def isa(request):
-    """The kernels at one instruction set, their own products (the BLAS route of the many-row weight-only
-    products off: tests/test_blas_gemm.py covers it)."""
     used = kernels.set_kernel_isa(request.param)
     assert used == request.param
-    kernels.set_blas_gemm(False)
     yield used
-    kernels.set_blas_gemm(True)
     kernels.set_kernel_isa(None)
 
 

@@ -2,11 +2,10 @@
 
 MindSpore's CPU ``MatMul`` computes on its pool threads while the launching thread spins; on a 2-core
 machine the product runs at about half the speed of the same ``sgemm`` called from the launching
-thread. numpy is linked with a BLAS (its wheels bundle OpenBLAS), so the eager float Linears and the
-many-row weight-only products use that one: :func:`find_sgemm` looks for a CBLAS ``sgemm`` among the
+thread. numpy is linked with a BLAS (its wheels bundle OpenBLAS), so the eager float Linears use that
+one: :func:`find_sgemm` looks for a CBLAS ``sgemm`` (and the same library's ``sgemv``) among the
 libraries this process has loaded, numpy's first, and :func:`attach` hands it to the native library.
-Without one (another BLAS layout, or none loaded) everything keeps MindSpore's MatMul and the
-native kernels' own products.
+Without one (another BLAS layout, or none loaded) the float Linears keep MindSpore's MatMul.
 """
 from __future__ import annotations
 

@@ -4,16 +4,15 @@
 // that third thread takes cycles from the two doing the work, and the same product through the BLAS,
 // whose caller computes too, runs about twice as fast (SmolLM2's w1 shape, 2048 rows).
 //
-//   GpF32Gemm   x f32 [M, K], w f32 [N, K] -> x @ w.T f32 [M, N] (the eager float Linear)
+//   GpF32Gemm   x f32 [M, K], w f32 [N, K] -> x @ w.T f32 [M, N] (the eager float Linear; one row: the
+//               BLAS's sgemv, which reads the weight once without packing it)
 //
-// gp::SgemmNT is also the many-row route of the weight-only products (int8_gemm.cc's WGemm). Without a
-// BLAS (none found, or gp_set_blas(0)) GpF32Gemm refuses to run and WGemm keeps its own kernels.
+// Without a BLAS (none found, or gp_set_blas(0)) GpF32Gemm refuses to run. The weight-only products keep
+// int8_gemm.cc's kernels: dequantized ~1 MB chunks through this sgemm were no faster (2026-12-03).
 #include <algorithm>
 #include <climits>
 #include <cstdint>
 #include <cstring>
-
-#include "gp_runtime.h"
 
 namespace {
 
@@ -30,10 +29,6 @@ void* g_sgemm = nullptr;
 void* g_sgemv = nullptr;   // the same library's cblas_sgemv: one input row (decode) reads the weight once, unpacked
 bool g_ilp64 = false;   // the BLAS takes 64-bit dimensions (numpy's own OpenBLAS builds do)
 bool g_blas_on = true;
-
-}  // namespace
-
-namespace gp {
 
 bool HasSgemm() { return g_sgemm != nullptr && g_blas_on; }
 
@@ -65,7 +60,7 @@ bool SgemmNT(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const
   return true;
 }
 
-}  // namespace gp
+}  // namespace
 
 extern "C" {
 
@@ -87,7 +82,7 @@ int GpF32Gemm(int nparam, void** params, int* ndims, int64_t** shapes, const cha
   if (std::strcmp(dtypes[0], "float32") != 0 || std::strcmp(dtypes[1], "float32") != 0) return 1;
   const int64_t m = shapes[0][0], k = shapes[0][1], n = shapes[1][0];
   if (shapes[1][1] != k || shapes[2][0] != m || shapes[2][1] != n) return 1;
-  return gp::SgemmNT(m, n, k, static_cast<const float*>(params[0]), k, static_cast<const float*>(params[1]), k,
+  return SgemmNT(m, n, k, static_cast<const float*>(params[0]), k, static_cast<const float*>(params[1]), k,
                      static_cast<float*>(params[2]), n) ? 0 : 1;
 }
 

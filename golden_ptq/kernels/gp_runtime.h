@@ -19,12 +19,4 @@ void ParallelFor(int tasks, const std::function<void(int)>& fn);
 // integer product, with its instruction-set dispatch and threads).
 void I8GemmInt32(const int8_t* a, const int8_t* b, int32_t* out, int64_t m, int64_t n, int64_t k);
 
-// Whether the process's BLAS is set and in use (blas_gemm.cc).
-bool HasSgemm();
-
-// c [M, N] (row stride ldc) = a [M, K] (stride lda) times b [N, K] (stride ldb) transposed, in float32
-// by the BLAS; returns false (nothing written) when there is none or the sizes do not fit it.
-bool SgemmNT(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
-             int64_t ldc);
-
 }  // namespace gp

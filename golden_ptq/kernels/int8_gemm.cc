@@ -8,8 +8,7 @@
 //                   out = (float(acc) * row_scale[m]) * weight_scale[n]
 //   GpQGemmDynamicAbsmax  the same with the row ranges given (a row-parallel shard passes the whole row's)
 //   GpI8Gemm        int8 x int8 -> int32, exact (the building block, tested against int64 numpy)
-//   GpW8Gemm        float x int8 weight, out = (x @ float(w).T) * weight_scale[n]  (A16W8, no float copy;
-//                   from 64 input rows, with a BLAS, ~1 MB chunks of dequantized rows through its sgemm)
+//   GpW8Gemm        float x int8 weight, out = (x @ float(w).T) * weight_scale[n]  (A16W8, no float copy)
 //
 // Instruction sets, chosen at run time (gp_set_isa lowers the choice, for tests):
 //   4  AMX-INT8: the VNNI path with its many-row products on 16 x 64-byte tiles (tdpbusd, the same
@@ -785,7 +784,7 @@ void I8Gemm(const Codes& codes, const int8_t* b, int64_t m_rows, int64_t n_cols,
 //                             g = k / group_size; the last group may be shorter (ragged).
 // The grouped form dequantizes each weight element exactly as the MindSpore-op route does
 // ((w - zp) exact in float, one rounding for * scale), so the two differ only in summation order.
-// Nothing of the weight is ever held as float beyond a register (few rows) or an L2-sized panel or chunk.
+// Nothing of the weight is ever held as float beyond a register (few rows) or an L2-sized panel.
 struct WeightQ {
   const int8_t* w;      // [N, K]
   const float* scale;   // [N] per channel, or [N, groups]
@@ -1113,49 +1112,8 @@ void WPanelRows(const float* x, const WeightQ& q, float* out, int64_t m_begin, i
   }
 }
 
-// ---- many input rows with a BLAS (blas_gemm.cc): chunks of weight rows dequantized to float, row-major,
-// about 1 MB at a time (L2), each multiplied by the BLAS's sgemm straight into its output columns ----
-constexpr int64_t kBlasRows = 64;                       // from this many input rows
-constexpr int64_t kBlasChunkFloats = int64_t(1) << 18;
-
-// chunk[j * k + t] = w[n + j, t] dequantized: (w - zp) * scale per group, or w * scale[n] per channel (the
-// scale folded into the weight, one more rounding than scaling the sum: within the float32 error of the sum).
-template <bool G>
-void DequantRows(const WeightQ& q, int64_t k, int64_t n, int64_t r0, int64_t r1, float* chunk) {
-  const int64_t groups = G ? q.groups : 1;
-  for (int64_t j = r0; j < r1; ++j) {
-    const int8_t* row = q.w + (n + j) * k;
-    float* dst = chunk + j * k;
-    for (int64_t g = 0; g < groups; ++g) {
-      int64_t t0, t1;
-      GroupRange<G>(q, k, g, &t0, &t1);
-      const float s = G ? q.scale[(n + j) * groups + g] : q.scale[n + j], z = G ? q.zp[(n + j) * groups + g] : 0.0f;
-      for (int64_t t = t0; t < t1; ++t) dst[t] = G ? (static_cast<float>(row[t]) - z) * s : static_cast<float>(row[t]) * s;
-    }
-  }
-}
-
-// Returns false (the caller's kernels run) below kBlasRows rows or without a BLAS.
-template <bool G>
-bool WGemmBlas(const float* x, const WeightQ& q, float* out, int64_t m_rows, int64_t n_cols, int64_t k) {
-  if (m_rows < kBlasRows || k == 0 || !gp::HasSgemm()) return false;
-  Pool& pool = ThePool();
-  const int64_t width = std::min(n_cols, std::max<int64_t>(16, kBlasChunkFloats / k / 16 * 16));
-  thread_local std::vector<float> chunk;   // the calling thread's (a pool helper reads it through ``buf``)
-  chunk.resize(static_cast<size_t>(width * k));
-  float* buf = chunk.data();
-  for (int64_t n = 0; n < n_cols; n += width) {
-    const int64_t rows = std::min(width, n_cols - n);
-    const int tasks = static_cast<int>(std::min<int64_t>(pool.size(), rows));
-    pool.Run(tasks, [&](int t) { DequantRows<G>(q, k, n, Cut(rows, tasks, t), Cut(rows, tasks, t + 1), buf); });
-    if (!gp::SgemmNT(m_rows, rows, k, x, k, buf, k, out + n, n_cols)) return false;
-  }
-  return true;
-}
-
 template <bool G>
 void WGemm(const float* x, const WeightQ& q, float* out, int64_t m_rows, int64_t n_cols, int64_t k) {
-  if (WGemmBlas<G>(x, q, out, m_rows, n_cols, k)) return;
   Pool& pool = ThePool();
   const int threads = ThreadsFor(m_rows * n_cols * k);
   if (g_isa >= kAvx2 && m_rows > kWDotRows) {

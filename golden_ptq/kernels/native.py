@@ -165,8 +165,8 @@ def blas_gemm_op() -> Optional[ops.Custom]:
 
 
 def set_blas_gemm(enabled: bool) -> None:
-    """Use the process's BLAS for the eager float products and the many-row weight-only products
-    (default, when one is found), or not (MindSpore's MatMul and the kernels' own products)."""
+    """Use the process's BLAS for the eager float products (default, when one is found), or not
+    (MindSpore's MatMul)."""
     _STATE.blas_enabled = bool(enabled)
     _load()
     if _STATE.lib is not None:
