@@ -7,8 +7,9 @@
 //   GpF32Gemm   x f32 [M, K], w f32 [N, K] -> x @ w.T f32 [M, N] (the eager float Linear; one row: the
 //               BLAS's sgemv, which reads the weight once without packing it)
 //
-// Without a BLAS (none found, or gp_set_blas(0)) GpF32Gemm refuses to run. The weight-only products keep
-// int8_gemm.cc's kernels: dequantized ~1 MB chunks through this sgemm were no faster (2026-12-03).
+// Without a BLAS GpF32Gemm refuses to run (golden_ptq.kernels.blas_gemm_op then gives no operator). The
+// weight-only products keep int8_gemm.cc's kernels: dequantized ~1 MB chunks through this sgemm were no
+// faster (2026-12-03).
 #include <algorithm>
 #include <climits>
 #include <cstdint>
@@ -28,13 +29,9 @@ using Sgemv64 = void (*)(int, int, int64_t, int64_t, float, const float*, int64_
 void* g_sgemm = nullptr;
 void* g_sgemv = nullptr;   // the same library's cblas_sgemv: one input row (decode) reads the weight once, unpacked
 bool g_ilp64 = false;   // the BLAS takes 64-bit dimensions (numpy's own OpenBLAS builds do)
-bool g_blas_on = true;
-
-bool HasSgemm() { return g_sgemm != nullptr && g_blas_on; }
-
 bool SgemmNT(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
              int64_t ldc) {
-  if (!HasSgemm()) return false;
+  if (g_sgemm == nullptr) return false;
   if (m == 0 || n == 0) return true;
   if (k == 0) {   // nothing to sum: a BLAS would reject lda = 0
     for (int64_t r = 0; r < m; ++r) std::memset(c + r * ldc, 0, static_cast<size_t>(n) * sizeof(float));
@@ -71,10 +68,6 @@ void gp_set_sgemm(void* gemm, void* gemv, int ilp64) {
   g_sgemv = gemm != nullptr ? gemv : nullptr;
   g_ilp64 = ilp64 != 0;
 }
-int gp_has_sgemm() { return g_sgemm != nullptr; }
-// Whether the BLAS route is used (on by default once a BLAS is set): tests and comparisons turn it off.
-int gp_blas_enabled() { return g_blas_on ? 1 : 0; }
-void gp_set_blas(int enabled) { g_blas_on = enabled != 0; }
 
 // (x f32 [M, K], w f32 [N, K]) -> f32 [M, N]
 int GpF32Gemm(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
@@ -83,7 +76,7 @@ int GpF32Gemm(int nparam, void** params, int* ndims, int64_t** shapes, const cha
   const int64_t m = shapes[0][0], k = shapes[0][1], n = shapes[1][0];
   if (shapes[1][1] != k || shapes[2][0] != m || shapes[2][1] != n) return 1;
   return SgemmNT(m, n, k, static_cast<const float*>(params[0]), k, static_cast<const float*>(params[1]), k,
-                     static_cast<float*>(params[2]), n) ? 0 : 1;
+                 static_cast<float*>(params[2]), n) ? 0 : 1;
 }
 
 }  // extern "C"

@@ -168,9 +168,6 @@ def set_blas_gemm(enabled: bool) -> None:
     """Use the process's BLAS for the eager float products (default, when one is found), or not
     (MindSpore's MatMul)."""
     _STATE.blas_enabled = bool(enabled)
-    _load()
-    if _STATE.lib is not None:
-        _STATE.lib.gp_set_blas(int(_STATE.blas_enabled))
 
 
 def custom_ops(path: str, entries) -> Dict[str, ops.Custom]:
