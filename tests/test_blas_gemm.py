@@ -67,3 +67,16 @@ def test_eager_linear_uses_the_blas_and_agrees_with_mindspore_matmul(blas_off):
     blas_out = layer(x).asnumpy()
     np.testing.assert_allclose(blas_out, mindspore_out, rtol=1e-5, atol=1e-5 * np.abs(mindspore_out).max())
     np.testing.assert_array_equal(float_matmul(x.reshape(14, 96), layer.weight).asnumpy().reshape(2, 7, 40), blas_out)
+
+
+@needs_native
+def test_float_product_takes_leading_dimensions(blas_off):
+    """``x [..., K]`` as it comes, through the BLAS and MindSpore's MatMul alike."""
+    rng = np.random.RandomState(3)
+    x, w = rng.randn(2, 3, 5, 33).astype(np.float32), rng.randn(7, 33).astype(np.float32)
+    by_matmul = float_matmul(Tensor(x), Tensor(w)).asnumpy()
+    kernels.set_blas_gemm(True)
+    by_blas = float_matmul(Tensor(x), Tensor(w)).asnumpy()
+    assert by_matmul.shape == by_blas.shape == (2, 3, 5, 7)
+    _within_rounding(by_blas.reshape(30, 7), x.reshape(30, 33), w, "blas [2, 3, 5, 33]")
+    np.testing.assert_allclose(by_blas, by_matmul, rtol=1e-5, atol=1e-5 * np.abs(by_matmul).max())

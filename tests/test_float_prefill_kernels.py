@@ -94,6 +94,19 @@ def test_residual_add_equals_mindspore_add(rng):
         np.testing.assert_array_equal(got, x + y)
 
 
+@needs_native
+@pytest.mark.parametrize("shape", [(1, 512, 3, 64), (2, 7, 4, 16)])
+def test_to_heads_is_the_head_transpose_in_any_head_order(rng, shape):
+    batch, length, heads, dim = shape
+    x = rng.randn(batch, length, heads * dim).astype(np.float32)
+    op = float_prefill.to_heads_op(dim)
+    for order in (np.arange(heads), np.array([heads - 1, 0, heads - 1])):
+        got = op(Tensor(x), Tensor(order.astype(np.int32))).asnumpy()
+        np.testing.assert_array_equal(got, x.reshape(batch, length, heads, dim).transpose(0, 2, 1, 3)[:, order])
+    with pytest.raises(RuntimeError, match="GpToHeads"):
+        op(Tensor(x), Tensor(np.array([heads], np.int32))).asnumpy()
+
+
 def _mask(key_mask, new_tokens, kv_heads, group):
     """The MindSpore route's full-shape additive mask (as LlamaForCausalLM._layer_arrays builds it)."""
     batch, total = key_mask.shape

@@ -294,3 +294,36 @@ def test_codes_product_is_exact_native_or_not(top):
         np.testing.assert_array_equal(linear_kernels.codes_product(a, b), want)
     finally:
         kernels.set_native_kernels(True)
+
+
+@needs_native
+def test_products_take_leading_dimensions_native_and_fallback():
+    """Every quantized product takes ``x [..., K]`` (eager callers pass it unreshaped): the same values as
+    its rows ``[M, K]``, natively and on the MindSpore-op route; a mismatched leading shape is refused."""
+    rng = np.random.RandomState(6)
+    x, wq = _w8a8_inputs(rng, 2 * 5, 96, 24)
+    x3 = x.reshape(2, 5, 96)
+    ws = Tensor((rng.rand(24) * 1e-2).astype(np.float32))
+    scale, zp = Tensor(np.array([STATIC_SCALE], np.float32)), Tensor(np.array([3.0], np.float32))
+    qb, deq = Tensor(rng.randint(-500, 500, 24).astype(np.int32)), Tensor((rng.rand(24) * 1e-3).astype(np.float32))
+    gscale = Tensor((rng.rand(24, 3) * 1e-2).astype(np.float32))
+    gzp = Tensor(np.zeros((24, 3), np.float32))
+    calls = {
+        "a8w8_static": lambda a: linear_kernels.a8w8_static(a, Tensor(wq), scale, zp, qb, deq),
+        "a8w8_dynamic": lambda a: linear_kernels.a8w8_dynamic(a, Tensor(wq), ws),
+        "w8a16_channel": lambda a: linear_kernels.w8a16_channel(a, Tensor(wq), ws),
+        "w8a16_group": lambda a: linear_kernels.w8a16_group(a, Tensor(wq), gscale, gzp, 32),
+    }
+    for native_on in (True, False):
+        kernels.set_native_kernels(native_on)
+        try:
+            for name, call in calls.items():
+                rows, batched = call(Tensor(x)).asnumpy(), call(Tensor(x3)).asnumpy()
+                assert batched.shape == (2, 5, 24), name
+                np.testing.assert_array_equal(batched.reshape(10, 24), rows, err_msg=f"{name} native={native_on}")
+        finally:
+            kernels.set_native_kernels(True)
+    op = kernels.native_ops()["w8_gemm"]
+    with pytest.raises(RuntimeError, match="GpW8Gemm"):   # output leading shape must be x's
+        ops_out = op(Tensor(x3[:, :, :95]), Tensor(wq), ws)
+        ops_out.asnumpy()

@@ -14,6 +14,7 @@
 #include <climits>
 #include <cstdint>
 #include <cstring>
+#include "gp_runtime.h"
 
 namespace {
 
@@ -69,12 +70,11 @@ void gp_set_sgemm(void* gemm, void* gemv, int ilp64) {
   g_ilp64 = ilp64 != 0;
 }
 
-// (x f32 [M, K], w f32 [N, K]) -> f32 [M, N]
+// (x f32 [..., K], w f32 [N, K]) -> f32 [..., N]
 int GpF32Gemm(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
-  if (nparam != 3 || ndims[0] != 2 || ndims[1] != 2 || ndims[2] != 2) return 1;
+  int64_t m, n, k;
+  if (nparam != 3 || !gp::GemmDims(ndims[0], shapes[0], ndims[1], shapes[1], ndims[2], shapes[2], &m, &n, &k)) return 1;
   if (std::strcmp(dtypes[0], "float32") != 0 || std::strcmp(dtypes[1], "float32") != 0) return 1;
-  const int64_t m = shapes[0][0], k = shapes[0][1], n = shapes[1][0];
-  if (shapes[1][1] != k || shapes[2][0] != m || shapes[2][1] != n) return 1;
   return SgemmNT(m, n, k, static_cast<const float*>(params[0]), k, static_cast<const float*>(params[1]), k,
                  static_cast<float*>(params[2]), n) ? 0 : 1;
 }

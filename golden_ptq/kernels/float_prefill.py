@@ -33,6 +33,7 @@ class _State:
         self.lib: Optional[ctypes.CDLL] = None
         self.reason = ""
         self.ops: Dict[str, ops.Custom] = {}
+        self.heads_ops: Dict[int, ops.Custom] = {}   # GpToHeads per head_dim
 
 
 _STATE = _State()
@@ -73,6 +74,20 @@ def float_prefill_ops() -> Optional[Dict[str, ops.Custom]]:
     if not _STATE.ops:
         _STATE.ops = native.custom_ops(_STATE.path, _ENTRY_POINTS)
     return _STATE.ops
+
+
+def to_heads_op(head_dim: int) -> Optional[ops.Custom]:
+    """``op(x [B, T, Hin*head_dim], heads int32 [H]) -> [B, H, T, head_dim]`` (head ``i`` of the result is
+    head ``heads[i]`` of ``x``) in one native copy, or None where these kernels do not run. One operator
+    per ``head_dim``: its output shape is not a function of the operands' shapes alone."""
+    if float_prefill_ops() is None:
+        return None
+    op = _STATE.heads_ops.get(head_dim)
+    if op is None:
+        op = ops.Custom(f"{_STATE.path}:GpToHeads", out_shape=lambda x, heads: [x[0], heads[0], x[1], head_dim],
+                        out_dtype=native._float32, func_type="aot")
+        _STATE.heads_ops[head_dim] = op
+    return op
 
 
 def set_float_prefill_kernels(enabled: bool) -> None:

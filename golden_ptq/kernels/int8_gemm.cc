@@ -1159,12 +1159,8 @@ bool Is(const char* dtype, const char* want) { return std::strcmp(dtype, want) =
 
 // x [M, K] and w [N, K] with the output [M, N]: returns false on any mismatch.
 bool Dims(int nparam, int want, int* ndims, int64_t** shapes, int64_t* m, int64_t* n, int64_t* k) {
-  if (nparam != want || ndims[0] != 2 || ndims[1] != 2) return false;
-  *m = shapes[0][0];
-  *k = shapes[0][1];
-  *n = shapes[1][0];
-  return shapes[1][1] == *k && ndims[nparam - 1] == 2 && shapes[nparam - 1][0] == *m &&
-         shapes[nparam - 1][1] == *n;
+  return nparam == want && gp::GemmDims(ndims[0], shapes[0], ndims[1], shapes[1], ndims[nparam - 1], shapes[nparam - 1], m,
+                                        n, k);
 }
 
 void QuantizeRows(const float* x, int64_t k, int64_t m0, int64_t m1, const float* scale, bool per_row, float zp,
@@ -1216,7 +1212,7 @@ int gp_set_isa(int isa) {
 int gp_threads() { return ThePool().size(); }
 void gp_set_threads(int threads) { ThePool().Resize(std::max(1, threads)); }
 
-// (a int8 [M, K], b int8 [N, K]) -> int32 [M, N]
+// (a int8 [..., K], b int8 [N, K]) -> int32 [..., N]  (Dims: any leading dimensions, M their product)
 int GpI8Gemm(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
   int64_t m, n, k;
   if (!Dims(nparam, 3, ndims, shapes, &m, &n, &k) || !Is(dtypes[0], "int8") || !Is(dtypes[1], "int8")) return 1;
@@ -1225,8 +1221,8 @@ int GpI8Gemm(int nparam, void** params, int* ndims, int64_t** shapes, const char
   return 0;
 }
 
-// (x f32 [M, K], w int8 [N, K], input_scale f32 [1], input_zp f32 [1], quant_bias int32 [N],
-//  deq_scale f32 [N]) -> f32 [M, N]
+// (x f32 [..., K], w int8 [N, K], input_scale f32 [1], input_zp f32 [1], quant_bias int32 [N],
+//  deq_scale f32 [N]) -> f32 [..., N]
 int GpQGemmStatic(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
   int64_t m, n, k;
   if (!Dims(nparam, 7, ndims, shapes, &m, &n, &k) || !Is(dtypes[0], "float32") || !Is(dtypes[1], "int8")) return 1;
@@ -1243,14 +1239,14 @@ int GpQGemmStatic(int nparam, void** params, int* ndims, int64_t** shapes, const
   return 0;
 }
 
-// (x f32 [M, K], w int8 [N, K], weight_scale f32 [N]) -> f32 [M, N]
+// (x f32 [..., K], w int8 [N, K], weight_scale f32 [N]) -> f32 [..., N]
 int GpQGemmDynamic(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
   int64_t m, n, k;
   if (!Dims(nparam, 4, ndims, shapes, &m, &n, &k) || !Is(dtypes[0], "float32") || !Is(dtypes[1], "int8")) return 1;
   return QGemmDynamic(params, m, n, k, nullptr, static_cast<float*>(params[3]));
 }
 
-// (x f32 [M, K], w int8 [N, K], weight_scale f32 [N], absmax f32 [M, 1]) -> f32 [M, N]
+// (x f32 [..., K] (M rows), w int8 [N, K], weight_scale f32 [N], absmax f32 [M, 1]) -> f32 [..., N]
 int GpQGemmDynamicAbsmax(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*,
                          void*) {
   int64_t m, n, k;
@@ -1261,7 +1257,7 @@ int GpQGemmDynamicAbsmax(int nparam, void** params, int* ndims, int64_t** shapes
   return QGemmDynamic(params, m, n, k, static_cast<const float*>(params[3]), static_cast<float*>(params[4]));
 }
 
-// (x f32 [M, K], w int8 [N, K], weight_scale f32 [N]) -> f32 [M, N]
+// (x f32 [..., K], w int8 [N, K], weight_scale f32 [N]) -> f32 [..., N]
 int GpW8Gemm(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
   int64_t m, n, k;
   if (!Dims(nparam, 4, ndims, shapes, &m, &n, &k) || !Is(dtypes[0], "float32") || !Is(dtypes[1], "int8") ||
@@ -1273,8 +1269,8 @@ int GpW8Gemm(int nparam, void** params, int* ndims, int64_t** shapes, const char
   return 0;
 }
 
-// (x f32 [M, K], w int8 [N, K], weight_scale f32 [N, G] or [N], weight_zp f32 (same shape),
-//  group_size int32 [1]) -> f32 [M, N]; G = ceil(K / group_size), or 1 (one group of all K).
+// (x f32 [..., K], w int8 [N, K], weight_scale f32 [N, G] or [N], weight_zp f32 (same shape),
+//  group_size int32 [1]) -> f32 [..., N]; G = ceil(K / group_size), or 1 (one group of all K).
 int GpWgGemm(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
   int64_t m, n, k;
   if (!Dims(nparam, 6, ndims, shapes, &m, &n, &k) || !Is(dtypes[0], "float32") || !Is(dtypes[1], "int8") ||

@@ -91,7 +91,8 @@ def _load() -> None:
 
 
 def _mn_shape(x_shape, w_shape, *_):
-    return [x_shape[0], w_shape[0]]
+    """The products' output: ``x [..., K]`` times ``w [N, K]`` transposed is ``[..., N]``."""
+    return list(x_shape[:-1]) + [w_shape[0]]
 
 
 def _same_shape(x_shape, *_):

@@ -48,16 +48,19 @@ _MATMUL_NT = ops.MatMul(transpose_b=True)
 
 
 def float_matmul(x: Tensor, weight: Tensor) -> Tensor:
-    """``x [M, K] @ weight [N, K].T``: in eager float32 calls the process's BLAS where the native kernels
-    found one (:func:`golden_ptq.kernels.blas_gemm_op`: about twice MindSpore's CPU MatMul on 2 cores,
-    the same product up to summation order), else MindSpore's MatMul. Compiled graphs (decode steps) keep
-    MindSpore's: bound there, the BLAS made batch-8 steps 0.75x as fast and batch-1 steps 1.04x
+    """``x [..., K] @ weight [N, K].T`` -> ``[..., N]``: in eager float32 calls the process's BLAS where the
+    native kernels found one (:func:`golden_ptq.kernels.blas_gemm_op`: about twice MindSpore's CPU MatMul
+    on 2 cores, the same product up to summation order), else MindSpore's MatMul. The BLAS operator takes
+    ``x`` as it comes: a reshaped view would cost a copy before the call. Compiled graphs (decode steps)
+    keep MindSpore's: bound there, the BLAS made batch-8 steps 0.75x as fast and batch-1 steps 1.04x
     (``benchmarks/native_float_kernels.py --switch blas``, 2026-12-03)."""
     if not compiling_graph() and x.dtype == ms.float32 and weight.dtype == ms.float32:
         op = blas_gemm_op()
         if op is not None:
             return op(x, weight)
-    return _MATMUL_NT(x, weight)
+    if len(x.shape) == 2:
+        return _MATMUL_NT(x, weight)
+    return _MATMUL_NT(x.reshape(-1, x.shape[-1]), weight).reshape(x.shape[:-1] + (weight.shape[0],))
 
 
 class Linear(nn.Cell):
@@ -98,11 +101,10 @@ class Linear(nn.Cell):
         return all_reduce(y, self.tp) if self.parallel == "row" else y
 
     def construct(self, x: Tensor) -> Tensor:
-        lead = x.shape[:-1]
-        y = self.reduce_output(float_matmul(x.reshape(-1, self.in_features), self.weight))
+        y = self.reduce_output(float_matmul(x, self.weight))
         if self.bias is not None:
             y = y + self.bias
-        return y.reshape(lead + (self.out_features,))
+        return y
 
 
 def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:

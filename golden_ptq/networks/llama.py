@@ -19,7 +19,7 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from golden_ptq.config.model_config import LlamaConfig
-from golden_ptq.kernels.float_prefill import attention_supported, float_prefill_ops
+from golden_ptq.kernels.float_prefill import attention_supported, float_prefill_ops, to_heads_op
 from golden_ptq.networks.compiled import CompiledDecodeStep, CompiledForward, GraphCompileError
 from golden_ptq.parallel.context import TPContext, resolve
 from golden_ptq.parallel.sharding import TPLayout, full_shape, shard_array
@@ -106,6 +106,7 @@ class Attention(nn.Cell):
         self._core_kv_heads = self.num_kv_heads if kv_index is None else self.num_heads
         # the KV head of each query head, for a native decode-attention operator
         self._kv_map = Tensor(np.arange(self.num_heads, dtype=np.int32) // max(1, self.num_heads // self.num_kv_heads))
+        self._kv_heads = Tensor(np.arange(self.num_kv_heads, dtype=np.int32))   # the native head-layout copy's order
         self.bound_rope = None   # set by bind_kernel() for compiled graphs
 
     def construct(self, x: Tensor, inputs: "LayerInputs") -> Tensor:
@@ -121,10 +122,10 @@ class Attention(nn.Cell):
                                     inputs.index_k)
             k, v = self.kv_cache(k, v, inputs.mode)
             return self._attend(q, k, v, inputs.mask)
-        rope = kernels["rope"]
+        rope, heads = kernels["rope"], to_heads_op(self.head_dim)
         q = rope(self.wq(x), inputs.cos_q, inputs.sin_q, inputs.index_q)
-        k = _to_heads(rope(self.wk(x), inputs.cos_k, inputs.sin_k, inputs.index_k), self.num_kv_heads, self.head_dim)
-        v = _to_heads(self.wv(x), self.num_kv_heads, self.head_dim)
+        k = heads(rope(self.wk(x), inputs.cos_k, inputs.sin_k, inputs.index_k), self._kv_heads)
+        v = heads(self.wv(x), self._kv_heads)
         k, v = self.kv_cache(k, v, inputs.mode)
         if not attention_supported(self.head_dim):
             return self._attend(q, k, v, inputs.mask)

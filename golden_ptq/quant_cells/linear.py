@@ -68,12 +68,15 @@ class QuantLinear(QuantCell):
 
     # ----- calibration --------------------------------------------------------------------------
     def construct(self, x: Tensor) -> Tensor:
+        """Eager products take ``x [..., K]`` as it comes (a reshaped view costs a copy before each native
+        operator); observers, recorders and compiled graphs take its rows ``x2``."""
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         if self.recorder is not None:
             self.recorder(self._host_rows(x, x2))
         if self.has_input_shift and self.quantized:
-            x2 = x2 - self.input_shift
+            x = x - self.input_shift
+            x2 = x.reshape(-1, self.in_features)
         if self.bound_kernel is not None:  # compiled graphs: the route chosen before compiling
             y = self.bound_kernel(x2, *self._kernel_args(x2))
         elif not self.quantized:
@@ -82,25 +85,25 @@ class QuantLinear(QuantCell):
                 self.input_observer.update(seen if self.input_shift_value is None else seen - self.input_shift_value)
             if self.output_unread:   # observers and recorders have their input; nothing reads the product
                 return ops.zeros(lead + (self.out_features,), x.dtype)
-            y = float_matmul(x2, self.weight)
+            y = float_matmul(x, self.weight)
         elif self.spec.act and self.spec.act_dynamic and self.shard == "row":
             y = kernels.a8w8_dynamic_absmax(x2, self.weight, self.weight_scale, self._whole_row_absmax(x2))
         elif self.spec.act and self.spec.act_dynamic:
-            y = kernels.a8w8_dynamic(x2, self.weight, self.weight_scale)
+            y = kernels.a8w8_dynamic(x, self.weight, self.weight_scale)
         elif self.spec.act:
-            y = kernels.a8w8_static(x2, self.weight, self.input_scale, self.input_zp, self.quant_bias,
+            y = kernels.a8w8_static(x, self.weight, self.input_scale, self.input_zp, self.quant_bias,
                                     self.deq_scale)
         elif self.spec.group_size or not self.spec.weight_symmetric:
-            y = kernels.w8a16_group(x2, self.weight, self.weight_scale, self.weight_zp, self.spec.group_size)
+            y = kernels.w8a16_group(x, self.weight, self.weight_scale, self.weight_zp, self.spec.group_size)
         else:
-            y = kernels.w8a16_channel(x2, self.weight, self.weight_scale)
+            y = kernels.w8a16_channel(x, self.weight, self.weight_scale)
         if self.has_input_shift and self.quantized:
             y = y + self.shift_bias
         if self.parallel == "row":  # partial sums over this rank's input columns
             y = all_reduce(y, self.tp)
         if self.bias is not None:
             y = y + self.bias
-        return y.reshape(lead + (self.out_features,))
+        return y if len(y.shape) == len(lead) + 1 else y.reshape(lead + (self.out_features,))
 
     @staticmethod
     def _host_rows(x: Tensor, x2: Tensor) -> np.ndarray:

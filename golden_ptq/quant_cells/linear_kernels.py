@@ -105,25 +105,35 @@ _w8a16_channel_ops = compiled_for_large_inputs(_w8a16_channel)
 w8a16_dequant = compiled_for_large_inputs(_w8a16_dequant)
 
 
+def _on_rows(route, x: Tensor, *operands) -> Tensor:
+    """A MindSpore-op ``route`` (it takes ``x [M, K]``) on ``x [..., K]``, the result ``[..., N]``. The
+    public functions below take ``x`` with any leading dimensions, as the native operators do."""
+    if len(x.shape) == 2:
+        return route(x, *operands)
+    y = route(x.reshape(-1, x.shape[-1]), *operands)
+    return y.reshape(x.shape[:-1] + (y.shape[-1],))
+
+
 def a8w8_static(x: Tensor, wq: Tensor, input_scale: Tensor, input_zp: Tensor, quant_bias: Tensor,
                 deq_scale: Tensor) -> Tensor:
-    """Per-tensor int8 input (scale, zero point), int8 weight: ``float(acc + quant_bias) * deq_scale``."""
+    """Per-tensor int8 input (scale, zero point), int8 weight: ``float(acc + quant_bias) * deq_scale``;
+    ``x [..., K]`` -> ``[..., N]``."""
     native = native_ops()
     if native is not None:
         return native["a8w8_static"](x, wq, input_scale, input_zp, quant_bias, deq_scale)
-    return _a8w8_static_ops(x, wq, input_scale, input_zp, quant_bias, deq_scale)
+    return _on_rows(_a8w8_static_ops, x, wq, input_scale, input_zp, quant_bias, deq_scale)
 
 
 def a8w8_dynamic(x: Tensor, wq: Tensor, weight_scale: Tensor) -> Tensor:
-    """Per-token symmetric int8 input, int8 weight per output channel."""
+    """Per-token symmetric int8 input, int8 weight per output channel; ``x [..., K]`` -> ``[..., N]``."""
     native = native_ops()
     if native is not None:
         return native["a8w8_dynamic"](x, wq, weight_scale)
-    return _a8w8_dynamic_ops(x, wq, weight_scale)
+    return _on_rows(_a8w8_dynamic_ops, x, wq, weight_scale)
 
 
 def a8w8_dynamic_absmax(x: Tensor, wq: Tensor, weight_scale: Tensor, absmax: Tensor) -> Tensor:
-    """:func:`a8w8_dynamic` with the token ranges ``absmax`` ``[M, 1]`` given."""
+    """:func:`a8w8_dynamic` of ``x [M, K]`` with the token ranges ``absmax`` ``[M, 1]`` given."""
     native = native_ops()
     if native is not None:
         return native["a8w8_dynamic_absmax"](x, wq, weight_scale, absmax)
@@ -139,11 +149,12 @@ def _w8a16_group(x: Tensor, wq: Tensor, weight_scale: Tensor, weight_zp: Tensor,
 
 
 def w8a16_channel(x: Tensor, wq: Tensor, weight_scale: Tensor) -> Tensor:
-    """Float input, int8 weight with one scale per output channel: ``(x @ wq.T) * weight_scale``."""
+    """Float input, int8 weight with one scale per output channel: ``(x @ wq.T) * weight_scale``;
+    ``x [..., K]`` -> ``[..., N]``."""
     native = native_ops()
     if native is not None:
         return native["w8_gemm"](x, wq, weight_scale)
-    return _w8a16_channel_ops(x, wq, weight_scale)
+    return _on_rows(_w8a16_channel_ops, x, wq, weight_scale)
 
 
 _GROUP_SIZE_TENSORS = {}
@@ -162,11 +173,11 @@ def w8a16_group(x: Tensor, wq: Tensor, weight_scale: Tensor, weight_zp: Tensor, 
     """Float input, int8 weight (8- or 4-bit codes) with a scale and zero point per group of
     ``group_size`` input channels (the last group is shorter when it does not divide the input
     width) or, ``group_size`` 0, per output channel: ``x @ ((wq - zp) * scale).T``.
-    ``weight_scale`` / ``weight_zp`` are ``[out, groups]`` or ``[out]``."""
+    ``weight_scale`` / ``weight_zp`` are ``[out, groups]`` or ``[out]``; ``x [..., K]`` -> ``[..., N]``."""
     native = native_ops()
     if native is not None:
         return native["wg_gemm"](x, wq, weight_scale, weight_zp, _group_size_tensor(group_size, wq.shape[1]))
-    return _w8a16_group(x, wq, weight_scale, weight_zp, group_size)
+    return _on_rows(_w8a16_group, x, wq, weight_scale, weight_zp, group_size)
 
 
 _GRAPH_ROUTES = {"a8w8_static": _a8w8_static, "a8w8_dynamic": _a8w8_dynamic,
