@@ -240,7 +240,10 @@ def main(argv=None) -> int:
 def _run_worker(flags: List[str], partner: str) -> Optional[dict]:
     """One worker process's RESULT, or None (it failed or skipped: said on stdout)."""
     cmd = [sys.executable, os.path.abspath(__file__), *_strip_forms(flags), "--worker", partner]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    # os.environ, not the inherited C environment: importing MindSpore setenv()s OMP_NUM_THREADS=1 there
+    # (os.environ does not see it), and a child inheriting it runs numpy's OpenBLAS on one thread --
+    # golden_ptq's FP32 prefill at ~0.65x (2026-12-03).
+    done = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
         tail = (done.stderr.strip().splitlines() or ["?"])[-1]
