@@ -13,7 +13,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 from mindspore import Tensor, ops
 
-from golden_ptq.networks.layers import Linear, float_matmul
+from golden_ptq.networks.layers import Linear, compiling_graph, float_matmul
 from golden_ptq.parallel.context import ChannelShards, TPContext, all_reduce, all_reduce_max, shard_mode
 import golden_ptq.quant_cells.linear_kernels as kernels
 from golden_ptq.quant_math import layouts
@@ -77,8 +77,9 @@ class QuantLinear(QuantCell):
         if self.has_input_shift and self.quantized:
             x = x - self.input_shift
             x2 = x.reshape(-1, self.in_features)
-        if self.bound_kernel is not None:  # compiled graphs: the route chosen before compiling
-            y = self.bound_kernel(x2, *self._kernel_args(x2))
+        if self.bound_kernel is not None:  # the route chosen before compiling (graphs, and eager calls since)
+            operand = x if isinstance(self.bound_kernel, ops.Custom) and not compiling_graph() else x2
+            y = self.bound_kernel(operand, *self._kernel_args(x2))
         elif not self.quantized:
             if self.observing:
                 seen = self._host_rows(x, x2)
