@@ -1157,7 +1157,7 @@ void WGemm(const float* x, const WeightQ& q, float* out, int64_t m_rows, int64_t
 // ----- argument checks shared by the entry points ------------------------------------------------
 bool Is(const char* dtype, const char* want) { return std::strcmp(dtype, want) == 0; }
 
-// x [M, K] and w [N, K] with the output [M, N]: returns false on any mismatch.
+// x [..., K] (M rows) and w [N, K] with the output [..., N] (GemmDims): returns false on any mismatch.
 bool Dims(int nparam, int want, int* ndims, int64_t** shapes, int64_t* m, int64_t* n, int64_t* k) {
   return nparam == want && gp::GemmDims(ndims[0], shapes[0], ndims[1], shapes[1], ndims[nparam - 1], shapes[nparam - 1], m,
                                         n, k);
