@@ -324,6 +324,6 @@ def test_products_take_leading_dimensions_native_and_fallback():
         finally:
             kernels.set_native_kernels(True)
     op = kernels.native_ops()["w8_gemm"]
-    with pytest.raises(RuntimeError, match="GpW8Gemm"):   # output leading shape must be x's
+    with pytest.raises(RuntimeError, match="GpW8Gemm"):   # x's K (95) is not the weight's (96)
         ops_out = op(Tensor(x3[:, :, :95]), Tensor(wq), ws)
         ops_out.asnumpy()

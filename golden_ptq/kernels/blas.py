@@ -17,10 +17,10 @@ from typing import List, Optional
 import numpy as np
 
 # (symbol, 64-bit dimensions): numpy >= 2 wheels (scipy-openblas64), numpy 1.x wheels (openblas64_),
-# then plain CBLAS (system OpenBLAS, MKL, BLIS builds of numpy)
+# then plain CBLAS (system OpenBLAS, MKL, BLIS builds of numpy). One-row products take the same library's
+# matrix-vector product, the symbol with sgemv for sgemm.
 SYMBOLS = (("scipy_cblas_sgemm64_", True), ("cblas_sgemm64_", True), ("cblas_sgemm", False))
-# decode's one-row products: the matrix-vector product of the same library (its name with gemv for gemm)
-_LIBRARY_HINTS = ("blas", "mkl", "blis")
+_LIBRARY_HINTS = ("blas", "mkl", "blis")   # words in the file names of the libraries searched
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@
 // that third thread takes cycles from the two doing the work, and the same product through the BLAS,
 // whose caller computes too, runs about twice as fast (SmolLM2's w1 shape, 2048 rows).
 //
-//   GpF32Gemm   x f32 [M, K], w f32 [N, K] -> x @ w.T f32 [M, N] (the eager float Linear; one row: the
+//   GpF32Gemm   x f32 [..., K], w f32 [N, K] -> x @ w.T f32 [..., N] (the eager float Linear; one row: the
 //               BLAS's sgemv, which reads the weight once without packing it)
 //
 // Without a BLAS GpF32Gemm refuses to run (golden_ptq.kernels.blas_gemm_op then gives no operator). The

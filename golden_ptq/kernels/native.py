@@ -156,7 +156,7 @@ def native_ops() -> Optional[Dict[str, ops.Custom]]:
 
 
 def blas_gemm_op() -> Optional[ops.Custom]:
-    """``x [M, K] @ w [N, K].T`` in float32 by the process's BLAS (``blas_gemm.cc``) as a Custom op, or
+    """``x [..., K] @ w [N, K].T`` in float32 by the process's BLAS (``blas_gemm.cc``) as a Custom op, or
     None (kernels unavailable or switched off, no BLAS found, or :func:`set_blas_gemm` off): use
     MindSpore's MatMul."""
     native = native_ops()

@@ -47,6 +47,15 @@ def prefill_kernel(name: str):
 _MATMUL_NT = ops.MatMul(transpose_b=True)
 
 
+def on_rows(route, x: Tensor, *operands) -> Tensor:
+    """``route`` (a product taking ``x [M, K]``) on ``x [..., K]``, the result ``[..., N]``: for the
+    MindSpore-op products; the native ones take the leading dimensions themselves."""
+    if len(x.shape) == 2:
+        return route(x, *operands)
+    y = route(x.reshape(-1, x.shape[-1]), *operands)
+    return y.reshape(x.shape[:-1] + (y.shape[-1],))
+
+
 def float_matmul(x: Tensor, weight: Tensor) -> Tensor:
     """``x [..., K] @ weight [N, K].T`` -> ``[..., N]``: in eager float32 calls the process's BLAS where the
     native kernels found one (:func:`golden_ptq.kernels.blas_gemm_op`: about twice MindSpore's CPU MatMul
@@ -58,9 +67,7 @@ def float_matmul(x: Tensor, weight: Tensor) -> Tensor:
         op = blas_gemm_op()
         if op is not None:
             return op(x, weight)
-    if len(x.shape) == 2:
-        return _MATMUL_NT(x, weight)
-    return _MATMUL_NT(x.reshape(-1, x.shape[-1]), weight).reshape(x.shape[:-1] + (weight.shape[0],))
+    return on_rows(_MATMUL_NT, x, weight)
 
 
 class Linear(nn.Cell):

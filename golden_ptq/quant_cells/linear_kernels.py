@@ -24,7 +24,7 @@ import numpy as np
 from mindspore import Tensor, ops
 
 from golden_ptq.kernels import native_ops
-from golden_ptq.networks.layers import compiled_for_large_inputs
+from golden_ptq.networks.layers import compiled_for_large_inputs, on_rows
 from golden_ptq.quant_cells.ragged_groups import w8a16_dequant_ragged
 from golden_ptq.quant_math.functions import QMAX, QMIN, SYM_QMAX, float32_exact_span, integer_product
 
@@ -105,15 +105,6 @@ _w8a16_channel_ops = compiled_for_large_inputs(_w8a16_channel)
 w8a16_dequant = compiled_for_large_inputs(_w8a16_dequant)
 
 
-def _on_rows(route, x: Tensor, *operands) -> Tensor:
-    """A MindSpore-op ``route`` (it takes ``x [M, K]``) on ``x [..., K]``, the result ``[..., N]``. The
-    public functions below take ``x`` with any leading dimensions, as the native operators do."""
-    if len(x.shape) == 2:
-        return route(x, *operands)
-    y = route(x.reshape(-1, x.shape[-1]), *operands)
-    return y.reshape(x.shape[:-1] + (y.shape[-1],))
-
-
 def a8w8_static(x: Tensor, wq: Tensor, input_scale: Tensor, input_zp: Tensor, quant_bias: Tensor,
                 deq_scale: Tensor) -> Tensor:
     """Per-tensor int8 input (scale, zero point), int8 weight: ``float(acc + quant_bias) * deq_scale``;
@@ -121,7 +112,7 @@ def a8w8_static(x: Tensor, wq: Tensor, input_scale: Tensor, input_zp: Tensor, qu
     native = native_ops()
     if native is not None:
         return native["a8w8_static"](x, wq, input_scale, input_zp, quant_bias, deq_scale)
-    return _on_rows(_a8w8_static_ops, x, wq, input_scale, input_zp, quant_bias, deq_scale)
+    return on_rows(_a8w8_static_ops, x, wq, input_scale, input_zp, quant_bias, deq_scale)
 
 
 def a8w8_dynamic(x: Tensor, wq: Tensor, weight_scale: Tensor) -> Tensor:
@@ -129,7 +120,7 @@ def a8w8_dynamic(x: Tensor, wq: Tensor, weight_scale: Tensor) -> Tensor:
     native = native_ops()
     if native is not None:
         return native["a8w8_dynamic"](x, wq, weight_scale)
-    return _on_rows(_a8w8_dynamic_ops, x, wq, weight_scale)
+    return on_rows(_a8w8_dynamic_ops, x, wq, weight_scale)
 
 
 def a8w8_dynamic_absmax(x: Tensor, wq: Tensor, weight_scale: Tensor, absmax: Tensor) -> Tensor:
@@ -154,7 +145,7 @@ def w8a16_channel(x: Tensor, wq: Tensor, weight_scale: Tensor) -> Tensor:
     native = native_ops()
     if native is not None:
         return native["w8_gemm"](x, wq, weight_scale)
-    return _on_rows(_w8a16_channel_ops, x, wq, weight_scale)
+    return on_rows(_w8a16_channel_ops, x, wq, weight_scale)
 
 
 _GROUP_SIZE_TENSORS = {}
@@ -177,7 +168,7 @@ def w8a16_group(x: Tensor, wq: Tensor, weight_scale: Tensor, weight_zp: Tensor, 
     native = native_ops()
     if native is not None:
         return native["wg_gemm"](x, wq, weight_scale, weight_zp, _group_size_tensor(group_size, wq.shape[1]))
-    return _on_rows(_w8a16_group, x, wq, weight_scale, weight_zp, group_size)
+    return on_rows(_w8a16_group, x, wq, weight_scale, weight_zp, group_size)
 
 
 _GRAPH_ROUTES = {"a8w8_static": _a8w8_static, "a8w8_dynamic": _a8w8_dynamic,
