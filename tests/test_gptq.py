@@ -6,8 +6,9 @@ import pytest
 
 from golden_ptq import PTQ, PTQConfig, PTQMode, QuantGranularity, kernels
 from golden_ptq.algorithm.modules import GPTQModule, QuantizeModule, gptq_quantize
-from golden_ptq.algorithm.modules.gptq import (ColumnBlock, HessianFactor, native_round_columns,
-                                              native_subtract_transposed, numpy_round_columns,
+from golden_ptq.algorithm.modules.gptq import (ColumnBlock, HessianFactor, native_gather_transposed,
+                                              native_round_columns, native_subtract_transposed,
+                                              numpy_gather_transposed, numpy_round_columns,
                                               numpy_subtract_transposed, upper_factor_of_inverse)
 from golden_ptq.io.checkpoint import load_checkpoint, save_checkpoint
 from golden_ptq.kernels.native import gptq_columns
@@ -127,10 +128,10 @@ def test_native_column_loop_gives_the_numpy_loops_bits(rng, group_size, symmetri
             np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("isa", ["portable", "avx2"])
+@pytest.mark.parametrize("isa", ["portable", "avx2", "avx512_vnni"])   # a CPU without AVX-512 runs its best
 @pytest.mark.parametrize("real", [np.float32, np.float64])
 def test_native_column_loop_leaves_the_numpy_loops_floats(rng, isa, real):
-    """Every float the loop leaves (corrected columns, errors, codes) bit for bit, over runs that end
+    """Everything the loop leaves (corrected columns, errors, int8 codes) bit for bit, over runs that end
     inside a block and rows that span row tiles and register lanes unevenly (300 = 256 + 44)."""
     if kernels.kernel_info().available is False:
         pytest.skip("native kernels unavailable here (no g++ or no AVX2): only the numpy loop runs")
@@ -138,7 +139,7 @@ def test_native_column_loop_leaves_the_numpy_loops_floats(rng, isa, real):
     u = np.triu(rng.uniform(0.05, 1.0, (inputs, inputs))).astype(real)
     group_of = np.array([0] * 5 + [1] * 7, np.int64)
     scale, zero = rng.uniform(0.01, 0.03, (2, rows)).astype(real), rng.randint(-3, 4, (2, rows)).astype(real)
-    block_t, codes_t = (rng.randn(columns, rows) * 0.1).astype(real), np.zeros((inputs, rows), real)
+    block_t, codes_t = (rng.randn(columns, rows) * 0.1).astype(real), np.zeros((inputs, rows), np.int8)
     results = []
     kernels.set_kernel_isa(isa)
     try:
@@ -152,6 +153,19 @@ def test_native_column_loop_leaves_the_numpy_loops_floats(rng, isa, real):
         kernels.set_kernel_isa(None)
     for got, want in zip(*results):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("real", [np.float32, np.float64])
+def test_native_transposed_gather_is_numpys(rng, real):
+    if kernels.kernel_info().available is False:
+        pytest.skip("native kernels unavailable here (no g++ or no AVX2)")
+    w, perm = rng.randn(70, 45).astype(real), rng.permutation(45)   # not multiples of the 32-element tiles
+    got = native_gather_transposed(w, perm)
+    assert got.dtype == real and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, numpy_gather_transposed(w, perm))
+    np.testing.assert_array_equal(native_gather_transposed(w[:, ::2], perm[:20] // 2), w[:, ::2].T[perm[:20] // 2])
+    with pytest.raises(ValueError, match="outside 0..44"):
+        native_gather_transposed(w, np.array([0, 45]))
 
 
 @pytest.mark.parametrize("real", [np.float32, np.float64])

@@ -6,6 +6,7 @@ import pytest
 
 from golden_ptq import PTQ, PTQConfig, PTQMode, QuantGranularity
 from golden_ptq.algorithm.modules import GPTQModule, QuantizeModule, SmoothSearchModule
+from golden_ptq.algorithm.modules import rotation as rotation_module
 from golden_ptq.algorithm.modules.rotation import RotatedStructure, RotationMatrices, RotationModule, rotate_network
 from golden_ptq.config.model_config import LlamaConfig
 from golden_ptq.config.validation import ConfigError
@@ -183,6 +184,24 @@ def test_rotation_without_online_transform_reproduces_logits_and_keeps_w3_w2_smo
     deployed, _ = load_quantized(str(tmp_path / "q"))
     assert deployed.model.layers[0].feed_forward.down_transform is None
     np.testing.assert_allclose(deployed(TEST_IDS).asnumpy(), quantized, atol=1e-5, rtol=0)
+
+
+def test_rotation_stopped_half_way_says_so_and_refuses_another(monkeypatch):
+    net = LlamaForCausalLM(tiny(), seed=1)
+    real, calls = rotation_module.rotate_layer, []
+
+    def second_layer_fails(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise MemoryError("no room")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rotation_module, "rotate_layer", second_layer_fails)
+    with pytest.raises(RuntimeError, match=r"stopped half way \(MemoryError: no room\).*partly rotated"):
+        rotate_network(net, seed=0)
+    monkeypatch.setattr(rotation_module, "rotate_layer", real)
+    with pytest.raises(RuntimeError, match="already rotated"):
+        rotate_network(net, seed=0)
 
 
 def test_rotation_changes_the_weights_and_depends_on_the_seed():

@@ -47,7 +47,8 @@ inline __attribute__((always_inline)) void take_errors(T* x, const T* e, const T
 // column start + i.
 // u [in, in] (row stride u_stride): the upper Cholesky factor of the damped inverse Hessian.
 // group_of[i]: the group whose scale/zero rows ([groups, rows]) column i uses.
-// codes_t [in, rows]: row start + i receives column i's codes; errors_t [block_cols, rows]: its errors.
+// codes_t int8 [in, rows]: row start + i receives column i's codes (integers on the grid);
+// errors_t [block_cols, rows]: their errors.
 //
 // The reference spreads each column's error over all later columns at once (right-looking); here
 // each later column takes the errors of the columns before it just before it is rounded
@@ -56,14 +57,20 @@ inline __attribute__((always_inline)) void take_errors(T* x, const T* e, const T
 #define GP_GPTQ_ARGS(T)                                                                              \
   T *block_t, int64_t block_cols, int64_t rows, int64_t begin, int64_t end, const T *u, int64_t u_stride, \
       int64_t start, const int64_t *group_of, const T *scale, const T *zero, double qmin, double qmax,   \
-      T *codes_t, T *errors_t
+      int8_t *codes_t, T *errors_t
 #define GP_GPTQ_PASS \
   block_t, block_cols, rows, begin, end, u, u_stride, start, group_of, scale, zero, qmin, qmax, codes_t, errors_t
+
+// The tile's errors are also kept in a local copy ``local [end - begin, kPad]``: errors_t's rows lie
+// ``rows`` floats apart, and for a head's 49152 rows (3 * 2^14) every row of a tile's errors falls
+// in the same cache sets, so reading them back for each later column missed the caches.
+constexpr int64_t kPad = kRowTile + 16;   // the local rows' stride: consecutive rows start in different sets
 
 template <typename T>
 inline __attribute__((always_inline)) void Columns(GP_GPTQ_ARGS(T), int64_t r0, int64_t r1) {
   const T lo = static_cast<T>(qmin), hi = static_cast<T>(qmax);
   std::vector<T> factors(static_cast<size_t>(block_cols));
+  std::vector<T> local(static_cast<size_t>((end - begin) * kPad));
   for (int64_t j = begin; j < block_cols; ++j) {
     const int64_t taken = (j < end ? j : end) - begin;   // columns begin .. begin + taken - 1
     for (int64_t k = 0; k < taken; ++k) factors[k] = u[(start + begin + k) * u_stride + start + j];
@@ -71,19 +78,20 @@ inline __attribute__((always_inline)) void Columns(GP_GPTQ_ARGS(T), int64_t r0, 
     const int64_t col = start + j;
     for (int64_t r = r0; r < r1; r += kLanes) {
       const int64_t lanes = r1 - r < kLanes ? r1 - r : kLanes;
-      take_errors(column + r, errors_t + begin * rows + r, factors.data(), taken, rows, lanes);
+      take_errors(column + r, local.data() + (r - r0), factors.data(), taken, kPad, lanes);
       if (j >= end) continue;
       const T* s = scale + group_of[j] * rows;
       const T* z = zero + group_of[j] * rows;
       const T diag = u[col * u_stride + col];
-      T* codes = codes_t + col * rows;
+      int8_t* codes = codes_t + col * rows;
       T* err = errors_t + j * rows;
+      T* kept = local.data() + (j - begin) * kPad - r0;
       for (int64_t l = r; l < r + lanes; ++l) {
         T q = std::nearbyint(column[l] / s[l]);
         q += z[l];
         q = q < lo ? lo : (q > hi ? hi : q);
-        codes[l] = q;
-        err[l] = (column[l] - (q - z[l]) * s[l]) / diag;
+        codes[l] = static_cast<int8_t>(q);
+        err[l] = kept[l] = (column[l] - (q - z[l]) * s[l]) / diag;
       }
     }
   }
@@ -91,6 +99,11 @@ inline __attribute__((always_inline)) void Columns(GP_GPTQ_ARGS(T), int64_t r0, 
 
 template <typename T>
 __attribute__((target("avx2"))) void ColumnsAvx2(GP_GPTQ_ARGS(T), int64_t r0, int64_t r1) {
+  Columns<T>(GP_GPTQ_PASS, r0, r1);
+}
+template <typename T>
+__attribute__((target("avx512f"), optimize("fp-contract=off"))) void ColumnsAvx512(GP_GPTQ_ARGS(T), int64_t r0,
+                                                                                    int64_t r1) {
   Columns<T>(GP_GPTQ_PASS, r0, r1);
 }
 template <typename T>
@@ -103,10 +116,12 @@ void ColumnsPortable(GP_GPTQ_ARGS(T), int64_t r0, int64_t r1) {
 template <typename T>
 int GptqColumns(GP_GPTQ_ARGS(T)) {
   if (begin < 0 || end > block_cols || rows <= 0) return 1;
-  const bool avx2 = gp::CurrentIsa() >= gp::kAvx2;
+  const int isa = gp::CurrentIsa();
   for (int64_t r0 = 0; r0 < rows; r0 += kRowTile) {
     const int64_t r1 = r0 + kRowTile < rows ? r0 + kRowTile : rows;
-    if (avx2) {
+    if (isa >= gp::kAvx512Vnni) {
+      ColumnsAvx512<T>(GP_GPTQ_PASS, r0, r1);
+    } else if (isa >= gp::kAvx2) {
       ColumnsAvx2<T>(GP_GPTQ_PASS, r0, r1);
     } else {
       ColumnsPortable<T>(GP_GPTQ_PASS, r0, r1);
@@ -132,6 +147,24 @@ void SubtractTransposed(T* a, int64_t rows, int64_t cols, const T* b) {
   }
 }
 
+// out [cols, rows], out[i, r] = w[r, perm[i]] (w [rows, w_cols]): GPTQ's transposed weight, its
+// input columns in visiting order. Copies only; square tiles, as SubtractTransposed.
+template <typename T>
+void GatherTransposed(const T* w, int64_t rows, int64_t w_cols, const int64_t* perm, int64_t cols, T* out) {
+  constexpr int64_t kTile = 32;
+  for (int64_t r0 = 0; r0 < rows; r0 += kTile) {
+    const int64_t r1 = r0 + kTile < rows ? r0 + kTile : rows;
+    for (int64_t i0 = 0; i0 < cols; i0 += kTile) {
+      const int64_t i1 = i0 + kTile < cols ? i0 + kTile : cols;
+      for (int64_t i = i0; i < i1; ++i) {
+        const T* source = w + perm[i];
+        T* target = out + i * rows;
+        for (int64_t r = r0; r < r1; ++r) target[r] = source[r * w_cols];
+      }
+    }
+  }
+}
+
 }  // namespace
 
 extern "C" {
@@ -144,5 +177,16 @@ void gp_subtract_transposed_f32(float* a, int64_t rows, int64_t cols, const floa
 void gp_subtract_transposed_f64(double* a, int64_t rows, int64_t cols, const double* b) {
   SubtractTransposed<double>(a, rows, cols, b);
 }
+// Returns 1 (nothing written) when a column index is out of range.
+#define GP_GATHER_TRANSPOSED(T, SUFFIX)                                                                   \
+  int gp_gather_transposed_##SUFFIX(const T* w, int64_t rows, int64_t w_cols, const int64_t* perm, int64_t cols, \
+                                    T* out) {                                                              \
+    for (int64_t i = 0; i < cols; ++i)                                                                     \
+      if (perm[i] < 0 || perm[i] >= w_cols) return 1;                                                      \
+    GatherTransposed<T>(w, rows, w_cols, perm, cols, out);                                                 \
+    return 0;                                                                                              \
+  }
+GP_GATHER_TRANSPOSED(float, f32)
+GP_GATHER_TRANSPOSED(double, f64)
 
 }  // extern "C"

@@ -232,7 +232,7 @@ def gptq_columns(dtype=np.float64):
     real_p, long_p, i64 = real_pointer(dtype), ctypes.POINTER(ctypes.c_int64), ctypes.c_int64
     return _native_function(f"gp_gptq_columns_{_real_suffix(dtype)}",
                             [real_p, i64, i64, i64, i64, real_p, i64, i64, long_p, real_p, real_p,
-                             ctypes.c_double, ctypes.c_double, real_p, real_p])
+                             ctypes.c_double, ctypes.c_double, ctypes.POINTER(ctypes.c_int8), real_p])
 
 
 def gptq_subtract_transposed(dtype=np.float64):
@@ -241,6 +241,14 @@ def gptq_subtract_transposed(dtype=np.float64):
     real_p, i64 = real_pointer(dtype), ctypes.c_int64
     return _native_function(f"gp_subtract_transposed_{_real_suffix(dtype)}", [real_p, i64, i64, real_p],
                             restype=None)
+
+
+def gptq_gather_transposed(dtype=np.float64):
+    """GPTQ's ``w.T[perm]`` on ``dtype`` arrays (``gp_gather_transposed_f32`` / ``_f64``) as a ctypes
+    function, or None like :func:`gptq_columns`."""
+    real_p, i64 = real_pointer(dtype), ctypes.c_int64
+    return _native_function(f"gp_gather_transposed_{_real_suffix(dtype)}",
+                            [real_p, i64, i64, ctypes.POINTER(ctypes.c_int64), i64, real_p])
 
 
 def _real_suffix(dtype) -> str:

@@ -34,7 +34,7 @@ from scipy.linalg import lapack
 from golden_ptq.algorithm.modules.base import (INPUT_GRAM, AlgoModule, InputRecorder, LayerContext, MethodDeclaration,
                                                config_arg)
 from golden_ptq.config.method_names import PRECISION_RECOVERY, W8A8, WEIGHT_ONLY
-from golden_ptq.kernels.native import gptq_columns, gptq_subtract_transposed, real_pointer
+from golden_ptq.kernels.native import gptq_columns, gptq_gather_transposed, gptq_subtract_transposed, real_pointer
 from golden_ptq.quant_cells.linear import QuantLinear
 from golden_ptq.quant_math.functions import group_count, quantize_weight, weight_qrange
 
@@ -107,7 +107,10 @@ def _upper_factor_of_reversed(reversed_h: np.ndarray) -> np.ndarray:
     float64). LAPACK's ``potrf`` through scipy: 2-4x faster than ``numpy.linalg.cholesky`` at
     576-1536 (measured 2026-12-02); like numpy's, its last bits depend on the BLAS thread count only."""
     potrf, trtri = lapack.get_lapack_funcs(("potrf", "trtri"), (reversed_h,))
-    lower, info = potrf(reversed_h, lower=1, clean=1, overwrite_a=1)
+    # LAPACK wants Fortran order: a C-ordered symmetric matrix is its own transpose, which is one
+    # (no copy; potrf then reads the upper triangle as the lower one, the same numbers)
+    operand = reversed_h.T if reversed_h.flags.c_contiguous else reversed_h
+    lower, info = potrf(operand, lower=1, clean=1, overwrite_a=1)
     if info != 0:
         raise np.linalg.LinAlgError(f"GPTQ: the damped Hessian is not positive definite ({potrf.typecode}potrf "
                                     f"info {info})")
@@ -144,17 +147,18 @@ def gptq_round(weight: np.ndarray, factor: HessianFactor, group_size: int = 0, s
         for g in range(groups):
             scale[g], zero[g] = _column_params(weight[:, g * width:(g + 1) * width], symmetric, bits,
                                                None if clip is None else clip[:, g])
-    w_t = np.ascontiguousarray(weight.astype(real, copy=False).T[perm])   # [in (visiting order), out]
+    native = gptq_columns(real) is not None
+    gather = native_gather_transposed if native else numpy_gather_transposed
+    w_t = gather(weight.astype(real, copy=False), perm)   # [in (visiting order), out]
     # without act_order a group's range is taken from its columns when GPTQ reaches it: blocks hold
     # whole groups, and each group is rounded as a run of its own
     ranges_per_group = bool(group_size) and not act_order
     if ranges_per_group:
         block_size = group_size * max(1, block_size // group_size)
     run = group_size if ranges_per_group else block_size
-    codes_t = np.empty((in_features, out_features), real)
+    codes_t = np.empty((in_features, out_features), np.int8)   # codes on an 8-bit (or narrower) grid
     errors_t = np.empty((min(block_size, in_features), out_features), real)
     product = np.empty(out_features * max(in_features - block_size, 0), real)
-    native = gptq_columns(real) is not None
     round_columns = native_round_columns if native else numpy_round_columns
     subtract_transposed = native_subtract_transposed if native else numpy_subtract_transposed
     for start in range(0, in_features, block_size):
@@ -178,7 +182,7 @@ def gptq_round(weight: np.ndarray, factor: HessianFactor, group_size: int = 0, s
     scale, zero = scale.T, zero.T
     if not group_size:
         scale, zero = scale[:, 0], zero[:, 0]
-    return (codes.astype(np.int8), np.ascontiguousarray(scale, np.float32),
+    return (codes, np.ascontiguousarray(scale, np.float32),
             None if symmetric else np.ascontiguousarray(zero, np.float32))
 
 
@@ -216,20 +220,42 @@ def numpy_round_columns(b: ColumnBlock, begin: int, end: int, u: np.ndarray, cod
 
 def native_round_columns(b: ColumnBlock, begin: int, end: int, u: np.ndarray, codes_t: np.ndarray) -> None:
     """:func:`numpy_round_columns` in C++ (``kernels/gptq_columns.cc``): the same bits, without a
-    Python step per column. Floats all of ``u``'s dtype (float32 or float64), groups int64."""
+    Python step per column. Floats all of ``u``'s dtype (float32 or float64), groups int64, codes int8."""
     real = u.dtype
 
-    def ptr(array: np.ndarray, integer: bool = False):
-        if not (array.flags.c_contiguous and array.dtype == (np.int64 if integer else real)):
-            raise ValueError(f"native_round_columns: arrays must be C-contiguous {real} (int64 groups)")
-        return array.ctypes.data_as(ctypes.POINTER(ctypes.c_int64) if integer else real_pointer(real))
+    def ptr(array: np.ndarray, integer=None):
+        if not (array.flags.c_contiguous and array.dtype == (integer or real)):
+            raise ValueError(f"native_round_columns: arrays must be C-contiguous {real} (int64 groups, int8 codes)")
+        return array.ctypes.data_as(ctypes.POINTER(np.ctypeslib.as_ctypes_type(integer)) if integer
+                                    else real_pointer(real))
 
     rows = b.block_t.shape[1]
     status = gptq_columns(real)(ptr(b.block_t), b.block_t.shape[0], rows, begin, end, ptr(u), u.shape[1], b.start,
-                                ptr(b.group_of, integer=True), ptr(b.scale), ptr(b.zero), b.qmin, b.qmax,
-                                ptr(codes_t), ptr(b.errors_t))
+                                ptr(b.group_of, integer=np.int64), ptr(b.scale), ptr(b.zero), b.qmin, b.qmax,
+                                ptr(codes_t, integer=np.int8), ptr(b.errors_t))
     if status != 0:
         raise RuntimeError(f"gp_gptq_columns failed (status {status})")
+
+
+def numpy_gather_transposed(w: np.ndarray, perm: np.ndarray) -> np.ndarray:
+    """``w.T[perm]`` as a new C-contiguous array."""
+    return np.ascontiguousarray(w.T[perm])
+
+
+def native_gather_transposed(w: np.ndarray, perm: np.ndarray) -> np.ndarray:
+    """:func:`numpy_gather_transposed` in C++, in tiles (numpy's strided gather reads a cache line per
+    element)."""
+    w = np.ascontiguousarray(w)
+    if w.dtype not in (np.float32, np.float64) or w.ndim != 2:
+        raise ValueError("native_gather_transposed: w must be a 2-D float32 or float64 array")
+    perm = np.ascontiguousarray(perm, np.int64)
+    out = np.empty((perm.shape[0], w.shape[0]), w.dtype)
+    pointer = real_pointer(w.dtype)
+    if gptq_gather_transposed(w.dtype)(w.ctypes.data_as(pointer), w.shape[0], w.shape[1],
+                                       perm.ctypes.data_as(ctypes.POINTER(ctypes.c_int64)), perm.shape[0],
+                                       out.ctypes.data_as(pointer)):
+        raise ValueError(f"native_gather_transposed: a column index is outside 0..{w.shape[1] - 1}")
+    return out
 
 
 def numpy_subtract_transposed(a: np.ndarray, b: np.ndarray) -> None:

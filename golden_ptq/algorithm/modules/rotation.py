@@ -91,6 +91,7 @@ def check_rotatable(network: nn.Cell) -> None:
 
 
 ROTATED_MARK = "rotated_by"   # attribute set on a rotated network: which rotation made it
+INCOMPLETE = "incomplete"      # its value while the rotation runs (and after one that failed)
 
 
 def _is_rotated(network: LlamaForCausalLM) -> bool:
@@ -152,23 +153,6 @@ def rotate_head(head: np.ndarray, norm_out: np.ndarray, mats: RotationMatrices) 
             "model.norm_out.weight": np.ones(mats.q.n, np.float32)}
 
 
-def rotated_arrays(network: LlamaForCausalLM, seed: int, online: bool = True) -> Dict[str, np.ndarray]:
-    """The rotated float parameters of ``network`` by name (float32); the network is not changed.
-
-    ``lm_head.weight`` is always among them (a tied head is untied). ``online``: ``w2`` also takes
-    the online transform's ``T`` on its input side.
-    """
-    mats = RotationMatrices(network.config, seed)
-    out: Dict[str, np.ndarray] = {
-        "model.tok_embeddings.embedding_weight": rotate_embedding(
-            network.model.tok_embeddings.embedding_weight.asnumpy(), mats)}
-    for i, layer in enumerate(network.model.layers):
-        floats = {rel: param.asnumpy() for rel, param in layer.parameters_and_names()}
-        out.update({f"model.layers.{i}.{rel}": v for rel, v in rotate_layer(floats, mats, online).items()})
-    out.update(rotate_head(network.lm_head.weight.asnumpy(), _np(network.model.norm_out.weight), mats))
-    return out
-
-
 def set_online_transform(layer) -> None:
     """The online block Hadamard before a decoder layer's ``w2`` (its ``W T`` comes from the weights)."""
     layer.feed_forward.down_transform = OnlineHadamard(int(layer.feed_forward.w2.in_features))
@@ -191,18 +175,33 @@ def _set_structure(network: LlamaForCausalLM, online: bool) -> List[str]:
 
 def rotate_network(network: LlamaForCausalLM, seed: int = 0, online: bool = True) -> LlamaForCausalLM:
     """Rotate a float ``network`` in place (see the module docstring); returns it. ``online=False``
-    leaves out the online Hadamard before ``w2`` (``algo_args['rotation_online']``)."""
+    leaves out the online Hadamard before ``w2`` (``algo_args['rotation_online']``).
+
+    The head and embedding are computed first, then each decoder layer's new parameters replace its
+    old ones before the next layer is computed: the working set stays one layer. (Computing every
+    array first took 3-5x longer on the 2-core development VMs, where touching hundreds of MB of new
+    memory is slow.) An error half way is raised as one saying the weights are partly rotated, and
+    the network, marked, refuses another rotation."""
     check_rotatable(network)
     if _is_rotated(network):
         raise RuntimeError(f"{METHOD}: the network is already rotated; rotate a fresh float network")
-    arrays = rotated_arrays(network, seed, online)   # everything computed before anything changes
-    _set_structure(network, online)
-    params = {}
-    for cell_name, cell in network.cells_and_names():
-        for attr, param in cell.parameters_and_names(expand=False):
-            params[f"{cell_name}.{attr}" if cell_name else attr] = param
-    for name, value in arrays.items():
-        params[name].set_data(Tensor(value))
+    mats = RotationMatrices(network.config, seed)
+    head = rotate_head(network.lm_head.weight.asnumpy(), _np(network.model.norm_out.weight), mats)
+    table = rotate_embedding(network.model.tok_embeddings.embedding_weight.asnumpy(), mats)
+    setattr(network, ROTATED_MARK, INCOMPLETE)
+    try:
+        for layer in network.model.layers:
+            params = dict(layer.parameters_and_names())
+            rotated = rotate_layer({rel: param.asnumpy() for rel, param in params.items()}, mats, online)
+            for rel, value in rotated.items():
+                params[rel].set_data(Tensor(value))
+    except Exception as err:   # (an interrupt stays one; the mark stays too)
+        raise RuntimeError(f"{METHOD} stopped half way ({type(err).__name__}: {err}); the network's weights are "
+                           f"partly rotated: build a fresh float network") from err
+    _set_structure(network, online)   # unties the head: its parameter is new
+    network.model.tok_embeddings.embedding_weight.set_data(Tensor(table))
+    network.lm_head.weight.set_data(Tensor(head["lm_head.weight"]))
+    network.model.norm_out.weight.set_data(Tensor(head["model.norm_out.weight"]))
     network.set_compiled(network.compiled_decode, network.compiled_forward)  # drop graphs of the old weights
     return network
 
