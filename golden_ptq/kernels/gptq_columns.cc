@@ -5,9 +5,10 @@
 // entry points, one template). It must give the numpy loop's bits exactly, so the arithmetic is the
 // reference's, operation for operation: nearbyint is numpy's round (half to
 // even under the default rounding mode), division stays division, and nothing here may use FMA
-// (the package's flags do not enable it, and the AVX2 clone is built for "avx2" alone, which does
-// not include FMA), so `b -= u * e` rounds the product and then the difference, as numpy's
-// outer-product-then-subtract does. Wider vectors change nothing else: lanes are independent.
+// (the package's flags do not enable it, the AVX2 clone is built for "avx2" alone, which does not
+// include FMA, and the AVX-512 clone, whose target does, is compiled with fp-contract=off), so
+// `b -= u * e` rounds the product and then the difference, as numpy's outer-product-then-subtract
+// does. Wider vectors change nothing else: lanes are independent.
 #include <cmath>
 #include <cstdint>
 #include <vector>
