@@ -131,39 +131,38 @@ int GptqColumns(GP_GPTQ_ARGS(T)) {
   return 0;
 }
 
-// a [rows, cols] -= b^T, b [cols, rows]: GPTQ's lazy update of the later columns (a: rows of the
-// transposed weight) by a product computed as [out, in]. One subtraction per element; square
-// tiles so that both sides are read a cache line at a time.
-template <typename T>
-void SubtractTransposed(T* a, int64_t rows, int64_t cols, const T* b) {
+// body(r0, r1, c0, c1) over [0, rows) x [0, cols) in 32 x 32 tiles, row tiles outermost: the
+// transposing loops below read and write both sides a cache line at a time.
+template <typename Body>
+inline void ForTiles(int64_t rows, int64_t cols, Body body) {
   constexpr int64_t kTile = 32;
   for (int64_t r0 = 0; r0 < rows; r0 += kTile) {
     const int64_t r1 = r0 + kTile < rows ? r0 + kTile : rows;
-    for (int64_t c0 = 0; c0 < cols; c0 += kTile) {
-      const int64_t c1 = c0 + kTile < cols ? c0 + kTile : cols;
-      for (int64_t r = r0; r < r1; ++r) {
-        for (int64_t c = c0; c < c1; ++c) a[r * cols + c] -= b[c * rows + r];
-      }
-    }
+    for (int64_t c0 = 0; c0 < cols; c0 += kTile) body(r0, r1, c0, c0 + kTile < cols ? c0 + kTile : cols);
   }
 }
 
+// a [rows, cols] -= b^T, b [cols, rows]: GPTQ's lazy update of the later columns (a: rows of the
+// transposed weight) by a product computed as [out, in]. One subtraction per element.
+template <typename T>
+void SubtractTransposed(T* a, int64_t rows, int64_t cols, const T* b) {
+  ForTiles(rows, cols, [&](int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t c = c0; c < c1; ++c) a[r * cols + c] -= b[c * rows + r];
+  });
+}
+
 // out [cols, rows], out[i, r] = w[r, perm[i]] (w [rows, w_cols]): GPTQ's transposed weight, its
-// input columns in visiting order. Copies only; square tiles, as SubtractTransposed.
+// input columns in visiting order. Copies only.
 template <typename T>
 void GatherTransposed(const T* w, int64_t rows, int64_t w_cols, const int64_t* perm, int64_t cols, T* out) {
-  constexpr int64_t kTile = 32;
-  for (int64_t r0 = 0; r0 < rows; r0 += kTile) {
-    const int64_t r1 = r0 + kTile < rows ? r0 + kTile : rows;
-    for (int64_t i0 = 0; i0 < cols; i0 += kTile) {
-      const int64_t i1 = i0 + kTile < cols ? i0 + kTile : cols;
-      for (int64_t i = i0; i < i1; ++i) {
-        const T* source = w + perm[i];
-        T* target = out + i * rows;
-        for (int64_t r = r0; r < r1; ++r) target[r] = source[r * w_cols];
-      }
+  ForTiles(rows, cols, [&](int64_t r0, int64_t r1, int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const T* source = w + perm[i];
+      T* target = out + i * rows;
+      for (int64_t r = r0; r < r1; ++r) target[r] = source[r * w_cols];
     }
-  }
+  });
 }
 
 }  // namespace
