@@ -6,8 +6,9 @@ import pytest
 
 from golden_ptq import PTQ, PTQConfig, PTQMode, QuantGranularity, kernels
 from golden_ptq.algorithm.modules import GPTQModule, QuantizeModule, gptq_quantize
-from golden_ptq.algorithm.modules.gptq import (ColumnBlock, HessianFactor, native_gather_transposed,
-                                              native_round_columns, native_subtract_transposed,
+from golden_ptq.algorithm.modules.gptq import (ColumnBlock, HessianFactor, native_damped_in_order,
+                                              native_gather_transposed, native_round_columns,
+                                              native_subtract_transposed, numpy_damped_in_order,
                                               numpy_gather_transposed, numpy_round_columns,
                                               numpy_subtract_transposed, upper_factor_of_inverse)
 from golden_ptq.io.checkpoint import load_checkpoint, save_checkpoint
@@ -166,6 +167,20 @@ def test_native_transposed_gather_is_numpys(rng, real):
     np.testing.assert_array_equal(native_gather_transposed(w[:, ::2], perm[:20] // 2), w[:, ::2].T[perm[:20] // 2])
     with pytest.raises(ValueError, match="outside 0..44"):
         native_gather_transposed(w, np.array([0, 45]))
+
+
+@pytest.mark.parametrize("real", [np.float32, np.float64])
+def test_native_damped_hessian_in_order_is_numpys(rng, real):
+    if kernels.kernel_info().available is False:
+        pytest.skip("native kernels unavailable here (no g++ or no AVX2)")
+    h = rng.randn(37, 37)   # not symmetric: rows and columns must each follow the order
+    order, diag = rng.permutation(37), rng.rand(37) + 1.0
+    got = native_damped_in_order(h, order, diag, real)
+    assert got.dtype == real and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, numpy_damped_in_order(h, order, diag, real))
+    np.testing.assert_array_equal(np.diag(got), diag.astype(real))
+    with pytest.raises(ValueError, match="outside 0..36"):
+        native_damped_in_order(h, np.r_[order[:-1], 37], diag, real)
 
 
 @pytest.mark.parametrize("real", [np.float32, np.float64])

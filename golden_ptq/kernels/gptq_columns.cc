@@ -165,6 +165,26 @@ void GatherTransposed(const T* w, int64_t rows, int64_t w_cols, const int64_t* p
   });
 }
 
+// out [n, n], out[i, j] = h[order[i], order[j]] (h float64 [n, n]), stored as T; then the diagonal
+// out[i, i] = diag[i]: GPTQ's damped Hessian in visiting order, in one pass and one array (numpy's
+// two takes and the cast made three, the second take reading h down its columns).
+template <typename T>
+void PermuteSquare(const double* h, int64_t n, const int64_t* order, const double* diag, T* out) {
+  for (int64_t i = 0; i < n; ++i) {
+    const double* source = h + order[i] * n;
+    T* target = out + i * n;
+    for (int64_t j = 0; j < n; ++j) target[j] = static_cast<T>(source[order[j]]);
+    target[i] = static_cast<T>(diag[i]);
+  }
+}
+
+// Whether every index[i] (i < count) lies in [0, bound).
+bool InRange(const int64_t* index, int64_t count, int64_t bound) {
+  for (int64_t i = 0; i < count; ++i)
+    if (index[i] < 0 || index[i] >= bound) return false;
+  return true;
+}
+
 }  // namespace
 
 extern "C" {
@@ -181,12 +201,21 @@ void gp_subtract_transposed_f64(double* a, int64_t rows, int64_t cols, const dou
 #define GP_GATHER_TRANSPOSED(T, SUFFIX)                                                                   \
   int gp_gather_transposed_##SUFFIX(const T* w, int64_t rows, int64_t w_cols, const int64_t* perm, int64_t cols, \
                                     T* out) {                                                              \
-    for (int64_t i = 0; i < cols; ++i)                                                                     \
-      if (perm[i] < 0 || perm[i] >= w_cols) return 1;                                                      \
+    if (!InRange(perm, cols, w_cols)) return 1;                                                          \
     GatherTransposed<T>(w, rows, w_cols, perm, cols, out);                                                 \
     return 0;                                                                                              \
   }
 GP_GATHER_TRANSPOSED(float, f32)
 GP_GATHER_TRANSPOSED(double, f64)
+
+// Returns 1 (nothing written) when an index of ``order`` is out of range.
+#define GP_PERMUTE_SQUARE(T, SUFFIX)                                                                        \
+  int gp_permute_square_##SUFFIX(const double* h, int64_t n, const int64_t* order, const double* diag, T* out) { \
+    if (!InRange(order, n, n)) return 1;                                                                 \
+    PermuteSquare<T>(h, n, order, diag, out);                                                              \
+    return 0;                                                                                              \
+  }
+GP_PERMUTE_SQUARE(float, f32)
+GP_PERMUTE_SQUARE(double, f64)
 
 }  // extern "C"

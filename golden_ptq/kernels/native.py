@@ -251,6 +251,14 @@ def gptq_gather_transposed(dtype=np.float64):
                             [real_p, i64, i64, ctypes.POINTER(ctypes.c_int64), i64, real_p])
 
 
+def gptq_permute_square(dtype=np.float64):
+    """GPTQ's damped Hessian in visiting order, stored as ``dtype`` (``gp_permute_square_f32`` /
+    ``_f64``, from a float64 matrix) as a ctypes function, or None like :func:`gptq_columns`."""
+    f64_p, i64 = real_pointer(np.float64), ctypes.c_int64
+    return _native_function(f"gp_permute_square_{_real_suffix(dtype)}",
+                            [f64_p, i64, ctypes.POINTER(ctypes.c_int64), f64_p, real_pointer(dtype)])
+
+
 def _real_suffix(dtype) -> str:
     names = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
     if np.dtype(dtype) not in names:

@@ -34,7 +34,8 @@ from scipy.linalg import lapack
 from golden_ptq.algorithm.modules.base import (INPUT_GRAM, AlgoModule, InputRecorder, LayerContext, MethodDeclaration,
                                                config_arg)
 from golden_ptq.config.method_names import PRECISION_RECOVERY, W8A8, WEIGHT_ONLY
-from golden_ptq.kernels.native import gptq_columns, gptq_gather_transposed, gptq_subtract_transposed, real_pointer
+from golden_ptq.kernels.native import (gptq_columns, gptq_gather_transposed, gptq_permute_square, gptq_subtract_transposed,
+                                      real_pointer)
 from golden_ptq.quant_cells.linear import QuantLinear
 from golden_ptq.quant_math.functions import group_count, quantize_weight, weight_qrange
 
@@ -87,12 +88,40 @@ class HessianFactor:
         self.act_order = act_order
         self.perm = np.argsort(-diag, kind="stable") if act_order else np.arange(in_features)
         damp = damp_percent * float(np.mean(diag[self.perm]))
-        # the damped Hessian in reversed visiting order (see upper_factor_of_inverse) in one gather:
-        # rows, then columns, each a contiguous copy
+        # the damped Hessian in reversed visiting order (see upper_factor_of_inverse)
         order = self.perm[::-1]
-        reversed_h = np.take(np.take(h, order, axis=0), order, axis=1)
-        reversed_h[np.diag_indices(in_features)] = diag[order] + damp
-        self.u = _upper_factor_of_reversed(reversed_h.astype(dtype, copy=False))
+        self.u = _upper_factor_of_reversed(damped_in_order(h, order, diag[order] + damp, dtype))
+
+
+def numpy_damped_in_order(h: np.ndarray, order: np.ndarray, diag: np.ndarray, dtype) -> np.ndarray:
+    """``h[order][:, order]`` with ``diag`` on its diagonal, as ``dtype`` (``h`` float64): rows, then
+    columns, each a contiguous copy."""
+    out = np.take(np.take(h, order, axis=0), order, axis=1)
+    out[np.diag_indices(len(order))] = diag
+    return out.astype(dtype, copy=False)
+
+
+def native_damped_in_order(h: np.ndarray, order: np.ndarray, diag: np.ndarray, dtype) -> np.ndarray:
+    """:func:`numpy_damped_in_order` in C++: one pass over ``h`` and one new array (the same values)."""
+    h = np.ascontiguousarray(h, np.float64)
+    n = h.shape[0]
+    order = np.ascontiguousarray(order, np.int64)
+    diag = np.ascontiguousarray(diag, np.float64)
+    if h.shape != (n, n) or order.shape != (n,) or diag.shape != (n,):
+        raise ValueError(f"native_damped_in_order: h must be square [n, n] with order and diag [n], got "
+                         f"{h.shape}, {order.shape}, {diag.shape}")
+    out = np.empty((n, n), dtype)
+    pointer = real_pointer(np.float64)
+    if gptq_permute_square(dtype)(h.ctypes.data_as(pointer), n, order.ctypes.data_as(ctypes.POINTER(ctypes.c_int64)),
+                                  diag.ctypes.data_as(pointer), out.ctypes.data_as(real_pointer(dtype))):
+        raise ValueError(f"native_damped_in_order: an index of order is outside 0..{n - 1}")
+    return out
+
+
+def damped_in_order(h: np.ndarray, order: np.ndarray, diag: np.ndarray, dtype) -> np.ndarray:
+    """The native route when the kernels run, else numpy's (the same values)."""
+    native = gptq_columns(dtype) is not None
+    return (native_damped_in_order if native else numpy_damped_in_order)(h, order, diag, dtype)
 
 
 def upper_factor_of_inverse(h: np.ndarray) -> np.ndarray:
