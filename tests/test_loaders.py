@@ -246,3 +246,18 @@ def test_gguf_header_parser_reads_what_the_gguf_package_reads(tmp_path, rng):
     truncated.write_bytes(path.read_bytes()[:-40])
     with pytest.raises(ValueError, match="cut.gguf.*past the end"):
         GGUFFile(str(truncated))
+
+
+@pytest.mark.parametrize("kind, block_bytes", [("Q4_1", 20), ("Q8_0", 34)])
+def test_whole_tensor_dequantizers_give_the_gguf_packages_bits(rng, kind, block_bytes):
+    """Random block bytes (float16 scales of every kind, NaN and Inf included) through both."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+    from golden_ptq.io.gguf_file import WHOLE_TENSOR_DEQUANTIZERS
+    qtype = GGMLQuantizationType[kind]
+    raw = rng.randint(0, 256, size=(48, block_bytes * 5)).astype(np.uint8)   # 48 rows of 5 blocks (160 values)
+    with np.errstate(invalid="ignore", over="ignore"):
+        want = dequantize(raw, qtype).reshape(48, 160)
+        got = WHOLE_TENSOR_DEQUANTIZERS[int(qtype)](raw).reshape(48, 160)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)   # NaN where the package has NaN

@@ -16,8 +16,8 @@ class GGUFFile:
     """Metadata and lazily dequantized tensors of one GGUF file.
 
     The header is parsed here (``gguf_header``): the ``gguf`` package's reader builds a numpy view
-    per value, which for a tokenizer's 100,000 strings took seconds; its dequantizers are used for
-    the tensor data."""
+    per value, which for a tokenizer's 100,000 strings took seconds. Tensor data: Q4_1 and Q8_0
+    through this module's whole-tensor dequantizers, every other type through the package's."""
 
     def __init__(self, path: str):
         self.path = path
@@ -28,12 +28,16 @@ class GGUFFile:
             raise ValueError(f"{path}: not a readable GGUF file ({err})") from None
 
     def get(self, name: str) -> Optional[np.ndarray]:
-        from gguf.quants import dequantize
         info = self._tensors.get(name)
         if info is None:
             return None
-        raw = self._data[info.offset:info.offset + info.nbytes].reshape(info.rows, -1)
-        array = dequantize(np.asarray(raw), info.kind)
+        raw = np.asarray(self._data[info.offset:info.offset + info.nbytes].reshape(info.rows, -1))
+        fast = WHOLE_TENSOR_DEQUANTIZERS.get(info.kind)
+        if fast is not None:
+            array = fast(raw)
+        else:
+            from gguf.quants import dequantize
+            array = dequantize(raw, info.kind)
         return np.asarray(array, dtype=np.float32).reshape(self.shape(name))
 
     def has(self, name: str) -> bool:
@@ -43,6 +47,34 @@ class GGUFFile:
         """The shape ``get`` returns (numpy order), from the header alone; None when absent."""
         info = self._tensors.get(name)
         return None if info is None else tuple(reversed(info.dims))
+
+
+def _half_scales(blocks: np.ndarray, start: int) -> np.ndarray:
+    """The float16 at bytes ``start, start + 1`` of each block, as float32 ``[blocks, 1]``."""
+    return np.ascontiguousarray(blocks[:, start:start + 2]).view(np.float16).astype(np.float32)
+
+
+def dequantize_q4_1(raw: np.ndarray) -> np.ndarray:
+    """ggml Q4_1 (blocks of 32: float16 d, float16 m, 16 bytes of 4-bit codes, the low nibbles first)
+    as float32 ``d * q + m``, the whole tensor at once into one new array: the ``gguf`` package's
+    formula and bits (it works 16 rows at a time: SmolLM2 loaded in 3.5 s with it, 1.0 s with these)."""
+    blocks = raw.reshape(-1, 20)
+    codes = blocks[:, 4:]
+    q = np.concatenate([codes & np.uint8(0x0F), codes >> np.uint8(4)], axis=1)
+    out = np.multiply(_half_scales(blocks, 0), q, dtype=np.float32)   # one float array: fresh memory is slow
+    out += _half_scales(blocks, 2)
+    return out
+
+
+def dequantize_q8_0(raw: np.ndarray) -> np.ndarray:
+    """ggml Q8_0 (blocks of 32: float16 d, 32 int8 codes) as float32 ``q * d``, the whole tensor at
+    once into one new array (the ``gguf`` package's formula and bits)."""
+    blocks = raw.reshape(-1, 34)
+    return np.multiply(blocks[:, 2:].view(np.int8), _half_scales(blocks, 0), dtype=np.float32)
+
+
+Q4_1, Q8_0 = 3, 8   # ggml type numbers
+WHOLE_TENSOR_DEQUANTIZERS = {Q4_1: dequantize_q4_1, Q8_0: dequantize_q8_0}
 
 
 GGUF_MAGIC = b"GGUF"
