@@ -6,7 +6,7 @@ import mindspore as ms
 import pytest
 
 from golden_ptq import PTQ, PTQConfig
-from golden_ptq.algorithm.sensitivity import sensitivity_rows, write_sensitivity_report
+from golden_ptq.algorithm.sensitivity import bar_chart, sensitivity_rows, write_sensitivity_report
 from test_ptq_toy import calibration, planted_outlier_network
 
 HAS_MPL = importlib.util.find_spec("matplotlib") is not None
@@ -60,8 +60,25 @@ def test_report_without_output_errors(tiny_config):
     assert values == sorted(values, reverse=True)
 
 
+def png_width(path) -> int:
+    with open(path, "rb") as handle:
+        head = handle.read(24)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(head[16:20], "big")   # IHDR's width
+
+
 @pytest.mark.skipif(not HAS_MPL, reason="optional dependency matplotlib is not installed (extra 'report')")
 def test_png_bar_chart(tmp_path, measured):
     paths = write_sensitivity_report(measured, str(tmp_path))
-    with open(paths["png"], "rb") as handle:
-        assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert png_width(paths["png"]) == 1200   # two panels: range_parm and output error
+
+
+@pytest.mark.skipif(not HAS_MPL, reason="optional dependency matplotlib is not installed (extra 'report')")
+def test_png_bar_chart_without_output_errors_has_one_panel(tmp_path, tiny_config):
+    net = planted_outlier_network(tiny_config)
+    ptq = PTQ(PTQConfig(act_quant_dtype=ms.int8))
+    ptq.apply(net, None, calibration(tiny_config))
+    rows = sensitivity_rows(ptq, "range_parm")
+    assert all(r["output_error"] is None for r in rows)
+    bar_chart(rows, str(tmp_path / "chart.png"), "range_parm")
+    assert png_width(tmp_path / "chart.png") == 700
