@@ -258,6 +258,6 @@ def test_whole_tensor_dequantizers_give_the_gguf_packages_bits(rng, kind, block_
     raw = rng.randint(0, 256, size=(48, block_bytes * 5)).astype(np.uint8)   # 48 rows of 5 blocks (160 values)
     with np.errstate(invalid="ignore", over="ignore"):
         want = dequantize(raw, qtype).reshape(48, 160)
-        got = WHOLE_TENSOR_DEQUANTIZERS[int(qtype)](raw).reshape(48, 160)
+        got = WHOLE_TENSOR_DEQUANTIZERS[kind](raw).reshape(48, 160)
     assert got.dtype == np.float32
     np.testing.assert_array_equal(got, want)   # NaN where the package has NaN

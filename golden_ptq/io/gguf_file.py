@@ -31,13 +31,11 @@ class GGUFFile:
         info = self._tensors.get(name)
         if info is None:
             return None
+        from gguf import GGMLQuantizationType
+        from gguf.quants import dequantize
         raw = np.asarray(self._data[info.offset:info.offset + info.nbytes].reshape(info.rows, -1))
-        fast = WHOLE_TENSOR_DEQUANTIZERS.get(info.kind)
-        if fast is not None:
-            array = fast(raw)
-        else:
-            from gguf.quants import dequantize
-            array = dequantize(raw, info.kind)
+        fast = WHOLE_TENSOR_DEQUANTIZERS.get(GGMLQuantizationType(info.kind).name)
+        array = fast(raw) if fast is not None else dequantize(raw, info.kind)
         return np.asarray(array, dtype=np.float32).reshape(self.shape(name))
 
     def has(self, name: str) -> bool:
@@ -73,8 +71,7 @@ def dequantize_q8_0(raw: np.ndarray) -> np.ndarray:
     return np.multiply(blocks[:, 2:].view(np.int8), _half_scales(blocks, 0), dtype=np.float32)
 
 
-Q4_1, Q8_0 = 3, 8   # ggml type numbers
-WHOLE_TENSOR_DEQUANTIZERS = {Q4_1: dequantize_q4_1, Q8_0: dequantize_q8_0}
+WHOLE_TENSOR_DEQUANTIZERS = {"Q4_1": dequantize_q4_1, "Q8_0": dequantize_q8_0}   # by ggml type name
 
 
 GGUF_MAGIC = b"GGUF"
