@@ -14,7 +14,8 @@
 //   4  AMX-INT8: the VNNI path with its many-row products on 16 x 64-byte tiles (tdpbusd, the same
 //      u8 x s8 arithmetic on the same packed panels)
 //   3  AVX-512 VNNI: u8 x s8 dot products (vpdpbusd) on x + 128, minus 128 * (column sum of w)
-//   1  AVX2: int8 widened to int16, vpmaddwd (exact), FMA for float
+//   1  AVX2: int8 widened to int16 (many rows: the quantizer writes int16 codes), vpmaddwd (exact),
+//      FMA for float
 //   0  portable C++ (the reference the vector paths must equal)
 // Rounding of the quantizers is round-half-to-even in float32 with true division, as MindSpore's
 // ops.div / ops.round compute it, so the codes equal the graph-op route bit for bit.
@@ -211,34 +212,80 @@ struct Epilogue {
 };
 
 // ----- quantizers (float -> int8 codes) ----------------------------------------------------------
-// Codes are stored as int8, or (``offset``, for the VNNI path) as uint8 x + 128 in rows padded with
-// zeros to a multiple of 64 bytes.
+// Codes are stored in one of three layouts, chosen by the product that reads them (Codes::For):
+//   kOffsetU8  (VNNI / AMX) uint8 x + 128, rows padded with zeros to a multiple of 64 bytes;
+//   kWideS16   (AVX2, many rows) the codes widened to int16, rows padded with a zero to an even
+//              length, so the product's broadcast 32-bit load reads a (k, k + 1) pair;
+//   kS8        (everything else) plain int8 rows of k.
+enum CodeLayout { kS8, kOffsetU8, kWideS16 };
+
 struct Codes {
   std::vector<uint8_t> buf;
-  int64_t ld = 0;
-  bool offset = false;
+  CodeLayout layout;
+  int64_t ld;   // elements per row
 
-  Codes(int64_t m_rows, int64_t k, bool with_offset) : ld(with_offset ? (k + 63) / 64 * 64 : k), offset(with_offset) {
-    buf.assign(static_cast<size_t>(m_rows * ld), 0);
+  Codes(int64_t m_rows, int64_t k, CodeLayout layout_) : layout(layout_) {
+    ld = layout == kOffsetU8 ? (k + 63) / 64 * 64 : layout == kWideS16 ? (k + 1) / 2 * 2 : k;
+    buf.assign(static_cast<size_t>(m_rows * ld * (layout == kWideS16 ? 2 : 1)), 0);
   }
+  // The layout the product of m_rows input rows reads on this CPU (I8Gemm dispatches the same way).
+  static Codes For(int64_t m_rows, int64_t k);
+
+  bool offset() const { return layout == kOffsetU8; }
   const int8_t* s8() const { return reinterpret_cast<const int8_t*>(buf.data()); }
   const uint8_t* u8() const { return buf.data(); }
+  const int16_t* s16() const { return reinterpret_cast<const int16_t*>(buf.data()); }
+  int16_t* s16() { return reinterpret_cast<int16_t*>(buf.data()); }
   inline void Put(int64_t m, int64_t i, int32_t q) {
-    buf[m * ld + i] = static_cast<uint8_t>(offset ? q + 128 : q);
+    if (layout == kWideS16) {
+      s16()[m * ld + i] = static_cast<int16_t>(q);
+    } else {
+      buf[m * ld + i] = static_cast<uint8_t>(layout == kOffsetU8 ? q + 128 : q);
+    }
   }
 };
 
 inline float RoundEven(float v) { return std::nearbyint(v); }
 
-// q = clip(round(x / scale) + zp, lo, hi) for rows [m0, m1), ``scale`` per row.
+// q = clip(round(x / scale) + zp, lo, hi) (a NaN clips to lo).
+inline int32_t QuantizeOne(float x, float s, float zp, float lo, float hi) {
+  return static_cast<int32_t>(std::min(hi, std::max(lo, RoundEven(x / s) + zp)));
+}
+
+// QuantizeOne for rows [m0, m1), ``scale`` per row or one for all.
 void QuantizeRowsScalar(const float* x, int64_t k, int64_t m0, int64_t m1, const float* scale, bool per_row,
                         float zp, float lo, float hi, Codes* codes) {
   for (int64_t m = m0; m < m1; ++m) {
     const float s = scale[per_row ? m : 0];
-    for (int64_t i = 0; i < k; ++i) {
-      float v = RoundEven(x[m * k + i] / s) + zp;
-      codes->Put(m, i, static_cast<int32_t>(std::min(hi, std::max(lo, v))));
+    for (int64_t i = 0; i < k; ++i) codes->Put(m, i, QuantizeOne(x[m * k + i], s, zp, lo, hi));
+  }
+}
+
+// The same codes eight at a time (int8 or int16 layout): the division, the rounding to even and the
+// clamp are the scalar's operations (max(v, lo) takes lo for a NaN, as std::max(lo, v) does).
+__attribute__((target("avx2,fma"))) void QuantizeRowsAvx2(const float* x, int64_t k, int64_t m0, int64_t m1,
+                                                          const float* scale, bool per_row, float zp, float lo,
+                                                          float hi, Codes* codes) {
+  const __m256 vzp = _mm256_set1_ps(zp), vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
+  const bool wide = codes->layout == kWideS16;
+  const int64_t k8 = k & ~int64_t(7);
+  for (int64_t m = m0; m < m1; ++m) {
+    const float s = scale[per_row ? m : 0];
+    const __m256 vs = _mm256_set1_ps(s);
+    const float* row = x + m * k;
+    for (int64_t i = 0; i < k8; i += 8) {
+      __m256 v = _mm256_div_ps(_mm256_loadu_ps(row + i), vs);
+      v = _mm256_add_ps(_mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), vzp);
+      v = _mm256_min_ps(_mm256_max_ps(v, vlo), vhi);
+      const __m256i q = _mm256_cvtps_epi32(v);   // an integer in [lo, hi]: exact
+      const __m128i q16 = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+      if (wide) {
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(codes->s16() + m * codes->ld + i), q16);
+      } else {
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(codes->buf.data() + m * codes->ld + i), _mm_packs_epi16(q16, q16));
+      }
     }
+    for (int64_t i = k8; i < k; ++i) codes->Put(m, i, QuantizeOne(row[i], s, zp, lo, hi));
   }
 }
 
@@ -246,7 +293,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void QuantizeRowsAvx512(
     const float* x, int64_t k, int64_t m0, int64_t m1, const float* scale, bool per_row, float zp, float lo,
     float hi, Codes* codes) {
   const __m512 vzp = _mm512_set1_ps(zp), vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
-  const __m512i shift = _mm512_set1_epi32(codes->offset ? 128 : 0);
+  const __m512i shift = _mm512_set1_epi32(codes->offset() ? 128 : 0);
   for (int64_t m = m0; m < m1; ++m) {
     const __m512 vs = _mm512_set1_ps(scale[per_row ? m : 0]);
     for (int64_t i = 0; i < k; i += 16) {
@@ -269,8 +316,24 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) float AbsMaxAvx512(const fl
   return _mm512_reduce_max_ps(best);
 }
 
+// max |row[i]| over the lanes of the vectors, then the tail; max(|x|, best) keeps best for a NaN, as
+// the scalar std::max(best, |x|) does (max is exact, so the order does not matter).
+__attribute__((target("avx2,fma"))) float AbsMaxAvx2(const float* row, int64_t k) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  __m256 best = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= k; i += 8) best = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(row + i)), best);
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, best);
+  float amax = 0.0f;
+  for (float lane : lanes) amax = std::max(amax, lane);
+  for (; i < k; ++i) amax = std::max(amax, std::fabs(row[i]));
+  return amax;
+}
+
 float AbsMax(const float* row, int64_t k, int isa) {
   if (isa >= kAvx512Vnni) return AbsMaxAvx512(row, k);
+  if (isa >= kAvx2) return AbsMaxAvx2(row, k);
   float amax = 0.0f;
   for (int64_t i = 0; i < k; ++i) amax = std::max(amax, std::fabs(row[i]));
   return amax;
@@ -340,6 +403,41 @@ void PackPanel16(const int8_t* b, int64_t n_cols, int64_t k, int64_t n, int64_t 
   }
 }
 
+// Columns [n, n + count) of row m from the 16 lanes (lo, hi): Epilogue::Put's arithmetic in vectors
+// (int32 + bias, then float * row scale, then * column scale, each rounded as there), Put itself for
+// a panel's ragged end.
+__attribute__((target("avx2,fma"))) inline void Store16Avx2(const Epilogue& ep, int64_t m, int64_t n, int count,
+                                                            __m256i lo, __m256i hi) {
+  if (count < kNr2) {
+    alignas(32) int32_t tmp[kNr2];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(tmp), lo);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(tmp + 8), hi);
+    for (int j = 0; j < count; ++j) ep.Put(m, n + j, tmp[j]);
+    return;
+  }
+  if (ep.nbias) {
+    lo = _mm256_add_epi32(lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ep.nbias + n)));
+    hi = _mm256_add_epi32(hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ep.nbias + n + 8)));
+  }
+  if (ep.outi) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(ep.outi + m * ep.n_total + n), lo);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(ep.outi + m * ep.n_total + n + 8), hi);
+    return;
+  }
+  __m256 f0 = _mm256_cvtepi32_ps(lo), f1 = _mm256_cvtepi32_ps(hi);
+  if (ep.rs) {
+    const __m256 r = _mm256_set1_ps(ep.rs[m]);
+    f0 = _mm256_mul_ps(f0, r);
+    f1 = _mm256_mul_ps(f1, r);
+  }
+  if (ep.cs) {
+    f0 = _mm256_mul_ps(f0, _mm256_loadu_ps(ep.cs + n));
+    f1 = _mm256_mul_ps(f1, _mm256_loadu_ps(ep.cs + n + 8));
+  }
+  _mm256_storeu_ps(ep.outf + m * ep.n_total + n, f0);
+  _mm256_storeu_ps(ep.outf + m * ep.n_total + n + 8, f1);
+}
+
 template <int MR>
 __attribute__((target("avx2,fma"))) void Avx2Block(const int16_t* a16, int64_t lda, const int16_t* panel,
                                                    int64_t kp, int64_t m0, int64_t n, int nvalid,
@@ -359,13 +457,8 @@ __attribute__((target("avx2,fma"))) void Avx2Block(const int16_t* a16, int64_t l
       acc[i][1] = _mm256_add_epi32(acc[i][1], _mm256_madd_epi16(av, b1));
     }
   }
-  alignas(32) int32_t tmp[kNr2];
   GP_UNROLL
-  for (int i = 0; i < MR; ++i) {
-    _mm256_store_si256(reinterpret_cast<__m256i*>(tmp), acc[i][0]);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(tmp + 8), acc[i][1]);
-    for (int j = 0; j < nvalid; ++j) ep.Put(m0 + i, n + j, tmp[j]);
-  }
+  for (int i = 0; i < MR; ++i) Store16Avx2(ep, m0 + i, n, nvalid, acc[i][0], acc[i][1]);
 }
 
 void Avx2Panel(const int16_t* a16, int64_t lda, const int16_t* panel, int64_t kp, int64_t m_begin, int64_t m_end,
@@ -680,12 +773,17 @@ void QuantizeAll(int64_t m_rows, int64_t k, const std::function<void(int64_t, in
   ThePool().Run(tasks, [&](int t) { quantize(Cut(m_rows, tasks, t), Cut(m_rows, tasks, t + 1)); });
 }
 
+Codes Codes::For(int64_t m_rows, int64_t k) {
+  if (g_isa >= kAvx512Vnni) return Codes(m_rows, k, kOffsetU8);
+  return Codes(m_rows, k, g_isa >= kAvx2 && m_rows > kDotRows ? kWideS16 : kS8);
+}
+
 // ``codes`` [M, K] (see Codes) times ``b`` int8 [N, K]: dispatches on the instruction set and
 // spreads the weight over threads.
 void I8Gemm(const Codes& codes, const int8_t* b, int64_t m_rows, int64_t n_cols, int64_t k, const Epilogue& ep) {
   Pool& pool = ThePool();
   const int threads = ThreadsFor(m_rows * n_cols * k);
-  if (codes.offset) {
+  if (codes.offset()) {
     const uint8_t* au = codes.u8();
     const int64_t lda = codes.ld;
     if (m_rows <= kDotRows) {
@@ -742,11 +840,8 @@ void I8Gemm(const Codes& codes, const int8_t* b, int64_t m_rows, int64_t n_cols,
     });
     return;
   }
-  if (g_isa >= kAvx2 && m_rows > kDotRows) {
-    const int64_t kp = (k + 1) / 2;
-    std::vector<int16_t> a16(static_cast<size_t>(m_rows * kp * 2), 0);
-    for (int64_t m = 0; m < m_rows; ++m)
-      for (int64_t i = 0; i < k; ++i) a16[m * kp * 2 + i] = codes.s8()[m * codes.ld + i];
+  if (codes.layout == kWideS16) {
+    const int64_t kp = codes.ld / 2;
     const int64_t panels = (n_cols + kNr2 - 1) / kNr2;
     const int m_parts = panels >= 2 * threads ? 1 : threads;
     const int64_t m_blocks = (m_rows + kMr2 - 1) / kMr2;
@@ -760,7 +855,7 @@ void I8Gemm(const Codes& codes, const int8_t* b, int64_t m_rows, int64_t n_cols,
       panel.resize(static_cast<size_t>(kp * kNr2 * 2));
       const int64_t n = p * kNr2;
       PackPanel16(b, n_cols, k, n, kp, panel.data());
-      Avx2Panel(a16.data(), kp * 2, panel.data(), kp, m_begin, m_end, n,
+      Avx2Panel(codes.s16(), codes.ld, panel.data(), kp, m_begin, m_end, n,
                 static_cast<int>(std::min<int64_t>(kNr2, n_cols - n)), ep);
     });
     return;
@@ -1165,8 +1260,10 @@ bool Dims(int nparam, int want, int* ndims, int64_t** shapes, int64_t* m, int64_
 
 void QuantizeRows(const float* x, int64_t k, int64_t m0, int64_t m1, const float* scale, bool per_row, float zp,
                   float lo, float hi, Codes* codes) {
-  if (g_isa >= kAvx512Vnni) {
+  if (codes->layout == kOffsetU8 && g_isa >= kAvx512Vnni) {
     QuantizeRowsAvx512(x, k, m0, m1, scale, per_row, zp, lo, hi, codes);
+  } else if (codes->layout != kOffsetU8 && g_isa >= kAvx2) {
+    QuantizeRowsAvx2(x, k, m0, m1, scale, per_row, zp, lo, hi, codes);
   } else {
     QuantizeRowsScalar(x, k, m0, m1, scale, per_row, zp, lo, hi, codes);
   }
@@ -1174,7 +1271,7 @@ void QuantizeRows(const float* x, int64_t k, int64_t m0, int64_t m1, const float
 
 int QGemmDynamic(void** params, int64_t m, int64_t n, int64_t k, const float* absmax, float* out) {
   const float* x = static_cast<const float*>(params[0]);
-  Codes codes(m, k, g_isa >= kAvx512Vnni);
+  Codes codes = Codes::For(m, k);
   std::vector<float> row_scale(static_cast<size_t>(m));
   QuantizeAll(m, k, [&](int64_t m0, int64_t m1) {
     for (int64_t r = m0; r < m1; ++r)
@@ -1193,7 +1290,7 @@ namespace gp {
 int CurrentIsa() { return g_isa; }
 void ParallelFor(int tasks, const std::function<void(int)>& fn) { ThePool().Run(tasks, fn); }
 void I8GemmInt32(const int8_t* a, const int8_t* b, int32_t* out, int64_t m, int64_t n, int64_t k) {
-  Codes codes(m, k, g_isa >= kAvx512Vnni);
+  Codes codes = Codes::For(m, k);
   for (int64_t r = 0; r < m; ++r)
     for (int64_t i = 0; i < k; ++i) codes.Put(r, i, a[r * k + i]);
   I8Gemm(codes, b, m, n, k, Epilogue{nullptr, nullptr, nullptr, nullptr, out, n});
@@ -1229,7 +1326,7 @@ int GpQGemmStatic(int nparam, void** params, int* ndims, int64_t** shapes, const
   const float* x = static_cast<const float*>(params[0]);
   const float* scale = static_cast<const float*>(params[2]);
   const float zp = *static_cast<const float*>(params[3]);
-  Codes codes(m, k, g_isa >= kAvx512Vnni);
+  Codes codes = Codes::For(m, k);
   QuantizeAll(m, k, [&](int64_t m0, int64_t m1) {
     QuantizeRows(x, k, m0, m1, scale, false, zp, -128.0f, 127.0f, &codes);
   });
