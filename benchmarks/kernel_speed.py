@@ -5,8 +5,9 @@ Each product is ``x [M, K] @ w [N, K].T`` as the quantized Linear dispatches it
 4-bit asymmetric codes in groups of 128 (576 is not a multiple: the last group holds 64),
 ``a8w8_static`` (input quantized per tensor) and ``a8w8_dynamic`` (per token), all through the
 native kernels when available; ``--route mindspore`` switches the native kernels off (the
-MindSpore-op route: a float copy of the weight per call for the group-wise form). FP32 is
-MindSpore's ``MatMul(transpose_b=True)`` on the float weight. ``--forms`` picks some of them.
+MindSpore-op route: a float copy of the weight per call for the group-wise form). FP32 is the
+float network's eager product (:func:`golden_ptq.networks.layers.float_matmul`: the process's BLAS
+when the native kernels found one, else MindSpore's ``MatMul``). ``--forms`` picks some of them.
 
 Rounds are interleaved (every form of a shape, then the next shape, then the next round), so each
 ratio compares calls taken close together; the table gives milliseconds per call, min (median)
@@ -25,9 +26,10 @@ import time
 from typing import Callable, Dict, List, Tuple
 
 import numpy as np
-from mindspore import Tensor, ops
+from mindspore import Tensor
 
 from golden_ptq import kernels
+from golden_ptq.networks.layers import float_matmul
 from golden_ptq.quant_cells import linear_kernels
 
 # (name, K, N) of SmolLM2-135M's Linears: q/o, k/v, gate/up, down, the (tied) head.
@@ -48,9 +50,8 @@ def make_products(k: int, n: int, rng: np.random.RandomState) -> Dict[str, Tuple
     input_scale, input_zp = Tensor(np.array([0.02], np.float32)), Tensor(np.array([3.0], np.float32))
     quant_bias = Tensor((-3 * q8.astype(np.int64).sum(axis=1)).astype(np.int32))
     deq_scale = Tensor((0.02 * s8).astype(np.float32))
-    matmul = ops.MatMul(transpose_b=True)
     return {
-        "fp32": (matmul, (Tensor(w),)),
+        "fp32": (float_matmul, (Tensor(w),)),
         "a16w8": (linear_kernels.w8a16_channel, (Tensor(q8), Tensor(s8))),
         "a16w4_g128": (lambda x, q, s, z: linear_kernels.w8a16_group(x, q, s, z, GROUP),
                        (Tensor(q4), Tensor(s4), Tensor(z4))),
