@@ -6,7 +6,7 @@ import mindspore as ms
 import pytest
 
 from golden_ptq import PTQ, PTQConfig
-from golden_ptq.algorithm.sensitivity import bar_chart, sensitivity_rows, write_sensitivity_report
+from golden_ptq.algorithm.sensitivity import bar_chart, ranked_by, sensitivity_rows, write_sensitivity_report
 from test_ptq_toy import calibration, planted_outlier_network
 
 HAS_MPL = importlib.util.find_spec("matplotlib") is not None
@@ -48,6 +48,12 @@ def test_csv_and_markdown(tmp_path, measured):
 def test_report_needs_measurement():
     with pytest.raises(ValueError, match="measure_sensitivity=True"):
         sensitivity_rows(PTQ(PTQConfig()))  # never applied: nothing measured
+
+
+def test_ranked_by_falls_back_to_the_measured_signal():
+    assert ranked_by("range_parm", {"range_parm": True, "output_error": True}) == "range_parm"
+    assert ranked_by("output_error", {"range_parm": True, "output_error": False}) == "range_parm"
+    assert ranked_by("range_parm", {"range_parm": False, "output_error": True}) == "output_error"
 
 
 def test_report_without_output_errors(tiny_config):

@@ -18,6 +18,14 @@ from typing import Dict, List, Optional
 SIGNALS = ("range_parm", "output_error")
 
 
+def ranked_by(order_by: str, measured: Dict[str, bool]) -> str:
+    """The signal the rows are ranked by: ``order_by`` when it was measured, else the other one (e.g.
+    dynamic activations have no static range: order by what was measured)."""
+    if measured[order_by]:
+        return order_by
+    return next(key for key in SIGNALS if key != order_by and measured[key])
+
+
 def sensitivity_rows(ptq, order_by: str = "range_parm") -> List[Dict[str, object]]:
     """One row per measured Linear layer, most sensitive first by ``order_by``."""
     if order_by not in SIGNALS:
@@ -25,9 +33,8 @@ def sensitivity_rows(ptq, order_by: str = "range_parm") -> List[Dict[str, object
     if not ptq.range_parms and not ptq.output_errors:
         raise ValueError("sensitivity report: nothing was measured; calibrate in QUANTIZE mode with "
                          "PTQ(config, measure_sensitivity=True)")
-    signal = ptq.range_parms if order_by == "range_parm" else ptq.output_errors
-    if not signal:  # e.g. dynamic activations have no static range: order by what was measured
-        signal = ptq.output_errors or ptq.range_parms
+    ranked = ranked_by(order_by, {"range_parm": bool(ptq.range_parms), "output_error": bool(ptq.output_errors)})
+    signal = ptq.range_parms if ranked == "range_parm" else ptq.output_errors
     names = sorted(set(ptq.range_parms) | set(ptq.output_errors))
     names.sort(key=lambda n: (-signal.get(n, float("-inf")), n))
     rolled = set(ptq.rolled_back)
@@ -81,9 +88,10 @@ def bar_chart(rows: List[Dict[str, object]], path: str, order_by: str) -> None:
     colors = ["tab:red" if r["float"] else "tab:blue" for r in rows]
     # a panel per measured quantity: without output errors (the main job does not measure them) an
     # empty second panel only doubled the drawing (~1.5 s of a 240-layer chart)
+    measured = {key: any(r[key] is not None for r in rows) for key in SIGNALS}
     panels = [(key, title) for key, title in (("range_parm", "range_parm"),
                                                ("output_error", "output error (relative MSE)"))
-              if key == "range_parm" or any(r[key] is not None for r in rows)]
+              if key == "range_parm" or measured[key]]
     fig, axes = plt.subplots(1, len(panels), figsize=(12 if len(panels) == 2 else 7, max(3.0, 0.22 * len(rows) + 1.5)),
                              sharey=True, squeeze=False)
     axes = axes[0]
@@ -93,8 +101,7 @@ def bar_chart(rows: List[Dict[str, object]], path: str, order_by: str) -> None:
         axis.set_title(title)
         if key == "output_error" and any(v > 0 for v in values):  # not measured: nothing to log-scale
             axis.set_xscale("log")
-    if order_by == "output_error" and len(panels) == 1:   # sensitivity_rows ranked them by range_parm
-        order_by = "range_parm"
+    order_by = ranked_by(order_by, measured)   # as sensitivity_rows applied it
     axes[0].set_ylim(len(rows) - 0.5, -0.5)  # the first row on top, no margins (the axes share y)
     axes[0].set_yticks(range(len(rows)))
     axes[0].set_yticklabels(names, fontsize=7)
